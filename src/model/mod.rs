@@ -1,0 +1,11 @@
+//! ECS domain types and their validation. No I/O happens here.
+//!
+//! The wire shapes themselves are generated from the official ECS model (`shapes`); this
+//! module adds what the model cannot say: ARNs, ECS's own rules for task definitions, tags.
+
+pub mod arn;
+pub mod check;
+pub mod shapes;
+pub mod tags;
+pub mod task_definition;
+pub mod time;

@@ -1,3 +1,120 @@
 //! ecsd: the Amazon ECS API on a Linux host, running ECS tasks on containerd.
+//!
+//! `main.rs` only parses the command line and waits for a signal; [`start`] builds the
+//! daemon, so integration tests run it in-process on `127.0.0.1:0`.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub mod api;
+pub mod config;
 pub mod model;
+pub mod store;
+
+use crate::api::{ApiError, Ctx, Forwarder};
+use crate::config::Config;
+use crate::model::time::SystemClock;
+use crate::store::{Store, StoreError};
+
+/// How long in-flight requests may take to finish after shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open ecsd's state in {path}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("cannot listen on {addr}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("ECS_ENDPOINT_URL {url} cannot be used")]
+    Forwarder { url: String, source: reqwest::Error },
+    #[error("cannot create the default cluster")]
+    DefaultCluster { source: ApiError },
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Daemon {
+    /// The address the API is served on (with the real port when port 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish (up to a grace period), and
+    /// releases the data dir.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        let mut server = self.server;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(joined) => joined.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Err(_) => {
+                warn!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    "requests still running after the grace period; closing"
+                );
+                server.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Opens the state, binds the listener and starts serving.
+pub async fn start(config: &Config) -> Result<Daemon, StartError> {
+    let store = Store::open(&config.data_dir)
+        .map_err(|source| StartError::Store { path: config.data_dir.clone(), source })?;
+    let forward = match &config.ecs_endpoint_url {
+        Some(url) => {
+            Some(Forwarder::new(url).map_err(|source| StartError::Forwarder { url: url.clone(), source })?)
+        }
+        None => None,
+    };
+    let ctx = Arc::new(Ctx {
+        store: Arc::new(store),
+        identity: config.identity.clone(),
+        clock: Arc::new(SystemClock),
+        forward,
+    });
+    // Like an ECS agent registering without ECS_CLUSTER, this host brings the default cluster.
+    api::ensure_default_cluster(&ctx).map_err(|source| StartError::DefaultCluster { source })?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let shutdown = CancellationToken::new();
+    let router = api::router(Arc::clone(&ctx));
+    let token = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await
+    });
+    info!(%addr, data_dir = %config.data_dir.display(), region = %config.identity.region,
+          account = %config.identity.account, forward = ?config.ecs_endpoint_url, "ecsd started");
+    Ok(Daemon { addr, shutdown, server })
+}
+
+/// An error with its sources, for one log line or one message: `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}

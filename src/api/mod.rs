@@ -1,0 +1,273 @@
+//! The ECS API over HTTP (AWS JSON 1.1): target parsing, typed requests, error mapping, and
+//! one file per resource. This module never touches containerd.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::model::arn::Identity;
+use crate::model::check::{Check, Checker};
+use crate::model::shapes;
+use crate::model::time::Clock;
+use crate::store::Store;
+
+mod account_settings;
+mod clusters;
+pub mod error;
+mod forward;
+mod pagination;
+mod tags;
+mod task_definitions;
+
+pub use error::{ApiError, Exception};
+pub use forward::Forwarder;
+
+/// The `X-Amz-Target` prefix of every ECS operation.
+pub const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
+/// Requests larger than this are refused before they are parsed.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+const JSON_1_1: &str = "application/x-amz-json-1.1";
+
+/// What every handler works with.
+#[derive(Debug)]
+pub struct Ctx {
+    pub store: Arc<Store>,
+    pub identity: Identity,
+    pub clock: Arc<dyn Clock>,
+    pub forward: Option<Forwarder>,
+}
+
+impl Ctx {
+    pub fn now(&self) -> f64 {
+        self.clock.now()
+    }
+}
+
+/// Declares the implemented operations once: the typed request enum, its parser and the
+/// dispatch to handlers all come from this list.
+macro_rules! operations {
+    ($($op:ident($req:ty) => $handler:path),* $(,)?) => {
+        /// A parsed, model-checked request for one implemented operation.
+        #[derive(Debug)]
+        #[allow(clippy::large_enum_variant)]
+        pub enum Request {
+            $($op($req),)*
+        }
+
+        /// The operations ecsd serves itself.
+        pub const IMPLEMENTED: &[&str] = &[$(stringify!($op)),*];
+
+        impl Request {
+            /// Parses the body of operation `op`. `Ok(None)`: ecsd does not implement `op`.
+            pub fn parse(op: &str, body: &[u8]) -> Result<Option<Request>, ApiError> {
+                Ok(Some(match op {
+                    $(stringify!($op) => Request::$op(decode(body)?),)*
+                    _ => return Ok(None),
+                }))
+            }
+
+            pub fn operation(&self) -> &'static str {
+                match self {
+                    $(Request::$op(_) => stringify!($op),)*
+                }
+            }
+        }
+
+        /// Runs a request to completion and encodes the response body.
+        pub fn handle(ctx: &Ctx, request: Request) -> Result<Vec<u8>, ApiError> {
+            match request {
+                $(Request::$op(r) => encode(&$handler(ctx, r)?),)*
+            }
+        }
+    };
+}
+
+operations! {
+    CreateCluster(shapes::CreateClusterRequest) => clusters::create,
+    DescribeClusters(shapes::DescribeClustersRequest) => clusters::describe,
+    ListClusters(shapes::ListClustersRequest) => clusters::list,
+    UpdateCluster(shapes::UpdateClusterRequest) => clusters::update,
+    UpdateClusterSettings(shapes::UpdateClusterSettingsRequest) => clusters::update_settings,
+    DeleteCluster(shapes::DeleteClusterRequest) => clusters::delete,
+    RegisterTaskDefinition(shapes::RegisterTaskDefinitionRequest) => task_definitions::register,
+    DescribeTaskDefinition(shapes::DescribeTaskDefinitionRequest) => task_definitions::describe,
+    ListTaskDefinitions(shapes::ListTaskDefinitionsRequest) => task_definitions::list,
+    ListTaskDefinitionFamilies(shapes::ListTaskDefinitionFamiliesRequest) => task_definitions::list_families,
+    DeregisterTaskDefinition(shapes::DeregisterTaskDefinitionRequest) => task_definitions::deregister,
+    DeleteTaskDefinitions(shapes::DeleteTaskDefinitionsRequest) => task_definitions::delete,
+    TagResource(shapes::TagResourceRequest) => tags::tag,
+    UntagResource(shapes::UntagResourceRequest) => tags::untag,
+    ListTagsForResource(shapes::ListTagsForResourceRequest) => tags::list,
+    ListAccountSettings(shapes::ListAccountSettingsRequest) => account_settings::list,
+    PutAccountSetting(shapes::PutAccountSettingRequest) => account_settings::put,
+    PutAccountSettingDefault(shapes::PutAccountSettingDefaultRequest) => account_settings::put_default,
+    DeleteAccountSetting(shapes::DeleteAccountSettingRequest) => account_settings::delete,
+}
+
+/// Decodes and model-checks a request body. An empty body is an empty object, as AWS
+/// clients send for operations without input.
+fn decode<T: DeserializeOwned + Check>(body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path == "." || path.is_empty() {
+            format!("The request body is not valid JSON for this operation: {inner}")
+        } else {
+            format!("The value at '{path}' is not valid: {inner}")
+        };
+        ApiError::new(Exception::Serialization, message)
+    })?;
+    let errors = Checker::run(&value);
+    if !errors.is_empty() {
+        let n = errors.len();
+        let noun = if n == 1 { "error" } else { "errors" };
+        return Err(ApiError::invalid_parameter(format!(
+            "{n} validation {noun} detected: {}",
+            errors.join("; ")
+        )));
+    }
+    Ok(value)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value)
+        .map_err(|e| ApiError::new(Exception::Server, format!("ecsd could not encode the response: {e}")))
+}
+
+/// The HTTP router: every ECS call is a POST whose operation is in `X-Amz-Target`.
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new().fallback(entry).with_state(ctx)
+}
+
+async fn entry(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let op = target.strip_prefix(TARGET_PREFIX).unwrap_or(&target).to_owned();
+    let span = info_span!("api", op = %op, request_id = %request_id);
+    let started = Instant::now();
+    async move {
+        let result = respond(&ctx, &target, &headers, body).await;
+        let mut response = match result {
+            Ok(Reply::Json(bytes)) => {
+                info!(status = 200, ms = started.elapsed().as_millis() as u64, "ok");
+                json_response(StatusCode::OK, bytes)
+            }
+            Ok(Reply::Forwarded(response)) => {
+                info!(status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "forwarded");
+                response
+            }
+            Err(e) => {
+                let status = e.exception.status();
+                if status.is_server_error() {
+                    warn!(status = status.as_u16(), exception = e.exception.name(), message = %e.message, "failed");
+                } else {
+                    info!(status = status.as_u16(), exception = e.exception.name(), message = %e.message, "rejected");
+                }
+                error_response(&e)
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            // A forwarded answer keeps the request id its upstream gave it.
+            if !response.headers().contains_key("x-amzn-requestid") {
+                response.headers_mut().insert("x-amzn-RequestId", v);
+            }
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+enum Reply {
+    Json(Vec<u8>),
+    Forwarded(Response),
+}
+
+async fn respond(ctx: &Arc<Ctx>, target: &str, headers: &HeaderMap, body: Body) -> Result<Reply, ApiError> {
+    let Some(op) = target.strip_prefix(TARGET_PREFIX) else {
+        let message = if target.is_empty() {
+            "The request has no X-Amz-Target header: ECS operations are POSTed to / with X-Amz-Target: AmazonEC2ContainerServiceV20141113.<Operation>".to_owned()
+        } else {
+            format!(
+                "Unknown operation {target}: ecsd serves the ECS API, whose targets start with {TARGET_PREFIX}"
+            )
+        };
+        return Err(ApiError::new(Exception::UnknownOperation, message));
+    };
+    let body = read_body(headers, body).await?;
+    match Request::parse(op, &body)? {
+        Some(request) => {
+            let ctx = Arc::clone(ctx);
+            let bytes = tokio::task::spawn_blocking(move || handle(&ctx, request))
+                .await
+                .map_err(|e| ApiError::new(Exception::Server, format!("the handler failed: {e}")))??;
+            Ok(Reply::Json(bytes))
+        }
+        None if !shapes::ALL_OPERATIONS.contains(&op) => Err(ApiError::new(
+            Exception::UnknownOperation,
+            format!("Unknown operation {op}: the ECS API has no operation of that name"),
+        )),
+        None => match &ctx.forward {
+            Some(f) => f.forward(headers, body).await.map(Reply::Forwarded),
+            None => Err(ApiError::new(
+                Exception::UnknownOperation,
+                format!(
+                    "ecsd does not implement the ECS operation {op}; set ECS_ENDPOINT_URL to forward operations ecsd does not implement to another ECS endpoint"
+                ),
+            )),
+        },
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let too_large = |n: Option<u64>| {
+        let size = n.map(|n| format!(" ({n} bytes)")).unwrap_or_default();
+        ApiError::client(format!(
+            "The request body is too large{size}: ecsd accepts at most {MAX_BODY_BYTES} bytes"
+        ))
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large(declared));
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| too_large(None))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_1_1));
+    r
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let body = serde_json::json!({ "__type": e.exception.name(), "message": e.message });
+    let mut r = json_response(e.exception.status(), body.to_string().into_bytes());
+    r.headers_mut().insert("x-amzn-ErrorType", HeaderValue::from_static(e.exception.name()));
+    r
+}
+
+/// Resolves a cluster reference (name, ARN or nothing) to a cluster name, treating ARNs of
+/// another account or region as clusters that do not exist.
+fn cluster_name(ctx: &Ctx, reference: Option<&str>) -> Result<String, ApiError> {
+    use crate::model::arn::ArnError;
+    ctx.identity.cluster_name(reference).map_err(|e| match e {
+        ArnError::Foreign(_) => ApiError::cluster_not_found(),
+        e => ApiError::invalid_parameter(format!("cluster: {e}")),
+    })
+}
+
+/// Makes sure the `default` cluster exists, as ECS does for hosts that name no cluster.
+pub fn ensure_default_cluster(ctx: &Ctx) -> Result<(), ApiError> {
+    clusters::ensure(ctx, crate::model::arn::DEFAULT_CLUSTER)
+}

@@ -1,0 +1,49 @@
+//! The tables ecsd keeps and the records in them.
+//!
+//! Records are the ECS wire shapes themselves where ECS echoes stored state back (clusters,
+//! task definitions, settings), so what is stored is exactly what is described.
+
+use serde::{Deserialize, Serialize};
+
+use super::Table;
+use crate::model::shapes::{Cluster, Setting, Tag, TaskDefinition};
+
+/// Clusters by name. Counts that derive from tasks and services are not stored here.
+pub const CLUSTERS: Table<Cluster> = Table::new("clusters");
+/// Task definitions by [`task_definition_key`].
+pub const TASK_DEFINITIONS: Table<TaskDefinition> = Table::new("task_definitions");
+/// Per family bookkeeping, by family name.
+pub const FAMILIES: Table<Family> = Table::new("families");
+/// Tags by resource ARN.
+pub const TAGS: Table<Vec<Tag>> = Table::new("tags");
+/// Account settings by [`setting_key`].
+pub const ACCOUNT_SETTINGS: Table<Setting> = Table::new("account_settings");
+
+pub const ALL_TABLES: &[&str] = &["clusters", "task_definitions", "families", "tags", "account_settings"];
+
+/// What a family remembers beyond its revisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Family {
+    /// The highest revision ever registered. Revisions are never reused, even after deletion.
+    pub last_revision: i32,
+    /// How many revisions are ACTIVE now.
+    pub active: u32,
+}
+
+/// Keys sort by family, then numerically by revision: `\0` sorts below every character a
+/// family may contain, and the revision is zero-padded.
+pub fn task_definition_key(family: &str, revision: i32) -> String {
+    format!("{family}\u{0}{revision:010}")
+}
+
+/// The prefix shared by every revision of `family`.
+pub fn family_prefix(family: &str) -> String {
+    format!("{family}\u{0}")
+}
+
+/// Account settings are per principal: `principal\0name`. The account default (set by
+/// PutAccountSettingDefault) is stored under the empty principal.
+pub fn setting_key(principal: &str, name: &str) -> String {
+    format!("{principal}\u{0}{name}")
+}

@@ -1,0 +1,83 @@
+//! Starting ecsd for a test and talking to it.
+
+use std::path::Path;
+
+use aws_sdk_ecs::Client;
+use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+use ecsd::Daemon;
+use ecsd::config::{Config, ServeArgs};
+
+/// A daemon on a free port with its own data dir, and an SDK client for it.
+pub struct Ecsd {
+    pub daemon: Option<Daemon>,
+    pub client: Client,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn config(dir: &Path, extra: &[(&str, &str)]) -> Config {
+    let args = ServeArgs {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.to_owned()),
+        ..ServeArgs::default()
+    };
+    let vars: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::resolve(&args, &|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())).expect("config")
+}
+
+pub fn client(url: &str) -> Client {
+    let conf = aws_sdk_ecs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .endpoint_url(url)
+        .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
+        .build();
+    Client::from_conf(conf)
+}
+
+impl Ecsd {
+    pub async fn start() -> Ecsd {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(env: &[(&str, &str)]) -> Ecsd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemon = ecsd::start(&config(dir.path(), env)).await.expect("ecsd starts");
+        let url = format!("http://{}", daemon.addr());
+        Ecsd { daemon: Some(daemon), client: client(&url), url, dir }
+    }
+
+    /// Stops the daemon and starts a new one on the same data dir.
+    pub async fn restart(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await.expect("clean shutdown");
+        }
+        let daemon = ecsd::start(&config(self.dir.path(), &[])).await.expect("ecsd restarts");
+        self.url = format!("http://{}", daemon.addr());
+        self.client = client(&self.url);
+        self.daemon = Some(daemon);
+    }
+}
+
+/// The exception name and message of a failed call.
+pub fn err<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    e: SdkError<E, R>,
+) -> (String, String) {
+    match e {
+        SdkError::ServiceError(s) => {
+            let e = s.into_err();
+            (e.code().unwrap_or_default().to_owned(), e.message().unwrap_or_default().to_owned())
+        }
+        other => panic!("expected a service error, got {other:?}"),
+    }
+}
+
+/// A small valid task definition request body for raw-HTTP and bulk use.
+pub const ACCOUNT: &str = "000000000000";
+pub const REGION: &str = "us-east-1";
+
+pub fn arn(resource: &str) -> String {
+    format!("arn:aws:ecs:{REGION}:{ACCOUNT}:{resource}")
+}

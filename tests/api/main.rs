@@ -1,0 +1,10 @@
+//! Integration tests: ecsd in-process on 127.0.0.1:0, driven by the real AWS SDK for Rust
+//! (aws-sdk-ecs) and, for protocol edge cases, by raw HTTP.
+
+mod account_settings;
+mod clusters;
+mod common;
+mod durability;
+mod protocol;
+mod tags;
+mod task_definitions;

@@ -1,0 +1,175 @@
+//! The container runtime boundary: a narrow trait the engine drives, and its containerd
+//! implementation (the only code that imports containerd-client or tonic).
+//!
+//! The engine never sees gRPC types: images, containers, processes and exits cross this
+//! boundary as the plain types below, and failures as [`RuntimeError`] classified by kind.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+pub mod containerd;
+pub mod embedded;
+pub mod fake;
+mod image;
+pub mod import;
+pub mod logs;
+pub mod reference;
+
+pub use containerd::{ContainerdOptions, ContainerdRuntime};
+pub use embedded::EmbeddedContainerd;
+pub use logs::{LogDriverArgs, read_logs, run_log_driver};
+pub use reference::normalize;
+
+/// An image present in the runtime, resolved for this host's platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The normalised reference, e.g. `docker.io/library/busybox:latest`.
+    pub name: String,
+    /// The manifest digest (`imageDigest` in DescribeTasks).
+    pub digest: String,
+    /// The config digest (the image id, `ImageID` in task metadata).
+    pub config_digest: String,
+    pub config: ImageConfig,
+}
+
+/// The parts of an OCI image config that decide how a container runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub env: Vec<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub stop_signal: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A container's root filesystem, prepared from its image and not yet in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rootfs {
+    /// The image's layer directories, topmost first, for reading files of the image (such as
+    /// /etc/passwd) without mounting it.
+    pub layers: Vec<PathBuf>,
+}
+
+/// Where a container's stdout and stderr go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stdio {
+    /// Directory that receives the container's log files (created by the runtime).
+    pub log_dir: PathBuf,
+    /// Whether the process has a terminal (stdout and stderr are then one stream).
+    pub terminal: bool,
+}
+
+/// What the runtime knows about one of its containers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerState {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub status: ProcessStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ProcessStatus {
+    /// The container exists but its process was never started.
+    Created,
+    Running {
+        pid: u32,
+    },
+    /// The process exited with `code` at `at` (epoch seconds).
+    Exited {
+        code: i32,
+        at: f64,
+    },
+    /// The container exists without a task (e.g. after a host reboot).
+    Missing,
+}
+
+/// The runtime tells the engine about exits as they happen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A container's main process exited.
+    Exit { id: String, code: i32, at: f64 },
+    /// The runtime connection came back after a loss: events may have been missed, so the
+    /// engine should compare its picture with [`Runtime::list`].
+    Reconnected,
+}
+
+/// The result of a process run inside a container (a health check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    /// Combined stdout and stderr, at most the last 1024 bytes.
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The runtime cannot be reached (no socket, refused, or gone mid-call).
+    #[error("containerd is unreachable at {address}: {message}")]
+    Unavailable { address: String, message: String },
+    /// The image is not present in the runtime.
+    #[error("image {reference} is not present in containerd namespace {namespace}")]
+    ImageNotFound { reference: String, namespace: String },
+    #[error("image reference '{reference}' is not valid: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    /// The object the call names does not exist.
+    #[error("{what} {id} does not exist")]
+    NotFound { what: &'static str, id: String },
+    /// The runtime refused the call: a bad spec, a resource limit, a failed exec.
+    #[error("{operation} failed: {message}")]
+    Failed { operation: &'static str, message: String },
+    #[error("{operation} timed out after {after:?}")]
+    Timeout { operation: &'static str, after: Duration },
+}
+
+/// The container runtime, as the engine uses it. Every method is safe to retry: creating
+/// what exists fails with `Failed`, removing what is gone succeeds.
+#[async_trait]
+pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
+    /// Resolves a normalised image reference to an image present in the runtime, unpacking
+    /// it for the snapshotter if needed.
+    async fn image(&self, reference: &str) -> Result<Image, RuntimeError>;
+
+    /// Prepares the root filesystem of container `id` from `image`.
+    async fn prepare(&self, id: &str, image: &Image) -> Result<Rootfs, RuntimeError>;
+
+    /// Creates container `id` (its snapshot must be prepared) and its task, not started.
+    /// `spec` is the OCI runtime spec; `labels` let the runtime alone rebuild the picture.
+    async fn create(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        labels: &BTreeMap<String, String>,
+        stdio: &Stdio,
+    ) -> Result<(), RuntimeError>;
+
+    /// Starts the created task and returns its pid.
+    async fn start(&self, id: &str) -> Result<u32, RuntimeError>;
+
+    /// Sends `signal` to the container's main process.
+    async fn signal(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
+
+    /// Runs `process` inside the running container and waits for it, up to `timeout`
+    /// (then it is killed and the result is `Timeout`).
+    async fn exec(
+        &self,
+        id: &str,
+        process: &oci_spec::runtime::Process,
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError>;
+
+    /// Removes the container's task, the container, its snapshot and lease. Returns the exit
+    /// status if the task had exited. Removing what does not exist is not an error.
+    async fn remove(&self, id: &str) -> Result<Option<(i32, f64)>, RuntimeError>;
+
+    /// Every container of the runtime's namespace with its labels and process status.
+    async fn list(&self) -> Result<Vec<ContainerState>, RuntimeError>;
+
+    /// The stream of exits. Called once; the runtime keeps it alive across reconnections.
+    fn events(&self) -> mpsc::Receiver<Event>;
+}

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -28,6 +29,53 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: serve the ECS API until SIGTERM or SIGINT.
     Serve(ServeArgs),
+    /// Print a task's container logs (stdout and stderr) from the data dir.
+    Logs(LogsArgs),
+    /// Work with images in containerd.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// The logging driver containerd's shim runs for each container (not for people).
+    #[command(hide = true)]
+    LogDriver(crate::runtime::logs::LogDriverArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image layout tar or a `docker save` tar into ecsd's containerd
+    /// namespace, unpacked and ready for tasks.
+    Import(ImportArgs),
+}
+
+/// Arguments of `ecsd logs`.
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// The task: its id or ARN.
+    pub task: String,
+    /// The container's name; may be left out when the task has one container.
+    pub container: Option<String>,
+    /// Keep printing new lines as they are written.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// ecsd's data dir (env ECSD_DATA_DIR). [default: as for `ecsd serve`]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Arguments of `ecsd image import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The image tar (OCI image layout or `docker save` format).
+    pub file: PathBuf,
+    /// containerd's socket (env ECSD_CONTAINERD_ADDRESS); when nothing answers there, the
+    /// embedded containerd of the data dir is used. [default: /run/containerd/containerd.sock]
+    #[arg(long, value_name = "PATH")]
+    pub containerd_address: Option<PathBuf>,
+    /// containerd namespace (env ECSD_NAMESPACE). [default: ecs]
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
+    /// ecsd's data dir (env ECSD_DATA_DIR), to find an embedded containerd.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Flags of `ecsd serve`. Each has an environment variable; a flag wins over it.
@@ -38,6 +86,11 @@ Environment:
   ECSD_DATA_DIR            state directory (as --data-dir)
   AWS_REGION               region in ARNs (else AWS_DEFAULT_REGION, else us-east-1)
   ECSD_ACCOUNT_ID          12-digit account id in ARNs (default 000000000000)
+  ECSD_CONTAINERD_ADDRESS  containerd socket (as --containerd-address)
+  ECSD_NAMESPACE           containerd namespace (as --namespace)
+  ECS_CONTAINER_STOP_TIMEOUT   SIGKILL this long after the stop signal (default 30s)
+  ECS_CONTAINER_START_TIMEOUT  how long a container waits for its dependencies (default 3m)
+  ECSD_TASK_RETENTION      how long STOPPED tasks stay visible (default 1h)
   ECS_ENDPOINT_URL         forward ECS operations ecsd does not implement to this endpoint
   RUST_LOG, ECSD_LOG       log filter, e.g. info or ecsd=debug (default info)")]
 pub struct ServeArgs {
@@ -50,6 +103,15 @@ pub struct ServeArgs {
     /// [default: /var/lib/ecsd as root, else $XDG_DATA_HOME/ecsd]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// containerd's socket. When nothing answers there and `containerd` is installed, ecsd
+    /// starts its own under the data dir. [default: /run/containerd/containerd.sock]
+    #[arg(long, value_name = "PATH")]
+    pub containerd_address: Option<PathBuf>,
+
+    /// containerd namespace of ecsd's images and containers. [default: ecs]
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
 
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -70,6 +132,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub identity: Identity,
     pub ecs_endpoint_url: Option<String>,
+    pub containerd_address: PathBuf,
+    /// Whether the address was configured: then ecsd uses that containerd and never starts
+    /// its own, waiting for it to answer instead.
+    pub containerd_address_explicit: bool,
+    pub namespace: String,
+    pub stop_timeout: Duration,
+    pub start_timeout: Duration,
+    pub retention: Duration,
     pub log_format: LogFormat,
     pub log_filter: String,
 }
@@ -139,6 +209,41 @@ impl Config {
             });
         }
 
+        let configured_address = args
+            .containerd_address
+            .clone()
+            .or_else(|| non_empty("ECSD_CONTAINERD_ADDRESS").map(PathBuf::from));
+        let containerd_address_explicit = configured_address.is_some();
+        let containerd_address =
+            configured_address.unwrap_or_else(|| PathBuf::from("/run/containerd/containerd.sock"));
+        let namespace = match &args.namespace {
+            Some(n) => n.clone(),
+            None => non_empty("ECSD_NAMESPACE").unwrap_or_else(|| "ecs".into()),
+        };
+        let duration = |name: &str, default: Duration, min: Duration| -> Result<Duration, ConfigError> {
+            match non_empty(name) {
+                None => Ok(default),
+                Some(v) => match parse_duration(&v) {
+                    Some(d) if d >= min => Ok(d),
+                    Some(_) => Err(ConfigError {
+                        name: name.into(),
+                        value: v,
+                        reason: format!("must be at least {}s", min.as_secs()),
+                    }),
+                    None => Err(ConfigError {
+                        name: name.into(),
+                        value: v,
+                        reason: "not a duration such as 30s, 2m or 1h30m".into(),
+                    }),
+                },
+            }
+        };
+        let stop_timeout =
+            duration("ECS_CONTAINER_STOP_TIMEOUT", Duration::from_secs(30), Duration::from_secs(1))?;
+        let start_timeout =
+            duration("ECS_CONTAINER_START_TIMEOUT", Duration::from_secs(180), Duration::from_secs(1))?;
+        let retention = duration("ECSD_TASK_RETENTION", Duration::from_secs(3600), Duration::ZERO)?;
+
         let log_filter =
             non_empty("RUST_LOG").or_else(|| non_empty("ECSD_LOG")).unwrap_or_else(|| "info".to_owned());
 
@@ -147,10 +252,43 @@ impl Config {
             data_dir,
             identity: Identity { region, account },
             ecs_endpoint_url,
+            containerd_address,
+            containerd_address_explicit,
+            namespace,
+            stop_timeout,
+            start_timeout,
+            retention,
             log_format: args.log_format,
             log_filter,
         })
     }
+}
+
+/// Parses durations as the ECS agent's variables take them (Go's syntax: `30s`, `2m`,
+/// `1h30m`, `500ms`), or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let (num, tail) = rest.split_at(digits);
+        let value: f64 = num.parse().ok()?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let secs = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(secs);
+        rest = next;
+    }
+    Some(total)
 }
 
 fn default_data_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
@@ -204,6 +342,17 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.2:9000");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/y"));
         assert_eq!(c.identity.region, "ap-south-1");
+    }
+
+    #[test]
+    fn durations_parse_like_the_agent() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("3 days"), None);
+        let e = resolve(ServeArgs::default(), &[("ECS_CONTAINER_STOP_TIMEOUT", "0s")]).unwrap_err();
+        assert_eq!(e.to_string(), "ECS_CONTAINER_STOP_TIMEOUT=0s: must be at least 1s");
     }
 
     #[test]

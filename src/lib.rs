@@ -14,12 +14,19 @@ use tracing::{info, warn};
 
 pub mod api;
 pub mod config;
+pub mod engine;
 pub mod model;
+pub mod network;
+pub mod runtime;
+pub mod spec;
 pub mod store;
 
 use crate::api::{ApiError, Ctx, Forwarder};
 use crate::config::Config;
+use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::model::time::SystemClock;
+use crate::network::Network;
+use crate::runtime::Runtime;
 use crate::store::{Store, StoreError};
 
 /// How long in-flight requests may take to finish after shutdown starts.
@@ -35,6 +42,12 @@ pub enum StartError {
     Forwarder { url: String, source: reqwest::Error },
     #[error("cannot create the default cluster")]
     DefaultCluster { source: ApiError },
+    #[error("cannot start the task engine")]
+    Engine { source: EngineError },
+    #[error("cannot set up containerd")]
+    Containerd { source: runtime::embedded::EmbeddedError },
+    #[error("cannot set up the containerd client")]
+    Runtime { source: runtime::RuntimeError },
 }
 
 /// A running daemon.
@@ -43,6 +56,9 @@ pub struct Daemon {
     addr: SocketAddr,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    engine: Arc<Engine>,
+    /// The containerd ecsd started itself, if it did; stopped last.
+    embedded: Option<runtime::EmbeddedContainerd>,
 }
 
 impl Daemon {
@@ -56,7 +72,13 @@ impl Daemon {
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.shutdown.cancel();
         let mut server = self.server;
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        let result = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
+        // Tasks keep running in the runtime; the next start re-adopts them.
+        self.engine.shutdown().await;
+        if let Some(containerd) = self.embedded {
+            containerd.shutdown().await;
+        }
+        match result {
             Ok(joined) => joined.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             Err(_) => {
                 warn!(
@@ -70,24 +92,85 @@ impl Daemon {
     }
 }
 
-/// Opens the state, binds the listener and starts serving.
+/// Opens the state, connects the runtime, binds the listener and starts serving.
 pub async fn start(config: &Config) -> Result<Daemon, StartError> {
-    let store = Store::open(&config.data_dir)
-        .map_err(|source| StartError::Store { path: config.data_dir.clone(), source })?;
+    // The data dir's lock comes first: a second ecsd must not touch containerd at all.
+    let store = open_store(config)?;
+    let (runtime, embedded) = if config.containerd_address_explicit {
+        let options = runtime::ContainerdOptions::new(
+            &config.containerd_address,
+            &config.namespace,
+            &config.data_dir.join("run"),
+        )
+        .map_err(|source| StartError::Runtime { source })?;
+        (runtime::ContainerdRuntime::new(options).map_err(|source| StartError::Runtime { source })?, None)
+    } else {
+        runtime::containerd::connect(&config.containerd_address, &config.data_dir, &config.namespace)
+            .await
+            .map_err(|source| StartError::Containerd { source })?
+    };
+    let mut daemon = serve(config, store, Arc::new(runtime), namespaces(config)).await?;
+    daemon.embedded = embedded;
+    Ok(daemon)
+}
+
+/// Task namespaces are named after the containerd namespace, so ecsds with their own
+/// namespaces never take each other's for leftovers.
+fn namespaces(config: &Config) -> Arc<network::Namespaces> {
+    Arc::new(network::Namespaces::new(&format!("ecsd-{}-", config.namespace)))
+}
+
+fn open_store(config: &Config) -> Result<Store, StartError> {
+    Store::open(&config.data_dir)
+        .map_err(|source| StartError::Store { path: config.data_dir.clone(), source })
+}
+
+/// [`start`] with the runtime and network given (tests pass fakes).
+pub async fn start_with(
+    config: &Config,
+    runtime: Arc<dyn Runtime>,
+    network: Arc<dyn Network>,
+) -> Result<Daemon, StartError> {
+    serve(config, open_store(config)?, runtime, network).await
+}
+
+async fn serve(
+    config: &Config,
+    store: Store,
+    runtime: Arc<dyn Runtime>,
+    network: Arc<dyn Network>,
+) -> Result<Daemon, StartError> {
     let forward = match &config.ecs_endpoint_url {
         Some(url) => {
             Some(Forwarder::new(url).map_err(|source| StartError::Forwarder { url: url.clone(), source })?)
         }
         None => None,
     };
+    let store = Arc::new(store);
+    let clock = Arc::new(SystemClock);
+    let engine = Engine::new(
+        EngineConfig {
+            data_dir: config.data_dir.clone(),
+            stop_timeout: config.stop_timeout,
+            start_timeout: config.start_timeout,
+            retention: config.retention,
+        },
+        Arc::clone(&store),
+        runtime,
+        network,
+        config.identity.clone(),
+        clock.clone(),
+    );
     let ctx = Arc::new(Ctx {
-        store: Arc::new(store),
+        store,
+        engine: Arc::clone(&engine),
         identity: config.identity.clone(),
-        clock: Arc::new(SystemClock),
+        clock,
         forward,
     });
     // Like an ECS agent registering without ECS_CLUSTER, this host brings the default cluster.
     api::ensure_default_cluster(&ctx).map_err(|source| StartError::DefaultCluster { source })?;
+    engine.start().await.map_err(|source| StartError::Engine { source })?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -101,7 +184,7 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     });
     info!(%addr, data_dir = %config.data_dir.display(), region = %config.identity.region,
           account = %config.identity.account, forward = ?config.ecs_endpoint_url, "ecsd started");
-    Ok(Daemon { addr, shutdown, server })
+    Ok(Daemon { addr, shutdown, server, engine, embedded: None })
 }
 
 /// An error with its sources, for one log line or one message: `a: b: c`.

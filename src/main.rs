@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ecsd::config::{Cli, Command, Config, LogFormat, ServeArgs};
+use ecsd::config::{Cli, Command, Config, ImageCommand, ImportArgs, LogFormat, LogsArgs, ServeArgs};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -12,7 +12,115 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Logs(args) => logs(&args),
+        Command::Image(ImageCommand::Import(args)) => import(&args),
+        Command::LogDriver(args) => ecsd::runtime::logs::run_log_driver(args),
     }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The configuration a client subcommand shares with `ecsd serve` (data dir, containerd).
+fn client_config(serve: ServeArgs) -> Result<Config, ExitCode> {
+    Config::resolve(&serve, &env).map_err(|e| {
+        eprintln!("ecsd: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn logs(args: &LogsArgs) -> ExitCode {
+    let config = match client_config(ServeArgs { data_dir: args.data_dir.clone(), ..ServeArgs::default() }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let id = args.task.rsplit('/').next().unwrap_or(&args.task);
+    let task_dir = config.data_dir.join("tasks").join(id);
+    if !task_dir.is_dir() {
+        eprintln!(
+            "ecsd: no task {id} in {}: it is unknown here, or it stopped and expired",
+            config.data_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&task_dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("logs").is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let name = match (&args.container, names.as_slice()) {
+        (Some(n), _) if names.contains(n) => n.clone(),
+        (Some(n), _) => {
+            eprintln!("ecsd: task {id} has no logs of a container named {n}; it has: {}", names.join(", "));
+            return ExitCode::FAILURE;
+        }
+        (None, [only]) => only.clone(),
+        (None, []) => {
+            eprintln!("ecsd: task {id} has no container logs yet");
+            return ExitCode::FAILURE;
+        }
+        (None, many) => {
+            eprintln!("ecsd: task {id} has several containers; name one of: {}", many.join(", "));
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match ecsd::runtime::logs::read_logs(&task_dir.join(name).join("logs"), args.follow, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ecsd: cannot read the logs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn import(args: &ImportArgs) -> ExitCode {
+    let explicit =
+        args.containerd_address.is_some() || env("ECSD_CONTAINERD_ADDRESS").is_some_and(|v| !v.is_empty());
+    let serve = ServeArgs {
+        data_dir: args.data_dir.clone(),
+        containerd_address: args.containerd_address.clone(),
+        namespace: args.namespace.clone(),
+        ..ServeArgs::default()
+    };
+    let config = match client_config(serve) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ecsd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let mut address = config.containerd_address.clone();
+        if !explicit && !ecsd::runtime::embedded::answers(&address, &config.namespace).await {
+            let embedded = ecsd::runtime::embedded::Layout::new(&config.data_dir).socket;
+            if ecsd::runtime::embedded::answers(&embedded, &config.namespace).await {
+                address = embedded;
+            }
+        }
+        match ecsd::runtime::import::import(&address, &config.namespace, &args.file).await {
+            Ok(names) => {
+                for n in names {
+                    println!("{n}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ecsd: {}", ecsd::error_chain(&e));
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
@@ -32,18 +140,25 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Handlers go in before anything is announced, so a signal right after the
+        // "listening" line is a clean shutdown, not the default death.
+        let signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ecsd: cannot watch SIGTERM and SIGINT: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let daemon = match ecsd::start(&config).await {
             Ok(d) => d,
             Err(e) => {
-                let chain = ecsd::error_chain(&e);
-                error!(error = %chain, "ecsd could not start");
-                eprintln!("ecsd: {chain}");
+                eprintln!("ecsd: {}", ecsd::error_chain(&e));
                 return ExitCode::FAILURE;
             }
         };
         println!("ecsd listening on http://{}", daemon.addr());
         let _ = std::io::stdout().flush();
-        let signal = wait_for_signal().await;
+        let signal = signals.wait().await;
         info!(signal, "shutting down");
         match daemon.shutdown().await {
             Ok(()) => {
@@ -63,25 +178,33 @@ fn init_tracing(config: &Config) {
         eprintln!("ecsd: RUST_LOG={}: {e}; using info", config.log_filter);
         EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot watch SIGTERM; only SIGINT stops ecsd");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+/// SIGTERM and SIGINT, watched from creation on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }

@@ -46,19 +46,38 @@ impl Include {
     }
 }
 
-/// Task and service counts of a cluster. Tasks and services are kept by the engine and the
-/// scheduler; until they record any, every cluster is empty.
+/// Task and service counts of a cluster.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Usage {
     pub running_tasks: i32,
     pub pending_tasks: i32,
     pub active_services: i32,
     pub draining_services: i32,
+    pub stopping_tasks: i32,
     pub container_instances: i32,
 }
 
-pub fn usage(_r: &Reader<'_>, _cluster: &str) -> Result<Usage, StoreError> {
-    Ok(Usage::default())
+pub fn usage(r: &Reader<'_>, cluster: &str) -> Result<Usage, StoreError> {
+    let prefix = crate::engine::task_key(cluster, "");
+    let end = crate::store::prefix_end(&prefix);
+    let mut u = Usage { container_instances: 1, ..Usage::default() };
+    let scan = Scan {
+        from: std::ops::Bound::Included(&prefix),
+        to: std::ops::Bound::Excluded(&end),
+        reverse: false,
+    };
+    r.scan(crate::store::records::TASKS, scan, |_, t: crate::engine::TaskRecord| {
+        use crate::engine::TaskStatus;
+        match t.last {
+            TaskStatus::Stopped => {}
+            TaskStatus::Running => u.running_tasks += 1,
+            s if s.is_pending() => u.pending_tasks += 1,
+            // DEACTIVATING, STOPPING and DEPROVISIONING tasks still hold the cluster.
+            _ => u.stopping_tasks += 1,
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(u)
 }
 
 fn default_settings() -> Vec<ClusterSetting> {
@@ -326,7 +345,7 @@ pub fn delete(ctx: &Ctx, req: DeleteClusterRequest) -> Result<DeleteClusterRespo
                 "The Cluster cannot be deleted while Services are active.",
             ));
         }
-        if u.running_tasks + u.pending_tasks > 0 {
+        if u.running_tasks + u.pending_tasks + u.stopping_tasks > 0 {
             return Err(ApiError::new(
                 Exception::ClusterContainsTasks,
                 "The Cluster cannot be deleted while Tasks are active.",

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::engine::Engine;
 use crate::model::arn::Identity;
 use crate::model::check::{Check, Checker};
 use crate::model::shapes;
@@ -21,11 +22,13 @@ use crate::store::Store;
 
 mod account_settings;
 mod clusters;
+mod container_instances;
 pub mod error;
 mod forward;
 mod pagination;
 mod tags;
 mod task_definitions;
+mod tasks;
 
 pub use error::{ApiError, Exception};
 pub use forward::Forwarder;
@@ -40,6 +43,7 @@ const JSON_1_1: &str = "application/x-amz-json-1.1";
 #[derive(Debug)]
 pub struct Ctx {
     pub store: Arc<Store>,
+    pub engine: Arc<Engine>,
     pub identity: Identity,
     pub clock: Arc<dyn Clock>,
     pub forward: Option<Forwarder>,
@@ -52,9 +56,10 @@ impl Ctx {
 }
 
 /// Declares the implemented operations once: the typed request enum, its parser and the
-/// dispatch to handlers all come from this list.
+/// dispatch to handlers all come from this list. `blocking` handlers are synchronous store
+/// work run on the blocking pool; `awaits` handlers are async (they talk to the engine).
 macro_rules! operations {
-    ($($op:ident($req:ty) => $handler:path),* $(,)?) => {
+    ($($kind:ident $op:ident($req:ty) => $handler:path),* $(,)?) => {
         /// A parsed, model-checked request for one implemented operation.
         #[derive(Debug)]
         #[allow(clippy::large_enum_variant)]
@@ -82,34 +87,54 @@ macro_rules! operations {
         }
 
         /// Runs a request to completion and encodes the response body.
-        pub fn handle(ctx: &Ctx, request: Request) -> Result<Vec<u8>, ApiError> {
+        pub async fn handle(ctx: &Arc<Ctx>, request: Request) -> Result<Vec<u8>, ApiError> {
             match request {
-                $(Request::$op(r) => encode(&$handler(ctx, r)?),)*
+                $(Request::$op(r) => call!($kind, ctx, r, $handler),)*
             }
         }
     };
 }
 
+macro_rules! call {
+    (blocking, $ctx:expr, $r:expr, $h:path) => {{
+        let ctx = Arc::clone($ctx);
+        let r = $r;
+        tokio::task::spawn_blocking(move || encode(&$h(&ctx, r)?))
+            .await
+            .map_err(|e| ApiError::new(Exception::Server, format!("the handler failed: {e}")))?
+    }};
+    (awaits, $ctx:expr, $r:expr, $h:path) => {
+        encode(&$h($ctx, $r).await?)
+    };
+}
+
 operations! {
-    CreateCluster(shapes::CreateClusterRequest) => clusters::create,
-    DescribeClusters(shapes::DescribeClustersRequest) => clusters::describe,
-    ListClusters(shapes::ListClustersRequest) => clusters::list,
-    UpdateCluster(shapes::UpdateClusterRequest) => clusters::update,
-    UpdateClusterSettings(shapes::UpdateClusterSettingsRequest) => clusters::update_settings,
-    DeleteCluster(shapes::DeleteClusterRequest) => clusters::delete,
-    RegisterTaskDefinition(shapes::RegisterTaskDefinitionRequest) => task_definitions::register,
-    DescribeTaskDefinition(shapes::DescribeTaskDefinitionRequest) => task_definitions::describe,
-    ListTaskDefinitions(shapes::ListTaskDefinitionsRequest) => task_definitions::list,
-    ListTaskDefinitionFamilies(shapes::ListTaskDefinitionFamiliesRequest) => task_definitions::list_families,
-    DeregisterTaskDefinition(shapes::DeregisterTaskDefinitionRequest) => task_definitions::deregister,
-    DeleteTaskDefinitions(shapes::DeleteTaskDefinitionsRequest) => task_definitions::delete,
-    TagResource(shapes::TagResourceRequest) => tags::tag,
-    UntagResource(shapes::UntagResourceRequest) => tags::untag,
-    ListTagsForResource(shapes::ListTagsForResourceRequest) => tags::list,
-    ListAccountSettings(shapes::ListAccountSettingsRequest) => account_settings::list,
-    PutAccountSetting(shapes::PutAccountSettingRequest) => account_settings::put,
-    PutAccountSettingDefault(shapes::PutAccountSettingDefaultRequest) => account_settings::put_default,
-    DeleteAccountSetting(shapes::DeleteAccountSettingRequest) => account_settings::delete,
+    blocking CreateCluster(shapes::CreateClusterRequest) => clusters::create,
+    blocking DescribeClusters(shapes::DescribeClustersRequest) => clusters::describe,
+    blocking ListClusters(shapes::ListClustersRequest) => clusters::list,
+    blocking UpdateCluster(shapes::UpdateClusterRequest) => clusters::update,
+    blocking UpdateClusterSettings(shapes::UpdateClusterSettingsRequest) => clusters::update_settings,
+    blocking DeleteCluster(shapes::DeleteClusterRequest) => clusters::delete,
+    blocking RegisterTaskDefinition(shapes::RegisterTaskDefinitionRequest) => task_definitions::register,
+    blocking DescribeTaskDefinition(shapes::DescribeTaskDefinitionRequest) => task_definitions::describe,
+    blocking ListTaskDefinitions(shapes::ListTaskDefinitionsRequest) => task_definitions::list,
+    blocking ListTaskDefinitionFamilies(shapes::ListTaskDefinitionFamiliesRequest) => task_definitions::list_families,
+    blocking DeregisterTaskDefinition(shapes::DeregisterTaskDefinitionRequest) => task_definitions::deregister,
+    blocking DeleteTaskDefinitions(shapes::DeleteTaskDefinitionsRequest) => task_definitions::delete,
+    blocking TagResource(shapes::TagResourceRequest) => tags::tag,
+    blocking UntagResource(shapes::UntagResourceRequest) => tags::untag,
+    blocking ListTagsForResource(shapes::ListTagsForResourceRequest) => tags::list,
+    blocking ListAccountSettings(shapes::ListAccountSettingsRequest) => account_settings::list,
+    blocking PutAccountSetting(shapes::PutAccountSettingRequest) => account_settings::put,
+    blocking PutAccountSettingDefault(shapes::PutAccountSettingDefaultRequest) => account_settings::put_default,
+    blocking DeleteAccountSetting(shapes::DeleteAccountSettingRequest) => account_settings::delete,
+    awaits RunTask(shapes::RunTaskRequest) => tasks::run,
+    awaits StartTask(shapes::StartTaskRequest) => tasks::start,
+    awaits StopTask(shapes::StopTaskRequest) => tasks::stop,
+    blocking DescribeTasks(shapes::DescribeTasksRequest) => tasks::describe,
+    blocking ListTasks(shapes::ListTasksRequest) => tasks::list,
+    blocking ListContainerInstances(shapes::ListContainerInstancesRequest) => container_instances::list,
+    blocking DescribeContainerInstances(shapes::DescribeContainerInstancesRequest) => container_instances::describe,
 }
 
 /// Decodes and model-checks a request body. An empty body is an empty object, as AWS
@@ -120,7 +145,7 @@ fn decode<T: DeserializeOwned + Check>(body: &[u8]) -> Result<T, ApiError> {
     let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = if path == "." || path.is_empty() {
+        let message = if path == "." || path == "?" || path.is_empty() {
             format!("The request body is not valid JSON for this operation: {inner}")
         } else {
             format!("The value at '{path}' is not valid: {inner}")
@@ -206,13 +231,7 @@ async fn respond(ctx: &Arc<Ctx>, target: &str, headers: &HeaderMap, body: Body) 
     };
     let body = read_body(headers, body).await?;
     match Request::parse(op, &body)? {
-        Some(request) => {
-            let ctx = Arc::clone(ctx);
-            let bytes = tokio::task::spawn_blocking(move || handle(&ctx, request))
-                .await
-                .map_err(|e| ApiError::new(Exception::Server, format!("the handler failed: {e}")))??;
-            Ok(Reply::Json(bytes))
-        }
+        Some(request) => Ok(Reply::Json(handle(ctx, request).await?)),
         None if !shapes::ALL_OPERATIONS.contains(&op) => Err(ApiError::new(
             Exception::UnknownOperation,
             format!("Unknown operation {op}: the ECS API has no operation of that name"),

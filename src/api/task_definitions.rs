@@ -93,7 +93,12 @@ pub fn describe(
     let reference = parse_ref(ctx, req.task_definition.as_deref().unwrap_or_default())?;
     let with_tags = req.include.as_deref().unwrap_or_default().iter().any(|i| i == "TAGS");
     ctx.store.read(|r| {
-        let td = resolve(r, &reference)?.ok_or_else(|| ApiError::client(NOT_FOUND))?;
+        let td = resolve(r, &reference)?.ok_or_else(|| match reference.revision {
+            Some(_) => ApiError::client(format!("{NOT_FOUND} Revision {reference} does not exist.")),
+            None => {
+                ApiError::client(format!("{NOT_FOUND} Family '{}' has no ACTIVE revision.", reference.family))
+            }
+        })?;
         let tags = if with_tags {
             Some(r.get(TAGS, td.task_definition_arn.as_deref().unwrap_or_default())?.unwrap_or_default())
         } else {

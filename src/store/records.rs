@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Table;
+use crate::engine::TaskRecord;
 use crate::model::shapes::{Cluster, Setting, Tag, TaskDefinition};
 
 /// Clusters by name. Counts that derive from tasks and services are not stored here.
@@ -19,7 +20,13 @@ pub const TAGS: Table<Vec<Tag>> = Table::new("tags");
 /// Account settings by [`setting_key`].
 pub const ACCOUNT_SETTINGS: Table<Setting> = Table::new("account_settings");
 
-pub const ALL_TABLES: &[&str] = &["clusters", "task_definitions", "families", "tags", "account_settings"];
+/// Tasks by `cluster\0task id` (see `engine::task_key`).
+pub const TASKS: Table<TaskRecord> = Table::new("tasks");
+/// Small facts about this host, by name.
+pub const META: Table<String> = Table::new("meta");
+
+pub const ALL_TABLES: &[&str] =
+    &["clusters", "task_definitions", "families", "tags", "account_settings", "tasks", "meta"];
 
 /// What a family remembers beyond its revisions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

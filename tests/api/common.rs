@@ -1,12 +1,17 @@
 //! Starting ecsd for a test and talking to it.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_ecs::Client;
 use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use ecsd::Daemon;
 use ecsd::config::{Config, ServeArgs};
+use ecsd::network::NoNetwork;
+use ecsd::runtime::ImageConfig;
+use ecsd::runtime::fake::FakeRuntime;
 
 /// A daemon on a free port with its own data dir, and an SDK client for it.
 pub struct Ecsd {
@@ -14,6 +19,9 @@ pub struct Ecsd {
     pub client: Client,
     pub url: String,
     pub dir: tempfile::TempDir,
+    /// The runtime tasks run on: in memory, driven by the test.
+    pub fake: Arc<FakeRuntime>,
+    env: Vec<(String, String)>,
 }
 
 pub fn config(dir: &Path, extra: &[(&str, &str)]) -> Config {
@@ -44,20 +52,53 @@ impl Ecsd {
 
     pub async fn start_with(env: &[(&str, &str)]) -> Ecsd {
         let dir = tempfile::tempdir().expect("tempdir");
-        let daemon = ecsd::start(&config(dir.path(), env)).await.expect("ecsd starts");
+        let fake = Arc::new(FakeRuntime::default());
+        fake.add_image(
+            "docker.io/library/busybox:latest",
+            ImageConfig {
+                env: vec!["PATH=/bin".into()],
+                cmd: Some(vec!["sh".into()]),
+                ..ImageConfig::default()
+            },
+        );
+        let daemon = ecsd::start_with(&config(dir.path(), env), fake.clone(), Arc::new(NoNetwork))
+            .await
+            .expect("ecsd starts");
         let url = format!("http://{}", daemon.addr());
-        Ecsd { daemon: Some(daemon), client: client(&url), url, dir }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Ecsd { daemon: Some(daemon), client: client(&url), url, dir, fake, env }
     }
 
-    /// Stops the daemon and starts a new one on the same data dir.
+    /// Stops the daemon and starts a new one on the same data dir and runtime.
     pub async fn restart(&mut self) {
         if let Some(d) = self.daemon.take() {
             d.shutdown().await.expect("clean shutdown");
         }
-        let daemon = ecsd::start(&config(self.dir.path(), &[])).await.expect("ecsd restarts");
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let daemon = ecsd::start_with(&config(self.dir.path(), &env), self.fake.clone(), Arc::new(NoNetwork))
+            .await
+            .expect("ecsd restarts");
         self.url = format!("http://{}", daemon.addr());
         self.client = client(&self.url);
         self.daemon = Some(daemon);
+    }
+}
+
+/// Polls `f` until it returns `Some`, for up to `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

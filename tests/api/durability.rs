@@ -55,6 +55,9 @@ async fn spawn(dir: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ecsd"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
+        // The control plane needs no runtime: point at a socket nobody serves.
+        .arg("--containerd-address")
+        .arg(dir.join("no-containerd.sock"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

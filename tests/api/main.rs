@@ -8,3 +8,4 @@ mod durability;
 mod protocol;
 mod tags;
 mod task_definitions;
+mod tasks;

@@ -79,14 +79,14 @@ async fn describe_by_family_revision_and_arn() {
     assert_eq!(out.task_definition().unwrap().status(), Some(&TaskDefinitionStatus::Inactive));
     assert!(out.task_definition().unwrap().deregistered_at().is_some());
 
-    for missing in ["nope", "app:9", "arn:aws:ecs:eu-west-1:000000000000:task-definition/app:1"] {
+    for (missing, message) in [
+        ("nope", "Unable to describe task definition. Family 'nope' has no ACTIVE revision."),
+        ("app:9", "Unable to describe task definition. Revision app:9 does not exist."),
+        ("arn:aws:ecs:eu-west-1:000000000000:task-definition/app:1", "Unable to describe task definition."),
+    ] {
         let (code, msg) =
             err(e.client.describe_task_definition().task_definition(missing).send().await.unwrap_err());
-        assert_eq!(
-            (code.as_str(), msg.as_str()),
-            ("ClientException", "Unable to describe task definition."),
-            "{missing}"
-        );
+        assert_eq!((code.as_str(), msg.as_str()), ("ClientException", message), "{missing}");
     }
     let (code, msg) =
         err(e.client.describe_task_definition().task_definition("app:x").send().await.unwrap_err());

@@ -1,0 +1,232 @@
+//! ListContainerInstances, DescribeContainerInstances: this host, as one container instance
+//! in every ACTIVE cluster, with its registered and remaining CPU, MEMORY and PORTS.
+
+use super::pagination::Page;
+use super::{ApiError, Ctx, cluster_name, clusters};
+use crate::engine::TaskRecord;
+use crate::model::arn::ResourceArn;
+use crate::model::shapes::{
+    Attribute, ContainerDefinition, ContainerInstance, DescribeContainerInstancesRequest,
+    DescribeContainerInstancesResponse, Failure, ListContainerInstancesRequest,
+    ListContainerInstancesResponse, Resource, TaskDefinition, VersionInfo,
+};
+use crate::store::records::META;
+
+/// Ports the ECS agent reserves on every instance.
+const RESERVED_PORTS: &[&str] = &["22", "2375", "2376", "51678", "51679"];
+
+/// The id of this host as a container instance: made once, kept in the store.
+pub fn instance_id(ctx: &Ctx) -> Result<String, ApiError> {
+    if let Some(id) = ctx.store.read(|r| r.get(META, "instance_id"))? {
+        return Ok(id);
+    }
+    Ok(ctx.store.write(|w| match w.get(META, "instance_id")? {
+        Some(id) => Ok::<_, crate::store::StoreError>(id),
+        None => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            w.put(META, "instance_id", &id)?;
+            Ok(id)
+        }
+    })?)
+}
+
+pub fn arn(ctx: &Ctx, cluster: &str) -> Result<String, ApiError> {
+    Ok(ctx.identity.container_instance_arn(cluster, &instance_id(ctx)?))
+}
+
+/// Whether `reference` (an id or ARN) names this host in `cluster`.
+pub fn is_ours(ctx: &Ctx, cluster: &str, reference: &str) -> Result<bool, ApiError> {
+    let id = instance_id(ctx)?;
+    Ok(if reference.starts_with("arn:") {
+        matches!(ctx.identity.parse(reference), Ok(ResourceArn::ContainerInstance { cluster: c, id: i }) if c == cluster && i == id)
+    } else {
+        reference == id
+    })
+}
+
+/// What a task reserves on the instance, as ECS accounts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub cpu: i64,
+    pub memory: i64,
+}
+
+impl Demand {
+    pub fn of(td: &TaskDefinition, containers: &[ContainerDefinition]) -> Demand {
+        let task_cpu = td.cpu.as_deref().and_then(|c| c.parse::<i64>().ok());
+        let task_mem = td.memory.as_deref().and_then(|m| m.parse::<i64>().ok());
+        Demand {
+            cpu: task_cpu.unwrap_or_else(|| containers.iter().map(|c| i64::from(c.cpu)).sum()),
+            memory: task_mem.unwrap_or_else(|| {
+                containers.iter().map(|c| i64::from(c.memory_reservation.or(c.memory).unwrap_or(0))).sum()
+            }),
+        }
+    }
+
+    fn of_task(t: &TaskRecord) -> Demand {
+        Demand::of(&t.definition, &t.containers_effective)
+    }
+}
+
+fn registered() -> Demand {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64;
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok())
+        })
+        .unwrap_or(0);
+    Demand { cpu: cpus * 1024, memory: mem_kib / 1024 }
+}
+
+/// What running and pending EC2 tasks hold on this host, across clusters.
+fn used(ctx: &Ctx) -> Result<Demand, ApiError> {
+    let mut d = Demand::default();
+    for t in ctx.engine.all_live_tasks()? {
+        if t.launch_type == "FARGATE" {
+            continue;
+        }
+        let x = Demand::of_task(&t);
+        d.cpu += x.cpu;
+        d.memory += x.memory;
+    }
+    Ok(d)
+}
+
+/// Why a task of `demand` cannot be placed now (`RESOURCE:CPU` / `RESOURCE:MEMORY`).
+pub fn shortfall(ctx: &Ctx, demand: Demand) -> Result<Option<&'static str>, ApiError> {
+    let reg = registered();
+    let used = used(ctx)?;
+    Ok(if used.memory + demand.memory > reg.memory {
+        Some("RESOURCE:MEMORY")
+    } else if used.cpu + demand.cpu > reg.cpu {
+        Some("RESOURCE:CPU")
+    } else {
+        None
+    })
+}
+
+fn integer(name: &str, v: i64) -> Resource {
+    Resource {
+        name: Some(name.into()),
+        r#type: Some("INTEGER".into()),
+        integer_value: v as i32,
+        ..Default::default()
+    }
+}
+
+fn ports(name: &str, ports: &[&str]) -> Resource {
+    Resource {
+        name: Some(name.into()),
+        r#type: Some("STRINGSET".into()),
+        string_set_value: Some(ports.iter().map(|p| p.to_string()).collect()),
+        ..Default::default()
+    }
+}
+
+fn attribute(name: &str, value: Option<&str>) -> Attribute {
+    Attribute { name: Some(name.into()), value: value.map(str::to_owned), ..Default::default() }
+}
+
+fn instance(ctx: &Ctx, cluster: &str) -> Result<ContainerInstance, ApiError> {
+    let reg = registered();
+    let used = used(ctx)?;
+    let tasks = ctx.engine.tasks_of(cluster)?;
+    let live: Vec<&TaskRecord> =
+        tasks.iter().filter(|t| t.last != crate::engine::TaskStatus::Stopped).collect();
+    let running = live.iter().filter(|t| t.last == crate::engine::TaskStatus::Running).count() as i32;
+    let arch = if std::env::consts::ARCH == "aarch64" { "arm64" } else { std::env::consts::ARCH };
+    let mut attributes = vec![
+        attribute("ecs.os-type", Some("linux")),
+        attribute("ecs.os-family", Some("LINUX")),
+        attribute("ecs.cpu-architecture", Some(arch)),
+        attribute("ecs.availability-zone", Some(&ctx.engine.availability_zone())),
+    ];
+    for cap in [
+        "com.amazonaws.ecs.capability.docker-remote-api.1.17",
+        "com.amazonaws.ecs.capability.docker-remote-api.1.18",
+        "com.amazonaws.ecs.capability.docker-remote-api.1.19",
+        "com.amazonaws.ecs.capability.docker-remote-api.1.21",
+        "com.amazonaws.ecs.capability.docker-remote-api.1.25",
+        "com.amazonaws.ecs.capability.task-iam-role",
+        "ecs.capability.task-eni",
+        "ecs.capability.container-health-check",
+        "ecs.capability.container-ordering",
+        "ecs.capability.execution-role-awslogs",
+    ] {
+        attributes.push(attribute(cap, None));
+    }
+    Ok(ContainerInstance {
+        container_instance_arn: Some(arn(ctx, cluster)?),
+        version: 1,
+        version_info: Some(VersionInfo {
+            agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+            agent_hash: Some("ecsd".into()),
+            docker_version: Some("containerd".into()),
+        }),
+        remaining_resources: Some(vec![
+            integer("CPU", (reg.cpu - used.cpu).max(0)),
+            integer("MEMORY", (reg.memory - used.memory).max(0)),
+            ports("PORTS", RESERVED_PORTS),
+            ports("PORTS_UDP", &[]),
+        ]),
+        registered_resources: Some(vec![
+            integer("CPU", reg.cpu),
+            integer("MEMORY", reg.memory),
+            ports("PORTS", RESERVED_PORTS),
+            ports("PORTS_UDP", &[]),
+        ]),
+        status: Some("ACTIVE".into()),
+        agent_connected: true,
+        running_tasks_count: running,
+        pending_tasks_count: live.len() as i32 - running,
+        attributes: Some(attributes),
+        registered_at: ctx.store.read(|r| r.get(META, "registered_at"))?.and_then(|s| s.parse().ok()),
+        attachments: Some(vec![]),
+        ..Default::default()
+    })
+}
+
+pub fn list(
+    ctx: &Ctx,
+    req: ListContainerInstancesRequest,
+) -> Result<ListContainerInstancesResponse, ApiError> {
+    Page::new(req.max_results, req.next_token.as_deref(), 100)?;
+    let name = cluster_name(ctx, req.cluster.as_deref())?;
+    if !ctx.store.read(|r| clusters::exists(r, &name))? {
+        return Err(ApiError::cluster_not_found());
+    }
+    let active = req.status.as_deref().is_none_or(|s| s == "ACTIVE");
+    let arns = if active { vec![arn(ctx, &name)?] } else { vec![] };
+    Ok(ListContainerInstancesResponse { container_instance_arns: Some(arns), next_token: None })
+}
+
+pub fn describe(
+    ctx: &Ctx,
+    req: DescribeContainerInstancesRequest,
+) -> Result<DescribeContainerInstancesResponse, ApiError> {
+    let name = cluster_name(ctx, req.cluster.as_deref())?;
+    if !ctx.store.read(|r| clusters::exists(r, &name))? {
+        return Err(ApiError::cluster_not_found());
+    }
+    let refs = req.container_instances.unwrap_or_default();
+    if refs.is_empty() || refs.len() > 100 {
+        return Err(ApiError::invalid_parameter(format!(
+            "containerInstances must name 1 to 100 container instances; it names {}",
+            refs.len()
+        )));
+    }
+    let mut instances = vec![];
+    let mut failures = vec![];
+    for r in refs {
+        if is_ours(ctx, &name, &r)? {
+            instances.push(instance(ctx, &name)?);
+        } else {
+            let arn = if r.starts_with("arn:") { r } else { ctx.identity.container_instance_arn(&name, &r) };
+            failures.push(Failure { arn: Some(arn), reason: Some("MISSING".into()), detail: None });
+        }
+    }
+    Ok(DescribeContainerInstancesResponse { container_instances: Some(instances), failures: Some(failures) })
+}

@@ -1,0 +1,763 @@
+//! One task's supervisor: a level-triggered loop that compares the task's desired status
+//! with what is true, acts, persists, and waits for the next message or deadline. The same
+//! loop runs a new task and re-adopts one after a restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::record::{ContainerRecord, ContainerStatus, Health, HealthStatus, TaskRecord, TaskStatus};
+use super::{Engine, LABEL_TASK_ID, Msg, STOP_ESSENTIAL_EXITED, STOP_FAILED_TO_START, task_key};
+use crate::model::shapes::ContainerDefinition;
+use crate::network::Mode;
+use crate::runtime::{Image, RuntimeError, Stdio};
+use crate::spec;
+use crate::store::records::TASKS;
+
+const SIGKILL: i32 = 9;
+
+/// Records an exit on a container.
+pub(crate) fn mark_exited(c: &mut ContainerRecord, code: i32, at: f64) {
+    c.status = ContainerStatus::Stopped;
+    c.exit_code = Some(code);
+    c.finished_at = Some(at);
+}
+
+struct Supervisor {
+    engine: Arc<Engine>,
+    rec: TaskRecord,
+    images: HashMap<String, Image>,
+    health: HashMap<String, JoinHandle<()>>,
+    dirty: bool,
+}
+
+pub(crate) async fn run(engine: Arc<Engine>, rec: TaskRecord, mut inbox: mpsc::UnboundedReceiver<Msg>) {
+    let mut s = Supervisor { engine, rec, images: HashMap::new(), health: HashMap::new(), dirty: false };
+    loop {
+        s.step().await;
+        s.persist();
+        if s.rec.last == TaskStatus::Stopped {
+            break;
+        }
+        let wait = s.next_deadline().map(|at| Duration::from_secs_f64((at - s.engine.now()).max(0.0)));
+        tokio::select! {
+            msg = inbox.recv() => match msg {
+                Some(m) => s.apply(m),
+                None => break,
+            },
+            _ = sleep_opt(wait) => {}
+        }
+        while let Ok(m) = inbox.try_recv() {
+            s.apply(m);
+        }
+        s.persist();
+    }
+    for (_, h) in s.health.drain() {
+        h.abort();
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Supervisor {
+    fn now(&self) -> f64 {
+        self.engine.now()
+    }
+
+    fn persist(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.rec.version += 1;
+        let key = task_key(&self.rec.cluster, &self.rec.id);
+        if let Err(e) = self.engine.store.write(|w| w.put(TASKS, &key, &self.rec)) {
+            warn!(error = %crate::error_chain(&e), "cannot persist the task");
+        }
+        self.dirty = false;
+    }
+
+    fn set_last(&mut self, status: TaskStatus) {
+        if self.rec.last != status {
+            info!(from = self.rec.last.as_str(), to = status.as_str(), "task status");
+            self.rec.last = status;
+            self.dirty = true;
+            self.persist();
+        }
+    }
+
+    /// Turns the task toward STOPPED, once; later requests keep the first reason.
+    fn request_stop(&mut self, code: &'static str, reason: String) {
+        if self.rec.desired == TaskStatus::Stopped {
+            return;
+        }
+        info!(code, reason = %reason, "stopping task");
+        self.rec.desired = TaskStatus::Stopped;
+        self.rec.stop_code = Some(code.to_owned());
+        self.rec.stopped_reason = Some(reason);
+        self.rec.stopping_at = Some(self.now());
+        self.dirty = true;
+    }
+
+    fn container(&mut self, runtime_id: &str) -> Option<&mut ContainerRecord> {
+        self.rec.containers.iter_mut().find(|c| c.runtime_id == runtime_id)
+    }
+
+    fn apply(&mut self, msg: Msg) {
+        match msg {
+            Msg::Stop { code, reason } => self.request_stop(code, reason),
+            Msg::Exit { runtime_id, code, at } => {
+                let Some(c) = self.container(&runtime_id) else { return };
+                if c.status == ContainerStatus::Stopped {
+                    return;
+                }
+                mark_exited(c, code, at);
+                let name = c.name.clone();
+                info!(container = %name, code, "container exited");
+                if let Some(h) = self.health.remove(&runtime_id) {
+                    h.abort();
+                }
+                self.dirty = true;
+                if self.rec.is_essential(&name) {
+                    self.request_stop(STOP_ESSENTIAL_EXITED, "Essential container in task exited".into());
+                }
+            }
+            Msg::Health { runtime_id, result, at } => self.apply_health(&runtime_id, result, at),
+        }
+    }
+
+    fn apply_health(
+        &mut self,
+        runtime_id: &str,
+        result: Result<crate::runtime::ExecResult, RuntimeError>,
+        at: f64,
+    ) {
+        let Some(idx) = self.rec.containers.iter().position(|c| c.runtime_id == runtime_id) else { return };
+        if self.rec.containers[idx].status != ContainerStatus::Running {
+            return;
+        }
+        let name = self.rec.containers[idx].name.clone();
+        let hc = self.rec.effective(&name).and_then(|d| d.health_check.clone()).unwrap_or_default();
+        let retries = hc.retries.unwrap_or(3).max(1) as u32;
+        let start_period = f64::from(hc.start_period.unwrap_or(0));
+        let started = self.rec.containers[idx].started_at.unwrap_or(at);
+        let c = &mut self.rec.containers[idx];
+        let h = c.health.get_or_insert_with(Health::default);
+        let before = h.status;
+        let (ok, code, output) = match result {
+            Ok(r) => (r.exit_code == 0, Some(r.exit_code), r.output),
+            Err(e) => (false, None, e.to_string()),
+        };
+        h.exit_code = code;
+        h.output = output;
+        if ok {
+            h.failing_streak = 0;
+            h.status = HealthStatus::Healthy;
+        } else if at - started >= start_period || h.status == HealthStatus::Healthy {
+            // Failures during the start period do not count, as with Docker.
+            h.failing_streak += 1;
+            if h.failing_streak >= retries {
+                h.status = HealthStatus::Unhealthy;
+            }
+        }
+        if h.status != before {
+            h.since = Some(at);
+            info!(container = %name, from = before.as_str(), to = h.status.as_str(), "health");
+            self.dirty = true;
+        }
+    }
+
+    /// The earliest time something must happen without a message: a SIGKILL deadline or a
+    /// dependency wait running out.
+    fn next_deadline(&self) -> Option<f64> {
+        let mut at: Option<f64> = None;
+        let mut consider = |t: f64| at = Some(at.map_or(t, |a: f64| a.min(t)));
+        for c in &self.rec.containers {
+            if c.status == ContainerStatus::Running
+                && let (Some(sent), None | Some(false)) = (c.stop_sent_at, c.killed)
+            {
+                consider(sent + self.stop_timeout(&c.name).as_secs_f64());
+            }
+            if c.status == ContainerStatus::Pending && self.rec.desired == TaskStatus::Running {
+                consider(self.rec.created_at + self.engine.cfg.start_timeout.as_secs_f64());
+            }
+        }
+        at
+    }
+
+    fn stop_timeout(&self, name: &str) -> Duration {
+        self.rec
+            .effective(name)
+            .and_then(|d| d.stop_timeout)
+            .filter(|t| *t >= 0)
+            .map_or(self.engine.cfg.stop_timeout, |t| Duration::from_secs(t as u64))
+    }
+
+    async fn step(&mut self) {
+        // Level-triggered, so exits recorded while ecsd was down count too.
+        let essential_stopped = self.rec.containers.iter().any(|c| {
+            c.status == ContainerStatus::Stopped && c.started_at.is_some() && self.rec.is_essential(&c.name)
+        });
+        if essential_stopped {
+            self.request_stop(STOP_ESSENTIAL_EXITED, "Essential container in task exited".into());
+        }
+        if self.rec.desired == TaskStatus::Running {
+            self.step_running().await;
+        }
+        if self.rec.desired == TaskStatus::Stopped {
+            self.step_stopping().await;
+        }
+    }
+
+    async fn step_running(&mut self) {
+        if self.rec.last == TaskStatus::Provisioning {
+            let mode = Mode::parse(self.rec.definition.network_mode.as_deref());
+            match self.engine.network.create(&self.rec.id, mode).await {
+                Ok(netns) => {
+                    self.rec.netns = netns.map(|p| p.display().to_string());
+                    self.rec.connectivity_at = Some(self.now());
+                    self.dirty = true;
+                    self.set_last(TaskStatus::Pending);
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "ResourceInitializationError: cannot create the task's network: {}",
+                        crate::error_chain(&e)
+                    );
+                    self.fail_to_start(None, reason);
+                    return;
+                }
+            }
+        }
+        if self.rec.pull_stopped_at.is_none() {
+            self.pull().await;
+            if self.rec.desired != TaskStatus::Running {
+                return;
+            }
+        }
+        loop {
+            let mut progressed = false;
+            for i in 0..self.rec.containers.len() {
+                if self.rec.desired != TaskStatus::Running {
+                    return;
+                }
+                if self.rec.containers[i].status != ContainerStatus::Pending {
+                    continue;
+                }
+                match self.dependencies(i) {
+                    Deps::Ready => {
+                        self.launch(i).await;
+                        progressed = true;
+                    }
+                    Deps::Waiting => {}
+                    Deps::Never(why) => {
+                        let name = self.rec.containers[i].name.clone();
+                        self.fail_to_start(
+                            Some(i),
+                            format!("CannotStartContainerError: container '{name}' {why}"),
+                        );
+                        return;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let waiting = self.rec.containers.iter().any(|c| c.status == ContainerStatus::Pending);
+        if waiting && self.now() >= self.rec.created_at + self.engine.cfg.start_timeout.as_secs_f64() {
+            let secs = self.engine.cfg.start_timeout.as_secs();
+            self.fail_to_start(
+                None,
+                format!("ContainerRuntimeTimeoutError: Could not transition to running; timed out after waiting {secs}s for container dependencies"),
+            );
+            return;
+        }
+        if !waiting && self.rec.last < TaskStatus::Running {
+            self.rec.started_at = Some(self.now());
+            self.dirty = true;
+            self.set_last(TaskStatus::Running);
+        }
+    }
+
+    /// Resolves every image the task still needs; a missing one fails the task as ECS does.
+    async fn pull(&mut self) {
+        self.rec.pull_started_at.get_or_insert(self.now());
+        for i in 0..self.rec.containers.len() {
+            if self.rec.containers[i].status != ContainerStatus::Pending {
+                continue;
+            }
+            let reference = self.rec.containers[i].image.clone();
+            if let Err(e) = self.image(&reference).await {
+                let reason = match &e {
+                    RuntimeError::ImageNotFound { .. } | RuntimeError::InvalidReference { .. } => format!(
+                        "CannotPullContainerError: {e}; ecsd does not pull from registries yet: import the image with `ecsd image import FILE`"
+                    ),
+                    _ => format!("CannotPullContainerError: {e}"),
+                };
+                self.fail_to_start(Some(i), reason);
+                return;
+            }
+            let image = &self.images[&reference];
+            let c = &mut self.rec.containers[i];
+            c.image_digest = Some(image.digest.clone());
+            c.image_id = Some(image.config_digest.clone());
+        }
+        self.rec.pull_stopped_at = Some(self.now());
+        self.dirty = true;
+    }
+
+    async fn image(&mut self, reference: &str) -> Result<Image, RuntimeError> {
+        if let Some(i) = self.images.get(reference) {
+            return Ok(i.clone());
+        }
+        let normalized = crate::runtime::reference::normalize(reference)?;
+        let image = self.engine.runtime.image(&normalized).await?;
+        self.images.insert(reference.to_owned(), image.clone());
+        Ok(image)
+    }
+
+    /// Stops the task before it ran: the container that could not start carries the reason.
+    fn fail_to_start(&mut self, container: Option<usize>, reason: String) {
+        warn!(reason = %reason, "task failed to start");
+        if let Some(i) = container {
+            let now = self.now();
+            let c = &mut self.rec.containers[i];
+            c.status = ContainerStatus::Stopped;
+            c.reason = Some(reason.clone());
+            c.finished_at.get_or_insert(now);
+        }
+        self.dirty = true;
+        self.request_stop(STOP_FAILED_TO_START, reason);
+    }
+
+    fn dependencies(&self, i: usize) -> Deps {
+        let name = &self.rec.containers[i].name;
+        let deps = self.rec.effective(name).and_then(|d| d.depends_on.clone()).unwrap_or_default();
+        let mut waiting = false;
+        for d in deps {
+            let target = d.container_name.unwrap_or_default();
+            let condition = d.condition.unwrap_or_default();
+            let Some(t) = self.rec.containers.iter().find(|c| c.name == target) else {
+                return Deps::Never(format!("depends on container '{target}', which is not in the task"));
+            };
+            let started = t.started_at.is_some();
+            let state = match condition.as_str() {
+                "START" => match t.status {
+                    ContainerStatus::Running => Deps::Ready,
+                    ContainerStatus::Stopped if started => Deps::Ready,
+                    ContainerStatus::Stopped => {
+                        Deps::Never(format!("depends on '{target}' starting, but it never started"))
+                    }
+                    _ => Deps::Waiting,
+                },
+                "COMPLETE" => match t.status {
+                    ContainerStatus::Stopped => Deps::Ready,
+                    _ => Deps::Waiting,
+                },
+                "SUCCESS" => match (t.status, t.exit_code) {
+                    (ContainerStatus::Stopped, Some(0)) => Deps::Ready,
+                    (ContainerStatus::Stopped, code) => Deps::Never(format!(
+                        "depends on '{target}' exiting successfully, but it exited with {}",
+                        code.map_or("no exit code".to_owned(), |c| format!("code {c}"))
+                    )),
+                    _ => Deps::Waiting,
+                },
+                "HEALTHY" => match (t.status, t.health.as_ref().map(|h| h.status)) {
+                    (ContainerStatus::Running, Some(HealthStatus::Healthy)) => Deps::Ready,
+                    (ContainerStatus::Stopped, _) => {
+                        Deps::Never(format!("depends on '{target}' being healthy, but it stopped"))
+                    }
+                    _ => Deps::Waiting,
+                },
+                other => Deps::Never(format!("has an unknown dependency condition {other}")),
+            };
+            match state {
+                Deps::Ready => {}
+                Deps::Waiting => waiting = true,
+                never => return never,
+            }
+        }
+        if waiting { Deps::Waiting } else { Deps::Ready }
+    }
+
+    async fn launch(&mut self, i: usize) {
+        let name = self.rec.containers[i].name.clone();
+        let runtime_id = self.rec.containers[i].runtime_id.clone();
+        let Some(def) = self.rec.effective(&name).cloned() else { return };
+        match self.create_and_start(&def, &runtime_id).await {
+            Ok(()) => {
+                let now = self.now();
+                let c = &mut self.rec.containers[i];
+                c.status = ContainerStatus::Running;
+                c.created_at.get_or_insert(now);
+                c.started_at = Some(now);
+                info!(container = %name, runtime_id = %runtime_id, "container running");
+                self.dirty = true;
+                self.persist();
+                self.start_health(&def, &runtime_id);
+            }
+            Err(reason) => {
+                if let Err(e) = self.engine.runtime.remove(&runtime_id).await {
+                    warn!(container = %name, error = %e, "cannot clean up a container that failed to start");
+                }
+                let essential = self.rec.is_essential(&name);
+                if essential {
+                    self.fail_to_start(Some(i), reason);
+                } else {
+                    warn!(container = %name, reason = %reason, "non-essential container failed to start");
+                    let now = self.now();
+                    let c = &mut self.rec.containers[i];
+                    c.status = ContainerStatus::Stopped;
+                    c.reason = Some(reason);
+                    c.finished_at = Some(now);
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Prepares, creates and starts one container. The error is the container's `reason`.
+    async fn create_and_start(&mut self, def: &ContainerDefinition, runtime_id: &str) -> Result<(), String> {
+        let name = def.name.clone().unwrap_or_default();
+        let reference = def.image.clone().unwrap_or_default();
+        let image = self.image(&reference).await.map_err(|e| format!("CannotPullContainerError: {e}"))?;
+        let runtime = Arc::clone(&self.engine.runtime);
+        let rootfs = runtime
+            .prepare(runtime_id, &image)
+            .await
+            .map_err(|e| format!("CannotCreateContainerError: {e}"))?;
+        let passwd = read_image_file(&rootfs.layers, "etc/passwd");
+        let group = read_image_file(&rootfs.layers, "etc/group");
+        let dir = self.engine.task_dir(&self.rec.id).join(&name);
+        let files = self.write_files(def, &dir).map_err(|e| format!("CannotCreateContainerError: {e}"))?;
+        let volumes = self.volumes().map_err(|e| format!("CannotCreateContainerError: {e}"))?;
+        let netns = self.rec.netns.as_ref().map(PathBuf::from);
+        let cgroups_path = format!("/ecs/{}/{}", self.rec.id, runtime_id);
+        let task_input = spec::TaskInput {
+            task_arn: &self.rec.arn,
+            task_id: &self.rec.id,
+            cluster: &self.rec.cluster,
+            definition: &self.rec.definition,
+            network_mode: spec_mode(Mode::parse(self.rec.definition.network_mode.as_deref())),
+            netns: netns.as_deref(),
+            pid_ns: None,
+            ipc_ns: None,
+            shm: None,
+            volumes: &volumes,
+            cgroups_path: &cgroups_path,
+        };
+        let extra_env: Vec<(String, String)> = vec![];
+        let devices = spec::resolve_devices(&spec::device_paths(def))
+            .map_err(|e| format!("CannotCreateContainerError: {e}"))?;
+        let hostname = hostname_for(def, &self.rec);
+        let container_input = spec::ContainerInput {
+            definition: def,
+            image: &image.config,
+            passwd: passwd.as_deref(),
+            group: group.as_deref(),
+            env_files: &[],
+            extra_env: &extra_env,
+            files: &files,
+            devices: &devices,
+            hostname: &hostname,
+        };
+        let built = spec::build(&task_input, &container_input, &self.engine.host_limits)
+            .map_err(|e| format!("CannotCreateContainerError: {e}"))?;
+        let mut labels: BTreeMap<String, String> = spec::labels(&task_input, &container_input);
+        labels.insert(LABEL_TASK_ID.to_owned(), self.rec.id.clone());
+        let stdio = Stdio { log_dir: dir.join("logs"), terminal: def.pseudo_terminal.unwrap_or(false) };
+        runtime
+            .create(runtime_id, &built.spec, &labels, &stdio)
+            .await
+            .map_err(|e| format!("CannotCreateContainerError: {e}"))?;
+        runtime.start(runtime_id).await.map_err(|e| format!("CannotStartContainerError: {e}"))?;
+        Ok(())
+    }
+
+    /// Writes the container's /etc/hosts, /etc/resolv.conf and /etc/hostname.
+    fn write_files(&self, def: &ContainerDefinition, dir: &Path) -> std::io::Result<spec::ContainerFiles> {
+        std::fs::create_dir_all(dir)?;
+        let mode = Mode::parse(self.rec.definition.network_mode.as_deref());
+        if mode == Mode::Host {
+            return Ok(spec::ContainerFiles::default());
+        }
+        let hostname = hostname_for(def, &self.rec);
+        let hosts = spec::hosts_file(&hostname, &[], def.extra_hosts.as_deref().unwrap_or_default());
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv = spec::resolv_conf(
+            &host_resolv,
+            spec_mode(mode),
+            def.dns_servers.as_deref().unwrap_or_default(),
+            def.dns_search_domains.as_deref().unwrap_or_default(),
+        );
+        let files = spec::ContainerFiles {
+            hosts: Some(dir.join("hosts")),
+            resolv_conf: Some(dir.join("resolv.conf")),
+            hostname: Some(dir.join("hostname")),
+        };
+        std::fs::write(dir.join("hosts"), hosts)?;
+        std::fs::write(dir.join("resolv.conf"), resolv)?;
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+        Ok(files)
+    }
+
+    /// Host directories of the task's volumes: `host.sourcePath`, or a task-scoped directory
+    /// (removed with the task), or a shared named directory for shared Docker volumes.
+    fn volumes(&self) -> std::io::Result<BTreeMap<String, PathBuf>> {
+        let mut out = BTreeMap::new();
+        for v in self.rec.definition.volumes.as_deref().unwrap_or_default() {
+            let name = v.name.clone().unwrap_or_default();
+            let path = if let Some(src) = v.host.as_ref().and_then(|h| h.source_path.clone()) {
+                PathBuf::from(src)
+            } else if v.efs_volume_configuration.is_some()
+                || v.fsx_windows_file_server_volume_configuration.is_some()
+            {
+                return Err(std::io::Error::other(format!(
+                    "volume '{name}' needs EFS or FSx, which ecsd cannot mount on this host"
+                )));
+            } else if v
+                .docker_volume_configuration
+                .as_ref()
+                .is_some_and(|d| d.scope.as_deref() == Some("shared"))
+            {
+                self.engine.cfg.data_dir.join("volumes").join(&name)
+            } else {
+                self.engine.task_dir(&self.rec.id).join("volumes").join(&name)
+            };
+            std::fs::create_dir_all(&path)?;
+            out.insert(name, path);
+        }
+        Ok(out)
+    }
+
+    fn start_health(&mut self, def: &ContainerDefinition, runtime_id: &str) {
+        let Some(hc) = def.health_check.clone() else { return };
+        let command = hc.command.clone().unwrap_or_default();
+        let args: Vec<String> = match command.first().map(String::as_str) {
+            Some("CMD") => command[1..].to_vec(),
+            Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), command[1..].join(" ")],
+            _ => return,
+        };
+        if args.is_empty() {
+            return;
+        }
+        let env: Vec<String> = def
+            .environment
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|kv| {
+                Some(format!("{}={}", kv.name.as_deref()?, kv.value.as_deref().unwrap_or_default()))
+            })
+            .chain(std::iter::once(
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            ))
+            .collect();
+        let process = match oci_spec::runtime::ProcessBuilder::default()
+            .args(args)
+            .env(env)
+            .cwd(def.working_directory.clone().unwrap_or_else(|| "/".into()))
+            .build()
+        {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot build the health check process");
+                return;
+            }
+        };
+        let interval = Duration::from_secs(hc.interval.unwrap_or(30).max(1) as u64);
+        let timeout = Duration::from_secs(hc.timeout.unwrap_or(5).max(1) as u64);
+        let engine = Arc::clone(&self.engine);
+        let task_id = self.rec.id.clone();
+        let id = runtime_id.to_owned();
+        let handle = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let result = engine.runtime.exec(&id, &process, timeout).await;
+                let at = engine.now();
+                engine.send(&task_id, Msg::Health { runtime_id: id.clone(), result, at });
+            }
+        });
+        if let Some(old) = self.health.insert(runtime_id.to_owned(), handle) {
+            old.abort();
+        }
+    }
+
+    /// Whether every container that depends on `name` has stopped (stop runs in reverse
+    /// dependency order).
+    fn dependents_stopped(&self, name: &str) -> bool {
+        self.rec.containers.iter().all(|c| {
+            let depends = self
+                .rec
+                .effective(&c.name)
+                .and_then(|d| d.depends_on.as_ref())
+                .is_some_and(|deps| deps.iter().any(|d| d.container_name.as_deref() == Some(name)));
+            !depends || c.status == ContainerStatus::Stopped
+        })
+    }
+
+    async fn step_stopping(&mut self) {
+        if self.rec.last < TaskStatus::Deactivating {
+            for (_, h) in self.health.drain() {
+                h.abort();
+            }
+            self.set_last(TaskStatus::Deactivating);
+            self.set_last(TaskStatus::Stopping);
+        }
+        let runtime = Arc::clone(&self.engine.runtime);
+        for i in 0..self.rec.containers.len() {
+            let (name, runtime_id, status) = {
+                let c = &self.rec.containers[i];
+                (c.name.clone(), c.runtime_id.clone(), c.status)
+            };
+            match status {
+                ContainerStatus::Pending => {
+                    self.rec.containers[i].status = ContainerStatus::Stopped;
+                    self.dirty = true;
+                }
+                ContainerStatus::Created => {
+                    let _ = runtime.remove(&runtime_id).await;
+                    self.rec.containers[i].status = ContainerStatus::Stopped;
+                    self.dirty = true;
+                }
+                ContainerStatus::Running if self.dependents_stopped(&name) => {
+                    let now = self.now();
+                    let timeout = self.stop_timeout(&name).as_secs_f64();
+                    let c = &self.rec.containers[i];
+                    if c.stop_sent_at.is_none() {
+                        let signal = self.stop_signal(&name).await;
+                        info!(container = %name, signal, "sending the stop signal");
+                        if let Err(e) = runtime.signal(&runtime_id, signal).await {
+                            warn!(container = %name, error = %e, "cannot signal the container");
+                        }
+                        self.rec.containers[i].stop_sent_at = Some(now);
+                        self.dirty = true;
+                    } else if c.killed != Some(true) && now >= c.stop_sent_at.unwrap_or(now) + timeout {
+                        info!(container = %name, "stop timeout passed; sending SIGKILL");
+                        if let Err(e) = runtime.signal(&runtime_id, SIGKILL).await {
+                            warn!(container = %name, error = %e, "cannot kill the container");
+                        }
+                        self.rec.containers[i].killed = Some(true);
+                        self.dirty = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.rec.containers.iter().any(|c| c.status != ContainerStatus::Stopped) {
+            return;
+        }
+        let last_exit = self
+            .rec
+            .containers
+            .iter()
+            .filter_map(|c| c.finished_at)
+            .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.max(t))));
+        self.rec.execution_stopped_at = Some(last_exit.unwrap_or_else(|| self.now()));
+        self.dirty = true;
+        self.set_last(TaskStatus::Deprovisioning);
+        self.deprovision().await;
+        self.rec.stopped_at = Some(self.now());
+        self.dirty = true;
+        self.set_last(TaskStatus::Stopped);
+    }
+
+    async fn stop_signal(&mut self, name: &str) -> i32 {
+        let Some(def) = self.rec.effective(name).cloned() else { return 15 };
+        let image = match self.image(def.image.as_deref().unwrap_or_default()).await {
+            Ok(i) => i,
+            Err(_) => return 15,
+        };
+        let input = spec::ContainerInput {
+            definition: &def,
+            image: &image.config,
+            hostname: "",
+            passwd: None,
+            group: None,
+            env_files: &[],
+            extra_env: &[],
+            files: &spec::ContainerFiles::default(),
+            devices: &spec::ResolvedDevices::new(),
+        };
+        spec::stop_signal(&input).unwrap_or(15)
+    }
+
+    /// Releases everything the task holds, continuing past errors and reporting each.
+    async fn deprovision(&mut self) {
+        for c in &self.rec.containers {
+            if let Err(e) = self.engine.runtime.remove(&c.runtime_id).await {
+                warn!(container = %c.name, error = %e, "cannot remove the container");
+            }
+        }
+        if let Err(e) = self.engine.network.remove(&self.rec.id).await {
+            warn!(error = %crate::error_chain(&e), "cannot remove the task's network namespace");
+        }
+        let volumes = self.engine.task_dir(&self.rec.id).join("volumes");
+        if volumes.exists()
+            && let Err(e) = std::fs::remove_dir_all(&volumes)
+        {
+            warn!(error = %e, dir = %volumes.display(), "cannot remove the task's volumes");
+        }
+        remove_task_cgroups(&self.rec.id);
+    }
+}
+
+enum Deps {
+    Ready,
+    Waiting,
+    Never(String),
+}
+
+fn spec_mode(mode: Mode) -> spec::NetworkMode {
+    match mode {
+        Mode::Awsvpc => spec::NetworkMode::Awsvpc,
+        Mode::Bridge => spec::NetworkMode::Bridge,
+        Mode::Host => spec::NetworkMode::Host,
+        Mode::None => spec::NetworkMode::None,
+    }
+}
+
+/// The container's hostname: its own `hostname`, else the task id's first 12 characters,
+/// as a container id would give it.
+fn hostname_for(def: &ContainerDefinition, rec: &TaskRecord) -> String {
+    def.hostname.clone().unwrap_or_else(|| rec.id.chars().take(12).collect())
+}
+
+/// Reads a file of the image from its layers, topmost first, honouring overlay whiteouts.
+fn read_image_file(layers: &[PathBuf], rel: &str) -> Option<String> {
+    for layer in layers {
+        let path = layer.join(rel);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => return std::fs::read_to_string(&path).ok(),
+            // A character device (0/0) here is an overlay whiteout: the file was deleted.
+            Ok(_) => return None,
+            Err(_) => continue,
+        }
+    }
+    None
+}
+
+/// Removes the task's cgroup directories (runc removes each container's own).
+fn remove_task_cgroups(task_id: &str) {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    for e in entries.flatten() {
+        let dir = e.path().join("ecs").join(task_id);
+        if dir.is_dir() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    let unified = Path::new("/sys/fs/cgroup/ecs").join(task_id);
+    if unified.is_dir() {
+        let _ = std::fs::remove_dir(&unified);
+    }
+}

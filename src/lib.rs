@@ -109,7 +109,11 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
             .await
             .map_err(|source| StartError::Containerd { source })?
     };
-    let mut daemon = serve(config, store, Arc::new(runtime), namespaces(config)).await?;
+    let os = Os {
+        cgroups: Some(engine::cgroups::Cgroups::new(std::path::Path::new("/sys/fs/cgroup"))),
+        init: ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists()),
+    };
+    let mut daemon = serve(config, store, Arc::new(runtime), namespaces(config), os).await?;
     daemon.embedded = embedded;
     Ok(daemon)
 }
@@ -131,7 +135,14 @@ pub async fn start_with(
     runtime: Arc<dyn Runtime>,
     network: Arc<dyn Network>,
 ) -> Result<Daemon, StartError> {
-    serve(config, open_store(config)?, runtime, network).await
+    serve(config, open_store(config)?, runtime, network, Os::default()).await
+}
+
+/// What the engine takes from the host beyond the runtime and the network.
+#[derive(Debug, Default)]
+struct Os {
+    cgroups: Option<engine::cgroups::Cgroups>,
+    init: Option<PathBuf>,
 }
 
 async fn serve(
@@ -139,6 +150,7 @@ async fn serve(
     store: Store,
     runtime: Arc<dyn Runtime>,
     network: Arc<dyn Network>,
+    os: Os,
 ) -> Result<Daemon, StartError> {
     let forward = match &config.ecs_endpoint_url {
         Some(url) => {
@@ -154,6 +166,8 @@ async fn serve(
             stop_timeout: config.stop_timeout,
             start_timeout: config.start_timeout,
             retention: config.retention,
+            cgroups: os.cgroups,
+            init: os.init,
         },
         Arc::clone(&store),
         runtime,

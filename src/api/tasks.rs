@@ -140,6 +140,23 @@ fn validate_network(td: &TaskDefinition, nc: Option<&NetworkConfiguration>) -> R
     Ok(())
 }
 
+/// Task-shared PID and IPC namespaces need a process holding them for the task's life (the
+/// agent's pause container); ecsd does not keep one yet, so it says so up front rather than
+/// failing every container at creation.
+fn validate_supported(td: &TaskDefinition) -> Result<(), ApiError> {
+    for (field, value) in [("pidMode", &td.pid_mode), ("ipcMode", &td.ipc_mode)] {
+        if value.as_deref() == Some("task") {
+            return Err(ApiError::new(
+                Exception::UnsupportedFeature,
+                format!(
+                    "{field} 'task' is not supported by ecsd yet: use 'host', or leave {field} out for a namespace per container"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_launch_type(td: &TaskDefinition, launch_type: &str) -> Result<(), ApiError> {
     let compatible = td.compatibilities.as_deref().unwrap_or_default().iter().any(|c| c == launch_type);
     if compatible {
@@ -175,6 +192,7 @@ fn new_record(ctx: &Ctx, launch: &Launch, instance_arn: &str) -> Result<TaskReco
             finished_at: None,
             stop_sent_at: None,
             killed: None,
+            stop_signal: None,
             health: c.health_check.as_ref().map(|_| crate::engine::Health::default()),
         })
         .collect();
@@ -310,6 +328,7 @@ pub async fn run(ctx: &Arc<Ctx>, req: RunTaskRequest) -> Result<RunTaskResponse,
     })?;
     validate_launch_type(&definition, &launch_type)?;
     validate_network(&definition, req.network_configuration.as_ref())?;
+    validate_supported(&definition)?;
     apply_overrides(&definition, req.overrides.as_ref())?;
     let l = Launch {
         cluster,
@@ -342,6 +361,7 @@ pub async fn start(ctx: &Arc<Ctx>, req: StartTaskRequest) -> Result<StartTaskRes
         Ok::<_, ApiError>((cluster, td))
     })?;
     validate_network(&definition, req.network_configuration.as_ref())?;
+    validate_supported(&definition)?;
     apply_overrides(&definition, req.overrides.as_ref())?;
     let ours = container_instances::arn(ctx, &cluster)?;
     let mut failures = vec![];

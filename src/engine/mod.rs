@@ -22,6 +22,7 @@ use crate::network::Network;
 use crate::runtime::{Event, ExecResult, ProcessStatus, Runtime, RuntimeError};
 use crate::store::{Scan, Store, StoreError, prefix_end};
 
+pub mod cgroups;
 pub mod record;
 mod supervisor;
 
@@ -52,6 +53,10 @@ pub struct EngineConfig {
     pub start_timeout: Duration,
     /// STOPPED tasks stay visible this long, then they and their files are removed.
     pub retention: Duration,
+    /// Task cgroups with the task's cpu and memory limits; `None` leaves them out (tests).
+    pub cgroups: Option<cgroups::Cgroups>,
+    /// A static init (tini) to run as PID 1 of containers with `initProcessEnabled`.
+    pub init: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,13 +106,13 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Arc<Engine> {
         Arc::new(Engine {
-            cfg,
             store,
             runtime,
             network,
             identity,
             clock,
-            host_limits: crate::spec::host_limits(),
+            host_limits: crate::spec::HostLimits { init: cfg.init.clone(), ..crate::spec::host_limits() },
+            cfg,
             supervisors: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),

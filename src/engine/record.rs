@@ -131,6 +131,9 @@ pub struct ContainerRecord {
     pub stop_sent_at: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub killed: Option<bool>,
+    /// The signal that asks it to stop (the image's StopSignal, else SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
 }

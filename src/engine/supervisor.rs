@@ -33,11 +33,20 @@ struct Supervisor {
     rec: TaskRecord,
     images: HashMap<String, Image>,
     health: HashMap<String, JoinHandle<()>>,
+    /// Each started container's process, the template of its health-check execs.
+    processes: HashMap<String, oci_spec::runtime::Process>,
     dirty: bool,
 }
 
 pub(crate) async fn run(engine: Arc<Engine>, rec: TaskRecord, mut inbox: mpsc::UnboundedReceiver<Msg>) {
-    let mut s = Supervisor { engine, rec, images: HashMap::new(), health: HashMap::new(), dirty: false };
+    let mut s = Supervisor {
+        engine,
+        rec,
+        images: HashMap::new(),
+        health: HashMap::new(),
+        processes: HashMap::new(),
+        dirty: false,
+    };
     loop {
         s.step().await;
         s.persist();
@@ -223,6 +232,7 @@ impl Supervisor {
             let mode = Mode::parse(self.rec.definition.network_mode.as_deref());
             match self.engine.network.create(&self.rec.id, mode).await {
                 Ok(netns) => {
+                    self.apply_cgroups();
                     self.rec.netns = netns.map(|p| p.display().to_string());
                     self.rec.connectivity_at = Some(self.now());
                     self.dirty = true;
@@ -286,6 +296,20 @@ impl Supervisor {
             self.rec.started_at = Some(self.now());
             self.dirty = true;
             self.set_last(TaskStatus::Running);
+        }
+    }
+
+    /// The task cgroup with the task's cpu and memory, as the agent sets it. A host that
+    /// cannot (no permission, no controller) still runs the task, with container limits only.
+    fn apply_cgroups(&self) {
+        let Some(cg) = &self.engine.cfg.cgroups else { return };
+        let limits = super::cgroups::TaskLimits {
+            cpu_units: self.rec.cpu.as_deref().and_then(|c| c.parse().ok()),
+            shares: self.rec.containers_effective.iter().map(|c| c.cpu.clamp(2, 262_144) as u64).sum(),
+            memory_mib: self.rec.memory.as_deref().and_then(|m| m.parse().ok()),
+        };
+        if let Err(e) = cg.apply(&self.rec.id, limits) {
+            warn!(error = %e, "cannot set the task's cgroup limits; containers keep their own");
         }
     }
 
@@ -395,9 +419,13 @@ impl Supervisor {
         let runtime_id = self.rec.containers[i].runtime_id.clone();
         let Some(def) = self.rec.effective(&name).cloned() else { return };
         match self.create_and_start(&def, &runtime_id).await {
-            Ok(()) => {
+            Ok(built) => {
                 let now = self.now();
+                if let Some(p) = built.spec.process().clone() {
+                    self.processes.insert(runtime_id.clone(), p);
+                }
                 let c = &mut self.rec.containers[i];
+                c.stop_signal = Some(built.stop_signal);
                 c.status = ContainerStatus::Running;
                 c.created_at.get_or_insert(now);
                 c.started_at = Some(now);
@@ -427,7 +455,11 @@ impl Supervisor {
     }
 
     /// Prepares, creates and starts one container. The error is the container's `reason`.
-    async fn create_and_start(&mut self, def: &ContainerDefinition, runtime_id: &str) -> Result<(), String> {
+    async fn create_and_start(
+        &mut self,
+        def: &ContainerDefinition,
+        runtime_id: &str,
+    ) -> Result<spec::BuildOutput, String> {
         let name = def.name.clone().unwrap_or_default();
         let reference = def.image.clone().unwrap_or_default();
         let image = self.image(&reference).await.map_err(|e| format!("CannotPullContainerError: {e}"))?;
@@ -473,6 +505,9 @@ impl Supervisor {
         };
         let built = spec::build(&task_input, &container_input, &self.engine.host_limits)
             .map_err(|e| format!("CannotCreateContainerError: {e}"))?;
+        for c in &built.clamped {
+            warn!(container = %name, "{c}");
+        }
         let mut labels: BTreeMap<String, String> = spec::labels(&task_input, &container_input);
         labels.insert(LABEL_TASK_ID.to_owned(), self.rec.id.clone());
         let stdio = Stdio { log_dir: dir.join("logs"), terminal: def.pseudo_terminal.unwrap_or(false) };
@@ -481,19 +516,44 @@ impl Supervisor {
             .await
             .map_err(|e| format!("CannotCreateContainerError: {e}"))?;
         runtime.start(runtime_id).await.map_err(|e| format!("CannotStartContainerError: {e}"))?;
-        Ok(())
+        Ok(built)
     }
 
     /// Writes the container's /etc/hosts, /etc/resolv.conf and /etc/hostname.
     fn write_files(&self, def: &ContainerDefinition, dir: &Path) -> std::io::Result<spec::ContainerFiles> {
         std::fs::create_dir_all(dir)?;
         let mode = Mode::parse(self.rec.definition.network_mode.as_deref());
+        let extra = def.extra_hosts.as_deref().unwrap_or_default();
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         if mode == Mode::Host {
-            return Ok(spec::ContainerFiles::default());
+            // The host's own files, as Docker gives host-networked containers, plus extraHosts.
+            let mut hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+            if !hosts.is_empty() && !hosts.ends_with('\n') {
+                hosts.push('\n');
+            }
+            for e in extra {
+                if let (Some(name), Some(ip)) = (e.hostname.as_deref(), e.ip_address.as_deref()) {
+                    hosts.push_str(&format!("{ip}\t{name}\n"));
+                }
+            }
+            let resolv = spec::resolv_conf(
+                &host_resolv,
+                spec_mode(mode),
+                def.dns_servers.as_deref().unwrap_or_default(),
+                def.dns_search_domains.as_deref().unwrap_or_default(),
+            );
+            std::fs::write(dir.join("hosts"), hosts)?;
+            std::fs::write(dir.join("resolv.conf"), resolv)?;
+            return Ok(spec::ContainerFiles {
+                hosts: Some(dir.join("hosts")),
+                resolv_conf: Some(dir.join("resolv.conf")),
+                hostname: None,
+            });
         }
         let hostname = hostname_for(def, &self.rec);
-        let hosts = spec::hosts_file(&hostname, &[], def.extra_hosts.as_deref().unwrap_or_default());
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        // Until the task has an interface of its own, its hostname names its loopback.
+        let addresses = [std::net::IpAddr::from([127, 0, 0, 1])];
+        let hosts = spec::hosts_file(&hostname, &addresses, extra);
         let resolv = spec::resolv_conf(
             &host_resolv,
             spec_mode(mode),
@@ -551,30 +611,30 @@ impl Supervisor {
         if args.is_empty() {
             return;
         }
-        let env: Vec<String> = def
-            .environment
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|kv| {
-                Some(format!("{}={}", kv.name.as_deref()?, kv.value.as_deref().unwrap_or_default()))
-            })
-            .chain(std::iter::once(
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-            ))
-            .collect();
-        let process = match oci_spec::runtime::ProcessBuilder::default()
-            .args(args)
-            .env(env)
-            .cwd(def.working_directory.clone().unwrap_or_else(|| "/".into()))
-            .build()
-        {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "cannot build the health check process");
-                return;
+        // The check runs as the container's own process does: same user, environment and
+        // working directory (as Docker runs HEALTHCHECK), without a terminal.
+        let mut process = match self.processes.get(runtime_id) {
+            Some(p) => p.clone(),
+            None => {
+                let env: Vec<String> = def
+                    .environment
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|kv| {
+                        Some(format!("{}={}", kv.name.as_deref()?, kv.value.as_deref().unwrap_or_default()))
+                    })
+                    .chain(std::iter::once(
+                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+                    ))
+                    .collect();
+                let mut p = oci_spec::runtime::Process::default();
+                p.set_env(Some(env))
+                    .set_cwd(def.working_directory.clone().unwrap_or_else(|| "/".into()).into());
+                p
             }
         };
+        process.set_args(Some(args)).set_terminal(Some(false)).set_console_size(None);
         let interval = Duration::from_secs(hc.interval.unwrap_or(30).max(1) as u64);
         let timeout = Duration::from_secs(hc.timeout.unwrap_or(5).max(1) as u64);
         let engine = Arc::clone(&self.engine);
@@ -673,6 +733,9 @@ impl Supervisor {
     }
 
     async fn stop_signal(&mut self, name: &str) -> i32 {
+        if let Some(s) = self.rec.containers.iter().find(|c| c.name == name).and_then(|c| c.stop_signal) {
+            return s;
+        }
         let Some(def) = self.rec.effective(name).cloned() else { return 15 };
         let image = match self.image(def.image.as_deref().unwrap_or_default()).await {
             Ok(i) => i,
@@ -708,7 +771,11 @@ impl Supervisor {
         {
             warn!(error = %e, dir = %volumes.display(), "cannot remove the task's volumes");
         }
-        remove_task_cgroups(&self.rec.id);
+        if let Some(cg) = &self.engine.cfg.cgroups
+            && let Err(e) = cg.remove(&self.rec.id)
+        {
+            warn!(error = %e, "cannot remove the task's cgroup");
+        }
     }
 }
 
@@ -745,19 +812,4 @@ fn read_image_file(layers: &[PathBuf], rel: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// Removes the task's cgroup directories (runc removes each container's own).
-fn remove_task_cgroups(task_id: &str) {
-    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return };
-    for e in entries.flatten() {
-        let dir = e.path().join("ecs").join(task_id);
-        if dir.is_dir() {
-            let _ = std::fs::remove_dir(&dir);
-        }
-    }
-    let unified = Path::new("/sys/fs/cgroup/ecs").join(task_id);
-    if unified.is_dir() {
-        let _ = std::fs::remove_dir(&unified);
-    }
 }

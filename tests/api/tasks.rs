@@ -407,6 +407,21 @@ async fn run_task_refuses_what_ecs_refuses() {
     assert_eq!(code, "InvalidParameterException");
     assert_eq!(msg, "Network Configuration must be provided when networkMode 'awsvpc' is specified.");
 
+    e.client
+        .register_task_definition()
+        .family("pid")
+        .pid_mode(aws_sdk_ecs::types::PidMode::Task)
+        .container_definitions(container("app"))
+        .send()
+        .await
+        .unwrap();
+    let (code, msg) = err(e.client.run_task().task_definition("pid").send().await.unwrap_err());
+    assert_eq!(code, "UnsupportedFeatureException");
+    assert_eq!(
+        msg,
+        "pidMode 'task' is not supported by ecsd yet: use 'host', or leave pidMode out for a namespace per container"
+    );
+
     e.client.deregister_task_definition().task_definition("plain:1").send().await.unwrap();
     let (code, msg) = err(e.client.run_task().task_definition("plain:1").send().await.unwrap_err());
     assert_eq!(code, "ClientException");

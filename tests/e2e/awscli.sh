@@ -80,10 +80,13 @@ call() {
 }
 
 # start_ecsd NAME DATA_DIR [VAR=VALUE...]: start ecsd on a free port; sets ECSD_PID and URL.
+# These checks are of the control plane, which needs no containerd: ecsd is pointed at a socket
+# nobody serves, so it neither uses the host's containerd nor starts one of its own.
 start_ecsd() {
   local name=$1 data=$2 line
   shift 2
-  env -u ECS_ENDPOINT_URL -u ECSD_LISTEN -u ECSD_DATA_DIR "$@" \
+  env -u ECS_ENDPOINT_URL -u ECSD_LISTEN -u ECSD_DATA_DIR \
+    ECSD_CONTAINERD_ADDRESS="$data/no-containerd.sock" "$@" \
     "$ECSD_BIN" serve --listen 127.0.0.1:0 --data-dir "$data" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   ECSD_PID=$!
   PIDS+=("$ECSD_PID")
@@ -195,7 +198,8 @@ call "list-task-definitions after deregister" list-task-definitions --family-pre
 
 # A second daemon on the same data dir must refuse to start.
 rc=0
-timeout 20 env -u ECS_ENDPOINT_URL "$ECSD_BIN" serve --listen 127.0.0.1:0 --data-dir "$data" \
+timeout 20 env -u ECS_ENDPOINT_URL ECSD_CONTAINERD_ADDRESS="$data/no-containerd.sock" \
+  "$ECSD_BIN" serve --listen 127.0.0.1:0 --data-dir "$data" \
   >"$tmp/second.out" 2>"$tmp/second.err" || rc=$?
 if ((rc != 0 && rc != 124)) && grep -qi "already in use" "$tmp/second.err" "$tmp/second.out"; then
   ok "a second ecsd on the same data dir exits non-zero (exit $rc) saying 'already in use'"

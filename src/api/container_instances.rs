@@ -130,7 +130,7 @@ fn attribute(name: &str, value: Option<&str>) -> Attribute {
     Attribute { name: Some(name.into()), value: value.map(str::to_owned), ..Default::default() }
 }
 
-fn instance(ctx: &Ctx, cluster: &str) -> Result<ContainerInstance, ApiError> {
+fn instance(ctx: &Ctx, cluster: &str, connected: bool) -> Result<ContainerInstance, ApiError> {
     let reg = registered();
     let used = used(ctx)?;
     let tasks = ctx.engine.tasks_of(cluster)?;
@@ -179,7 +179,8 @@ fn instance(ctx: &Ctx, cluster: &str) -> Result<ContainerInstance, ApiError> {
             ports("PORTS_UDP", &[]),
         ]),
         status: Some("ACTIVE".into()),
-        agent_connected: true,
+        // The "agent" is ecsd itself; what it can be disconnected from is containerd.
+        agent_connected: connected,
         running_tasks_count: running,
         pending_tasks_count: live.len() as i32 - running,
         attributes: Some(attributes),
@@ -203,10 +204,11 @@ pub fn list(
     Ok(ListContainerInstancesResponse { container_instance_arns: Some(arns), next_token: None })
 }
 
-pub fn describe(
-    ctx: &Ctx,
+pub async fn describe(
+    ctx: &std::sync::Arc<Ctx>,
     req: DescribeContainerInstancesRequest,
 ) -> Result<DescribeContainerInstancesResponse, ApiError> {
+    let connected = ctx.engine.runtime_ready().await.is_ok();
     let name = cluster_name(ctx, req.cluster.as_deref())?;
     if !ctx.store.read(|r| clusters::exists(r, &name))? {
         return Err(ApiError::cluster_not_found());
@@ -222,7 +224,7 @@ pub fn describe(
     let mut failures = vec![];
     for r in refs {
         if is_ours(ctx, &name, &r)? {
-            instances.push(instance(ctx, &name)?);
+            instances.push(instance(ctx, &name, connected)?);
         } else {
             let arn = if r.starts_with("arn:") { r } else { ctx.identity.container_instance_arn(&name, &r) };
             failures.push(Failure { arn: Some(arn), reason: Some("MISSING".into()), detail: None });

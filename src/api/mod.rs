@@ -134,7 +134,7 @@ operations! {
     blocking DescribeTasks(shapes::DescribeTasksRequest) => tasks::describe,
     blocking ListTasks(shapes::ListTasksRequest) => tasks::list,
     blocking ListContainerInstances(shapes::ListContainerInstancesRequest) => container_instances::list,
-    blocking DescribeContainerInstances(shapes::DescribeContainerInstancesRequest) => container_instances::describe,
+    awaits DescribeContainerInstances(shapes::DescribeContainerInstancesRequest) => container_instances::describe,
 }
 
 /// Decodes and model-checks a request body. An empty body is an empty object, as AWS

@@ -448,6 +448,9 @@ async fn an_unreachable_runtime_is_a_placement_failure() {
     assert_eq!(f.reason(), Some("AGENT"));
     assert!(f.arn().unwrap().starts_with(&arn("container-instance/default/")));
     assert_eq!(f.detail(), Some("containerd is unreachable at fake: set unavailable by the test"));
+    let ci = e.client.list_container_instances().send().await.unwrap().container_instance_arns()[0].clone();
+    let d = e.client.describe_container_instances().container_instances(ci).send().await.unwrap();
+    assert!(!d.container_instances()[0].agent_connected(), "ecsd is cut off from its runtime");
 }
 
 #[tokio::test]

@@ -60,7 +60,7 @@ fn parse_ref(ctx: &Ctx, reference: &str) -> Result<TaskDefinitionRef, ApiError> 
 }
 
 /// The newest ACTIVE revision of a family.
-fn latest_active(r: &Reader<'_>, family: &str) -> Result<Option<TaskDefinition>, StoreError> {
+pub(super) fn latest_active(r: &Reader<'_>, family: &str) -> Result<Option<TaskDefinition>, StoreError> {
     let prefix = family_prefix(family);
     let end = prefix_end(&prefix);
     let mut found = None;

@@ -43,28 +43,7 @@ fn definition(ctx: &Ctx, r: &Reader<'_>, reference: &str) -> Result<TaskDefiniti
     })?;
     let td = match parsed.revision {
         Some(rev) => r.get(TASK_DEFINITIONS, &task_definition_key(&parsed.family, rev))?,
-        None => {
-            let mut found = None;
-            let prefix = crate::store::records::family_prefix(&parsed.family);
-            let end = crate::store::prefix_end(&prefix);
-            r.scan(
-                TASK_DEFINITIONS,
-                crate::store::Scan {
-                    from: std::ops::Bound::Included(&prefix),
-                    to: std::ops::Bound::Excluded(&end),
-                    reverse: true,
-                },
-                |_, td: TaskDefinition| {
-                    if td.status.as_deref() == Some("ACTIVE") {
-                        found = Some(td);
-                        std::ops::ControlFlow::Break(())
-                    } else {
-                        std::ops::ControlFlow::Continue(())
-                    }
-                },
-            )?;
-            found
-        }
+        None => super::task_definitions::latest_active(r, &parsed.family)?,
     };
     match td {
         Some(td) if td.status.as_deref() == Some("ACTIVE") => Ok(td),
@@ -301,6 +280,26 @@ fn check_tags(tags: Option<&[Tag]>) -> Result<Vec<Tag>, ApiError> {
     Ok(t)
 }
 
+/// The checks RunTask and StartTask share: an ACTIVE cluster, an ACTIVE task definition,
+/// network configuration that fits its network mode, overrides that name its containers.
+fn resolve(
+    ctx: &Ctx,
+    cluster: Option<&str>,
+    task_definition: Option<&str>,
+    network: Option<&NetworkConfiguration>,
+    overrides: Option<&TaskOverride>,
+) -> Result<(String, TaskDefinition), ApiError> {
+    let (cluster, td) = ctx.store.read(|r| {
+        let cluster = active_cluster(ctx, r, cluster)?;
+        let td = definition(ctx, r, task_definition.unwrap_or_default())?;
+        Ok::<_, ApiError>((cluster, td))
+    })?;
+    validate_network(&td, network)?;
+    validate_supported(&td)?;
+    apply_overrides(&td, overrides)?;
+    Ok((cluster, td))
+}
+
 pub async fn run(ctx: &Arc<Ctx>, req: RunTaskRequest) -> Result<RunTaskResponse, ApiError> {
     let count = req.count.unwrap_or(1);
     if !(1..=10).contains(&count) {
@@ -321,15 +320,14 @@ pub async fn run(ctx: &Arc<Ctx>, req: RunTaskRequest) -> Result<RunTaskResponse,
         _ => "EC2".to_owned(),
     };
     let tags = check_tags(req.tags.as_deref())?;
-    let (cluster, definition) = ctx.store.read(|r| {
-        let cluster = active_cluster(ctx, r, req.cluster.as_deref())?;
-        let td = definition(ctx, r, req.task_definition.as_deref().unwrap_or_default())?;
-        Ok::<_, ApiError>((cluster, td))
-    })?;
+    let (cluster, definition) = resolve(
+        ctx,
+        req.cluster.as_deref(),
+        req.task_definition.as_deref(),
+        req.network_configuration.as_ref(),
+        req.overrides.as_ref(),
+    )?;
     validate_launch_type(&definition, &launch_type)?;
-    validate_network(&definition, req.network_configuration.as_ref())?;
-    validate_supported(&definition)?;
-    apply_overrides(&definition, req.overrides.as_ref())?;
     let l = Launch {
         cluster,
         definition,
@@ -355,15 +353,13 @@ pub async fn start(ctx: &Arc<Ctx>, req: StartTaskRequest) -> Result<StartTaskRes
         )));
     }
     let tags = check_tags(req.tags.as_deref())?;
-    let (cluster, definition) = ctx.store.read(|r| {
-        let cluster = active_cluster(ctx, r, req.cluster.as_deref())?;
-        let td = definition(ctx, r, req.task_definition.as_deref().unwrap_or_default())?;
-        Ok::<_, ApiError>((cluster, td))
-    })?;
-    validate_network(&definition, req.network_configuration.as_ref())?;
-    validate_supported(&definition)?;
-    apply_overrides(&definition, req.overrides.as_ref())?;
-    let ours = container_instances::arn(ctx, &cluster)?;
+    let (cluster, definition) = resolve(
+        ctx,
+        req.cluster.as_deref(),
+        req.task_definition.as_deref(),
+        req.network_configuration.as_ref(),
+        req.overrides.as_ref(),
+    )?;
     let mut failures = vec![];
     let mut count = 0;
     for i in &instances {
@@ -378,7 +374,6 @@ pub async fn start(ctx: &Arc<Ctx>, req: StartTaskRequest) -> Result<StartTaskRes
             failures.push(Failure { arn: Some(arn), reason: Some("MISSING".into()), detail: None });
         }
     }
-    let _ = ours;
     let l = Launch {
         cluster,
         definition,

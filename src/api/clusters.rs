@@ -353,6 +353,10 @@ pub fn delete(ctx: &Ctx, req: DeleteClusterRequest) -> Result<DeleteClusterRespo
         }
         c.status = Some(INACTIVE.into());
         w.put(CLUSTERS, &name, &c)?;
+        for a in super::attributes::custom(&w.reader(), &name)? {
+            let key = crate::store::records::attribute_key(&name, a.name.as_deref().unwrap_or_default());
+            w.delete(crate::store::records::ATTRIBUTES, &key)?;
+        }
         w.delete(TAGS, &ctx.identity.cluster_arn(&name))?;
         Ok(view(&w.reader(), c, Include { settings: true, configurations: true, ..Include::default() })?)
     })?;

@@ -130,13 +130,8 @@ fn attribute(name: &str, value: Option<&str>) -> Attribute {
     Attribute { name: Some(name.into()), value: value.map(str::to_owned), ..Default::default() }
 }
 
-fn instance(ctx: &Ctx, cluster: &str, connected: bool) -> Result<ContainerInstance, ApiError> {
-    let reg = registered();
-    let used = used(ctx)?;
-    let tasks = ctx.engine.tasks_of(cluster)?;
-    let live: Vec<&TaskRecord> =
-        tasks.iter().filter(|t| t.last != crate::engine::TaskStatus::Stopped).collect();
-    let running = live.iter().filter(|t| t.last == crate::engine::TaskStatus::Running).count() as i32;
+/// The attributes ECS itself puts on an instance: platform and capabilities.
+pub fn builtin_attributes(ctx: &Ctx) -> Vec<Attribute> {
     let arch = if std::env::consts::ARCH == "aarch64" { "arm64" } else { std::env::consts::ARCH };
     let mut attributes = vec![
         attribute("ecs.os-type", Some("linux")),
@@ -158,6 +153,18 @@ fn instance(ctx: &Ctx, cluster: &str, connected: bool) -> Result<ContainerInstan
     ] {
         attributes.push(attribute(cap, None));
     }
+    attributes
+}
+
+fn instance(ctx: &Ctx, cluster: &str, connected: bool) -> Result<ContainerInstance, ApiError> {
+    let reg = registered();
+    let used = used(ctx)?;
+    let tasks = ctx.engine.tasks_of(cluster)?;
+    let live: Vec<&TaskRecord> =
+        tasks.iter().filter(|t| t.last != crate::engine::TaskStatus::Stopped).collect();
+    let running = live.iter().filter(|t| t.last == crate::engine::TaskStatus::Running).count() as i32;
+    let mut attributes = builtin_attributes(ctx);
+    attributes.extend(ctx.store.read(|r| super::attributes::custom(r, cluster))?);
     Ok(ContainerInstance {
         container_instance_arn: Some(arn(ctx, cluster)?),
         version: 1,

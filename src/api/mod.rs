@@ -21,6 +21,7 @@ use crate::model::time::Clock;
 use crate::store::Store;
 
 mod account_settings;
+mod attributes;
 mod clusters;
 mod container_instances;
 pub mod error;
@@ -133,6 +134,9 @@ operations! {
     awaits StopTask(shapes::StopTaskRequest) => tasks::stop,
     blocking DescribeTasks(shapes::DescribeTasksRequest) => tasks::describe,
     blocking ListTasks(shapes::ListTasksRequest) => tasks::list,
+    blocking PutAttributes(shapes::PutAttributesRequest) => attributes::put,
+    blocking ListAttributes(shapes::ListAttributesRequest) => attributes::list,
+    blocking DeleteAttributes(shapes::DeleteAttributesRequest) => attributes::delete,
     blocking ListContainerInstances(shapes::ListContainerInstancesRequest) => container_instances::list,
     awaits DescribeContainerInstances(shapes::DescribeContainerInstancesRequest) => container_instances::describe,
 }

@@ -22,11 +22,13 @@ pub const ACCOUNT_SETTINGS: Table<Setting> = Table::new("account_settings");
 
 /// Tasks by `cluster\0task id` (see `engine::task_key`).
 pub const TASKS: Table<TaskRecord> = Table::new("tasks");
+/// Custom attributes of this host's container instance, by [`attribute_key`].
+pub const ATTRIBUTES: Table<crate::model::shapes::Attribute> = Table::new("attributes");
 /// Small facts about this host, by name.
 pub const META: Table<String> = Table::new("meta");
 
 pub const ALL_TABLES: &[&str] =
-    &["clusters", "task_definitions", "families", "tags", "account_settings", "tasks", "meta"];
+    &["clusters", "task_definitions", "families", "tags", "account_settings", "tasks", "meta", "attributes"];
 
 /// What a family remembers beyond its revisions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +49,11 @@ pub fn task_definition_key(family: &str, revision: i32) -> String {
 /// The prefix shared by every revision of `family`.
 pub fn family_prefix(family: &str) -> String {
     format!("{family}\u{0}")
+}
+
+/// Attributes are per cluster (one container instance each): `cluster\0name`.
+pub fn attribute_key(cluster: &str, name: &str) -> String {
+    format!("{cluster}\u{0}{name}")
 }
 
 /// Account settings are per principal: `principal\0name`. The account default (set by

@@ -2,6 +2,7 @@
 //! (aws-sdk-ecs) and, for protocol edge cases, by raw HTTP.
 
 mod account_settings;
+mod attributes;
 mod clusters;
 mod common;
 mod durability;

@@ -9,15 +9,19 @@ ECSD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ECSD_ROOT
 
 # Debian packages that ecsd, its tests and its benchmark need. protobuf-compiler is for the
-# containerd gRPC client (later issues); containerd and runc run tasks (later issues; on hosts
-# with /usr/sbin/policy-rc.d returning 101, as in containers and CI, apt does not start them).
-# netavark (task networking) will be added here by the issue that uses it.
+# containerd gRPC client; containerd and runc run tasks (on hosts with /usr/sbin/policy-rc.d
+# returning 101, as in containers and CI, apt does not start them); iproute2 (`ip netns`) makes
+# the tasks' network namespaces; busybox-static is what hack/build-test-image puts in the test
+# image; tini is the init of containers with initProcessEnabled. netavark (task networking)
+# will be added here by the issue that uses it.
 ECSD_APT_PACKAGES=(
   ca-certificates curl jq
   python3 python3-venv
   protobuf-compiler
   wrk shellcheck
   containerd runc
+  iproute2 busybox-static
+  tini
 )
 
 # The Python tools of the end-to-end tier and the benchmark, pinned to versions known to work
@@ -165,4 +169,40 @@ stop_pid() {
   while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.05; done
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+}
+
+# Network namespaces that the root tier's ecsd instances make: `ecsd-<containerd namespace>-<task
+# id>`, where the tests' containerd namespaces are `t-*` (tests/tasks_containerd.rs) and
+# `ecsd-test-*` (tests/runtime.rs).
+ECSD_TEST_NETNS_RE='^ecsd-(t|ecsd-test)-'
+
+# Print the test network namespaces that exist now, one per line.
+test_netns() {
+  ip netns list 2>/dev/null | awk '{ print $1 }' | grep -E "$ECSD_TEST_NETNS_RE" || true
+}
+
+# Copy stdin to stdout, each line indented by four spaces.
+indent() { sed 's/^/    /'; }
+
+# Delete the network namespaces named on stdin (one per line).
+delete_netns() {
+  local ns
+  while read -r ns; do
+    [[ -z $ns ]] || ip netns delete "$ns" || log "cannot delete network namespace $ns"
+  done
+}
+
+# Print `NAMESPACE/ID` for each container that the containerd at SOCKET still holds.
+containerd_containers() {
+  local sock=$1 ns id
+  for ns in $(ctr --address "$sock" namespaces ls -q 2>/dev/null); do
+    for id in $(ctr --address "$sock" --namespace "$ns" containers ls -q 2>/dev/null); do
+      printf '%s/%s\n' "$ns" "$id"
+    done
+  done
+}
+
+# True while something is mounted at or below DIR.
+mounted_under() {
+  awk -v d="${1%/}/" 'index($5 "/", d) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo
 }

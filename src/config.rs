@@ -92,6 +92,8 @@ Environment:
   ECS_CONTAINER_START_TIMEOUT  how long a container waits for its dependencies (default 3m)
   ECSD_TASK_RETENTION      how long STOPPED tasks stay visible (default 1h)
   ECS_ENDPOINT_URL         forward ECS operations ecsd does not implement to this endpoint
+  ECSD_LOG_DRIVER          the ecsd binary containerd's shim runs to capture container output
+                           (default: this binary)
   RUST_LOG, ECSD_LOG       log filter, e.g. info or ecsd=debug (default info)")]
 pub struct ServeArgs {
     /// Address to serve the ECS API on; port 0 picks a free port. The bound address is
@@ -137,6 +139,8 @@ pub struct Config {
     /// its own, waiting for it to answer instead.
     pub containerd_address_explicit: bool,
     pub namespace: String,
+    /// The binary the shim runs as `log-driver` (`ECSD_LOG_DRIVER`); `None`: this one.
+    pub log_driver: Option<PathBuf>,
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
     pub retention: Duration,
@@ -255,6 +259,7 @@ impl Config {
             containerd_address,
             containerd_address_explicit,
             namespace,
+            log_driver: non_empty("ECSD_LOG_DRIVER").map(PathBuf::from),
             stop_timeout,
             start_timeout,
             retention,

@@ -96,19 +96,24 @@ impl Daemon {
 pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     // The data dir's lock comes first: a second ecsd must not touch containerd at all.
     let store = open_store(config)?;
-    let (runtime, embedded) = if config.containerd_address_explicit {
-        let options = runtime::ContainerdOptions::new(
-            &config.containerd_address,
-            &config.namespace,
-            &config.data_dir.join("run"),
-        )
-        .map_err(|source| StartError::Runtime { source })?;
-        (runtime::ContainerdRuntime::new(options).map_err(|source| StartError::Runtime { source })?, None)
+    // A configured address is the containerd to use, even while it is down; only the
+    // default one is replaced by an embedded containerd when nothing answers there.
+    let embedded = if config.containerd_address_explicit {
+        None
     } else {
-        runtime::containerd::connect(&config.containerd_address, &config.data_dir, &config.namespace)
+        runtime::embedded::ensure(&config.containerd_address, &config.data_dir, &config.namespace)
             .await
             .map_err(|source| StartError::Containerd { source })?
     };
+    let address = embedded.as_ref().map_or(config.containerd_address.as_path(), |e| e.address());
+    let mut options =
+        runtime::ContainerdOptions::new(address, &config.namespace, &config.data_dir.join("run"))
+            .map_err(|source| StartError::Runtime { source })?;
+    if let Some(program) = &config.log_driver {
+        options.log_driver = program.clone();
+    }
+    let runtime =
+        runtime::ContainerdRuntime::new(options).map_err(|source| StartError::Runtime { source })?;
     let os = Os {
         cgroups: Some(engine::cgroups::Cgroups::new(std::path::Path::new("/sys/fs/cgroup"))),
         init: ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists()),

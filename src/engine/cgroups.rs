@@ -141,6 +141,15 @@ mod tests {
         c.apply("t2", TaskLimits { cpu_units: None, shares: 4, memory_mib: None }).unwrap();
         assert_eq!(read("cpu/ecs/t2/cpu.shares"), "4");
         fs::create_dir_all(root.path().join("pids/ecs/t1/abc")).unwrap();
+        // On cgroupfs the control files go with their directory; a plain directory needs them
+        // removed first.
+        for f in [
+            "cpu/ecs/t1/cpu.cfs_quota_us",
+            "cpu/ecs/t1/cpu.cfs_period_us",
+            "memory/ecs/t1/memory.limit_in_bytes",
+        ] {
+            fs::remove_file(root.path().join(f)).unwrap();
+        }
         c.remove("t1").unwrap();
         assert!(!root.path().join("cpu/ecs/t1").exists());
         assert!(!root.path().join("pids/ecs/t1").exists());

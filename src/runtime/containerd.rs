@@ -79,10 +79,16 @@ pub struct ContainerdOptions {
 impl ContainerdOptions {
     /// Options with the running executable as log driver and exec output under `run_dir/exec`.
     pub fn new(address: &Path, namespace: &str, run_dir: &Path) -> Result<Self, RuntimeError> {
-        let log_driver = std::env::current_exe().map_err(|e| RuntimeError::Failed {
+        let exe = std::env::current_exe().map_err(|e| RuntimeError::Failed {
             operation: "find the ecsd executable",
             message: format!("{e}; the log driver needs it"),
         })?;
+        // After an upgrade in place the running binary's path reads "<path> (deleted)"; the
+        // shim must start the binary now at that path.
+        let log_driver = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+            Some(path) => PathBuf::from(path),
+            None => exe,
+        };
         Ok(ContainerdOptions {
             address: address.to_owned(),
             namespace: namespace.to_owned(),

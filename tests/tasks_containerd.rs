@@ -1,0 +1,951 @@
+//! ECS tasks on a real containerd, end to end through the API.
+//!
+//! Each test starts the whole daemon in-process with [`ecsd::start`] (the containerd runtime
+//! and real network namespaces, not the fakes of `tests/api`) on `127.0.0.1:0`, with its own
+//! data dir and its own containerd namespace `t-<random>` (so its task namespaces are
+//! `/run/netns/ecsd-t-<random>-<task id>`), imports the test image into that namespace, and
+//! drives ecsd with aws-sdk-ecs. Every test ends with [`Ecsd::finish`], which stops what is
+//! left and asserts that no container, snapshot or network namespace outlived its task.
+//!
+//! Like `tests/runtime.rs`, the tests need root, a private containerd (`hack/containerd start
+//! DIR`) at `ECSD_TEST_CONTAINERD=DIR/containerd.sock` and the image tarball of
+//! `hack/build-test-image` at `ECSD_TEST_IMAGE`; hack/test sets both up for the root tier.
+//! The lock is the one of `tests/runtime.rs`: every test holds [`CONTAINERD`] for reading and
+//! the test that restarts containerd holds it for writing. (cargo runs test binaries one
+//! after the other, so the two files never share the containerd at the same moment.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ecs::Client;
+use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ecs::types::{
+    ContainerCondition, ContainerDefinition, ContainerDependency, ContainerOverride, DesiredStatus,
+    HealthCheck, HostVolumeProperties, KeyValuePair, MountPoint, Task, TaskOverride, Volume,
+    builders::ContainerDefinitionBuilder,
+};
+use ecsd::Daemon;
+use ecsd::config::{Config, ServeArgs};
+use tokio::sync::RwLock;
+
+/// Held for reading by every test, for writing by the one that restarts containerd.
+static CONTAINERD: RwLock<()> = RwLock::const_new(());
+
+/// The images of `hack/build-test-image`.
+const IMAGES: [&str; 2] = ["docker.io/library/busybox:latest", "docker.io/library/busybox-stopsignal:latest"];
+
+/// A shell that idles until SIGTERM, then exits 0. A plain `sleep` as pid 1 ignores SIGTERM
+/// (pid 1 gets no signal it has no handler for), so it would wait for SIGKILL.
+const IDLE: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
+const SIGTERM: u32 = 15;
+const SIGUSR1: u32 = 10;
+
+/// Generous bound for a task to reach a status on a loaded 2-core machine.
+const WAIT: u64 = 30;
+
+fn socket() -> PathBuf {
+    match std::env::var_os("ECSD_TEST_CONTAINERD") {
+        Some(s) => PathBuf::from(s),
+        None => panic!(
+            "ECSD_TEST_CONTAINERD is not set: start a private containerd with `hack/containerd start DIR` \
+             and export ECSD_TEST_CONTAINERD=DIR/containerd.sock (hack/test does this for the root tier)"
+        ),
+    }
+}
+
+fn image_tar() -> PathBuf {
+    match std::env::var_os("ECSD_TEST_IMAGE") {
+        Some(s) => PathBuf::from(s),
+        None => panic!(
+            "ECSD_TEST_IMAGE is not set: build the image with `hack/build-test-image` and export \
+             ECSD_TEST_IMAGE=target/test-images/busybox.tar (hack/test does this for the root tier)"
+        ),
+    }
+}
+
+/// `RUST_LOG=ecsd=debug` shows the in-process daemon's logs with the test's output.
+fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+fn client(url: &str) -> Client {
+    let conf = aws_sdk_ecs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .endpoint_url(url)
+        .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
+        .build();
+    Client::from_conf(conf)
+}
+
+/// Polls `f` every 5 ms until it returns `Some`, for up to `secs` seconds.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs a command to completion and returns its stdout; panics (with stderr) when it fails.
+async fn run_cmd(program: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn task_id(task_arn: &str) -> String {
+    task_arn.rsplit('/').next().unwrap().to_owned()
+}
+
+fn arn_of(t: &Task) -> String {
+    t.task_arn().unwrap().to_owned()
+}
+
+fn named<'a>(t: &'a Task, name: &str) -> &'a aws_sdk_ecs::types::Container {
+    t.containers().iter().find(|c| c.name() == Some(name)).unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn secs(t: Option<&aws_smithy_types::DateTime>) -> f64 {
+    t.expect("timestamp is set").as_secs_f64()
+}
+
+/// A busybox container running `sh -c script`, with the host's control directory at /ctl.
+fn sh(name: &str, script: &str) -> ContainerDefinitionBuilder {
+    ContainerDefinition::builder()
+        .name(name)
+        .image("busybox")
+        .memory(32)
+        .command("sh")
+        .command("-c")
+        .command(script)
+        .mount_points(MountPoint::builder().source_volume("ctl").container_path("/ctl").build())
+}
+
+fn depends(on: &str, condition: ContainerCondition) -> ContainerDependency {
+    ContainerDependency::builder().container_name(on).condition(condition).build().unwrap()
+}
+
+/// One ecsd on the test's containerd namespace, with its data dir and a host directory that
+/// task definitions mount at /ctl (the test drops files there to tell containers to move on).
+struct Ecsd {
+    daemon: Option<Daemon>,
+    client: Client,
+    data: tempfile::TempDir,
+    ctl: tempfile::TempDir,
+    namespace: String,
+    env: Vec<(String, String)>,
+}
+
+impl Ecsd {
+    async fn start(env: &[(&str, &str)]) -> Ecsd {
+        init_tracing();
+        let namespace = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let names = ecsd::runtime::import::import(&socket(), &namespace, &image_tar())
+            .await
+            .unwrap_or_else(|e| panic!("import {} into {namespace}: {e}", image_tar().display()));
+        assert_eq!(names, IMAGES, "the images of hack/build-test-image");
+        let mut e = Ecsd {
+            daemon: None,
+            client: client("http://127.0.0.1:1"),
+            data: tempfile::tempdir().unwrap(),
+            ctl: tempfile::tempdir().unwrap(),
+            namespace,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        e.up().await;
+        e
+    }
+
+    fn config(&self) -> Config {
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(self.data.path().to_owned()),
+            containerd_address: Some(socket()),
+            namespace: Some(self.namespace.clone()),
+            ..ServeArgs::default()
+        };
+        // The shim runs the log driver from the ecsd binary, not from this test binary.
+        let log_driver = ("ECSD_LOG_DRIVER".to_owned(), env!("CARGO_BIN_EXE_ecsd").to_owned());
+        let vars: Vec<(String, String)> =
+            self.env.iter().cloned().chain(std::iter::once(log_driver)).collect();
+        Config::resolve(&args, &|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+            .expect("config")
+    }
+
+    /// Starts a daemon on the data dir (again, after [`Ecsd::down`]).
+    async fn up(&mut self) {
+        assert!(self.daemon.is_none());
+        let daemon = ecsd::start(&self.config()).await.expect("ecsd starts");
+        self.client = client(&format!("http://{}", daemon.addr()));
+        self.daemon = Some(daemon);
+    }
+
+    /// Shuts the daemon down; containers keep running.
+    async fn down(&mut self) {
+        let daemon = self.daemon.take().expect("ecsd is running");
+        daemon.shutdown().await.expect("clean shutdown");
+    }
+
+    fn ctl(&self, file: &str) -> PathBuf {
+        self.ctl.path().join(file)
+    }
+
+    /// Creates /ctl/`file` for the containers to see.
+    fn signal_file(&self, file: &str) {
+        std::fs::write(self.ctl(file), b"").unwrap();
+    }
+
+    fn netns(&self, task_arn: &str) -> PathBuf {
+        Path::new("/run/netns").join(self.netns_name(task_arn))
+    }
+
+    fn netns_name(&self, task_arn: &str) -> String {
+        format!("ecsd-{}-{}", self.namespace, task_id(task_arn))
+    }
+
+    fn log_dir(&self, task_arn: &str, container: &str) -> PathBuf {
+        self.data.path().join("tasks").join(task_id(task_arn)).join(container).join("logs")
+    }
+
+    /// What the container wrote to stdout and stderr so far.
+    fn logs(&self, task_arn: &str, container: &str) -> String {
+        let mut out = Vec::new();
+        match ecsd::runtime::read_logs(&self.log_dir(task_arn, container), false, &mut out) {
+            Ok(()) => String::from_utf8(out).unwrap(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => panic!("read the logs of {container}: {e}"),
+        }
+    }
+
+    async fn wait_log(&self, task_arn: &str, container: &str, want: &str) {
+        eventually(WAIT, &format!("{container} to log {want:?}"), || async {
+            self.logs(task_arn, container).contains(want).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the main process of `container` handles `signal` (its shell trap is set):
+    /// sent earlier, the signal would be ignored.
+    async fn wait_trap(&self, task_arn: &str, container: &str, signal: u32) {
+        let t = self.wait_container(task_arn, container, "RUNNING").await;
+        let id = named(&t, container).runtime_id().unwrap().to_owned();
+        let tasks = self.ctr_tasks().await;
+        let pid = tasks.get(&id).unwrap_or_else(|| panic!("{id} is not in containerd: {tasks:?}")).0;
+        eventually(WAIT, &format!("{container} to trap signal {signal}"), || async {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?.trim();
+            let mask = u64::from_str_radix(caught, 16).ok()?;
+            (mask & (1 << (signal - 1)) != 0).then_some(())
+        })
+        .await;
+    }
+
+    async fn ctr(&self, args: &[&str]) -> String {
+        let socket = socket();
+        let mut all = vec!["--address", socket.to_str().unwrap(), "--namespace", &self.namespace];
+        all.extend_from_slice(args);
+        run_cmd("ctr", &all).await
+    }
+
+    /// containerd's tasks of the namespace: id → (pid, status).
+    async fn ctr_tasks(&self) -> BTreeMap<String, (u32, String)> {
+        self.ctr(&["tasks", "ls"])
+            .await
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0].to_owned(), (f[1].parse().unwrap(), f[2].to_owned()))
+            })
+            .collect()
+    }
+
+    async fn ctr_containers(&self) -> BTreeSet<String> {
+        self.ctr(&["containers", "ls", "-q"]).await.lines().map(str::to_owned).collect()
+    }
+
+    async fn register(&self, family: &str, containers: Vec<ContainerDefinition>) {
+        self.client
+            .register_task_definition()
+            .family(family)
+            .set_container_definitions(Some(containers))
+            .volumes(
+                Volume::builder()
+                    .name("ctl")
+                    .host(
+                        HostVolumeProperties::builder()
+                            .source_path(self.ctl.path().to_str().unwrap())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .volumes(Volume::builder().name("shared").build())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn run(&self, family: &str) -> Task {
+        let out = self.client.run_task().task_definition(family).send().await.unwrap();
+        assert_eq!(out.failures(), &[], "RunTask failures");
+        assert_eq!(out.tasks().len(), 1);
+        let t = out.tasks()[0].clone();
+        assert_eq!(t.last_status(), Some("PROVISIONING"));
+        assert_eq!(t.desired_status(), Some("RUNNING"));
+        t
+    }
+
+    async fn describe(&self, task_arn: &str) -> Task {
+        let out = self.client.describe_tasks().tasks(task_arn).send().await.unwrap();
+        assert_eq!(out.failures(), &[], "DescribeTasks failures");
+        out.tasks()[0].clone()
+    }
+
+    async fn wait_status(&self, task_arn: &str, status: &str) -> Task {
+        eventually(WAIT, &format!("task {} to be {status}", task_id(task_arn)), || async {
+            let t = self.describe(task_arn).await;
+            (t.last_status() == Some(status)).then_some(t)
+        })
+        .await
+    }
+
+    async fn wait_container(&self, task_arn: &str, container: &str, status: &str) -> Task {
+        eventually(WAIT, &format!("container {container} to be {status}"), || async {
+            let t = self.describe(task_arn).await;
+            (named(&t, container).last_status() == Some(status)).then_some(t)
+        })
+        .await
+    }
+
+    async fn stop(&self, task_arn: &str, reason: &str) -> Task {
+        let out = self.client.stop_task().task(task_arn).reason(reason).send().await.unwrap();
+        let t = out.task().unwrap().clone();
+        assert_eq!(t.desired_status(), Some("STOPPED"));
+        assert_eq!(t.stopped_reason(), Some(reason));
+        t
+    }
+
+    /// The task namespaces of this ecsd under /run/netns.
+    fn netns_left(&self) -> Vec<String> {
+        let prefix = format!("ecsd-{}-", self.namespace);
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops every task that is still up, then checks that nothing outlived its task: no
+    /// containerd container or task, no active snapshot, no network namespace. Shuts down.
+    async fn finish(mut self) {
+        let live = self.client.list_tasks().desired_status(DesiredStatus::Running).send().await.unwrap();
+        for arn in live.task_arns() {
+            self.stop(arn, "test cleanup").await;
+        }
+        let all = self.client.list_tasks().desired_status(DesiredStatus::Stopped).send().await.unwrap();
+        for arn in all.task_arns() {
+            self.wait_status(arn, "STOPPED").await;
+        }
+        assert_eq!(self.ctr_tasks().await, BTreeMap::new(), "containerd tasks left");
+        assert_eq!(self.ctr_containers().await, BTreeSet::new(), "containerd containers left");
+        let active: Vec<String> = self
+            .ctr(&["snapshots", "ls"])
+            .await
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().last() == Some("Active"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(active, Vec::<String>::new(), "active snapshots left");
+        assert_eq!(self.netns_left(), Vec::<String>::new(), "network namespaces left");
+        self.down().await;
+    }
+}
+
+impl Drop for Ecsd {
+    /// After a failed test: removes what it left in containerd and /run/netns (best effort;
+    /// a passing test has removed everything already, [`Ecsd::finish`] checks it). Then the
+    /// namespace and its images go, so the private containerd stays small.
+    fn drop(&mut self) {
+        let ctr = |args: &[&str]| -> String {
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(socket())
+                .arg("--namespace")
+                .arg(&self.namespace)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for id in ctr(&["tasks", "ls", "-q"]).lines() {
+            ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
+        }
+        for id in ctr(&["tasks", "ls", "-q"]).lines() {
+            ctr(&["tasks", "rm", "--force", id]);
+        }
+        for id in ctr(&["containers", "ls", "-q"]).lines() {
+            ctr(&["containers", "rm", id]);
+        }
+        for name in self.netns_left() {
+            let _ = std::process::Command::new("ip").args(["netns", "delete", &name]).output();
+        }
+        for image in IMAGES {
+            ctr(&["images", "rm", "--sync", image]);
+        }
+        let _ = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(socket())
+            .args(["namespaces", "rm", &self.namespace])
+            .output();
+    }
+}
+
+/// Polls the task every 5 ms until it is `until`, and returns it with every status seen on
+/// the way (in order, without repeats).
+async fn watch(e: &Ecsd, task_arn: &str, seen: &mut Vec<String>, until: &str) -> Task {
+    let deadline = Instant::now() + Duration::from_secs(WAIT);
+    loop {
+        let t = e.describe(task_arn).await;
+        let status = t.last_status().unwrap().to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if status == until {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out after {WAIT}s waiting for {until}; saw {seen:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+const LIFECYCLE: [&str; 8] = [
+    "PROVISIONING",
+    "PENDING",
+    "ACTIVATING",
+    "RUNNING",
+    "DEACTIVATING",
+    "STOPPING",
+    "DEPROVISIONING",
+    "STOPPED",
+];
+
+fn assert_in_lifecycle_order(seen: &[String]) {
+    let rank =
+        |s: &String| LIFECYCLE.iter().position(|l| l == s).unwrap_or_else(|| panic!("unknown status {s}"));
+    assert!(seen.windows(2).all(|w| rank(&w[0]) < rank(&w[1])), "statuses went backwards: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn a_task_walks_the_lifecycle_on_containerd() {
+    let _g = CONTAINERD.read().await;
+    let e = Ecsd::start(&[]).await;
+    e.register(
+        "lifecycle",
+        vec![sh("app", "echo hi; until [ -e /ctl/go ]; do sleep 0.05; done; exit 3").build()],
+    )
+    .await;
+    let t = e.run("lifecycle").await;
+    let arn = arn_of(&t);
+    let mut seen = vec!["PROVISIONING".to_owned()];
+    let running = watch(&e, &arn, &mut seen, "RUNNING").await;
+    let app = named(&running, "app");
+    assert_eq!(app.last_status(), Some("RUNNING"));
+    assert_eq!(app.exit_code(), None);
+    let runtime_id = app.runtime_id().unwrap().to_owned();
+    assert_eq!(runtime_id, named(&t, "app").runtime_id().unwrap(), "runtimeId is fixed at RunTask");
+
+    // The runtime id is a containerd container with a running task, labelled with the task.
+    let tasks = e.ctr_tasks().await;
+    let (pid, status) = tasks.get(&runtime_id).unwrap_or_else(|| panic!("{runtime_id} not in {tasks:?}"));
+    assert_eq!(status, "RUNNING");
+    let info: serde_json::Value =
+        serde_json::from_str(&e.ctr(&["containers", "info", &runtime_id]).await).unwrap();
+    assert_eq!(info["Labels"]["com.amazonaws.ecs.task-arn"], arn.as_str());
+    assert_eq!(info["Labels"]["com.amazonaws.ecs.container-name"], "app");
+    assert_eq!(info["Labels"]["com.amazonaws.ecs.cluster"], "default");
+
+    // The task has its own network namespace with loopback up, and the container is in it.
+    let netns = e.netns(&arn);
+    assert!(netns.exists(), "{} exists while RUNNING", netns.display());
+    let lo = run_cmd("ip", &["-n", &e.netns_name(&arn), "link", "show", "lo"]).await;
+    assert!(lo.contains("<LOOPBACK,UP,LOWER_UP>"), "lo is up: {lo}");
+    let cgroup = PathBuf::from(format!("/sys/fs/cgroup/memory/ecs/{}", task_id(&arn)));
+    assert!(cgroup.join(&runtime_id).is_dir(), "the container's cgroup is {}/{runtime_id}", cgroup.display());
+    let container_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let netns_ino = std::fs::metadata(&netns).unwrap().ino();
+    assert_eq!(
+        container_net,
+        PathBuf::from(format!("net:[{netns_ino}]")),
+        "the container runs in the task netns"
+    );
+
+    e.wait_log(&arn, "app", "hi\n").await;
+    e.signal_file("go");
+    let stopped = watch(&e, &arn, &mut seen, "STOPPED").await;
+    eprintln!("statuses seen: {seen:?}");
+    assert_in_lifecycle_order(&seen);
+    for s in ["PROVISIONING", "RUNNING", "STOPPED"] {
+        assert!(seen.iter().any(|x| x == s), "{s} was seen: {seen:?}");
+    }
+    assert_eq!(stopped.desired_status(), Some("STOPPED"));
+    assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"));
+    assert_eq!(stopped.stopped_reason(), Some("Essential container in task exited"));
+    let app = named(&stopped, "app");
+    assert_eq!((app.last_status(), app.exit_code(), app.reason()), (Some("STOPPED"), Some(3), None));
+    // The exit (executionStoppedAt) may come a moment before the supervisor turns to STOPPING.
+    let at = |name: &str| {
+        secs(match name {
+            "createdAt" => stopped.created_at(),
+            "pullStartedAt" => stopped.pull_started_at(),
+            "pullStoppedAt" => stopped.pull_stopped_at(),
+            "connectivityAt" => stopped.connectivity_at(),
+            "startedAt" => stopped.started_at(),
+            "stoppingAt" => stopped.stopping_at(),
+            "executionStoppedAt" => stopped.execution_stopped_at(),
+            _ => stopped.stopped_at(),
+        })
+    };
+    for (a, b) in [
+        ("createdAt", "pullStartedAt"),
+        ("pullStartedAt", "pullStoppedAt"),
+        ("pullStoppedAt", "startedAt"),
+        ("connectivityAt", "startedAt"),
+        ("startedAt", "stoppingAt"),
+        ("startedAt", "executionStoppedAt"),
+        ("stoppingAt", "stoppedAt"),
+        ("executionStoppedAt", "stoppedAt"),
+    ] {
+        assert!(at(a) <= at(b), "{a} {} <= {b} {}", at(a), at(b));
+    }
+
+    // Everything the task held is gone; its logs stay readable with `ecsd logs`.
+    assert!(!netns.exists(), "{} is gone after STOPPED", netns.display());
+    assert!(!e.ctr_containers().await.contains(&runtime_id), "the containerd container is removed");
+    assert!(!cgroup.exists(), "{} is removed", cgroup.display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        .args(["logs", &task_id(&arn), "app", "--data-dir"])
+        .arg(e.data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ecsd logs: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn overrides_reach_the_process_and_user_app_gets_its_groups() {
+    let _g = CONTAINERD.read().await;
+    let e = Ecsd::start(&[]).await;
+    let mode = sh("app", "echo definition:$MODE")
+        .environment(KeyValuePair::builder().name("MODE").value("slow").build())
+        .environment(KeyValuePair::builder().name("KEPT").value("kept").build());
+    e.register("mode", vec![mode.build()]).await;
+    let user =
+        ContainerDefinition::builder().name("who").image("busybox").memory(32).user("app").command("id");
+    e.register("user", vec![user.build()]).await;
+
+    let overrides = TaskOverride::builder()
+        .container_overrides(
+            ContainerOverride::builder()
+                .name("app")
+                .command("sh")
+                .command("-c")
+                .command("echo override:$MODE:$KEPT:$EXTRA")
+                .environment(KeyValuePair::builder().name("MODE").value("fast").build())
+                .environment(KeyValuePair::builder().name("EXTRA").value("x").build())
+                .build(),
+        )
+        .build();
+    let out = e.client.run_task().task_definition("mode").overrides(overrides).send().await.unwrap();
+    let overridden = arn_of(&out.tasks()[0]);
+    let plain = arn_of(&e.run("mode").await);
+    let who = arn_of(&e.run("user").await);
+
+    for (arn, container, want) in [
+        (&overridden, "app", "override:fast:kept:x\n"),
+        (&plain, "app", "definition:slow\n"),
+        (&who, "who", "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)\n"),
+    ] {
+        let t = e.wait_status(arn, "STOPPED").await;
+        assert_eq!(t.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"));
+        assert_eq!(named(&t, container).exit_code(), Some(0), "{container} of {arn}");
+        assert_eq!(e.logs(arn, container), want);
+    }
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn stop_task_sends_the_stop_signal_then_sigkill_after_stop_timeout() {
+    let _g = CONTAINERD.read().await;
+    // The host's default stop timeout, for containers without their own stopTimeout.
+    let e = Ecsd::start(&[("ECS_CONTAINER_STOP_TIMEOUT", "3s")]).await;
+    // Handles SIGTERM: exits 143 at once.
+    e.register("polite", vec![sh("app", "trap 'exit 143' TERM; sleep 1000 & wait").build()]).await;
+    // Ignores SIGTERM (pid 1 without a handler): SIGKILL after the task definition's 2 s.
+    e.register("stubborn", vec![sh("app", "exec sleep 1000").stop_timeout(2).build()]).await;
+    // The same without a stopTimeout: SIGKILL after ECS_CONTAINER_STOP_TIMEOUT.
+    e.register("stubborn-default", vec![sh("app", "exec sleep 1000").build()]).await;
+    // The image's StopSignal is SIGUSR1, and that is what arrives first.
+    let usr1 = sh(
+        "app",
+        "trap 'echo got USR1; exit 10' USR1; trap 'echo got TERM; exit 143' TERM; sleep 1000 & wait",
+    )
+    .image("busybox-stopsignal");
+    e.register("stopsignal", vec![usr1.build()]).await;
+
+    let arns: Vec<String> = vec![
+        arn_of(&e.run("polite").await),
+        arn_of(&e.run("stubborn").await),
+        arn_of(&e.run("stopsignal").await),
+        arn_of(&e.run("stubborn-default").await),
+    ];
+    for arn in &arns {
+        e.wait_status(arn, "RUNNING").await;
+    }
+    e.wait_trap(&arns[0], "app", SIGTERM).await;
+    e.wait_trap(&arns[2], "app", SIGUSR1).await;
+    for arn in &arns {
+        e.stop(arn, "test says stop").await;
+    }
+    let mut stopped = vec![];
+    for arn in &arns {
+        let t = e.wait_status(arn, "STOPPED").await;
+        assert_eq!(t.stop_code().map(|c| c.as_str()), Some("UserInitiated"));
+        assert_eq!(t.stopped_reason(), Some("test says stop"));
+        stopped.push(t);
+    }
+    let took = |t: &Task| secs(t.execution_stopped_at()) - secs(t.stopping_at());
+
+    assert_eq!(named(&stopped[0], "app").exit_code(), Some(143));
+    assert!(took(&stopped[0]) < 1.5, "SIGTERM was enough: {:.2}s", took(&stopped[0]));
+
+    assert_eq!(named(&stopped[1], "app").exit_code(), Some(137));
+    assert!(
+        (1.9..4.0).contains(&took(&stopped[1])),
+        "SIGKILL after stopTimeout 2s: {:.2}s",
+        took(&stopped[1])
+    );
+
+    assert_eq!(named(&stopped[2], "app").exit_code(), Some(10));
+    assert_eq!(e.logs(&arns[2], "app"), "got USR1\n");
+
+    assert_eq!(named(&stopped[3], "app").exit_code(), Some(137));
+    assert!(
+        (2.9..5.0).contains(&took(&stopped[3])),
+        "SIGKILL after ECS_CONTAINER_STOP_TIMEOUT 3s: {:.2}s",
+        took(&stopped[3])
+    );
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn depends_on_gates_start_and_stop_runs_in_reverse_order() {
+    let _g = CONTAINERD.read().await;
+    let e = Ecsd::start(&[]).await;
+    let shared = || MountPoint::builder().source_volume("shared").container_path("/shared").build();
+    let init = sh("init", "until [ -e /ctl/go ]; do sleep 0.05; done; echo init > /shared/x")
+        .essential(false)
+        .mount_points(shared());
+    let db = sh("db", "trap 'echo db >> /ctl/order; exit 0' TERM; sleep 1000 & wait");
+    // app's trap takes a second, so a db stopped at the same time would write first.
+    let app =
+        sh("app", "cat /shared/x; trap 'sleep 1; echo app >> /ctl/order; exit 0' TERM; sleep 1000 & wait")
+            .mount_points(shared())
+            .depends_on(depends("init", ContainerCondition::Success))
+            .depends_on(depends("db", ContainerCondition::Start));
+    e.register("deps", vec![init.build(), db.build(), app.build()]).await;
+    let arn = arn_of(&e.run("deps").await);
+
+    // init runs until told; app waits for it, so the task stays PENDING.
+    let t = e.wait_container(&arn, "db", "RUNNING").await;
+    let t = if named(&t, "init").last_status() == Some("RUNNING") {
+        t
+    } else {
+        e.wait_container(&arn, "init", "RUNNING").await
+    };
+    assert_eq!(t.last_status(), Some("PENDING"));
+    assert_eq!(named(&t, "app").last_status(), Some("PENDING"));
+    e.signal_file("go");
+
+    let t = e.wait_status(&arn, "RUNNING").await;
+    let init = named(&t, "init");
+    assert_eq!((init.last_status(), init.exit_code()), (Some("STOPPED"), Some(0)));
+    assert_eq!(named(&t, "app").last_status(), Some("RUNNING"));
+    e.wait_trap(&arn, "app", SIGTERM).await;
+    e.wait_trap(&arn, "db", SIGTERM).await;
+    e.wait_log(&arn, "app", "init\n").await;
+    assert_eq!(e.logs(&arn, "app"), "init\n", "app read what init wrote");
+
+    e.stop(&arn, "reverse order").await;
+    let t = e.wait_status(&arn, "STOPPED").await;
+    assert_eq!(named(&t, "app").exit_code(), Some(0));
+    assert_eq!(named(&t, "db").exit_code(), Some(0));
+    assert_eq!(std::fs::read_to_string(e.ctl("order")).unwrap(), "app\ndb\n", "dependents stop first");
+    assert!(
+        !e.data.path().join("tasks").join(task_id(&arn)).join("volumes").exists(),
+        "task volumes removed"
+    );
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn health_checks_mark_containers_and_gate_healthy_dependencies() {
+    let _g = CONTAINERD.read().await;
+    let e = Ecsd::start(&[]).await;
+    let check = || {
+        HealthCheck::builder()
+            .command("CMD-SHELL")
+            .command("test -f /tmp/ok")
+            .interval(5)
+            .retries(1)
+            .build()
+            .unwrap()
+    };
+    e.register("sick", vec![sh("app", IDLE).health_check(check()).build()]).await;
+    let web = sh("web", &format!("touch /tmp/ok; {IDLE}")).health_check(check());
+    let client = sh("client", IDLE).depends_on(depends("web", ContainerCondition::Healthy));
+    e.register("healthy", vec![web.build(), client.build()]).await;
+    let sick = arn_of(&e.run("sick").await);
+    let healthy = arn_of(&e.run("healthy").await);
+
+    // Before the first check (after one interval) web is UNKNOWN and client waits.
+    let t = e.wait_container(&healthy, "web", "RUNNING").await;
+    assert_eq!(named(&t, "web").health_status().map(|h| h.as_str()), Some("UNKNOWN"));
+    assert_eq!(t.last_status(), Some("PENDING"));
+    assert_eq!(named(&t, "client").last_status(), Some("PENDING"));
+    let t = e.wait_status(&healthy, "RUNNING").await;
+    assert_eq!(named(&t, "web").health_status().map(|h| h.as_str()), Some("HEALTHY"));
+    assert_eq!(named(&t, "client").last_status(), Some("RUNNING"));
+    assert_eq!(named(&t, "client").health_status().map(|h| h.as_str()), Some("UNKNOWN"));
+    assert_eq!(t.health_status().map(|h| h.as_str()), Some("HEALTHY"));
+
+    let t = eventually(WAIT, "sick to be UNHEALTHY", || async {
+        let t = e.describe(&sick).await;
+        (named(&t, "app").health_status().map(|h| h.as_str()) == Some("UNHEALTHY")).then_some(t)
+    })
+    .await;
+    assert_eq!(t.last_status(), Some("RUNNING"), "an unhealthy container keeps running");
+    assert_eq!(t.health_status().map(|h| h.as_str()), Some("UNHEALTHY"));
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn containers_of_a_task_share_its_network_namespace() {
+    let _g = CONTAINERD.read().await;
+    let e = Ecsd::start(&[]).await;
+    let httpd = sh(
+        "httpd",
+        "mkdir -p /www && echo hello-from-httpd > /www/index.html; trap 'exit 0' TERM; httpd -f -p 127.0.0.1:8080 -h /www & wait",
+    )
+    .essential(false);
+    let get = sh(
+        "get",
+        "for i in $(seq 200); do wget -qO- http://127.0.0.1:8080/ && exit 0; sleep 0.05; done; exit 1",
+    )
+    .depends_on(depends("httpd", ContainerCondition::Start));
+    e.register("pair", vec![httpd.build(), get.build()]).await;
+    let arn = arn_of(&e.run("pair").await);
+    let t = e.wait_status(&arn, "STOPPED").await;
+    assert_eq!(t.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"));
+    assert_eq!(named(&t, "get").exit_code(), Some(0), "wget reached httpd: {}", e.logs(&arn, "get"));
+    assert_eq!(named(&t, "httpd").exit_code(), Some(0));
+    assert_eq!(e.logs(&arn, "get"), "hello-from-httpd\n");
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn count_ten_runs_ten_tasks() {
+    let _g = CONTAINERD.read().await;
+    let e = Ecsd::start(&[]).await;
+    e.register("ten", vec![sh("app", IDLE).build()]).await;
+    let out = e.client.run_task().task_definition("ten").count(10).send().await.unwrap();
+    assert_eq!(out.failures(), &[]);
+    let arns: BTreeSet<String> = out.tasks().iter().map(arn_of).collect();
+    assert_eq!(arns.len(), 10);
+    for arn in &arns {
+        e.wait_status(arn, "RUNNING").await;
+        assert!(e.netns(arn).exists());
+    }
+    let listed = e.client.list_tasks().desired_status(DesiredStatus::Running).send().await.unwrap();
+    assert_eq!(listed.task_arns().iter().cloned().collect::<BTreeSet<_>>(), arns);
+    let tasks = e.ctr_tasks().await;
+    assert_eq!(tasks.values().filter(|(_, s)| s == "RUNNING").count(), 10, "{tasks:?}");
+    for arn in &arns {
+        e.wait_trap(arn, "app", SIGTERM).await;
+        e.stop(arn, "done").await;
+    }
+    for arn in &arns {
+        let t = e.wait_status(arn, "STOPPED").await;
+        assert_eq!(named(&t, "app").exit_code(), Some(0));
+    }
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn a_restarted_ecsd_readopts_running_tasks_and_records_exits_it_missed() {
+    let _g = CONTAINERD.read().await;
+    let mut e = Ecsd::start(&[]).await;
+    e.register("stays", vec![sh("app", IDLE).build()]).await;
+    e.register("exits", vec![sh("app", "until [ -e /ctl/go ]; do sleep 0.05; done; exit 7").build()]).await;
+    let stays = arn_of(&e.run("stays").await);
+    let exits = arn_of(&e.run("exits").await);
+    let before = e.wait_status(&stays, "RUNNING").await;
+    let stays_id = named(&before, "app").runtime_id().unwrap().to_owned();
+    let exits_id = named(&e.wait_status(&exits, "RUNNING").await, "app").runtime_id().unwrap().to_owned();
+    e.wait_trap(&stays, "app", SIGTERM).await;
+    let pid = e.ctr_tasks().await[&stays_id].0;
+
+    e.down().await;
+    e.signal_file("go");
+    eventually(WAIT, "the container to exit while ecsd is down", || async {
+        (e.ctr_tasks().await.get(&exits_id).map(|(_, s)| s.as_str()) == Some("STOPPED")).then_some(())
+    })
+    .await;
+    e.up().await;
+
+    let t = e.describe(&stays).await;
+    assert_eq!(t.last_status(), Some("RUNNING"));
+    assert_eq!(named(&t, "app").runtime_id(), Some(stays_id.as_str()));
+    assert_eq!(named(&t, "app").last_status(), Some("RUNNING"));
+    assert_eq!(e.ctr_tasks().await[&stays_id], (pid, "RUNNING".to_owned()), "the same process runs on");
+    let t = e.wait_status(&exits, "STOPPED").await;
+    assert_eq!(t.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"));
+    assert_eq!(named(&t, "app").exit_code(), Some(7));
+    assert!(!e.netns(&exits).exists());
+
+    e.stop(&stays, "after restart").await;
+    let t = e.wait_status(&stays, "STOPPED").await;
+    assert_eq!(named(&t, "app").exit_code(), Some(0));
+    assert!(!e.netns(&stays).exists());
+    e.finish().await;
+}
+
+/// Stops the private containerd by its pid file (not `hack/containerd stop`, which would
+/// kill every task) and waits for it to exit; the shims and containers keep running.
+async fn stop_containerd(dir: &Path) {
+    let pid: i32 = std::fs::read_to_string(dir.join("containerd.pid")).unwrap().trim().parse().unwrap();
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    eventually(15, "containerd to exit", || async {
+        let state =
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
+        // Gone, or a zombie waiting for a parent that is not us.
+        (state.is_empty() || state.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+            .then_some(())
+    })
+    .await;
+}
+
+async fn start_containerd(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/containerd");
+    run_cmd(script.to_str().unwrap(), &["start", dir.to_str().unwrap()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn tasks_survive_a_containerd_restart() {
+    let _g = CONTAINERD.write().await;
+    let e = Ecsd::start(&[]).await;
+    e.register("stays", vec![sh("app", IDLE).build()]).await;
+    e.register("exits", vec![sh("app", "until [ -e /ctl/go ]; do sleep 0.05; done; exit 7").build()]).await;
+    let stays = arn_of(&e.run("stays").await);
+    let exits = arn_of(&e.run("exits").await);
+    e.wait_status(&stays, "RUNNING").await;
+    e.wait_status(&exits, "RUNNING").await;
+    e.wait_trap(&stays, "app", SIGTERM).await;
+
+    let exits_id = named(&e.describe(&exits).await, "app").runtime_id().unwrap().to_owned();
+    let exits_pid = e.ctr_tasks().await[&exits_id].0;
+
+    let dir = socket().parent().unwrap().to_owned();
+    stop_containerd(&dir).await;
+    // The API answers from the store meanwhile, and places no task on a runtime that is away.
+    assert_eq!(e.describe(&stays).await.last_status(), Some("RUNNING"));
+    let out = e.client.run_task().task_definition("stays").send().await.unwrap();
+    assert_eq!(out.tasks(), &[]);
+    let failure = &out.failures()[0];
+    assert_eq!(failure.reason(), Some("AGENT"));
+    assert!(failure.detail().unwrap().starts_with("containerd is unreachable at "), "{failure:?}");
+    // An exit while containerd is down reaches nobody's event stream: it must be found later.
+    e.signal_file("go");
+    eventually(WAIT, "the container to exit while containerd is down", || async {
+        let stat = std::fs::read_to_string(format!("/proc/{exits_pid}/stat")).unwrap_or_default();
+        (stat.is_empty() || stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+            .then_some(())
+    })
+    .await;
+    start_containerd(&dir).await;
+
+    let t = e.wait_status(&exits, "STOPPED").await;
+    assert_eq!(named(&t, "app").exit_code(), Some(7));
+    assert_eq!(t.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"));
+    let t = e.describe(&stays).await;
+    assert_eq!(t.last_status(), Some("RUNNING"));
+    e.stop(&stays, "after containerd restart").await;
+    let t = e.wait_status(&stays, "STOPPED").await;
+    assert_eq!(named(&t, "app").exit_code(), Some(0));
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn a_missing_image_fails_the_task_to_start() {
+    let _g = CONTAINERD.read().await;
+    let e = Ecsd::start(&[]).await;
+    e.register("missing", vec![sh("app", "exit 0").image("example.com/nope/missing:1").build()]).await;
+    let arn = arn_of(&e.run("missing").await);
+    let t = e.wait_status(&arn, "STOPPED").await;
+    let want = format!(
+        "CannotPullContainerError: image example.com/nope/missing:1 is not present in containerd namespace {}; \
+         ecsd does not pull from registries yet: import the image with `ecsd image import FILE`",
+        e.namespace
+    );
+    assert_eq!(t.stop_code().map(|c| c.as_str()), Some("TaskFailedToStart"));
+    assert_eq!(t.stopped_reason(), Some(want.as_str()));
+    let app = named(&t, "app");
+    assert_eq!(
+        (app.last_status(), app.exit_code(), app.reason()),
+        (Some("STOPPED"), None, Some(want.as_str()))
+    );
+    assert!(t.stopped_reason().unwrap().starts_with("CannotPullContainerError:"));
+    assert!(!e.netns(&arn).exists());
+    e.finish().await;
+}

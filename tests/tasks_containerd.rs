@@ -927,6 +927,23 @@ async fn tasks_survive_a_containerd_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and containerd"]
+async fn init_process_enabled_runs_the_container_under_an_init() {
+    let _g = CONTAINERD.read().await;
+    let e = Ecsd::start(&[]).await;
+    let params = aws_sdk_ecs::types::LinuxParameters::builder().init_process_enabled(true).build();
+    let app = sh("app", "tr '\\0' ' ' </proc/1/cmdline; echo; echo pid:$$").linux_parameters(params);
+    e.register("init", vec![app.build()]).await;
+    let arn = arn_of(&e.run("init").await);
+    let t = e.wait_status(&arn, "STOPPED").await;
+    assert_eq!(named(&t, "app").exit_code(), Some(0));
+    let logs = e.logs(&arn, "app");
+    assert!(logs.starts_with("/sbin/ecsd-init -- sh -c "), "PID 1 is the init: {logs}");
+    assert!(!logs.contains("pid:1\n"), "the shell is not PID 1: {logs}");
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
 async fn a_missing_image_fails_the_task_to_start() {
     let _g = CONTAINERD.read().await;
     let e = Ecsd::start(&[]).await;

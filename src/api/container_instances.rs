@@ -189,7 +189,7 @@ fn instance(ctx: &Ctx, cluster: &str, connected: bool) -> Result<ContainerInstan
         // The "agent" is ecsd itself; what it can be disconnected from is containerd.
         agent_connected: connected,
         running_tasks_count: running,
-        pending_tasks_count: live.len() as i32 - running,
+        pending_tasks_count: live.iter().filter(|t| t.last.is_pending()).count() as i32,
         attributes: Some(attributes),
         registered_at: ctx.store.read(|r| r.get(META, "registered_at"))?.and_then(|s| s.parse().ok()),
         attachments: Some(vec![]),

@@ -496,7 +496,8 @@ pub fn list(ctx: &Ctx, req: ListTasksRequest) -> Result<ListTasksResponse, ApiEr
         }
         let desired_ok = match desired.as_str() {
             "STOPPED" => t.desired == TaskStatus::Stopped,
-            "PENDING" => t.desired == TaskStatus::Running && t.last.is_pending(),
+            // ECS documents that filtering on PENDING returns nothing.
+            "PENDING" => false,
             _ => t.desired == TaskStatus::Running,
         };
         let keep = desired_ok

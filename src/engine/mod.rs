@@ -70,9 +70,24 @@ pub enum EngineError {
 /// What a supervisor is told.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    Exit { runtime_id: String, code: i32, at: f64 },
-    Stop { code: &'static str, reason: String },
-    Health { runtime_id: String, result: Result<ExecResult, RuntimeError>, at: f64 },
+    Exit {
+        runtime_id: String,
+        code: i32,
+        at: f64,
+    },
+    Stop {
+        code: &'static str,
+        reason: String,
+    },
+    Health {
+        runtime_id: String,
+        result: Result<ExecResult, RuntimeError>,
+        at: f64,
+    },
+    /// The runtime no longer knows the container (it vanished while the connection was down).
+    Lost {
+        runtime_id: String,
+    },
 }
 
 /// Runs and tracks the tasks of this host.
@@ -252,11 +267,16 @@ impl Engine {
                 return;
             }
         };
-        for s in states {
-            if let ProcessStatus::Exited { code, at } = s.status
-                && let Some(task) = self.task_of(&s.id)
-            {
-                self.send(&task, Msg::Exit { runtime_id: s.id, code, at });
+        let known: HashMap<String, String> = self.containers.lock().map(|m| m.clone()).unwrap_or_default();
+        let by_id: HashMap<&str, ProcessStatus> = states.iter().map(|s| (s.id.as_str(), s.status)).collect();
+        for (runtime_id, task) in known {
+            // Supervisors ignore these for containers that are not running.
+            match by_id.get(runtime_id.as_str()) {
+                Some(ProcessStatus::Exited { code, at }) => {
+                    self.send(&task, Msg::Exit { runtime_id, code: *code, at: *at });
+                }
+                Some(ProcessStatus::Missing) | None => self.send(&task, Msg::Lost { runtime_id }),
+                Some(_) => {}
             }
         }
     }
@@ -355,6 +375,10 @@ impl Engine {
             }
             info!(task = %task.arn, status = task.last.as_str(), "re-adopting task");
             self.supervise(task);
+        }
+        // Exits between the listing above and the supervisors' registration had no owner.
+        if states.is_some() {
+            self.resync().await;
         }
         Ok(())
     }

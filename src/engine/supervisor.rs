@@ -20,6 +20,10 @@ use crate::spec;
 use crate::store::records::TASKS;
 
 const SIGKILL: i32 = 9;
+/// How long after SIGKILL a missing exit report sends the supervisor to look for itself.
+const KILL_GRACE: f64 = 5.0;
+/// How soon a runtime call that failed during stopping is tried again.
+const RETRY_AFTER: f64 = 1.0;
 
 /// Records an exit on a container.
 pub(crate) fn mark_exited(c: &mut ContainerRecord, code: i32, at: f64) {
@@ -35,6 +39,8 @@ struct Supervisor {
     health: HashMap<String, JoinHandle<()>>,
     /// Each started container's process, the template of its health-check execs.
     processes: HashMap<String, oci_spec::runtime::Process>,
+    /// When a runtime call that failed should be tried again.
+    retry_at: Option<f64>,
     dirty: bool,
 }
 
@@ -45,8 +51,18 @@ pub(crate) async fn run(engine: Arc<Engine>, rec: TaskRecord, mut inbox: mpsc::U
         images: HashMap::new(),
         health: HashMap::new(),
         processes: HashMap::new(),
+        retry_at: None,
         dirty: false,
     };
+    // A re-adopted task's running containers get their health checks back.
+    for c in s.rec.containers.clone() {
+        if c.status == ContainerStatus::Running
+            && s.rec.desired == TaskStatus::Running
+            && let Some(def) = s.rec.effective(&c.name).cloned()
+        {
+            s.start_health(&def, &c.runtime_id);
+        }
+    }
     loop {
         s.step().await;
         s.persist();
@@ -66,8 +82,15 @@ pub(crate) async fn run(engine: Arc<Engine>, rec: TaskRecord, mut inbox: mpsc::U
         }
         s.persist();
     }
-    for (_, h) in s.health.drain() {
-        h.abort();
+}
+
+impl Drop for Supervisor {
+    /// Health-check loops belong to their supervisor: they end with it, also when the engine
+    /// aborts it at shutdown.
+    fn drop(&mut self) {
+        for (_, h) in self.health.drain() {
+            h.abort();
+        }
     }
 }
 
@@ -89,10 +112,11 @@ impl Supervisor {
         }
         self.rec.version += 1;
         let key = task_key(&self.rec.cluster, &self.rec.id);
-        if let Err(e) = self.engine.store.write(|w| w.put(TASKS, &key, &self.rec)) {
-            warn!(error = %crate::error_chain(&e), "cannot persist the task");
+        match self.engine.store.write(|w| w.put(TASKS, &key, &self.rec)) {
+            Ok(()) => self.dirty = false,
+            // Stays dirty: the next persist writes the whole record again.
+            Err(e) => warn!(error = %crate::error_chain(&e), "cannot persist the task"),
         }
-        self.dirty = false;
     }
 
     fn set_last(&mut self, status: TaskStatus) {
@@ -141,6 +165,20 @@ impl Supervisor {
                 }
             }
             Msg::Health { runtime_id, result, at } => self.apply_health(&runtime_id, result, at),
+            Msg::Lost { runtime_id } => {
+                let now = self.now();
+                let Some(c) = self.container(&runtime_id) else { return };
+                if c.status != ContainerStatus::Running {
+                    return;
+                }
+                warn!(container = %c.name, "container is gone from containerd");
+                c.status = ContainerStatus::Stopped;
+                c.finished_at = Some(now);
+                c.reason = Some(
+                    "CannotInspectContainerError: the container was gone from containerd when ecsd reconnected".into(),
+                );
+                self.dirty = true;
+            }
         }
     }
 
@@ -190,17 +228,45 @@ impl Supervisor {
     fn next_deadline(&self) -> Option<f64> {
         let mut at: Option<f64> = None;
         let mut consider = |t: f64| at = Some(at.map_or(t, |a: f64| a.min(t)));
-        for c in &self.rec.containers {
+        if let Some(r) = self.retry_at {
+            consider(r);
+        }
+        for (i, c) in self.rec.containers.iter().enumerate() {
             if c.status == ContainerStatus::Running
-                && let (Some(sent), None | Some(false)) = (c.stop_sent_at, c.killed)
+                && let Some(sent) = c.stop_sent_at
             {
-                consider(sent + self.stop_timeout(&c.name).as_secs_f64());
+                let kill_at = sent + self.stop_timeout(&c.name).as_secs_f64();
+                consider(if c.killed == Some(true) { kill_at + KILL_GRACE } else { kill_at });
             }
-            if c.status == ContainerStatus::Pending && self.rec.desired == TaskStatus::Running {
-                consider(self.rec.created_at + self.engine.cfg.start_timeout.as_secs_f64());
+            if c.status == ContainerStatus::Pending
+                && self.rec.desired == TaskStatus::Running
+                && let Some(d) = self.dependency_deadline(i)
+            {
+                consider(d);
             }
         }
         at
+    }
+
+    /// How long container `i` waits for its COMPLETE, SUCCESS and HEALTHY dependencies: its
+    /// `startTimeout` (else ECS_CONTAINER_START_TIMEOUT), counted from when each started.
+    fn dependency_deadline(&self, i: usize) -> Option<f64> {
+        let def = self.rec.effective(&self.rec.containers[i].name)?;
+        let timeout = def
+            .start_timeout
+            .filter(|t| *t > 0)
+            .map_or(self.engine.cfg.start_timeout.as_secs_f64(), f64::from);
+        def.depends_on
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter(|d| d.condition.as_deref() != Some("START"))
+            .filter_map(|d| {
+                let target =
+                    self.rec.containers.iter().find(|c| Some(&c.name) == d.container_name.as_ref())?;
+                (target.status == ContainerStatus::Running).then_some(target.started_at? + timeout)
+            })
+            .reduce(f64::min)
     }
 
     fn stop_timeout(&self, name: &str) -> Duration {
@@ -212,6 +278,7 @@ impl Supervisor {
     }
 
     async fn step(&mut self) {
+        self.retry_at = None;
         // Level-triggered, so exits recorded while ecsd was down count too.
         let essential_stopped = self.rec.containers.iter().any(|c| {
             c.status == ContainerStatus::Stopped && c.started_at.is_some() && self.rec.is_essential(&c.name)
@@ -284,14 +351,6 @@ impl Supervisor {
             }
         }
         let waiting = self.rec.containers.iter().any(|c| c.status == ContainerStatus::Pending);
-        if waiting && self.now() >= self.rec.created_at + self.engine.cfg.start_timeout.as_secs_f64() {
-            let secs = self.engine.cfg.start_timeout.as_secs();
-            self.fail_to_start(
-                None,
-                format!("ContainerRuntimeTimeoutError: Could not transition to running; timed out after waiting {secs}s for container dependencies"),
-            );
-            return;
-        }
         if !waiting && self.rec.last < TaskStatus::Running {
             self.rec.started_at = Some(self.now());
             self.dirty = true;
@@ -385,7 +444,10 @@ impl Supervisor {
                     _ => Deps::Waiting,
                 },
                 "COMPLETE" => match t.status {
-                    ContainerStatus::Stopped => Deps::Ready,
+                    ContainerStatus::Stopped if started => Deps::Ready,
+                    ContainerStatus::Stopped => {
+                        Deps::Never(format!("depends on '{target}' completing, but it never started"))
+                    }
                     _ => Deps::Waiting,
                 },
                 "SUCCESS" => match (t.status, t.exit_code) {
@@ -411,7 +473,16 @@ impl Supervisor {
                 never => return never,
             }
         }
-        if waiting { Deps::Waiting } else { Deps::Ready }
+        if !waiting {
+            return Deps::Ready;
+        }
+        match self.dependency_deadline(i) {
+            Some(at) if self.now() >= at => Deps::Never(
+                "timed out waiting for its dependencies (ContainerRuntimeTimeoutError: Could not transition to running)"
+                    .into(),
+            ),
+            _ => Deps::Waiting,
+        }
     }
 
     async fn launch(&mut self, i: usize) {
@@ -675,42 +746,56 @@ impl Supervisor {
             self.set_last(TaskStatus::Stopping);
         }
         let runtime = Arc::clone(&self.engine.runtime);
+        // Containers that never ran stop first, so what they depended on is free to stop in
+        // this same pass.
+        for i in 0..self.rec.containers.len() {
+            match self.rec.containers[i].status {
+                ContainerStatus::Pending => {}
+                ContainerStatus::Created => {
+                    let _ = runtime.remove(&self.rec.containers[i].runtime_id).await;
+                }
+                _ => continue,
+            }
+            self.rec.containers[i].status = ContainerStatus::Stopped;
+            self.dirty = true;
+        }
         for i in 0..self.rec.containers.len() {
             let (name, runtime_id, status) = {
                 let c = &self.rec.containers[i];
                 (c.name.clone(), c.runtime_id.clone(), c.status)
             };
-            match status {
-                ContainerStatus::Pending => {
-                    self.rec.containers[i].status = ContainerStatus::Stopped;
-                    self.dirty = true;
-                }
-                ContainerStatus::Created => {
-                    let _ = runtime.remove(&runtime_id).await;
-                    self.rec.containers[i].status = ContainerStatus::Stopped;
-                    self.dirty = true;
-                }
-                ContainerStatus::Running if self.dependents_stopped(&name) => {
-                    let now = self.now();
-                    let timeout = self.stop_timeout(&name).as_secs_f64();
-                    let c = &self.rec.containers[i];
-                    if c.stop_sent_at.is_none() {
-                        let signal = self.stop_signal(&name).await;
-                        info!(container = %name, signal, "sending the stop signal");
-                        if let Err(e) = runtime.signal(&runtime_id, signal).await {
-                            warn!(container = %name, error = %e, "cannot signal the container");
+            if status != ContainerStatus::Running || !self.dependents_stopped(&name) {
+                continue;
+            }
+            let now = self.now();
+            let deadline =
+                self.rec.containers[i].stop_sent_at.map(|s| s + self.stop_timeout(&name).as_secs_f64());
+            let killed = self.rec.containers[i].killed == Some(true);
+            match deadline {
+                None => {
+                    let signal = self.stop_signal(&name).await;
+                    info!(container = %name, signal, "sending the stop signal");
+                    match runtime.signal(&runtime_id, signal).await {
+                        Ok(()) => {
+                            self.rec.containers[i].stop_sent_at = Some(now);
+                            self.dirty = true;
                         }
-                        self.rec.containers[i].stop_sent_at = Some(now);
-                        self.dirty = true;
-                    } else if c.killed != Some(true) && now >= c.stop_sent_at.unwrap_or(now) + timeout {
-                        info!(container = %name, "stop timeout passed; sending SIGKILL");
-                        if let Err(e) = runtime.signal(&runtime_id, SIGKILL).await {
-                            warn!(container = %name, error = %e, "cannot kill the container");
-                        }
-                        self.rec.containers[i].killed = Some(true);
-                        self.dirty = true;
+                        Err(e) => self.signal_failed(i, e).await,
                     }
                 }
+                Some(at) if !killed && now >= at => {
+                    info!(container = %name, "stop timeout passed; sending SIGKILL");
+                    match runtime.signal(&runtime_id, SIGKILL).await {
+                        Ok(()) => {
+                            self.rec.containers[i].killed = Some(true);
+                            self.dirty = true;
+                        }
+                        Err(e) => self.signal_failed(i, e).await,
+                    }
+                }
+                // SIGKILL cannot be ignored: when no exit has been reported a while after it,
+                // ask the runtime what became of the container.
+                Some(at) if killed && now >= at + KILL_GRACE => self.collect_exit(i).await,
                 _ => {}
             }
         }
@@ -730,6 +815,42 @@ impl Supervisor {
         self.rec.stopped_at = Some(self.now());
         self.dirty = true;
         self.set_last(TaskStatus::Stopped);
+    }
+
+    /// A signal that could not be delivered: the process may be gone (then its exit is
+    /// collected from the runtime), or the runtime unreachable (then it is tried again).
+    async fn signal_failed(&mut self, i: usize, e: RuntimeError) {
+        let name = self.rec.containers[i].name.clone();
+        if matches!(e, RuntimeError::NotFound { .. }) {
+            self.collect_exit(i).await;
+        } else {
+            warn!(container = %name, error = %e, "cannot signal the container; trying again");
+            self.retry_at = Some(self.now() + RETRY_AFTER);
+        }
+    }
+
+    /// Learns a container's end from the runtime when no exit event said it.
+    async fn collect_exit(&mut self, i: usize) {
+        let runtime_id = self.rec.containers[i].runtime_id.clone();
+        let now = self.now();
+        match self.engine.runtime.remove(&runtime_id).await {
+            Ok(Some((code, at))) => mark_exited(&mut self.rec.containers[i], code, at),
+            Ok(None) => {
+                let c = &mut self.rec.containers[i];
+                c.status = ContainerStatus::Stopped;
+                c.finished_at = Some(now);
+                c.reason = Some("CannotInspectContainerError: the container was gone from containerd before its exit was reported".into());
+            }
+            // Still running (or the runtime is away): look again soon.
+            Err(_) => {
+                self.retry_at = Some(now + RETRY_AFTER);
+                return;
+            }
+        }
+        if let Some(h) = self.health.remove(&runtime_id) {
+            h.abort();
+        }
+        self.dirty = true;
     }
 
     async fn stop_signal(&mut self, name: &str) -> i32 {

@@ -3,7 +3,7 @@
 //!
 //! This module knows nothing of ECS wire types; the engine asks for a namespace per task.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use tokio::process::Command;
@@ -119,6 +119,8 @@ impl Network for Namespaces {
         Ok(entries
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter_map(|n| n.strip_prefix(&self.prefix).map(str::to_owned))
+            // Only task ids: another daemon's longer prefix (`ecsd-ecs-blue-…`) is not ours.
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
             .collect())
     }
 }
@@ -140,9 +142,4 @@ impl Network for NoNetwork {
     async fn list(&self) -> Result<Vec<String>, NetworkError> {
         Ok(vec![])
     }
-}
-
-/// Whether `path` is a network namespace mount that exists.
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }

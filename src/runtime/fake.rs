@@ -83,6 +83,11 @@ impl FakeRuntime {
         }
     }
 
+    /// The container disappears without an exit being reported (as after a host reboot).
+    pub fn forget(&self, id: &str) {
+        self.lock().containers.remove(id);
+    }
+
     /// The container ignores these signals (SIGKILL cannot be ignored).
     pub fn ignore_signal(&self, id: &str, signal: i32) {
         let mut s = self.lock();

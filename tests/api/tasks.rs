@@ -527,3 +527,83 @@ async fn stopped_tasks_expire_after_the_retention() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn stop_task_while_a_dependent_waits_still_reaches_stopped() {
+    let e = Ecsd::start().await;
+    let init =
+        ContainerDefinition::builder().name("init").image("busybox").memory(16).essential(false).build();
+    let dep = ContainerDependency::builder()
+        .container_name("init")
+        .condition(ContainerCondition::Success)
+        .build()
+        .unwrap();
+    let app = ContainerDefinition::builder().name("app").image("busybox").memory(16).depends_on(dep).build();
+    register(&e, "waiting", vec![init, app]).await;
+    let t = run(&e, "waiting").await;
+    let arn = t.task_arn().unwrap();
+    eventually(5, "init running", || async {
+        (describe(&e, arn).await.containers()[0].last_status() == Some("RUNNING")).then_some(())
+    })
+    .await;
+    e.client.stop_task().task(arn).send().await.unwrap();
+    let stopped = wait_status(&e, arn, "STOPPED").await;
+    assert_eq!(stopped.containers()[0].exit_code(), Some(143));
+    assert_eq!(stopped.containers()[1].exit_code(), None, "app never started");
+}
+
+#[tokio::test]
+async fn a_stop_signal_that_cannot_be_delivered_is_tried_again() {
+    let e = Ecsd::start().await;
+    register(&e, "retry", vec![container("app")]).await;
+    let t = run(&e, "retry").await;
+    let arn = t.task_arn().unwrap();
+    wait_status(&e, arn, "RUNNING").await;
+    e.fake.set_unavailable(true);
+    e.client.stop_task().task(arn).send().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(describe(&e, arn).await.last_status(), Some("STOPPING"));
+    e.fake.set_unavailable(false);
+    let stopped = wait_status(&e, arn, "STOPPED").await;
+    assert_eq!(stopped.containers()[0].exit_code(), Some(143));
+}
+
+#[tokio::test]
+async fn containers_gone_while_ecsd_was_down_stop_their_tasks() {
+    let mut e = Ecsd::start().await;
+    register(&e, "vanish", vec![container("a")]).await;
+    let t = run(&e, "vanish").await;
+    let arn = t.task_arn().unwrap().to_owned();
+    wait_status(&e, &arn, "RUNNING").await;
+    let daemon = e.daemon.take().unwrap();
+    daemon.shutdown().await.unwrap();
+    e.fake.forget(&runtime_id(&t, "a"));
+    e.restart().await;
+    let stopped = wait_status(&e, &arn, "STOPPED").await;
+    assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"));
+    assert_eq!(
+        stopped.containers()[0].reason(),
+        Some("CannotInspectContainerError: the container was gone from containerd when ecsd restarted")
+    );
+}
+
+#[tokio::test]
+async fn health_checks_resume_after_a_restart() {
+    let mut e = Ecsd::start().await;
+    let check = HealthCheck::builder().command("CMD").command("true").interval(5).retries(1).build().unwrap();
+    let c = ContainerDefinition::builder().name("db").image("busybox").memory(16).health_check(check).build();
+    register(&e, "checked", vec![c]).await;
+    let t = run(&e, "checked").await;
+    let arn = t.task_arn().unwrap().to_owned();
+    eventually(15, "healthy", || async {
+        (describe(&e, &arn).await.health_status().map(|h| h.as_str()) == Some("HEALTHY")).then_some(())
+    })
+    .await;
+    // The restart also shows the health loops let go of the data dir.
+    e.restart().await;
+    e.fake.set_health(&runtime_id(&t, "db"), 1);
+    eventually(15, "unhealthy after the restart", || async {
+        (describe(&e, &arn).await.health_status().map(|h| h.as_str()) == Some("UNHEALTHY")).then_some(())
+    })
+    .await;
+}

@@ -84,9 +84,11 @@ pub(crate) enum Msg {
         result: Result<ExecResult, RuntimeError>,
         at: f64,
     },
-    /// The runtime no longer knows the container (it vanished while the connection was down).
+    /// The runtime did not know the container when it was listed at `listed_at` (it vanished
+    /// while the connection was down, or it was created after the listing).
     Lost {
         runtime_id: String,
+        listed_at: f64,
     },
 }
 
@@ -260,6 +262,7 @@ impl Engine {
 
     /// Delivers exits the event stream may have missed (while the runtime was away).
     async fn resync(&self) {
+        let listed_at = self.now();
         let states = match self.runtime.list().await {
             Ok(s) => s,
             Err(e) => {
@@ -275,7 +278,7 @@ impl Engine {
                 Some(ProcessStatus::Exited { code, at }) => {
                     self.send(&task, Msg::Exit { runtime_id, code: *code, at: *at });
                 }
-                Some(ProcessStatus::Missing) | None => self.send(&task, Msg::Lost { runtime_id }),
+                Some(ProcessStatus::Missing) | None => self.send(&task, Msg::Lost { runtime_id, listed_at }),
                 Some(_) => {}
             }
         }

@@ -165,10 +165,11 @@ impl Supervisor {
                 }
             }
             Msg::Health { runtime_id, result, at } => self.apply_health(&runtime_id, result, at),
-            Msg::Lost { runtime_id } => {
+            Msg::Lost { runtime_id, listed_at } => {
                 let now = self.now();
                 let Some(c) = self.container(&runtime_id) else { return };
-                if c.status != ContainerStatus::Running {
+                // Started after the listing: it was simply not there yet.
+                if c.status != ContainerStatus::Running || c.started_at.is_none_or(|s| s >= listed_at) {
                     return;
                 }
                 warn!(container = %c.name, "container is gone from containerd");

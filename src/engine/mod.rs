@@ -394,6 +394,9 @@ impl Engine {
             if let Err(e) = self.expire() {
                 warn!(error = %e, "cannot expire stopped tasks");
             }
+            if let Err(e) = self.purge_deleted_definitions() {
+                warn!(error = %e, "cannot delete task definitions marked for deletion");
+            }
         }
     }
 
@@ -423,6 +426,35 @@ impl Engine {
             }
         }
         Ok(n)
+    }
+
+    /// Deletes task definitions in DELETE_IN_PROGRESS that no live task uses any more, as
+    /// ECS finishes a DeleteTaskDefinitions. Returns how many went.
+    pub fn purge_deleted_definitions(&self) -> Result<usize, StoreError> {
+        use crate::model::shapes::TaskDefinition;
+        use crate::store::records::{TAGS, TASK_DEFINITIONS};
+        let in_use: std::collections::HashSet<String> =
+            self.all_live_tasks()?.into_iter().filter_map(|t| t.definition.task_definition_arn).collect();
+        let mut doomed = vec![];
+        self.store.read(|r| {
+            r.scan(TASK_DEFINITIONS, Scan::all(), |k, td: TaskDefinition| {
+                let arn = td.task_definition_arn.unwrap_or_default();
+                if td.status.as_deref() == Some("DELETE_IN_PROGRESS") && !in_use.contains(&arn) {
+                    doomed.push((k.to_owned(), arn));
+                }
+                ControlFlow::Continue(())
+            })
+        })?;
+        if !doomed.is_empty() {
+            self.store.write(|w| {
+                for (k, arn) in &doomed {
+                    w.delete(TASK_DEFINITIONS, k)?;
+                    w.delete(TAGS, arn)?;
+                }
+                Ok::<_, StoreError>(())
+            })?;
+        }
+        Ok(doomed.len())
     }
 
     /// Every task that is not STOPPED, in any cluster.

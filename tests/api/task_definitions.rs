@@ -241,3 +241,20 @@ async fn invalid_definitions_are_client_exceptions() {
     let families = e.client.list_task_definition_families().send().await.unwrap();
     assert!(families.families().is_empty());
 }
+
+#[tokio::test]
+async fn deleted_revisions_go_once_no_task_uses_them() {
+    // A zero retention makes the sweeper run every second.
+    let e = Ecsd::start_with(&[("ECSD_TASK_RETENTION", "0s")]).await;
+    register(&e, "gone").await;
+    register(&e, "gone").await;
+    e.client.deregister_task_definition().task_definition("gone:1").send().await.unwrap();
+    e.client.delete_task_definitions().task_definitions("gone:1").send().await.unwrap();
+    crate::common::eventually(10, "revision 1 to be deleted", || async {
+        e.client.describe_task_definition().task_definition("gone:1").send().await.is_err().then_some(())
+    })
+    .await;
+    let left = e.client.list_task_definitions().family_prefix("gone").send().await.unwrap();
+    assert_eq!(left.task_definition_arns(), [arn("task-definition/gone:2")]);
+    assert_eq!(register(&e, "gone").await, 3, "a deleted revision's number is never reused");
+}

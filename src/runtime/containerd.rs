@@ -31,7 +31,6 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, warn};
 
-use super::embedded::{EmbeddedContainerd, EmbeddedError};
 use super::image;
 use super::logs;
 use super::{ContainerState, Event, ExecResult, Image, ProcessStatus, Rootfs, Runtime, RuntimeError, Stdio};
@@ -501,20 +500,6 @@ impl ContainerdRuntime {
             .map_err(|s| self.conn.error(s, task_at))?;
         Ok(resp.into_inner().exit_status as i32)
     }
-}
-
-/// The runtime of `ecsd serve`: the containerd at `address` when it answers, else an embedded
-/// one under `data_dir` (see [`super::embedded`]), which the caller keeps and shuts down.
-/// Exec output goes under `data_dir/run/exec`.
-pub async fn connect(
-    address: &Path,
-    data_dir: &Path,
-    namespace: &str,
-) -> Result<(ContainerdRuntime, Option<EmbeddedContainerd>), EmbeddedError> {
-    let embedded = super::embedded::ensure(address, data_dir, namespace).await?;
-    let address = embedded.as_ref().map_or(address, |e| e.address());
-    let runtime = ContainerdRuntime::new(ContainerdOptions::new(address, namespace, &data_dir.join("run"))?)?;
-    Ok((runtime, embedded))
 }
 
 #[async_trait]

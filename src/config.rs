@@ -94,7 +94,14 @@ Environment:
   ECS_ENDPOINT_URL         forward ECS operations ecsd does not implement to this endpoint
   ECSD_LOG_DRIVER          the ecsd binary containerd's shim runs to capture container output
                            (default: this binary)
-  RUST_LOG, ECSD_LOG       log filter, e.g. info or ecsd=debug (default info)")]
+  RUST_LOG, ECSD_LOG       log filter, e.g. info or ecsd=debug (default info)
+  ECSD_CONFIG              the config file (default /etc/ecsd/config.toml if present)
+  ECSD_TASK_SUBNET         the default task network's subnet (default 10.217.0.0/16, bridge ecsd0)
+  ECSD_PUBLISH_AWSVPC_PORTS  publish awsvpc tasks' portMappings on the host too (default false)
+  ECS_DYNAMIC_HOST_PORT_RANGE  dynamic host ports for bridge mode (default 49153-65535)
+  ECS_RESERVED_PORTS       host ports never handed out (default [22, 2375, 2376, 51678, 51679])
+  ECSD_NETAVARK, ECSD_AARDVARK_DNS  the netavark and aardvark-dns binaries
+                           (default /usr/lib/podman/netavark, /usr/lib/podman/aardvark-dns)")]
 pub struct ServeArgs {
     /// Address to serve the ECS API on; port 0 picks a free port. The bound address is
     /// printed as `ecsd listening on http://ADDR`. [default: 127.0.0.1:8000]
@@ -118,6 +125,11 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// TOML config file declaring task networks (`[networks.NAME]`) and port settings
+    /// (`[tasks]`); see deploy/config.toml.example. [default: /etc/ecsd/config.toml if present]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -146,6 +158,8 @@ pub struct Config {
     pub retention: Duration,
     pub log_format: LogFormat,
     pub log_filter: String,
+    /// Task networks and ports.
+    pub network: crate::network::Settings,
 }
 
 /// A value that cannot be used, reported as `NAME=value: reason`.
@@ -251,7 +265,10 @@ impl Config {
         let log_filter =
             non_empty("RUST_LOG").or_else(|| non_empty("ECSD_LOG")).unwrap_or_else(|| "info".to_owned());
 
+        let network = resolve_network(args, env)?;
+
         Ok(Config {
+            network,
             listen,
             data_dir,
             identity: Identity { region, account },
@@ -268,6 +285,42 @@ impl Config {
         })
     }
 }
+
+/// Reads the config file (flag, `ECSD_CONFIG`, or /etc/ecsd/config.toml when it exists) and
+/// resolves the network settings from it and the environment.
+fn resolve_network(
+    args: &ServeArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::network::Settings, ConfigError> {
+    let explicit = match &args.config {
+        Some(p) => Some(("--config", p.clone())),
+        None => env("ECSD_CONFIG").filter(|v| !v.is_empty()).map(|v| ("ECSD_CONFIG", PathBuf::from(v))),
+    };
+    let (name, path) = explicit.clone().unwrap_or(("--config", PathBuf::from(DEFAULT_CONFIG_FILE)));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => String::new(),
+        Err(e) => {
+            return Err(ConfigError {
+                name: name.into(),
+                value: path.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    let file: crate::network::settings::FileNetworks = toml::from_str(&text).map_err(|e| ConfigError {
+        name: name.into(),
+        value: path.display().to_string(),
+        reason: e.to_string().trim().replace('\n', " "),
+    })?;
+    crate::network::Settings::resolve(file, &|k| env(k).filter(|v| !v.is_empty())).map_err(|e| ConfigError {
+        name: e.name,
+        value: path.display().to_string(),
+        reason: e.reason,
+    })
+}
+
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/ecsd/config.toml";
 
 /// Parses durations as the ECS agent's variables take them (Go's syntax: `30s`, `2m`,
 /// `1h30m`, `500ms`), or plain seconds.

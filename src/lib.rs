@@ -48,6 +48,8 @@ pub enum StartError {
     Containerd { source: runtime::embedded::EmbeddedError },
     #[error("cannot set up the containerd client")]
     Runtime { source: runtime::RuntimeError },
+    #[error("cannot set up task networking")]
+    Network { source: network::NetworkError },
 }
 
 /// A running daemon.
@@ -118,15 +120,18 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
         cgroups: Some(engine::cgroups::Cgroups::new(std::path::Path::new("/sys/fs/cgroup"))),
         init: ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists()),
     };
-    let mut daemon = serve(config, store, Arc::new(runtime), namespaces(config), os).await?;
+    let network =
+        network::Netavark::new(config.network.clone(), namespaces(config), &config.data_dir.join("network"))
+            .map_err(|source| StartError::Network { source })?;
+    let mut daemon = serve(config, store, Arc::new(runtime), Arc::new(network), os).await?;
     daemon.embedded = embedded;
     Ok(daemon)
 }
 
 /// Task namespaces are named after the containerd namespace, so ecsds with their own
 /// namespaces never take each other's for leftovers.
-fn namespaces(config: &Config) -> Arc<network::Namespaces> {
-    Arc::new(network::Namespaces::new(&format!("ecsd-{}-", config.namespace)))
+fn namespaces(config: &Config) -> network::Namespaces {
+    network::Namespaces::new(&format!("ecsd-{}-", config.namespace))
 }
 
 fn open_store(config: &Config) -> Result<Store, StartError> {
@@ -173,6 +178,7 @@ async fn serve(
             retention: config.retention,
             cgroups: os.cgroups,
             init: os.init,
+            network: Arc::new(config.network.clone()),
         },
         Arc::clone(&store),
         runtime,
@@ -186,6 +192,7 @@ async fn serve(
         identity: config.identity.clone(),
         clock,
         forward,
+        network: Arc::new(config.network.clone()),
     });
     // Like an ECS agent registering without ECS_CLUSTER, this host brings the default cluster.
     api::ensure_default_cluster(&ctx).map_err(|source| StartError::DefaultCluster { source })?;

@@ -48,6 +48,8 @@ pub struct Ctx {
     pub identity: Identity,
     pub clock: Arc<dyn Clock>,
     pub forward: Option<Forwarder>,
+    /// Task networks (awsvpc subnets pick one) and host port settings.
+    pub network: Arc<crate::network::Settings>,
 }
 
 impl Ctx {

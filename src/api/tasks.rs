@@ -173,6 +173,9 @@ fn new_record(ctx: &Ctx, launch: &Launch, instance_arn: &str) -> Result<TaskReco
             killed: None,
             stop_signal: None,
             health: c.health_check.as_ref().map(|_| crate::engine::Health::default()),
+            network_bindings: vec![],
+            netns: None,
+            ipv4: None,
         })
         .collect();
     let family = launch.definition.family.clone().unwrap_or_default();
@@ -206,6 +209,7 @@ fn new_record(ctx: &Ctx, launch: &Launch, instance_arn: &str) -> Result<TaskReco
         stop_code: None,
         stopped_reason: None,
         netns: None,
+        attachment: None,
         containers,
     })
 }

@@ -57,6 +57,8 @@ pub struct EngineConfig {
     pub cgroups: Option<cgroups::Cgroups>,
     /// A static init (tini) to run as PID 1 of containers with `initProcessEnabled`.
     pub init: Option<PathBuf>,
+    /// Task networks and port settings.
+    pub network: Arc<crate::network::Settings>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::shapes::{
-    Container, ContainerDefinition, NetworkConfiguration, Task, TaskDefinition, TaskOverride,
+    Attachment, Container, ContainerDefinition, KeyValuePair, NetworkBinding, NetworkConfiguration,
+    NetworkInterface, Task, TaskDefinition, TaskOverride,
 };
 
 /// ECS task statuses, in lifecycle order.
@@ -136,6 +137,78 @@ pub struct ContainerRecord {
     pub stop_signal: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// Host ports published for it (bridge; host mode: its container ports), chosen at
+    /// placement, shown as `networkBindings` once it runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_bindings: Vec<NetworkBinding>,
+    /// Its own namespace and address in bridge mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<String>,
+}
+
+/// The lifecycle of an awsvpc task's network interface, as ECS reports its attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AttachmentStatus {
+    Precreated,
+    Attached,
+    Detached,
+}
+
+impl AttachmentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachmentStatus::Precreated => "PRECREATED",
+            AttachmentStatus::Attached => "ATTACHED",
+            AttachmentStatus::Detached => "DETACHED",
+        }
+    }
+}
+
+/// An awsvpc task's interface: ECS's `ElasticNetworkInterface` attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EniAttachment {
+    pub id: String,
+    pub status: AttachmentStatus,
+    /// The configured network the task's subnet picked.
+    pub network: String,
+    pub subnet_id: String,
+    pub network_interface_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ipv4_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_dns_name: Option<String>,
+}
+
+impl EniAttachment {
+    fn to_wire(&self) -> Attachment {
+        let mut details =
+            vec![kv("subnetId", &self.subnet_id), kv("networkInterfaceId", &self.network_interface_id)];
+        if let Some(v) = &self.mac_address {
+            details.push(kv("macAddress", v));
+        }
+        if let Some(v) = &self.private_dns_name {
+            details.push(kv("privateDnsName", v));
+        }
+        if let Some(v) = &self.private_ipv4_address {
+            details.push(kv("privateIPv4Address", v));
+        }
+        Attachment {
+            id: Some(self.id.clone()),
+            r#type: Some("ElasticNetworkInterface".into()),
+            status: Some(self.status.as_str().into()),
+            details: Some(details),
+        }
+    }
+}
+
+fn kv(name: &str, value: &str) -> KeyValuePair {
+    KeyValuePair { name: Some(name.into()), value: Some(value.into()) }
 }
 
 /// Everything ecsd knows about a task.
@@ -188,9 +261,12 @@ pub struct TaskRecord {
     pub stop_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_reason: Option<String>,
-    /// The task's network namespace, once created.
+    /// The task's network namespace, once created (awsvpc, none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// The awsvpc task's interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<EniAttachment>,
     pub containers: Vec<ContainerRecord>,
 }
 
@@ -232,7 +308,7 @@ impl TaskRecord {
     pub fn to_wire(&self, cluster_arn: &str, availability_zone: &str) -> Task {
         let td = &self.definition;
         Task {
-            attachments: Some(vec![]),
+            attachments: Some(self.attachment.iter().map(EniAttachment::to_wire).collect()),
             attributes: Some(vec![crate::model::shapes::Attribute {
                 name: Some("ecs.cpu-architecture".into()),
                 value: Some(
@@ -291,8 +367,22 @@ impl TaskRecord {
             last_status: Some(c.status.wire().to_owned()),
             exit_code: c.exit_code,
             reason: c.reason.clone(),
-            network_bindings: Some(vec![]),
-            network_interfaces: Some(vec![]),
+            network_bindings: Some(if c.started_at.is_some() && c.status != ContainerStatus::Stopped {
+                c.network_bindings.clone()
+            } else {
+                vec![]
+            }),
+            network_interfaces: Some(
+                self.attachment
+                    .iter()
+                    .filter(|a| a.private_ipv4_address.is_some())
+                    .map(|a| NetworkInterface {
+                        attachment_id: Some(a.id.clone()),
+                        private_ipv4_address: a.private_ipv4_address.clone(),
+                        ipv6_address: None,
+                    })
+                    .collect(),
+            ),
             health_status: Some(
                 c.health.as_ref().map_or(HealthStatus::Unknown, |h| h.status).as_str().to_owned(),
             ),

@@ -13,8 +13,10 @@ use tracing::{info, warn};
 
 use super::record::{ContainerRecord, ContainerStatus, Health, HealthStatus, TaskRecord, TaskStatus};
 use super::{Engine, LABEL_TASK_ID, Msg, STOP_ESSENTIAL_EXITED, STOP_FAILED_TO_START, task_key};
+use crate::engine::record::AttachmentStatus;
 use crate::model::shapes::ContainerDefinition;
-use crate::network::Mode;
+use crate::model::shapes::{HostEntry, NetworkBinding};
+use crate::network::{Attach, Mode, PortMap, Protocol, Sandbox, SandboxSpec};
 use crate::runtime::{Image, RuntimeError, Stdio};
 use crate::spec;
 use crate::store::records::TASKS;
@@ -297,11 +299,11 @@ impl Supervisor {
 
     async fn step_running(&mut self) {
         if self.rec.last == TaskStatus::Provisioning {
-            let mode = Mode::parse(self.rec.definition.network_mode.as_deref());
-            match self.engine.network.create(&self.rec.id, mode).await {
-                Ok(netns) => {
+            let specs = self.sandbox_specs();
+            match self.engine.network.create(&self.rec.id, &specs).await {
+                Ok(sandboxes) => {
                     self.apply_cgroups();
-                    self.rec.netns = netns.map(|p| p.display().to_string());
+                    self.apply_sandboxes(sandboxes);
                     self.rec.connectivity_at = Some(self.now());
                     self.dirty = true;
                     self.set_last(TaskStatus::Pending);
@@ -545,7 +547,14 @@ impl Supervisor {
         let dir = self.engine.task_dir(&self.rec.id).join(&name);
         let files = self.write_files(def, &dir).map_err(|e| format!("CannotCreateContainerError: {e}"))?;
         let volumes = self.volumes().map_err(|e| format!("CannotCreateContainerError: {e}"))?;
-        let netns = self.rec.netns.as_ref().map(PathBuf::from);
+        let netns = self
+            .rec
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.netns.clone())
+            .or_else(|| self.rec.netns.clone())
+            .map(PathBuf::from);
         let cgroups_path = format!("/ecs/{}/{}", self.rec.id, runtime_id);
         let task_input = spec::TaskInput {
             task_arn: &self.rec.arn,
@@ -591,11 +600,100 @@ impl Supervisor {
         Ok(built)
     }
 
+    /// The namespaces the task needs: none in host mode, the task's own (awsvpc, none), or
+    /// one per container (bridge), with interfaces and published ports.
+    fn sandbox_specs(&self) -> Vec<SandboxSpec> {
+        let settings = &self.engine.cfg.network;
+        let dns_domain = crate::network::dns_domain(&self.engine.identity.region);
+        let published = |c: &ContainerRecord| -> Vec<PortMap> {
+            c.network_bindings.iter().filter_map(port_map).collect()
+        };
+        match Mode::parse(self.rec.definition.network_mode.as_deref()) {
+            Mode::Host => vec![],
+            Mode::None => vec![SandboxSpec { container: None, attach: None }],
+            Mode::Awsvpc => {
+                let network = self
+                    .rec
+                    .attachment
+                    .as_ref()
+                    .map_or_else(|| settings.default_network().name.clone(), |a| a.network.clone());
+                vec![SandboxSpec {
+                    container: None,
+                    attach: Some(Attach {
+                        network,
+                        aliases: vec![],
+                        dns_domain,
+                        ports: self.rec.containers.iter().flat_map(published).collect(),
+                    }),
+                }]
+            }
+            Mode::Bridge => self
+                .rec
+                .containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| SandboxSpec {
+                    container: Some(i),
+                    attach: Some(Attach {
+                        network: settings.default_network().name.clone(),
+                        aliases: vec![],
+                        dns_domain: dns_domain.clone(),
+                        ports: published(c),
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    /// Records what the network made: namespaces, addresses, the awsvpc attachment.
+    fn apply_sandboxes(&mut self, sandboxes: Vec<Sandbox>) {
+        for sb in sandboxes {
+            let netns = Some(sb.netns.display().to_string());
+            match sb.container {
+                None => {
+                    self.rec.netns = netns;
+                    if let (Some(iface), Some(a)) = (&sb.iface, self.rec.attachment.as_mut()) {
+                        a.status = AttachmentStatus::Attached;
+                        a.mac_address = Some(iface.mac.clone());
+                        a.private_ipv4_address = Some(iface.address.to_string());
+                        a.private_dns_name = Some(iface.private_dns_name.clone());
+                    }
+                }
+                Some(i) => {
+                    if let Some(c) = self.rec.containers.get_mut(i) {
+                        c.netns = netns;
+                        c.ipv4 = sb.iface.as_ref().map(|f| f.address.to_string());
+                    }
+                }
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// The DNS server (aardvark-dns on the gateway) and search domain of the network a
+    /// container is on, when that network resolves names.
+    fn network_dns(&self, container: &str) -> Option<(Vec<std::net::IpAddr>, Vec<String>)> {
+        let settings = &self.engine.cfg.network;
+        let network = match Mode::parse(self.rec.definition.network_mode.as_deref()) {
+            Mode::Awsvpc => self.rec.attachment.as_ref().and_then(|a| settings.network(&a.network)),
+            Mode::Bridge => self
+                .rec
+                .containers
+                .iter()
+                .find(|c| c.name == container && c.ipv4.is_some())
+                .map(|_| settings.default_network()),
+            Mode::Host | Mode::None => None,
+        }?;
+        network.dns.then(|| {
+            (vec![std::net::IpAddr::V4(network.gateway())], vec![crate::network::DNS_DOMAIN.to_owned()])
+        })
+    }
+
     /// Writes the container's /etc/hosts, /etc/resolv.conf and /etc/hostname.
     fn write_files(&self, def: &ContainerDefinition, dir: &Path) -> std::io::Result<spec::ContainerFiles> {
         std::fs::create_dir_all(dir)?;
         let mode = Mode::parse(self.rec.definition.network_mode.as_deref());
-        let extra = def.extra_hosts.as_deref().unwrap_or_default();
+        let extra: &[HostEntry] = def.extra_hosts.as_deref().unwrap_or_default();
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         if mode == Mode::Host {
             // The host's own files, as Docker gives host-networked containers, plus extraHosts.
@@ -623,11 +721,38 @@ impl Supervisor {
             });
         }
         let hostname = hostname_for(def, &self.rec);
-        // Until the task has an interface of its own, its hostname names its loopback.
-        let addresses = [std::net::IpAddr::from([127, 0, 0, 1])];
-        let hosts = spec::hosts_file(&hostname, &addresses, extra);
+        let name = def.name.as_deref().unwrap_or_default();
+        let me = self.rec.containers.iter().find(|c| c.name == name);
+        // The address the container's hostname names: its own (bridge), the task's (awsvpc),
+        // else loopback (none).
+        let own = me
+            .and_then(|c| c.ipv4.clone())
+            .or_else(|| self.rec.attachment.as_ref().and_then(|a| a.private_ipv4_address.clone()));
+        let addresses: Vec<std::net::IpAddr> = match own.as_deref().and_then(|a| a.parse().ok()) {
+            Some(ip) => vec![ip],
+            None => vec![std::net::IpAddr::from([127, 0, 0, 1])],
+        };
+        let mut extra: Vec<HostEntry> = extra.to_vec();
+        // Bridge-mode links, as Docker's legacy links write them: `<ip> <alias> <name>`.
+        for link in def.links.as_deref().unwrap_or_default() {
+            let (target, alias) = link.split_once(':').unwrap_or((link.as_str(), link.as_str()));
+            if let Some(ip) =
+                self.rec.containers.iter().find(|c| c.name == target).and_then(|c| c.ipv4.clone())
+            {
+                let names = if alias == target { target.to_owned() } else { format!("{alias} {target}") };
+                extra.push(HostEntry { hostname: Some(names), ip_address: Some(ip) });
+            }
+        }
+        let hosts = spec::hosts_file(&hostname, &addresses, &extra);
+        // On a network with its own DNS server (aardvark-dns on the gateway), that server
+        // answers for the other tasks and forwards the rest to the host's resolvers.
+        let network_dns = self.network_dns(name);
+        let base = match &network_dns {
+            Some((servers, search)) => resolv_with(&host_resolv, servers, search),
+            None => host_resolv.clone(),
+        };
         let resolv = spec::resolv_conf(
-            &host_resolv,
+            &base,
             spec_mode(mode),
             def.dns_servers.as_deref().unwrap_or_default(),
             def.dns_search_domains.as_deref().unwrap_or_default(),
@@ -919,7 +1044,65 @@ fn spec_mode(mode: Mode) -> spec::NetworkMode {
 /// The container's hostname: its own `hostname`, else the task id's first 12 characters,
 /// as a container id would give it.
 fn hostname_for(def: &ContainerDefinition, rec: &TaskRecord) -> String {
+    if let Some(name) = rec.attachment.as_ref().and_then(|a| a.private_dns_name.clone()) {
+        // awsvpc: the interface's private DNS name, as the agent gives the pause container.
+        return name;
+    }
     def.hostname.clone().unwrap_or_else(|| rec.id.chars().take(12).collect())
+}
+
+/// A resolv.conf naming the network's DNS servers first, keeping the host's search list
+/// (after the network's) and options.
+fn resolv_with(host: &str, servers: &[std::net::IpAddr], search: &[String]) -> String {
+    let mut host_search: Vec<&str> = vec![];
+    let mut options = String::new();
+    for line in host.lines() {
+        let mut words = line.split(['#', ';']).next().unwrap_or_default().split_whitespace();
+        match words.next() {
+            Some("search" | "domain") => host_search = words.collect(),
+            Some("options") => {
+                options.push_str(line.trim());
+                options.push('\n');
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    let all: Vec<&str> = search.iter().map(String::as_str).chain(host_search).collect();
+    if !all.is_empty() {
+        out.push_str(&format!("search {}\n", all.join(" ")));
+    }
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    out.push_str(&options);
+    out
+}
+
+/// The host ports a binding publishes.
+fn port_map(b: &NetworkBinding) -> Option<PortMap> {
+    let protocol = match b.protocol.as_deref() {
+        Some("udp") => Protocol::Udp,
+        _ => Protocol::Tcp,
+    };
+    let range = |r: &Option<String>| -> Option<(u16, u16)> {
+        let (a, b) = r.as_deref()?.split_once('-')?;
+        Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+    };
+    match (range(&b.container_port_range), range(&b.host_port_range)) {
+        (Some((c0, c1)), Some((h0, _))) => Some(PortMap {
+            host_port: h0,
+            container_port: c0,
+            range: c1.checked_sub(c0)?.checked_add(1)?,
+            protocol,
+        }),
+        _ => Some(PortMap {
+            host_port: u16::try_from(b.host_port?).ok()?,
+            container_port: u16::try_from(b.container_port?).ok()?,
+            range: 1,
+            protocol,
+        }),
+    }
 }
 
 /// Reads a file of the image from its layers, topmost first, honouring overlay whiteouts.

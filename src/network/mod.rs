@@ -3,10 +3,22 @@
 //!
 //! This module knows nothing of ECS wire types; the engine asks for a namespace per task.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use tokio::process::Command;
+
+mod netavark;
+pub mod settings;
+
+pub use netavark::Netavark;
+
+pub use settings::{NetworkDef, Settings, SettingsError};
+
+/// The search domain aardvark-dns answers task names in (netavark's default).
+pub const DNS_DOMAIN: &str = "dns.podman";
 
 /// How a task is networked, from the task definition's `networkMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,22 +40,108 @@ impl Mode {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A port (or a run of `range` ports) published on the host and forwarded to the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMap {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// How many consecutive ports, from both starts (1 for a single port).
+    pub range: u16,
+    pub protocol: Protocol,
+}
+
+/// One network namespace to make for a task: the task's own (awsvpc, none), or one per
+/// container (bridge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// `None`: the task's namespace; `Some(i)`: the namespace of the task's i-th container.
+    pub container: Option<usize>,
+    /// An interface on one of the configured networks; `None` leaves loopback only.
+    pub attach: Option<Attach>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attach {
+    /// The name of a configured network ([`NetworkDef::name`]).
+    pub network: String,
+    /// Names other sandboxes on the network resolve to this one's address, besides the
+    /// private DNS names made from the address.
+    pub aliases: Vec<String>,
+    /// The domain of the private DNS name: `ip-10-0-0-4.<domain>` (`ec2.internal` in us-east-1).
+    pub dns_domain: String,
+    pub ports: Vec<PortMap>,
+}
+
+/// What [`Network::create`] made for one [`SandboxSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    pub container: Option<usize>,
+    pub netns: PathBuf,
+    pub iface: Option<Interface>,
+}
+
+/// The sandbox's interface on a network (`eth0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub network: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mac: String,
+    /// `ip-10-217-0-4.ec2.internal`.
+    pub private_dns_name: String,
+    /// The network's DNS server (aardvark-dns) when the network resolves names, and the
+    /// search domain that goes with it.
+    pub dns_servers: Vec<IpAddr>,
+    pub search_domains: Vec<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     #[error("cannot run {command}")]
     Spawn { command: String, source: std::io::Error },
     #[error("{command} failed: {stderr}")]
     Command { command: String, stderr: String },
+    #[error("no network named '{0}' is configured")]
+    UnknownNetwork(String),
+    #[error("network '{network}' ({subnet}) has no free address left")]
+    Exhausted { network: String, subnet: String },
+    #[error("{what}")]
+    State {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The network side of a task's lifecycle.
 #[async_trait]
 pub trait Network: Send + Sync + std::fmt::Debug + 'static {
-    /// Creates the task's namespace (loopback up) and returns its path; `None` in host mode.
-    async fn create(&self, task_id: &str, mode: Mode) -> Result<Option<PathBuf>, NetworkError>;
-    /// Removes whatever `create` made for the task. Removing what is gone succeeds.
+    /// Makes the task's sandboxes (namespace with loopback up and 169.254.170.2 on it, plus the
+    /// interface and published ports asked for). All or nothing: on error nothing is left.
+    /// Host mode asks for no sandbox.
+    async fn create(&self, task_id: &str, sandboxes: &[SandboxSpec]) -> Result<Vec<Sandbox>, NetworkError>;
+    /// Removes whatever `create` made for the task, releasing its addresses and ports.
+    /// Removing what is gone succeeds.
     async fn remove(&self, task_id: &str) -> Result<(), NetworkError>;
-    /// The task ids that have a namespace now (to find leaks after a crash).
+    /// The task ids that hold anything now (to find leaks after a crash).
     async fn list(&self) -> Result<Vec<String>, NetworkError>;
 }
 
@@ -70,6 +168,29 @@ impl Namespaces {
     }
 }
 
+/// Runs `ip -n NETNS -batch -` with the commands on stdin: one process for several changes.
+async fn ip_batch(netns: &str, commands: &str) -> Result<(), NetworkError> {
+    use tokio::io::AsyncWriteExt;
+    let command = format!("ip -n {netns} -batch - ({})", commands.trim().replace('\n', "; "));
+    let spawn_err = |source| NetworkError::Spawn { command: command.clone(), source };
+    let mut child = Command::new("ip")
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(commands.as_bytes()).await.map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().await.map_err(spawn_err)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetworkError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+    }
+}
+
 async fn ip(args: &[&str]) -> Result<(), NetworkError> {
     let command = format!("ip {}", args.join(" "));
     let out = Command::new("ip")
@@ -84,31 +205,33 @@ async fn ip(args: &[&str]) -> Result<(), NetworkError> {
     }
 }
 
-#[async_trait]
-impl Network for Namespaces {
-    async fn create(&self, task_id: &str, mode: Mode) -> Result<Option<PathBuf>, NetworkError> {
-        if mode == Mode::Host {
-            return Ok(None);
-        }
-        let name = self.name(task_id);
-        if !self.path(task_id).exists() {
+impl Namespaces {
+    /// Creates the namespace `<prefix><key>` with loopback up and 169.254.170.2 on it (where
+    /// the task's metadata and credentials endpoints listen), and returns its path.
+    pub async fn add(&self, key: &str) -> Result<PathBuf, NetworkError> {
+        let name = self.name(key);
+        let path = self.path(key);
+        if !path.exists() {
             ip(&["netns", "add", &name]).await?;
         }
-        if let Err(e) = ip(&["-n", &name, "link", "set", "lo", "up"]).await {
+        let setup = ip_batch(&name, "link set lo up\naddr replace 169.254.170.2/32 dev lo\n").await;
+        if let Err(e) = setup {
             let _ = ip(&["netns", "delete", &name]).await;
             return Err(e);
         }
-        Ok(Some(self.path(task_id)))
+        Ok(path)
     }
 
-    async fn remove(&self, task_id: &str) -> Result<(), NetworkError> {
-        if !self.path(task_id).exists() {
+    /// Deletes the namespace `<prefix><key>`; deleting what is gone succeeds.
+    pub async fn delete(&self, key: &str) -> Result<(), NetworkError> {
+        if !self.path(key).exists() {
             return Ok(());
         }
-        ip(&["netns", "delete", &self.name(task_id)]).await
+        ip(&["netns", "delete", &self.name(key)]).await
     }
 
-    async fn list(&self) -> Result<Vec<String>, NetworkError> {
+    /// The keys (`<task id>` or `<task id>-<n>`) of this daemon's namespaces.
+    pub fn keys(&self) -> Result<Vec<String>, NetworkError> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -120,26 +243,113 @@ impl Network for Namespaces {
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter_map(|n| n.strip_prefix(&self.prefix).map(str::to_owned))
             // Only task ids: another daemon's longer prefix (`ecsd-ecs-blue-…`) is not ours.
-            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .filter(|key| task_of(key).is_some())
             .collect())
     }
 }
 
-/// A network that makes nothing: for engine tests without root.
+/// The task id of a namespace key: `<32 hex>` or `<32 hex>-<container index>`.
+pub fn task_of(key: &str) -> Option<&str> {
+    let (id, rest) = key.split_at_checked(32)?;
+    let id_ok = id.bytes().all(|b| b.is_ascii_hexdigit());
+    let rest_ok = rest.is_empty()
+        || rest.strip_prefix('-').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    (id_ok && rest_ok).then_some(id)
+}
+
+/// The namespace key of a sandbox.
+pub fn key_of(task_id: &str, container: Option<usize>) -> String {
+    match container {
+        None => task_id.to_owned(),
+        Some(i) => format!("{task_id}-{i}"),
+    }
+}
+
+/// A network that makes nothing on the host but answers like one: sandboxes get made-up
+/// namespace paths and addresses from the configured subnets. For engine and API tests
+/// without root.
 #[derive(Debug, Default)]
-pub struct NoNetwork;
+pub struct FakeNetwork {
+    settings: Settings,
+    state: std::sync::Mutex<std::collections::BTreeMap<String, Vec<Ipv4Addr>>>,
+}
+
+impl FakeNetwork {
+    pub fn new(settings: Settings) -> FakeNetwork {
+        FakeNetwork { settings, state: Default::default() }
+    }
+}
 
 #[async_trait]
-impl Network for NoNetwork {
-    async fn create(&self, _task_id: &str, _mode: Mode) -> Result<Option<PathBuf>, NetworkError> {
-        Ok(None)
+impl Network for FakeNetwork {
+    async fn create(&self, task_id: &str, sandboxes: &[SandboxSpec]) -> Result<Vec<Sandbox>, NetworkError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let taken: std::collections::BTreeSet<Ipv4Addr> = state.values().flatten().copied().collect();
+        let mut out = vec![];
+        let mut mine = vec![];
+        for spec in sandboxes {
+            let iface = match &spec.attach {
+                None => None,
+                Some(a) => {
+                    let net = self
+                        .settings
+                        .network(&a.network)
+                        .ok_or_else(|| NetworkError::UnknownNetwork(a.network.clone()))?;
+                    let address = net
+                        .assignable()
+                        .map(Ipv4Addr::from)
+                        .find(|ip| !taken.contains(ip) && !mine.contains(ip))
+                        .ok_or_else(|| NetworkError::Exhausted {
+                            network: net.name.clone(),
+                            subnet: net.cidr(),
+                        })?;
+                    mine.push(address);
+                    Some(Interface {
+                        name: "eth0".into(),
+                        network: net.name.clone(),
+                        address,
+                        prefix_len: net.prefix_len,
+                        gateway: net.gateway(),
+                        mac: format!(
+                            "0a:00:{:02x}:{:02x}:{:02x}:{:02x}",
+                            address.octets()[0],
+                            address.octets()[1],
+                            address.octets()[2],
+                            address.octets()[3]
+                        ),
+                        private_dns_name: private_dns_name(address, &a.dns_domain),
+                        dns_servers: vec![IpAddr::V4(net.gateway())],
+                        search_domains: vec![DNS_DOMAIN.into()],
+                    })
+                }
+            };
+            out.push(Sandbox {
+                container: spec.container,
+                netns: PathBuf::from("/run/netns/fake").join(key_of(task_id, spec.container)),
+                iface,
+            });
+        }
+        state.insert(task_id.to_owned(), mine);
+        Ok(out)
     }
 
-    async fn remove(&self, _task_id: &str) -> Result<(), NetworkError> {
+    async fn remove(&self, task_id: &str) -> Result<(), NetworkError> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).remove(task_id);
         Ok(())
     }
 
     async fn list(&self) -> Result<Vec<String>, NetworkError> {
-        Ok(vec![])
+        Ok(self.state.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect())
     }
+}
+
+/// `ip-10-217-0-4.ec2.internal`, as EC2 names an address.
+pub fn private_dns_name(address: Ipv4Addr, domain: &str) -> String {
+    let [a, b, c, d] = address.octets();
+    format!("ip-{a}-{b}-{c}-{d}.{domain}")
+}
+
+/// The domain EC2 gives private DNS names in a region.
+pub fn dns_domain(region: &str) -> String {
+    if region == "us-east-1" { "ec2.internal".into() } else { format!("{region}.compute.internal") }
 }

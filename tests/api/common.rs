@@ -9,7 +9,7 @@ use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use ecsd::Daemon;
 use ecsd::config::{Config, ServeArgs};
-use ecsd::network::NoNetwork;
+use ecsd::network::FakeNetwork;
 use ecsd::runtime::ImageConfig;
 use ecsd::runtime::fake::FakeRuntime;
 
@@ -21,6 +21,8 @@ pub struct Ecsd {
     pub dir: tempfile::TempDir,
     /// The runtime tasks run on: in memory, driven by the test.
     pub fake: Arc<FakeRuntime>,
+    /// The network tasks get: made-up namespaces and addresses from the configured subnets.
+    pub network: Arc<FakeNetwork>,
     env: Vec<(String, String)>,
 }
 
@@ -61,12 +63,12 @@ impl Ecsd {
                 ..ImageConfig::default()
             },
         );
-        let daemon = ecsd::start_with(&config(dir.path(), env), fake.clone(), Arc::new(NoNetwork))
-            .await
-            .expect("ecsd starts");
+        let cfg = config(dir.path(), env);
+        let network = Arc::new(FakeNetwork::new(cfg.network.clone()));
+        let daemon = ecsd::start_with(&cfg, fake.clone(), network.clone()).await.expect("ecsd starts");
         let url = format!("http://{}", daemon.addr());
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Ecsd { daemon: Some(daemon), client: client(&url), url, dir, fake, env }
+        Ecsd { daemon: Some(daemon), client: client(&url), url, dir, fake, network, env }
     }
 
     /// Stops the daemon and starts a new one on the same data dir and runtime.
@@ -75,9 +77,10 @@ impl Ecsd {
             d.shutdown().await.expect("clean shutdown");
         }
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let daemon = ecsd::start_with(&config(self.dir.path(), &env), self.fake.clone(), Arc::new(NoNetwork))
-            .await
-            .expect("ecsd restarts");
+        let daemon =
+            ecsd::start_with(&config(self.dir.path(), &env), self.fake.clone(), self.network.clone())
+                .await
+                .expect("ecsd restarts");
         self.url = format!("http://{}", daemon.addr());
         self.client = client(&self.url);
         self.daemon = Some(daemon);

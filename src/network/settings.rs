@@ -1,0 +1,351 @@
+//! The task networks ecsd offers, and how ports are handed out: from the config file's
+//! `[networks.NAME]` and `[tasks]` tables, with a built-in default network.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The network every task lands on unless its awsvpc subnet names another.
+pub const DEFAULT_NETWORK: &str = "default";
+/// Its bridge, as Docker's is `docker0` and Podman's `podman0`.
+pub const DEFAULT_BRIDGE: &str = "ecsd0";
+pub const DEFAULT_SUBNET: &str = "10.217.0.0/16";
+/// Every ecsd bridge starts with this, which is how the isolation rules tell them apart.
+pub const BRIDGE_PREFIX: &str = "ecsd";
+/// The ECS agent's `ECS_RESERVED_PORTS` default.
+pub const DEFAULT_RESERVED_PORTS: [u16; 5] = [22, 2375, 2376, 51678, 51679];
+/// Docker's and the ECS agent's ephemeral range for dynamic host ports.
+pub const DEFAULT_DYNAMIC_PORTS: RangeInclusive<u16> = 49153..=65535;
+
+/// One task network: a bridge on the host with an IPv4 subnet, NAT to the outside, and
+/// (when `dns`) aardvark-dns answering for the tasks on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkDef {
+    pub name: String,
+    pub subnet: Ipv4Addr,
+    pub prefix_len: u8,
+    pub bridge: String,
+    pub dns: bool,
+}
+
+impl NetworkDef {
+    pub fn new(name: &str, cidr: &str, bridge: Option<&str>, dns: bool) -> Result<NetworkDef, String> {
+        let (subnet, prefix_len) = parse_cidr(cidr)?;
+        if !(8..=30).contains(&prefix_len) {
+            return Err(format!("subnet {cidr}: the prefix must be between /8 and /30"));
+        }
+        let bridge = match bridge {
+            Some(b) => b.to_owned(),
+            None if name == DEFAULT_NETWORK => DEFAULT_BRIDGE.to_owned(),
+            None => format!("{BRIDGE_PREFIX}-{name}"),
+        };
+        if !bridge.starts_with(BRIDGE_PREFIX)
+            || bridge.len() > 15
+            || !bridge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "bridge '{bridge}' of network '{name}': a bridge name starts with '{BRIDGE_PREFIX}', \
+                 has at most 15 letters, digits, '-' or '_' (set `bridge` for a long network name)"
+            ));
+        }
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(format!("network name '{name}': use letters, digits, '-' and '_'"));
+        }
+        Ok(NetworkDef { name: name.to_owned(), subnet, prefix_len, bridge, dns })
+    }
+
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.subnet, self.prefix_len)
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - self.prefix_len)
+    }
+
+    /// The subnet's first host address: the bridge's address and the tasks' default route.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet) + 1)
+    }
+
+    /// Addresses tasks may get. As in a VPC subnet, the first four (network, router, DNS,
+    /// reserved) and the last (broadcast) are never handed out.
+    pub fn assignable(&self) -> RangeInclusive<u32> {
+        let base = u32::from(self.subnet);
+        base + 4..=(base | !self.mask()) - 1
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.subnet)
+    }
+
+    /// The subnet id ECS shows for a task on this network (`subnet-<name>`).
+    pub fn subnet_id(&self) -> String {
+        if self.name.starts_with("subnet-") { self.name.clone() } else { format!("subnet-{}", self.name) }
+    }
+
+    /// Whether an awsvpc `subnets[]` entry picks this network: its name, or `subnet-<name>`.
+    pub fn matches_subnet(&self, id: &str) -> bool {
+        id == self.name || id == self.subnet_id()
+    }
+
+    /// A stable 64-hex id for netavark (which wants one per network).
+    pub fn id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(format!("ecsd-network:{}", self.name)))
+    }
+}
+
+fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, len) =
+        cidr.split_once('/').ok_or_else(|| format!("'{cidr}' is not an IPv4 CIDR such as 10.217.0.0/16"))?;
+    let ip: Ipv4Addr =
+        ip.parse().map_err(|_| format!("'{cidr}' is not an IPv4 CIDR such as 10.217.0.0/16"))?;
+    let len: u8 =
+        len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("'{cidr}': bad prefix length"))?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    if u32::from(ip) & !mask != 0 {
+        return Err(format!(
+            "'{cidr}' has host bits set; the subnet is {}/{len}",
+            Ipv4Addr::from(u32::from(ip) & mask)
+        ));
+    }
+    Ok((ip, len))
+}
+
+/// How ecsd networks tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The default network first, then the others by name.
+    pub networks: Vec<NetworkDef>,
+    /// Publish awsvpc tasks' `portMappings` on the host too (ECS reaches them by task IP only).
+    pub publish_awsvpc_ports: bool,
+    pub dynamic_ports: RangeInclusive<u16>,
+    pub reserved_ports: Vec<u16>,
+    pub netavark: PathBuf,
+    pub aardvark: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            networks: vec![
+                NetworkDef::new(DEFAULT_NETWORK, DEFAULT_SUBNET, None, true).expect("valid default"),
+            ],
+            publish_awsvpc_ports: false,
+            dynamic_ports: DEFAULT_DYNAMIC_PORTS,
+            reserved_ports: DEFAULT_RESERVED_PORTS.to_vec(),
+            netavark: PathBuf::from("/usr/lib/podman/netavark"),
+            aardvark: PathBuf::from("/usr/lib/podman/aardvark-dns"),
+        }
+    }
+}
+
+/// A config-file or environment value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {reason}")]
+pub struct SettingsError {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNetworks {
+    #[serde(default)]
+    pub networks: BTreeMap<String, FileNetwork>,
+    #[serde(default)]
+    pub tasks: FileTasks,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNetwork {
+    pub subnet: String,
+    pub bridge: Option<String>,
+    pub dns: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTasks {
+    pub publish_awsvpc_ports: Option<bool>,
+    pub dynamic_host_ports: Option<String>,
+    pub reserved_ports: Option<Vec<u16>>,
+    pub netavark: Option<PathBuf>,
+    pub aardvark_dns: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Builds the settings from the config file's tables and the environment
+    /// (`ECSD_TASK_SUBNET` sets the default network's subnet; `ECS_RESERVED_PORTS`,
+    /// `ECS_DYNAMIC_HOST_PORT_RANGE` as the ECS agent reads them).
+    pub fn resolve(
+        file: FileNetworks,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, SettingsError> {
+        let defaults = Settings::default();
+        let err = |name: &str, reason: String| SettingsError { name: name.to_owned(), reason };
+        let mut networks = Vec::new();
+        let default_file = file.networks.get(DEFAULT_NETWORK);
+        let (default_subnet, subnet_name) = match env("ECSD_TASK_SUBNET") {
+            Some(s) => (s, "ECSD_TASK_SUBNET"),
+            None => match default_file {
+                Some(f) => (f.subnet.clone(), "networks.default.subnet"),
+                None => (DEFAULT_SUBNET.to_owned(), "ECSD_TASK_SUBNET"),
+            },
+        };
+        networks.push(
+            NetworkDef::new(
+                DEFAULT_NETWORK,
+                &default_subnet,
+                default_file.and_then(|f| f.bridge.as_deref()),
+                default_file.and_then(|f| f.dns).unwrap_or(true),
+            )
+            .map_err(|r| err(subnet_name, r))?,
+        );
+        for (name, f) in &file.networks {
+            if name == DEFAULT_NETWORK {
+                continue;
+            }
+            let def = NetworkDef::new(name, &f.subnet, f.bridge.as_deref(), f.dns.unwrap_or(true))
+                .map_err(|r| err(&format!("networks.{name}"), r))?;
+            networks.push(def);
+        }
+        for (i, a) in networks.iter().enumerate() {
+            for b in &networks[i + 1..] {
+                if a.bridge == b.bridge {
+                    return Err(err(
+                        &format!("networks.{}", b.name),
+                        format!("bridge '{}' is also network '{}''s", b.bridge, a.name),
+                    ));
+                }
+                if a.contains(b.subnet) || b.contains(a.subnet) {
+                    return Err(err(
+                        &format!("networks.{}", b.name),
+                        format!("subnet {} overlaps network '{}' ({})", b.cidr(), a.name, a.cidr()),
+                    ));
+                }
+            }
+        }
+
+        let dynamic_ports = match env("ECS_DYNAMIC_HOST_PORT_RANGE")
+            .map(|v| ("ECS_DYNAMIC_HOST_PORT_RANGE", v))
+            .or_else(|| file.tasks.dynamic_host_ports.clone().map(|v| ("tasks.dynamic_host_ports", v)))
+        {
+            None => defaults.dynamic_ports,
+            Some((name, v)) => parse_port_range(&v).map_err(|r| err(name, r))?,
+        };
+        let reserved_ports = match env("ECS_RESERVED_PORTS") {
+            Some(v) => serde_json::from_str::<Vec<u16>>(&v).map_err(|_| {
+                err("ECS_RESERVED_PORTS", format!("'{v}' is not a JSON list of ports such as [22, 2375]"))
+            })?,
+            None => file.tasks.reserved_ports.unwrap_or(defaults.reserved_ports),
+        };
+        let publish_awsvpc_ports = match env("ECSD_PUBLISH_AWSVPC_PORTS") {
+            Some(v) => match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(err("ECSD_PUBLISH_AWSVPC_PORTS", format!("'{v}' is not true or false"))),
+            },
+            None => file.tasks.publish_awsvpc_ports.unwrap_or(false),
+        };
+        Ok(Settings {
+            networks,
+            publish_awsvpc_ports,
+            dynamic_ports,
+            reserved_ports,
+            netavark: env("ECSD_NETAVARK")
+                .map(PathBuf::from)
+                .or(file.tasks.netavark)
+                .unwrap_or(defaults.netavark),
+            aardvark: env("ECSD_AARDVARK_DNS")
+                .map(PathBuf::from)
+                .or(file.tasks.aardvark_dns)
+                .unwrap_or(defaults.aardvark),
+        })
+    }
+
+    pub fn default_network(&self) -> &NetworkDef {
+        &self.networks[0]
+    }
+
+    pub fn network(&self, name: &str) -> Option<&NetworkDef> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+
+    /// The network an awsvpc `subnets[]` entry picks.
+    pub fn network_for_subnet(&self, id: &str) -> Option<&NetworkDef> {
+        self.networks.iter().find(|n| n.matches_subnet(id))
+    }
+}
+
+/// `49153-65535`.
+pub fn parse_port_range(v: &str) -> Result<RangeInclusive<u16>, String> {
+    let bad = || format!("'{v}' is not a port range such as 49153-65535");
+    let (a, b) = v.split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(toml_text: &str, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let file: FileNetworks = toml::from_str(toml_text).unwrap();
+        Settings::resolve(file, &|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn default_network_and_reserved_addresses() {
+        let s = resolve("", &[]).unwrap();
+        let d = s.default_network();
+        assert_eq!(
+            (d.name.as_str(), d.bridge.as_str(), d.cidr().as_str()),
+            ("default", "ecsd0", "10.217.0.0/16")
+        );
+        assert_eq!(d.gateway(), Ipv4Addr::new(10, 217, 0, 1));
+        let r = d.assignable();
+        assert_eq!(Ipv4Addr::from(*r.start()), Ipv4Addr::new(10, 217, 0, 4));
+        assert_eq!(Ipv4Addr::from(*r.end()), Ipv4Addr::new(10, 217, 255, 254));
+        assert_eq!(s.dynamic_ports, 49153..=65535);
+        assert_eq!(s.reserved_ports, vec![22, 2375, 2376, 51678, 51679]);
+        assert!(!s.publish_awsvpc_ports);
+    }
+
+    #[test]
+    fn named_networks_are_picked_by_subnet_id() {
+        let s = resolve(
+            "[networks.blue]\nsubnet = \"10.30.0.0/24\"\n[networks.subnet-0abc]\nsubnet = \"10.31.0.0/24\"\nbridge = \"ecsd-real\"\n",
+            &[("ECSD_TASK_SUBNET", "10.29.0.0/24")],
+        )
+        .unwrap();
+        assert_eq!(s.default_network().cidr(), "10.29.0.0/24");
+        assert_eq!(s.network_for_subnet("subnet-blue").unwrap().bridge, "ecsd-blue");
+        assert_eq!(s.network_for_subnet("blue").unwrap().subnet_id(), "subnet-blue");
+        assert_eq!(s.network_for_subnet("subnet-0abc").unwrap().subnet_id(), "subnet-0abc");
+        assert!(s.network_for_subnet("subnet-nope").is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let e = resolve("[networks.blue]\nsubnet = \"10.217.3.0/24\"\n", &[]).unwrap_err();
+        assert_eq!(e.name, "networks.blue");
+        assert!(e.reason.contains("overlaps network 'default'"), "{e}");
+        let e = resolve("[networks.averyveryverylongname]\nsubnet = \"10.40.0.0/24\"\n", &[]).unwrap_err();
+        assert!(e.reason.contains("at most 15"), "{e}");
+        let e = resolve("", &[("ECSD_TASK_SUBNET", "10.217.0.1/16")]).unwrap_err();
+        assert_eq!(e.name, "ECSD_TASK_SUBNET");
+        assert!(e.reason.contains("host bits"), "{e}");
+        let e = resolve("", &[("ECS_DYNAMIC_HOST_PORT_RANGE", "9-1")]).unwrap_err();
+        assert_eq!(e.name, "ECS_DYNAMIC_HOST_PORT_RANGE");
+        assert!(toml::from_str::<FileNetworks>("[networks.x]\nsubnet=\"10.1.0.0/24\"\nmtu=1\n").is_err());
+    }
+}

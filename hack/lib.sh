@@ -12,8 +12,9 @@ export ECSD_ROOT
 # containerd gRPC client; containerd and runc run tasks (on hosts with /usr/sbin/policy-rc.d
 # returning 101, as in containers and CI, apt does not start them); iproute2 (`ip netns`) makes
 # the tasks' network namespaces; busybox-static is what hack/build-test-image puts in the test
-# image; tini is the init of containers with initProcessEnabled. netavark (task networking)
-# will be added here by the issue that uses it.
+# image; tini is the init of containers with initProcessEnabled; netavark, aardvark-dns and
+# iptables give tasks their interfaces, published ports and name resolution (Debian's netavark
+# 1.4 drives iptables); podman is what hack/bench-run compares awsvpc task starts with.
 ECSD_APT_PACKAGES=(
   ca-certificates curl jq
   python3 python3-venv
@@ -22,6 +23,8 @@ ECSD_APT_PACKAGES=(
   containerd runc
   iproute2 busybox-static
   tini
+  netavark aardvark-dns iptables
+  podman
 )
 
 # The Python tools of the end-to-end tier and the benchmark, pinned to versions known to work
@@ -179,6 +182,11 @@ ECSD_TEST_NETNS_RE='^ecsd-(t|ecsd-test)-'
 # Print the test network namespaces that exist now, one per line.
 test_netns() {
   ip netns list 2>/dev/null | awk '{ print $1 }' | grep -E "$ECSD_TEST_NETNS_RE" || true
+}
+
+# The bridges of the root tests' task networks (`ecsdt<n>`, `ecsdu<n>`).
+test_bridges() {
+  ip -o link show type bridge 2>/dev/null | awk -F': ' '{ print $2 }' | grep -E '^ecsd[tu][0-9]+$' || true
 }
 
 # Copy stdin to stdout, each line indented by four spaces.

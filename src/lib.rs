@@ -193,6 +193,7 @@ async fn serve(
         clock,
         forward,
         network: Arc::new(config.network.clone()),
+        placement: std::sync::Mutex::new(()),
     });
     // Like an ECS agent registering without ECS_CLUSTER, this host brings the default cluster.
     api::ensure_default_cluster(&ctx).map_err(|source| StartError::DefaultCluster { source })?;

@@ -14,421 +14,18 @@
 //! the test that restarts containerd holds it for writing. (cargo runs test binaries one
 //! after the other, so the two files never share the containerd at the same moment.)
 
-use std::collections::{BTreeMap, BTreeSet};
+mod harness;
+
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ecs::Client;
-use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecs::types::{
-    ContainerCondition, ContainerDefinition, ContainerDependency, ContainerOverride, DesiredStatus,
-    HealthCheck, HostVolumeProperties, KeyValuePair, MountPoint, Task, TaskOverride, Volume,
-    builders::ContainerDefinitionBuilder,
+    ContainerCondition, ContainerDefinition, ContainerOverride, DesiredStatus, HealthCheck, KeyValuePair,
+    MountPoint, Task, TaskOverride,
 };
-use ecsd::Daemon;
-use ecsd::config::{Config, ServeArgs};
-use tokio::sync::RwLock;
-
-/// Held for reading by every test, for writing by the one that restarts containerd.
-static CONTAINERD: RwLock<()> = RwLock::const_new(());
-
-/// The images of `hack/build-test-image`.
-const IMAGES: [&str; 2] = ["docker.io/library/busybox:latest", "docker.io/library/busybox-stopsignal:latest"];
-
-/// A shell that idles until SIGTERM, then exits 0. A plain `sleep` as pid 1 ignores SIGTERM
-/// (pid 1 gets no signal it has no handler for), so it would wait for SIGKILL.
-const IDLE: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
-const SIGTERM: u32 = 15;
-const SIGUSR1: u32 = 10;
-
-/// Generous bound for a task to reach a status on a loaded 2-core machine.
-const WAIT: u64 = 30;
-
-fn socket() -> PathBuf {
-    match std::env::var_os("ECSD_TEST_CONTAINERD") {
-        Some(s) => PathBuf::from(s),
-        None => panic!(
-            "ECSD_TEST_CONTAINERD is not set: start a private containerd with `hack/containerd start DIR` \
-             and export ECSD_TEST_CONTAINERD=DIR/containerd.sock (hack/test does this for the root tier)"
-        ),
-    }
-}
-
-fn image_tar() -> PathBuf {
-    match std::env::var_os("ECSD_TEST_IMAGE") {
-        Some(s) => PathBuf::from(s),
-        None => panic!(
-            "ECSD_TEST_IMAGE is not set: build the image with `hack/build-test-image` and export \
-             ECSD_TEST_IMAGE=target/test-images/busybox.tar (hack/test does this for the root tier)"
-        ),
-    }
-}
-
-/// `RUST_LOG=ecsd=debug` shows the in-process daemon's logs with the test's output.
-fn init_tracing() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-fn client(url: &str) -> Client {
-    let conf = aws_sdk_ecs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-        .endpoint_url(url)
-        .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
-}
-
-/// Polls `f` every 5 ms until it returns `Some`, for up to `secs` seconds.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Runs a command to completion and returns its stdout; panics (with stderr) when it fails.
-async fn run_cmd(program: &str, args: &[&str]) -> String {
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn task_id(task_arn: &str) -> String {
-    task_arn.rsplit('/').next().unwrap().to_owned()
-}
-
-fn arn_of(t: &Task) -> String {
-    t.task_arn().unwrap().to_owned()
-}
-
-fn named<'a>(t: &'a Task, name: &str) -> &'a aws_sdk_ecs::types::Container {
-    t.containers().iter().find(|c| c.name() == Some(name)).unwrap_or_else(|| panic!("no container {name}"))
-}
-
-fn secs(t: Option<&aws_smithy_types::DateTime>) -> f64 {
-    t.expect("timestamp is set").as_secs_f64()
-}
-
-/// A busybox container running `sh -c script`, with the host's control directory at /ctl.
-fn sh(name: &str, script: &str) -> ContainerDefinitionBuilder {
-    ContainerDefinition::builder()
-        .name(name)
-        .image("busybox")
-        .memory(32)
-        .command("sh")
-        .command("-c")
-        .command(script)
-        .mount_points(MountPoint::builder().source_volume("ctl").container_path("/ctl").build())
-}
-
-fn depends(on: &str, condition: ContainerCondition) -> ContainerDependency {
-    ContainerDependency::builder().container_name(on).condition(condition).build().unwrap()
-}
-
-/// One ecsd on the test's containerd namespace, with its data dir and a host directory that
-/// task definitions mount at /ctl (the test drops files there to tell containers to move on).
-struct Ecsd {
-    daemon: Option<Daemon>,
-    client: Client,
-    data: tempfile::TempDir,
-    ctl: tempfile::TempDir,
-    namespace: String,
-    env: Vec<(String, String)>,
-}
-
-impl Ecsd {
-    async fn start(env: &[(&str, &str)]) -> Ecsd {
-        init_tracing();
-        let namespace = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let names = ecsd::runtime::import::import(&socket(), &namespace, &image_tar())
-            .await
-            .unwrap_or_else(|e| panic!("import {} into {namespace}: {e}", image_tar().display()));
-        assert_eq!(names, IMAGES, "the images of hack/build-test-image");
-        let mut e = Ecsd {
-            daemon: None,
-            client: client("http://127.0.0.1:1"),
-            data: tempfile::tempdir().unwrap(),
-            ctl: tempfile::tempdir().unwrap(),
-            namespace,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
-        e.up().await;
-        e
-    }
-
-    fn config(&self) -> Config {
-        let args = ServeArgs {
-            listen: Some("127.0.0.1:0".into()),
-            data_dir: Some(self.data.path().to_owned()),
-            containerd_address: Some(socket()),
-            namespace: Some(self.namespace.clone()),
-            ..ServeArgs::default()
-        };
-        // The shim runs the log driver from the ecsd binary, not from this test binary.
-        let log_driver = ("ECSD_LOG_DRIVER".to_owned(), env!("CARGO_BIN_EXE_ecsd").to_owned());
-        let vars: Vec<(String, String)> =
-            self.env.iter().cloned().chain(std::iter::once(log_driver)).collect();
-        Config::resolve(&args, &|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
-            .expect("config")
-    }
-
-    /// Starts a daemon on the data dir (again, after [`Ecsd::down`]).
-    async fn up(&mut self) {
-        assert!(self.daemon.is_none());
-        let daemon = ecsd::start(&self.config()).await.expect("ecsd starts");
-        self.client = client(&format!("http://{}", daemon.addr()));
-        self.daemon = Some(daemon);
-    }
-
-    /// Shuts the daemon down; containers keep running.
-    async fn down(&mut self) {
-        let daemon = self.daemon.take().expect("ecsd is running");
-        daemon.shutdown().await.expect("clean shutdown");
-    }
-
-    fn ctl(&self, file: &str) -> PathBuf {
-        self.ctl.path().join(file)
-    }
-
-    /// Creates /ctl/`file` for the containers to see.
-    fn signal_file(&self, file: &str) {
-        std::fs::write(self.ctl(file), b"").unwrap();
-    }
-
-    fn netns(&self, task_arn: &str) -> PathBuf {
-        Path::new("/run/netns").join(self.netns_name(task_arn))
-    }
-
-    fn netns_name(&self, task_arn: &str) -> String {
-        format!("ecsd-{}-{}", self.namespace, task_id(task_arn))
-    }
-
-    fn log_dir(&self, task_arn: &str, container: &str) -> PathBuf {
-        self.data.path().join("tasks").join(task_id(task_arn)).join(container).join("logs")
-    }
-
-    /// What the container wrote to stdout and stderr so far.
-    fn logs(&self, task_arn: &str, container: &str) -> String {
-        let mut out = Vec::new();
-        match ecsd::runtime::read_logs(&self.log_dir(task_arn, container), false, &mut out) {
-            Ok(()) => String::from_utf8(out).unwrap(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => panic!("read the logs of {container}: {e}"),
-        }
-    }
-
-    async fn wait_log(&self, task_arn: &str, container: &str, want: &str) {
-        eventually(WAIT, &format!("{container} to log {want:?}"), || async {
-            self.logs(task_arn, container).contains(want).then_some(())
-        })
-        .await;
-    }
-
-    /// Waits until the main process of `container` handles `signal` (its shell trap is set):
-    /// sent earlier, the signal would be ignored.
-    async fn wait_trap(&self, task_arn: &str, container: &str, signal: u32) {
-        let t = self.wait_container(task_arn, container, "RUNNING").await;
-        let id = named(&t, container).runtime_id().unwrap().to_owned();
-        let tasks = self.ctr_tasks().await;
-        let pid = tasks.get(&id).unwrap_or_else(|| panic!("{id} is not in containerd: {tasks:?}")).0;
-        eventually(WAIT, &format!("{container} to trap signal {signal}"), || async {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?.trim();
-            let mask = u64::from_str_radix(caught, 16).ok()?;
-            (mask & (1 << (signal - 1)) != 0).then_some(())
-        })
-        .await;
-    }
-
-    async fn ctr(&self, args: &[&str]) -> String {
-        let socket = socket();
-        let mut all = vec!["--address", socket.to_str().unwrap(), "--namespace", &self.namespace];
-        all.extend_from_slice(args);
-        run_cmd("ctr", &all).await
-    }
-
-    /// containerd's tasks of the namespace: id → (pid, status).
-    async fn ctr_tasks(&self) -> BTreeMap<String, (u32, String)> {
-        self.ctr(&["tasks", "ls"])
-            .await
-            .lines()
-            .skip(1)
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f[0].to_owned(), (f[1].parse().unwrap(), f[2].to_owned()))
-            })
-            .collect()
-    }
-
-    async fn ctr_containers(&self) -> BTreeSet<String> {
-        self.ctr(&["containers", "ls", "-q"]).await.lines().map(str::to_owned).collect()
-    }
-
-    async fn register(&self, family: &str, containers: Vec<ContainerDefinition>) {
-        self.client
-            .register_task_definition()
-            .family(family)
-            .set_container_definitions(Some(containers))
-            .volumes(
-                Volume::builder()
-                    .name("ctl")
-                    .host(
-                        HostVolumeProperties::builder()
-                            .source_path(self.ctl.path().to_str().unwrap())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .volumes(Volume::builder().name("shared").build())
-            .send()
-            .await
-            .unwrap();
-    }
-
-    async fn run(&self, family: &str) -> Task {
-        let out = self.client.run_task().task_definition(family).send().await.unwrap();
-        assert_eq!(out.failures(), &[], "RunTask failures");
-        assert_eq!(out.tasks().len(), 1);
-        let t = out.tasks()[0].clone();
-        assert_eq!(t.last_status(), Some("PROVISIONING"));
-        assert_eq!(t.desired_status(), Some("RUNNING"));
-        t
-    }
-
-    async fn describe(&self, task_arn: &str) -> Task {
-        let out = self.client.describe_tasks().tasks(task_arn).send().await.unwrap();
-        assert_eq!(out.failures(), &[], "DescribeTasks failures");
-        out.tasks()[0].clone()
-    }
-
-    async fn wait_status(&self, task_arn: &str, status: &str) -> Task {
-        eventually(WAIT, &format!("task {} to be {status}", task_id(task_arn)), || async {
-            let t = self.describe(task_arn).await;
-            (t.last_status() == Some(status)).then_some(t)
-        })
-        .await
-    }
-
-    async fn wait_container(&self, task_arn: &str, container: &str, status: &str) -> Task {
-        eventually(WAIT, &format!("container {container} to be {status}"), || async {
-            let t = self.describe(task_arn).await;
-            (named(&t, container).last_status() == Some(status)).then_some(t)
-        })
-        .await
-    }
-
-    async fn stop(&self, task_arn: &str, reason: &str) -> Task {
-        let out = self.client.stop_task().task(task_arn).reason(reason).send().await.unwrap();
-        let t = out.task().unwrap().clone();
-        assert_eq!(t.desired_status(), Some("STOPPED"));
-        assert_eq!(t.stopped_reason(), Some(reason));
-        t
-    }
-
-    /// The task namespaces of this ecsd under /run/netns.
-    fn netns_left(&self) -> Vec<String> {
-        let prefix = format!("ecsd-{}-", self.namespace);
-        std::fs::read_dir("/run/netns")
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Stops every task that is still up, then checks that nothing outlived its task: no
-    /// containerd container or task, no active snapshot, no network namespace. Shuts down.
-    async fn finish(mut self) {
-        let live = self.client.list_tasks().desired_status(DesiredStatus::Running).send().await.unwrap();
-        for arn in live.task_arns() {
-            self.stop(arn, "test cleanup").await;
-        }
-        let all = self.client.list_tasks().desired_status(DesiredStatus::Stopped).send().await.unwrap();
-        for arn in all.task_arns() {
-            self.wait_status(arn, "STOPPED").await;
-        }
-        assert_eq!(self.ctr_tasks().await, BTreeMap::new(), "containerd tasks left");
-        assert_eq!(self.ctr_containers().await, BTreeSet::new(), "containerd containers left");
-        let active: Vec<String> = self
-            .ctr(&["snapshots", "ls"])
-            .await
-            .lines()
-            .skip(1)
-            .filter(|l| l.split_whitespace().last() == Some("Active"))
-            .map(str::to_owned)
-            .collect();
-        assert_eq!(active, Vec::<String>::new(), "active snapshots left");
-        assert_eq!(self.netns_left(), Vec::<String>::new(), "network namespaces left");
-        self.down().await;
-    }
-}
-
-impl Drop for Ecsd {
-    /// After a failed test: removes what it left in containerd and /run/netns (best effort;
-    /// a passing test has removed everything already, [`Ecsd::finish`] checks it). Then the
-    /// namespace and its images go, so the private containerd stays small.
-    fn drop(&mut self) {
-        let ctr = |args: &[&str]| -> String {
-            std::process::Command::new("ctr")
-                .arg("--address")
-                .arg(socket())
-                .arg("--namespace")
-                .arg(&self.namespace)
-                .args(args)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-        };
-        for id in ctr(&["tasks", "ls", "-q"]).lines() {
-            ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
-        }
-        for id in ctr(&["tasks", "ls", "-q"]).lines() {
-            ctr(&["tasks", "rm", "--force", id]);
-        }
-        for id in ctr(&["containers", "ls", "-q"]).lines() {
-            ctr(&["containers", "rm", id]);
-        }
-        for name in self.netns_left() {
-            let _ = std::process::Command::new("ip").args(["netns", "delete", &name]).output();
-        }
-        for image in IMAGES {
-            ctr(&["images", "rm", "--sync", image]);
-        }
-        let _ = std::process::Command::new("ctr")
-            .arg("--address")
-            .arg(socket())
-            .args(["namespaces", "rm", &self.namespace])
-            .output();
-    }
-}
+use harness::*;
 
 /// Polls the task every 5 ms until it is `until`, and returns it with every status seen on
 /// the way (in order, without repeats).
@@ -495,20 +92,19 @@ async fn a_task_walks_the_lifecycle_on_containerd() {
     assert_eq!(info["Labels"]["com.amazonaws.ecs.container-name"], "app");
     assert_eq!(info["Labels"]["com.amazonaws.ecs.cluster"], "default");
 
-    // The task has its own network namespace with loopback up, and the container is in it.
-    let netns = e.netns(&arn);
+    // In bridge mode the container has a network namespace of its own, with loopback up and
+    // an interface on the bridge, and it runs in it.
+    let netns = e.container_netns(&arn, 0);
     assert!(netns.exists(), "{} exists while RUNNING", netns.display());
-    let lo = run_cmd("ip", &["-n", &e.netns_name(&arn), "link", "show", "lo"]).await;
+    let lo = run_cmd("ip", &["-n", &e.container_netns_name(&arn, 0), "addr", "show"]).await;
     assert!(lo.contains("<LOOPBACK,UP,LOWER_UP>"), "lo is up: {lo}");
+    assert!(lo.contains(&format!("inet 10.223.{}.", e.network_index)), "eth0 on the bridge: {lo}");
+    assert!(lo.contains("inet 169.254.170.2/32"), "the endpoints' address is on lo: {lo}");
     let cgroup = PathBuf::from(format!("/sys/fs/cgroup/memory/ecs/{}", task_id(&arn)));
     assert!(cgroup.join(&runtime_id).is_dir(), "the container's cgroup is {}/{runtime_id}", cgroup.display());
     let container_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     let netns_ino = std::fs::metadata(&netns).unwrap().ino();
-    assert_eq!(
-        container_net,
-        PathBuf::from(format!("net:[{netns_ino}]")),
-        "the container runs in the task netns"
-    );
+    assert_eq!(container_net, PathBuf::from(format!("net:[{netns_ino}]")), "the container runs in its netns");
 
     e.wait_log(&arn, "app", "hi\n").await;
     e.signal_file("go");
@@ -779,8 +375,8 @@ async fn containers_of_a_task_share_its_network_namespace() {
         "for i in $(seq 200); do wget -qO- http://127.0.0.1:8080/ && exit 0; sleep 0.05; done; exit 1",
     )
     .depends_on(depends("httpd", ContainerCondition::Start));
-    e.register("pair", vec![httpd.build(), get.build()]).await;
-    let arn = arn_of(&e.run("pair").await);
+    e.register_mode("pair", "awsvpc", vec![httpd.build(), get.build()]).await;
+    let arn = arn_of(&e.run_awsvpc("pair", "subnet-default").await);
     let t = e.wait_status(&arn, "STOPPED").await;
     assert_eq!(t.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"));
     assert_eq!(named(&t, "get").exit_code(), Some(0), "wget reached httpd: {}", e.logs(&arn, "get"));
@@ -801,7 +397,7 @@ async fn count_ten_runs_ten_tasks() {
     assert_eq!(arns.len(), 10);
     for arn in &arns {
         e.wait_status(arn, "RUNNING").await;
-        assert!(e.netns(arn).exists());
+        assert!(e.container_netns(arn, 0).exists());
     }
     let listed = e.client.list_tasks().desired_status(DesiredStatus::Running).send().await.unwrap();
     assert_eq!(listed.task_arns().iter().cloned().collect::<BTreeSet<_>>(), arns);
@@ -849,12 +445,12 @@ async fn a_restarted_ecsd_readopts_running_tasks_and_records_exits_it_missed() {
     let t = e.wait_status(&exits, "STOPPED").await;
     assert_eq!(t.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"));
     assert_eq!(named(&t, "app").exit_code(), Some(7));
-    assert!(!e.netns(&exits).exists());
+    assert!(!e.container_netns(&exits, 0).exists());
 
     e.stop(&stays, "after restart").await;
     let t = e.wait_status(&stays, "STOPPED").await;
     assert_eq!(named(&t, "app").exit_code(), Some(0));
-    assert!(!e.netns(&stays).exists());
+    assert!(!e.container_netns(&stays, 0).exists());
     e.finish().await;
 }
 

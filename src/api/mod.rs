@@ -50,6 +50,9 @@ pub struct Ctx {
     pub forward: Option<Forwarder>,
     /// Task networks (awsvpc subnets pick one) and host port settings.
     pub network: Arc<crate::network::Settings>,
+    /// Held from reading what the host has left (cpu, memory, ports) until the task that
+    /// takes it is recorded, so concurrent RunTasks never place on the same resources.
+    pub placement: std::sync::Mutex<()>,
 }
 
 impl Ctx {

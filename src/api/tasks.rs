@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use super::container_instances::{self, Demand};
+use super::container_instances::{self, Demand, Wanted};
 use super::pagination::{decode_token, encode_token};
 use super::{ApiError, Ctx, Exception, cluster_name, clusters};
+use crate::engine::record::{AttachmentStatus, EniAttachment};
 use crate::engine::{ContainerRecord, ContainerStatus, STOP_USER, TaskRecord, TaskStatus, task_key};
 use crate::model::arn::{ArnError, ResourceArn};
 use crate::model::shapes::{
@@ -14,6 +15,7 @@ use crate::model::shapes::{
     TaskOverride,
 };
 use crate::model::tags;
+use crate::network::NetworkDef;
 use crate::store::Reader;
 use crate::store::records::{TAGS, TASK_DEFINITIONS, TASKS, task_definition_key};
 
@@ -29,6 +31,8 @@ struct Launch {
     propagate_tags: Option<String>,
     enable_execute_command: bool,
     network_configuration: Option<NetworkConfiguration>,
+    /// The network an awsvpc task's subnet picked.
+    network: Option<NetworkDef>,
 }
 
 fn not_found_task() -> ApiError {
@@ -100,23 +104,48 @@ fn apply_overrides(
     Ok(containers)
 }
 
-fn validate_network(td: &TaskDefinition, nc: Option<&NetworkConfiguration>) -> Result<(), ApiError> {
+/// Checks the network configuration against the task definition's network mode and, for
+/// awsvpc, returns the configured network its first subnet picks.
+fn validate_network(
+    ctx: &Ctx,
+    td: &TaskDefinition,
+    nc: Option<&NetworkConfiguration>,
+    launch_type: &str,
+) -> Result<Option<NetworkDef>, ApiError> {
     let awsvpc = td.network_mode.as_deref() == Some("awsvpc");
-    let subnets = nc
-        .and_then(|n| n.awsvpc_configuration.as_ref())
-        .and_then(|a| a.subnets.as_ref())
-        .is_some_and(|s| !s.is_empty());
-    if awsvpc && !subnets {
+    let vpc = nc.and_then(|n| n.awsvpc_configuration.as_ref());
+    let subnets = vpc.and_then(|a| a.subnets.as_deref()).unwrap_or_default();
+    if !awsvpc {
+        return match nc {
+            Some(_) => Err(ApiError::invalid_parameter(
+                "Network Configuration is not valid for the given networkMode of this task definition.",
+            )),
+            None => Ok(None),
+        };
+    }
+    let Some(vpc) = vpc.filter(|_| !subnets.is_empty()) else {
         return Err(ApiError::invalid_parameter(
             "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
         ));
+    };
+    if subnets.len() > 16 {
+        return Err(ApiError::invalid_parameter("subnets can have at most 16 items."));
     }
-    if !awsvpc && nc.is_some() {
-        return Err(ApiError::invalid_parameter(
-            "Network Configuration is not valid for the given networkMode of this task definition.",
-        ));
+    if vpc.security_groups.as_ref().is_some_and(|g| g.len() > 5) {
+        return Err(ApiError::invalid_parameter("securityGroups can have at most 5 items."));
     }
-    Ok(())
+    if vpc.assign_public_ip.as_deref() == Some("ENABLED") && launch_type != "FARGATE" {
+        return Err(ApiError::invalid_parameter("Assign public IP is not supported for this launch type."));
+    }
+    if let Some(unknown) = subnets.iter().find(|id| ctx.network.network_for_subnet(id).is_none()) {
+        let have: Vec<String> = ctx.network.networks.iter().map(NetworkDef::subnet_id).collect();
+        return Err(ApiError::invalid_parameter(format!(
+            "Error retrieving subnet information for [{}]: The subnet ID '{unknown}' does not exist (ecsd networks: {})",
+            subnets.join(", "),
+            have.join(", ")
+        )));
+    }
+    Ok(ctx.network.network_for_subnet(&subnets[0]).cloned())
 }
 
 /// Task-shared PID and IPC namespaces need a process holding them for the task's life (the
@@ -147,6 +176,20 @@ fn validate_launch_type(td: &TaskDefinition, launch_type: &str) -> Result<(), Ap
 
 fn random_hex(n_uuids: usize) -> String {
     (0..n_uuids).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect()
+}
+
+/// The interface an awsvpc task will get on `network`, before the engine attaches it.
+fn precreated(network: &NetworkDef) -> EniAttachment {
+    EniAttachment {
+        id: uuid::Uuid::new_v4().to_string(),
+        status: AttachmentStatus::Precreated,
+        network: network.name.clone(),
+        subnet_id: network.subnet_id(),
+        network_interface_id: format!("eni-{}", &random_hex(1)[..17]),
+        mac_address: None,
+        private_ipv4_address: None,
+        private_dns_name: None,
+    }
 }
 
 /// A new task record in PROVISIONING.
@@ -209,7 +252,7 @@ fn new_record(ctx: &Ctx, launch: &Launch, instance_arn: &str) -> Result<TaskReco
         stop_code: None,
         stopped_reason: None,
         netns: None,
-        attachment: None,
+        attachment: launch.network.as_ref().map(precreated),
         containers,
     })
 }
@@ -240,30 +283,58 @@ async fn launch(
         vec![]
     };
     let task_tags = tags::merge(&td_tags, &launch.tags)?;
-    let demand =
-        Demand::of(&launch.definition, &apply_overrides(&launch.definition, launch.overrides.as_ref())?);
+    let containers = apply_overrides(&launch.definition, launch.overrides.as_ref())?;
+    let demand = Demand::of(&launch.definition, &containers);
+    let ports = container_instances::wanted_ports(&ctx.network, &launch.definition, &containers);
     for _ in 0..count {
-        if launch.launch_type != "FARGATE"
-            && let Some(short) = container_instances::shortfall(ctx, demand)?
-        {
-            failures.push(Failure {
-                arn: Some(instance_arn.clone()),
-                reason: Some(short.into()),
-                detail: None,
-            });
-            continue;
-        }
-        let record = new_record(ctx, &launch, &instance_arn)?;
-        if !task_tags.is_empty() {
-            ctx.store.write(|w| w.put(TAGS, &record.arn, &task_tags))?;
-        }
-        let record = ctx.engine.launch(record).map_err(engine_error)?;
+        let record = match place(ctx, &launch, &instance_arn, demand, &ports, &task_tags)? {
+            Ok(record) => record,
+            Err(short) => {
+                failures.push(Failure {
+                    arn: Some(instance_arn.clone()),
+                    reason: Some(short.into()),
+                    detail: None,
+                });
+                continue;
+            }
+        };
         let cluster_arn = ctx.identity.cluster_arn(&record.cluster);
         let mut wire = record.to_wire(&cluster_arn, &ctx.engine.availability_zone());
         wire.tags = Some(task_tags.clone());
         tasks.push(wire);
     }
     Ok((tasks, failures))
+}
+
+/// Places one task on the host and launches it; `Ok(Err(reason))` when the host lacks what
+/// it needs (`RESOURCE:MEMORY`, `RESOURCE:PORTS`, ...).
+fn place(
+    ctx: &Arc<Ctx>,
+    launch: &Launch,
+    instance_arn: &str,
+    demand: Demand,
+    ports: &[Vec<Wanted>],
+    task_tags: &[Tag],
+) -> Result<Result<TaskRecord, &'static str>, ApiError> {
+    let _placing = ctx.placement.lock().unwrap_or_else(|e| e.into_inner());
+    let usage = container_instances::usage(ctx)?;
+    if launch.launch_type != "FARGATE"
+        && let Some(short) = usage.shortfall(demand)
+    {
+        return Ok(Err(short));
+    }
+    let bindings = match container_instances::bind_ports(&ctx.network, &usage, ports) {
+        Ok(b) => b,
+        Err(short) => return Ok(Err(short)),
+    };
+    let mut record = new_record(ctx, launch, instance_arn)?;
+    for (c, b) in record.containers.iter_mut().zip(bindings) {
+        c.network_bindings = b;
+    }
+    if !task_tags.is_empty() {
+        ctx.store.write(|w| w.put(TAGS, &record.arn, &task_tags.to_vec()))?;
+    }
+    ctx.engine.launch(record).map(Ok).map_err(engine_error)
 }
 
 fn engine_error(e: crate::engine::EngineError) -> ApiError {
@@ -284,24 +355,33 @@ fn check_tags(tags: Option<&[Tag]>) -> Result<Vec<Tag>, ApiError> {
     Ok(t)
 }
 
+/// What RunTask and StartTask resolve from a request before placing tasks.
+struct Resolved {
+    cluster: String,
+    definition: TaskDefinition,
+    network: Option<NetworkDef>,
+}
+
 /// The checks RunTask and StartTask share: an ACTIVE cluster, an ACTIVE task definition,
-/// network configuration that fits its network mode, overrides that name its containers.
+/// network configuration that fits its network mode and names a configured subnet,
+/// overrides that name its containers.
 fn resolve(
     ctx: &Ctx,
     cluster: Option<&str>,
     task_definition: Option<&str>,
     network: Option<&NetworkConfiguration>,
     overrides: Option<&TaskOverride>,
-) -> Result<(String, TaskDefinition), ApiError> {
-    let (cluster, td) = ctx.store.read(|r| {
+    launch_type: &str,
+) -> Result<Resolved, ApiError> {
+    let (cluster, definition) = ctx.store.read(|r| {
         let cluster = active_cluster(ctx, r, cluster)?;
         let td = definition(ctx, r, task_definition.unwrap_or_default())?;
         Ok::<_, ApiError>((cluster, td))
     })?;
-    validate_network(&td, network)?;
-    validate_supported(&td)?;
-    apply_overrides(&td, overrides)?;
-    Ok((cluster, td))
+    let network = validate_network(ctx, &definition, network, launch_type)?;
+    validate_supported(&definition)?;
+    apply_overrides(&definition, overrides)?;
+    Ok(Resolved { cluster, definition, network })
 }
 
 pub async fn run(ctx: &Arc<Ctx>, req: RunTaskRequest) -> Result<RunTaskResponse, ApiError> {
@@ -324,12 +404,13 @@ pub async fn run(ctx: &Arc<Ctx>, req: RunTaskRequest) -> Result<RunTaskResponse,
         _ => "EC2".to_owned(),
     };
     let tags = check_tags(req.tags.as_deref())?;
-    let (cluster, definition) = resolve(
+    let Resolved { cluster, definition, network } = resolve(
         ctx,
         req.cluster.as_deref(),
         req.task_definition.as_deref(),
         req.network_configuration.as_ref(),
         req.overrides.as_ref(),
+        &launch_type,
     )?;
     validate_launch_type(&definition, &launch_type)?;
     let l = Launch {
@@ -343,6 +424,7 @@ pub async fn run(ctx: &Arc<Ctx>, req: RunTaskRequest) -> Result<RunTaskResponse,
         propagate_tags: req.propagate_tags,
         enable_execute_command: req.enable_execute_command,
         network_configuration: req.network_configuration,
+        network,
     };
     let (tasks, failures) = launch(ctx, l, count as usize).await?;
     Ok(RunTaskResponse { tasks: Some(tasks), failures: Some(failures) })
@@ -357,12 +439,13 @@ pub async fn start(ctx: &Arc<Ctx>, req: StartTaskRequest) -> Result<StartTaskRes
         )));
     }
     let tags = check_tags(req.tags.as_deref())?;
-    let (cluster, definition) = resolve(
+    let Resolved { cluster, definition, network } = resolve(
         ctx,
         req.cluster.as_deref(),
         req.task_definition.as_deref(),
         req.network_configuration.as_ref(),
         req.overrides.as_ref(),
+        "EC2",
     )?;
     let mut failures = vec![];
     let mut count = 0;
@@ -389,6 +472,7 @@ pub async fn start(ctx: &Arc<Ctx>, req: StartTaskRequest) -> Result<StartTaskRes
         propagate_tags: req.propagate_tags,
         enable_execute_command: req.enable_execute_command,
         network_configuration: req.network_configuration,
+        network,
     };
     let (tasks, more) = if count > 0 { launch(ctx, l, count).await? } else { (vec![], vec![]) };
     failures.extend(more);
@@ -420,7 +504,7 @@ pub async fn stop(ctx: &Arc<Ctx>, req: StopTaskRequest) -> Result<StopTaskRespon
         Ok::<_, ApiError>((cluster, task))
     })?;
     let mut record = record;
-    if ctx.engine.stop(&record.id, STOP_USER, reason.clone()) && record.desired == TaskStatus::Running {
+    if ctx.engine.stop(&record.id, STOP_USER, reason.clone()).await && record.desired == TaskStatus::Running {
         // The supervisor applies the stop; the answer shows it as ECS does, at once.
         record.desired = TaskStatus::Stopped;
         record.stop_code = Some(STOP_USER.into());

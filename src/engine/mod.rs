@@ -80,6 +80,8 @@ pub(crate) enum Msg {
     Stop {
         code: &'static str,
         reason: String,
+        /// Answered once the stop is recorded, so what StopTask answers is what readers see.
+        recorded: Option<tokio::sync::oneshot::Sender<()>>,
     },
     Health {
         runtime_id: String,
@@ -189,12 +191,17 @@ impl Engine {
     }
 
     /// Asks a task to stop. Returns false when no supervisor owns it (already stopped).
-    pub fn stop(&self, task_id: &str, code: &'static str, reason: String) -> bool {
+    /// Asks the task's supervisor to stop the task. Returns whether a supervisor took the
+    /// request, once it has recorded it (or after a moment, if it is busy with a step).
+    pub async fn stop(&self, task_id: &str, code: &'static str, reason: String) -> bool {
         let sender = self.supervisors.lock().ok().and_then(|s| s.get(task_id).cloned());
-        match sender {
-            Some(s) => s.send(Msg::Stop { code, reason }).is_ok(),
-            None => false,
+        let Some(sender) = sender else { return false };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if sender.send(Msg::Stop { code, reason, recorded: Some(tx) }).is_err() {
+            return false;
         }
+        let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        true
     }
 
     pub(crate) fn register_container(&self, runtime_id: &str, task_id: &str) {
@@ -398,6 +405,25 @@ impl Engine {
             }
             if let Err(e) = self.purge_deleted_definitions() {
                 warn!(error = %e, "cannot delete task definitions marked for deletion");
+            }
+            self.remove_network_leftovers().await;
+        }
+    }
+
+    /// Tries again to remove the networks of tasks no supervisor owns (a teardown that
+    /// failed when the task stopped), so their addresses and rules do not stay taken.
+    async fn remove_network_leftovers(&self) {
+        let ids = match self.network.list().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                warn!(error = %e, "cannot list task networks");
+                return;
+            }
+        };
+        for id in ids {
+            let owned = self.supervisors.lock().map(|s| s.contains_key(&id)).unwrap_or(true);
+            if !owned && let Err(e) = self.network.remove(&id).await {
+                warn!(task = %id, error = %crate::error_chain(&e), "cannot remove the network of a stopped task");
             }
         }
     }

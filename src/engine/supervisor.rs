@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::record::{ContainerRecord, ContainerStatus, Health, HealthStatus, TaskRecord, TaskStatus};
 use super::{Engine, LABEL_TASK_ID, Msg, STOP_ESSENTIAL_EXITED, STOP_FAILED_TO_START, task_key};
-use crate::engine::record::AttachmentStatus;
+use crate::engine::record::{AttachmentStatus, EniAttachment};
 use crate::model::shapes::ContainerDefinition;
 use crate::model::shapes::{HostEntry, NetworkBinding};
 use crate::network::{Attach, Mode, PortMap, Protocol, Sandbox, SandboxSpec};
@@ -149,7 +149,13 @@ impl Supervisor {
 
     fn apply(&mut self, msg: Msg) {
         match msg {
-            Msg::Stop { code, reason } => self.request_stop(code, reason),
+            Msg::Stop { code, reason, recorded } => {
+                self.request_stop(code, reason);
+                self.persist();
+                if let Some(tx) = recorded {
+                    let _ = tx.send(());
+                }
+            }
             Msg::Exit { runtime_id, code, at } => {
                 let Some(c) = self.container(&runtime_id) else { return };
                 if c.status == ContainerStatus::Stopped {
@@ -636,7 +642,14 @@ impl Supervisor {
                     container: Some(i),
                     attach: Some(Attach {
                         network: settings.default_network().name.clone(),
-                        aliases: vec![],
+                        // Other tasks on the network resolve the container by its hostname.
+                        aliases: self
+                            .rec
+                            .effective(&c.name)
+                            .and_then(|d| d.hostname.clone())
+                            .into_iter()
+                            .chain(std::iter::once(c.runtime_id.chars().take(12).collect()))
+                            .collect(),
                         dns_domain: dns_domain.clone(),
                         ports: published(c),
                     }),
@@ -652,6 +665,26 @@ impl Supervisor {
             match sb.container {
                 None => {
                     self.rec.netns = netns;
+                    if let Some(iface) = &sb.iface
+                        && self.rec.attachment.is_none()
+                    {
+                        // An awsvpc task placed without one (RunTask makes it): as on its network.
+                        let subnet_id =
+                            self.engine.cfg.network.network(&iface.network).map(|n| n.subnet_id());
+                        self.rec.attachment = Some(EniAttachment {
+                            id: uuid::Uuid::new_v4().to_string(),
+                            status: AttachmentStatus::Precreated,
+                            network: iface.network.clone(),
+                            subnet_id: subnet_id.unwrap_or_default(),
+                            network_interface_id: format!(
+                                "eni-{}",
+                                &uuid::Uuid::new_v4().simple().to_string()[..17]
+                            ),
+                            mac_address: None,
+                            private_ipv4_address: None,
+                            private_dns_name: None,
+                        });
+                    }
                     if let (Some(iface), Some(a)) = (&sb.iface, self.rec.attachment.as_mut()) {
                         a.status = AttachmentStatus::Attached;
                         a.mac_address = Some(iface.mac.clone());
@@ -1009,8 +1042,16 @@ impl Supervisor {
                 warn!(container = %c.name, error = %e, "cannot remove the container");
             }
         }
-        if let Err(e) = self.engine.network.remove(&self.rec.id).await {
-            warn!(error = %crate::error_chain(&e), "cannot remove the task's network namespace");
+        match self.engine.network.remove(&self.rec.id).await {
+            Ok(()) => {
+                if let Some(a) = self.rec.attachment.as_mut() {
+                    a.status = AttachmentStatus::Detached;
+                    self.dirty = true;
+                }
+            }
+            Err(e) => {
+                warn!(error = %crate::error_chain(&e), "cannot remove the task's network; retried in the background")
+            }
         }
         let volumes = self.engine.task_dir(&self.rec.id).join("volumes");
         if volumes.exists()
@@ -1048,7 +1089,14 @@ fn hostname_for(def: &ContainerDefinition, rec: &TaskRecord) -> String {
         // awsvpc: the interface's private DNS name, as the agent gives the pause container.
         return name;
     }
-    def.hostname.clone().unwrap_or_else(|| rec.id.chars().take(12).collect())
+    if let Some(h) = &def.hostname {
+        return h.clone();
+    }
+    // Bridge mode: each container is a host of its own, named like a Docker container.
+    match rec.containers.iter().find(|c| Some(c.name.as_str()) == def.name.as_deref()) {
+        Some(c) if c.netns.is_some() => c.runtime_id.chars().take(12).collect(),
+        _ => rec.id.chars().take(12).collect(),
+    }
 }
 
 /// A resolv.conf naming the network's DNS servers first, keeping the host's search list

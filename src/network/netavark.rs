@@ -252,7 +252,7 @@ impl Netavark {
             container_name: short,
             port_mappings: attach.ports.iter().map(nv_port).collect(),
             networks: BTreeMap::from([(
-                net.name.clone(),
+                nv_name(net),
                 PerNetwork {
                     interface_name: "eth0".into(),
                     static_ips: vec![IpAddr::V4(address)],
@@ -260,7 +260,7 @@ impl Netavark {
                     aliases,
                 },
             )]),
-            network_info: BTreeMap::from([(net.name.clone(), nv_network(net))]),
+            network_info: BTreeMap::from([(nv_name(net), nv_network(net))]),
         };
         let state = SandboxState { key: key.to_owned(), network: net.name.clone(), address, options };
         if let Err(e) = self.write_state(&state) {
@@ -273,11 +273,11 @@ impl Netavark {
                 command: "netavark setup".into(),
                 stderr: format!("unexpected answer ({e}): {}", String::from_utf8_lossy(&out)),
             })?;
-        let block = status.get(&net.name);
+        let block = status.get(&nv_name(net));
         let mac = block
             .and_then(|b| b.interfaces.get("eth0"))
             .map(|i| i.mac_address.clone())
-            .unwrap_or_else(|| state.options.networks[&net.name].static_mac.clone());
+            .unwrap_or_else(|| state.options.networks[&nv_name(net)].static_mac.clone());
         Ok(Interface {
             name: "eth0".into(),
             network: net.name.clone(),
@@ -442,9 +442,15 @@ fn nv_port(p: &PortMap) -> NvPort {
     }
 }
 
+/// The network's name for netavark, which names its firewall chains and DNS records after
+/// it: the bridge's, unique on the host, where ecsd's own names (`default`) are not.
+fn nv_name(net: &NetworkDef) -> String {
+    net.bridge.clone()
+}
+
 fn nv_network(net: &NetworkDef) -> NvNetwork {
     NvNetwork {
-        name: net.name.clone(),
+        name: nv_name(net),
         id: net.id(),
         driver: "bridge".into(),
         network_interface: net.bridge.clone(),

@@ -94,7 +94,7 @@ impl NetworkDef {
     /// A stable 64-hex id for netavark (which wants one per network).
     pub fn id(&self) -> String {
         use sha2::{Digest, Sha256};
-        hex::encode(Sha256::digest(format!("ecsd-network:{}", self.name)))
+        hex::encode(Sha256::digest(format!("ecsd-network:{}:{}:{}", self.name, self.bridge, self.cidr())))
     }
 }
 

@@ -6,6 +6,7 @@ mod attributes;
 mod clusters;
 mod common;
 mod durability;
+mod networking;
 mod protocol;
 mod tags;
 mod task_definitions;

@@ -1,0 +1,548 @@
+//! The harness of the tests that run ECS tasks on a real containerd through a whole
+//! in-process ecsd: see tests/tasks_containerd.rs for what it sets up and checks.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ecs::Client;
+use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ecs::types::{
+    ContainerCondition, ContainerDefinition, ContainerDependency, DesiredStatus, HostVolumeProperties,
+    MountPoint, Task, Volume, builders::ContainerDefinitionBuilder,
+};
+use ecsd::Daemon;
+use ecsd::config::{Config, ServeArgs};
+use tokio::sync::RwLock;
+
+/// Held for reading by every test, for writing by the one that restarts containerd.
+pub static CONTAINERD: RwLock<()> = RwLock::const_new(());
+
+/// The images of `hack/build-test-image`.
+pub const IMAGES: [&str; 2] =
+    ["docker.io/library/busybox:latest", "docker.io/library/busybox-stopsignal:latest"];
+
+/// A shell that idles until SIGTERM, then exits 0. A plain `sleep` as pid 1 ignores SIGTERM
+/// (pid 1 gets no signal it has no handler for), so it would wait for SIGKILL.
+pub const IDLE: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
+pub const SIGTERM: u32 = 15;
+pub const SIGUSR1: u32 = 10;
+
+/// Generous bound for a task to reach a status on a loaded 2-core machine.
+pub const WAIT: u64 = 30;
+
+pub fn socket() -> PathBuf {
+    match std::env::var_os("ECSD_TEST_CONTAINERD") {
+        Some(s) => PathBuf::from(s),
+        None => panic!(
+            "ECSD_TEST_CONTAINERD is not set: start a private containerd with `hack/containerd start DIR` \
+             and export ECSD_TEST_CONTAINERD=DIR/containerd.sock (hack/test does this for the root tier)"
+        ),
+    }
+}
+
+pub fn image_tar() -> PathBuf {
+    match std::env::var_os("ECSD_TEST_IMAGE") {
+        Some(s) => PathBuf::from(s),
+        None => panic!(
+            "ECSD_TEST_IMAGE is not set: build the image with `hack/build-test-image` and export \
+             ECSD_TEST_IMAGE=target/test-images/busybox.tar (hack/test does this for the root tier)"
+        ),
+    }
+}
+
+/// `RUST_LOG=ecsd=debug` shows the in-process daemon's logs with the test's output.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+pub fn client(url: &str) -> Client {
+    let conf = aws_sdk_ecs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .endpoint_url(url)
+        .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
+        .build();
+    Client::from_conf(conf)
+}
+
+/// Polls `f` every 5 ms until it returns `Some`, for up to `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs a command to completion and returns its stdout; panics (with stderr) when it fails.
+pub async fn run_cmd(program: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn task_id(task_arn: &str) -> String {
+    task_arn.rsplit('/').next().unwrap().to_owned()
+}
+
+pub fn arn_of(t: &Task) -> String {
+    t.task_arn().unwrap().to_owned()
+}
+
+pub fn named<'a>(t: &'a Task, name: &str) -> &'a aws_sdk_ecs::types::Container {
+    t.containers().iter().find(|c| c.name() == Some(name)).unwrap_or_else(|| panic!("no container {name}"))
+}
+
+pub fn secs(t: Option<&aws_smithy_types::DateTime>) -> f64 {
+    t.expect("timestamp is set").as_secs_f64()
+}
+
+/// A busybox container running `sh -c script`, with the host's control directory at /ctl.
+pub fn sh(name: &str, script: &str) -> ContainerDefinitionBuilder {
+    ContainerDefinition::builder()
+        .name(name)
+        .image("busybox")
+        .memory(32)
+        .command("sh")
+        .command("-c")
+        .command(script)
+        .mount_points(MountPoint::builder().source_volume("ctl").container_path("/ctl").build())
+}
+
+pub fn depends(on: &str, condition: ContainerCondition) -> ContainerDependency {
+    ContainerDependency::builder().container_name(on).condition(condition).build().unwrap()
+}
+
+/// One ecsd on the test's containerd namespace, with its data dir and a host directory that
+/// task definitions mount at /ctl (the test drops files there to tell containers to move on).
+/// An `ecsd serve` process of [`Ecsd::spawn_binary`].
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Spawned {
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The next test network's index (`10.223.<n>.0/24`).
+static NEXT_NETWORK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+pub struct Ecsd {
+    pub daemon: Option<Daemon>,
+    pub client: Client,
+    pub data: tempfile::TempDir,
+    pub ctl: tempfile::TempDir,
+    pub namespace: String,
+    pub env: Vec<(String, String)>,
+    pub network_index: u32,
+}
+
+impl Ecsd {
+    pub async fn start(env: &[(&str, &str)]) -> Ecsd {
+        Ecsd::start_with_networks(env, "").await
+    }
+
+    /// Starts an ecsd whose default network is its own (`10.223.<n>.0/24` on bridge
+    /// `ecsdt<n>`), so tests running side by side never share addresses, plus the
+    /// `[networks.NAME]` tables of `more_networks` (TOML, where `{n}` stands for `<n>`).
+    pub async fn start_with_networks(env: &[(&str, &str)], more_networks: &str) -> Ecsd {
+        init_tracing();
+        let n = NEXT_NETWORK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 250, "out of test networks");
+        let namespace = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let names = ecsd::runtime::import::import(&socket(), &namespace, &image_tar())
+            .await
+            .unwrap_or_else(|e| panic!("import {} into {namespace}: {e}", image_tar().display()));
+        assert_eq!(names, IMAGES, "the images of hack/build-test-image");
+        let mut e = Ecsd {
+            daemon: None,
+            client: client("http://127.0.0.1:1"),
+            data: tempfile::tempdir().unwrap(),
+            ctl: tempfile::tempdir().unwrap(),
+            namespace,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            network_index: n,
+        };
+        let config = e.data.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[networks.default]\nsubnet = \"10.223.{n}.0/24\"\nbridge = \"ecsdt{n}\"\n{}",
+                more_networks.replace("{n}", &n.to_string())
+            ),
+        )
+        .unwrap();
+        e.env.push(("ECSD_CONFIG".into(), config.display().to_string()));
+        e.up().await;
+        e
+    }
+
+    /// Runs `ecsd serve` as a process of its own on this ecsd's data dir and configuration
+    /// (the in-process daemon must be down), to be killed with SIGKILL.
+    pub fn spawn_binary(&self) -> Spawned {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--namespace", &self.namespace])
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .arg("--containerd-address")
+            .arg(socket())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn ecsd");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr =
+            line.trim().strip_prefix("ecsd listening on ").unwrap_or_else(|| panic!("ecsd said {line:?}"));
+        Spawned { child, url: addr.to_owned() }
+    }
+
+    /// The gateway of this ecsd's default network (the host's address on its bridge).
+    pub fn gateway(&self) -> String {
+        format!("10.223.{}.1", self.network_index)
+    }
+
+    pub fn config(&self) -> Config {
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(self.data.path().to_owned()),
+            containerd_address: Some(socket()),
+            namespace: Some(self.namespace.clone()),
+            ..ServeArgs::default()
+        };
+        // The shim runs the log driver from the ecsd binary, not from this test binary.
+        let log_driver = ("ECSD_LOG_DRIVER".to_owned(), env!("CARGO_BIN_EXE_ecsd").to_owned());
+        let vars: Vec<(String, String)> =
+            self.env.iter().cloned().chain(std::iter::once(log_driver)).collect();
+        Config::resolve(&args, &|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+            .expect("config")
+    }
+
+    /// Starts a daemon on the data dir (again, after [`Ecsd::down`]).
+    pub async fn up(&mut self) {
+        assert!(self.daemon.is_none());
+        let daemon = ecsd::start(&self.config()).await.expect("ecsd starts");
+        self.client = client(&format!("http://{}", daemon.addr()));
+        self.daemon = Some(daemon);
+    }
+
+    /// Shuts the daemon down; containers keep running.
+    pub async fn down(&mut self) {
+        let daemon = self.daemon.take().expect("ecsd is running");
+        daemon.shutdown().await.expect("clean shutdown");
+    }
+
+    pub fn ctl(&self, file: &str) -> PathBuf {
+        self.ctl.path().join(file)
+    }
+
+    /// Creates /ctl/`file` for the containers to see.
+    pub fn signal_file(&self, file: &str) {
+        std::fs::write(self.ctl(file), b"").unwrap();
+    }
+
+    pub fn netns(&self, task_arn: &str) -> PathBuf {
+        Path::new("/run/netns").join(self.netns_name(task_arn))
+    }
+
+    pub fn netns_name(&self, task_arn: &str) -> String {
+        format!("ecsd-{}-{}", self.namespace, task_id(task_arn))
+    }
+
+    /// The namespace of a bridge-mode task's `i`-th container.
+    pub fn container_netns_name(&self, task_arn: &str, i: usize) -> String {
+        format!("{}-{i}", self.netns_name(task_arn))
+    }
+
+    pub fn container_netns(&self, task_arn: &str, i: usize) -> PathBuf {
+        Path::new("/run/netns").join(self.container_netns_name(task_arn, i))
+    }
+
+    pub fn log_dir(&self, task_arn: &str, container: &str) -> PathBuf {
+        self.data.path().join("tasks").join(task_id(task_arn)).join(container).join("logs")
+    }
+
+    /// What the container wrote to stdout and stderr so far.
+    pub fn logs(&self, task_arn: &str, container: &str) -> String {
+        let mut out = Vec::new();
+        match ecsd::runtime::read_logs(&self.log_dir(task_arn, container), false, &mut out) {
+            Ok(()) => String::from_utf8(out).unwrap(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => panic!("read the logs of {container}: {e}"),
+        }
+    }
+
+    pub async fn wait_log(&self, task_arn: &str, container: &str, want: &str) {
+        eventually(WAIT, &format!("{container} to log {want:?}"), || async {
+            self.logs(task_arn, container).contains(want).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the main process of `container` handles `signal` (its shell trap is set):
+    /// sent earlier, the signal would be ignored.
+    pub async fn wait_trap(&self, task_arn: &str, container: &str, signal: u32) {
+        let t = self.wait_container(task_arn, container, "RUNNING").await;
+        let id = named(&t, container).runtime_id().unwrap().to_owned();
+        let tasks = self.ctr_tasks().await;
+        let pid = tasks.get(&id).unwrap_or_else(|| panic!("{id} is not in containerd: {tasks:?}")).0;
+        eventually(WAIT, &format!("{container} to trap signal {signal}"), || async {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?.trim();
+            let mask = u64::from_str_radix(caught, 16).ok()?;
+            (mask & (1 << (signal - 1)) != 0).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn ctr(&self, args: &[&str]) -> String {
+        let socket = socket();
+        let mut all = vec!["--address", socket.to_str().unwrap(), "--namespace", &self.namespace];
+        all.extend_from_slice(args);
+        run_cmd("ctr", &all).await
+    }
+
+    /// containerd's tasks of the namespace: id → (pid, status).
+    pub async fn ctr_tasks(&self) -> BTreeMap<String, (u32, String)> {
+        self.ctr(&["tasks", "ls"])
+            .await
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0].to_owned(), (f[1].parse().unwrap(), f[2].to_owned()))
+            })
+            .collect()
+    }
+
+    pub async fn ctr_containers(&self) -> BTreeSet<String> {
+        self.ctr(&["containers", "ls", "-q"]).await.lines().map(str::to_owned).collect()
+    }
+
+    pub async fn register(&self, family: &str, containers: Vec<ContainerDefinition>) {
+        self.register_mode(family, "bridge", containers).await
+    }
+
+    pub async fn register_mode(&self, family: &str, mode: &str, containers: Vec<ContainerDefinition>) {
+        self.client
+            .register_task_definition()
+            .family(family)
+            .network_mode(aws_sdk_ecs::types::NetworkMode::from(mode))
+            .set_container_definitions(Some(containers))
+            .volumes(
+                Volume::builder()
+                    .name("ctl")
+                    .host(
+                        HostVolumeProperties::builder()
+                            .source_path(self.ctl.path().to_str().unwrap())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .volumes(Volume::builder().name("shared").build())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn run(&self, family: &str) -> Task {
+        let out = self.client.run_task().task_definition(family).send().await.unwrap();
+        assert_eq!(out.failures(), &[], "RunTask failures");
+        assert_eq!(out.tasks().len(), 1);
+        let t = out.tasks()[0].clone();
+        assert_eq!(t.last_status(), Some("PROVISIONING"));
+        assert_eq!(t.desired_status(), Some("RUNNING"));
+        t
+    }
+
+    /// Runs an awsvpc task on the network `subnet` names.
+    pub async fn run_awsvpc(&self, family: &str, subnet: &str) -> Task {
+        let nc = aws_sdk_ecs::types::NetworkConfiguration::builder()
+            .awsvpc_configuration(
+                aws_sdk_ecs::types::AwsVpcConfiguration::builder().subnets(subnet).build().unwrap(),
+            )
+            .build();
+        let out =
+            self.client.run_task().task_definition(family).network_configuration(nc).send().await.unwrap();
+        assert_eq!(out.failures(), &[], "RunTask failures");
+        out.tasks()[0].clone()
+    }
+
+    pub async fn describe(&self, task_arn: &str) -> Task {
+        let out = self.client.describe_tasks().tasks(task_arn).send().await.unwrap();
+        assert_eq!(out.failures(), &[], "DescribeTasks failures");
+        out.tasks()[0].clone()
+    }
+
+    pub async fn wait_status(&self, task_arn: &str, status: &str) -> Task {
+        eventually(WAIT, &format!("task {} to be {status}", task_id(task_arn)), || async {
+            let t = self.describe(task_arn).await;
+            (t.last_status() == Some(status)).then_some(t)
+        })
+        .await
+    }
+
+    pub async fn wait_container(&self, task_arn: &str, container: &str, status: &str) -> Task {
+        eventually(WAIT, &format!("container {container} to be {status}"), || async {
+            let t = self.describe(task_arn).await;
+            (named(&t, container).last_status() == Some(status)).then_some(t)
+        })
+        .await
+    }
+
+    pub async fn stop(&self, task_arn: &str, reason: &str) -> Task {
+        let out = self.client.stop_task().task(task_arn).reason(reason).send().await.unwrap();
+        let t = out.task().unwrap().clone();
+        assert_eq!(t.desired_status(), Some("STOPPED"));
+        assert_eq!(t.stopped_reason(), Some(reason));
+        t
+    }
+
+    /// The task namespaces of this ecsd under /run/netns.
+    pub fn netns_left(&self) -> Vec<String> {
+        let prefix = format!("ecsd-{}-", self.namespace);
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The sandboxes whose addresses the network still holds (its state files).
+    pub fn sandboxes_left(&self) -> Vec<String> {
+        std::fs::read_dir(self.data.path().join("network"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.ends_with(".json"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops every task that is still up, then checks that nothing outlived its task: no
+    /// containerd container or task, no active snapshot, no network namespace. Shuts down.
+    pub async fn finish(mut self) {
+        let live = self.client.list_tasks().desired_status(DesiredStatus::Running).send().await.unwrap();
+        for arn in live.task_arns() {
+            self.stop(arn, "test cleanup").await;
+        }
+        let all = self.client.list_tasks().desired_status(DesiredStatus::Stopped).send().await.unwrap();
+        for arn in all.task_arns() {
+            self.wait_status(arn, "STOPPED").await;
+        }
+        assert_eq!(self.ctr_tasks().await, BTreeMap::new(), "containerd tasks left");
+        assert_eq!(self.ctr_containers().await, BTreeSet::new(), "containerd containers left");
+        let active: Vec<String> = self
+            .ctr(&["snapshots", "ls"])
+            .await
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().last() == Some("Active"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(active, Vec::<String>::new(), "active snapshots left");
+        assert_eq!(self.netns_left(), Vec::<String>::new(), "network namespaces left");
+        assert_eq!(self.sandboxes_left(), Vec::<String>::new(), "addresses still held (network state files)");
+        let bridge = format!("/sys/class/net/ecsdt{}", self.network_index);
+        assert!(!Path::new(&bridge).exists(), "{bridge} outlived the last task on it");
+        self.down().await;
+    }
+}
+
+impl Drop for Ecsd {
+    /// After a failed test: removes what it left in containerd and /run/netns (best effort;
+    /// a passing test has removed everything already, [`Ecsd::finish`] checks it). Then the
+    /// namespace and its images go, so the private containerd stays small.
+    fn drop(&mut self) {
+        let ctr = |args: &[&str]| -> String {
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(socket())
+                .arg("--namespace")
+                .arg(&self.namespace)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for id in ctr(&["tasks", "ls", "-q"]).lines() {
+            ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
+        }
+        for id in ctr(&["tasks", "ls", "-q"]).lines() {
+            ctr(&["tasks", "rm", "--force", id]);
+        }
+        for id in ctr(&["containers", "ls", "-q"]).lines() {
+            ctr(&["containers", "rm", id]);
+        }
+        // The task networks go through netavark, so their firewall rules go too.
+        let config = self.config();
+        let dir = self.data.path().join("network");
+        let prefix = format!("ecsd-{}-", self.namespace);
+        let _ = std::thread::spawn(move || {
+            use ecsd::network::Network;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let namespaces = ecsd::network::Namespaces::new(&prefix);
+                if let Ok(net) = ecsd::network::Netavark::new(config.network, namespaces, &dir) {
+                    for id in net.list().await.unwrap_or_default() {
+                        let _ = net.remove(&id).await;
+                    }
+                }
+            })
+        })
+        .join();
+        for name in self.netns_left() {
+            let _ = std::process::Command::new("ip").args(["netns", "delete", &name]).output();
+        }
+        for image in IMAGES {
+            ctr(&["images", "rm", "--sync", image]);
+        }
+        let _ = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(socket())
+            .args(["namespaces", "rm", &self.namespace])
+            .output();
+    }
+}

@@ -1,0 +1,339 @@
+//! Task networking on a real containerd and the real netavark: awsvpc interfaces, networks
+//! kept apart, bridge-mode published ports, host and none modes, DNS files, teardown after
+//! a crash, and a leak check over 300 task starts and stops.
+//!
+//! Same set-up as tests/tasks_containerd.rs (root, `ECSD_TEST_CONTAINERD`, `ECSD_TEST_IMAGE`).
+//! Each ecsd gets its own default network (`10.223.<n>.0/24`, bridge `ecsdt<n>`), and the
+//! tests that need a second one declare `10.224.<n>.0/24` on `ecsdu<n>`. All traffic stays
+//! between the host and namespaces these tests create.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_ecs::types::{
+    ContainerOverride, KeyValuePair, PortMapping, Task, TaskOverride, TransportProtocol,
+};
+use harness::*;
+
+/// A busybox httpd on `port` answering with the container's hostname.
+const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html; cat /etc/hosts /etc/resolv.conf; \
+                     trap 'exit 0' TERM; httpd -f -p $PORT -h /www & wait";
+
+fn httpd(name: &str, port: u16) -> aws_sdk_ecs::types::builders::ContainerDefinitionBuilder {
+    sh(name, HTTPD).environment(KeyValuePair::builder().name("PORT").value(port.to_string()).build())
+}
+
+/// A client that fetches `http://$TARGET/` (8 tries, each up to a second) and exits 0 on success.
+const FETCH: &str =
+    "for i in $(seq 8); do if timeout 1 wget -qO- http://$TARGET/; then exit 0; fi; sleep 0.1; done; exit 1";
+
+fn details(t: &Task) -> BTreeMap<String, String> {
+    let a = &t.attachments()[0];
+    a.details().iter().map(|kv| (kv.name().unwrap().to_owned(), kv.value().unwrap().to_owned())).collect()
+}
+
+async fn run_with_env(e: &Ecsd, family: &str, subnet: &str, container: &str, target: &str) -> String {
+    let nc = aws_sdk_ecs::types::NetworkConfiguration::builder()
+        .awsvpc_configuration(
+            aws_sdk_ecs::types::AwsVpcConfiguration::builder().subnets(subnet).build().unwrap(),
+        )
+        .build();
+    let overrides = TaskOverride::builder()
+        .container_overrides(
+            ContainerOverride::builder()
+                .name(container)
+                .environment(KeyValuePair::builder().name("TARGET").value(target).build())
+                .build(),
+        )
+        .build();
+    let out = e
+        .client
+        .run_task()
+        .task_definition(family)
+        .network_configuration(nc)
+        .overrides(overrides)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.failures(), &[]);
+    arn_of(&out.tasks()[0])
+}
+
+async fn http_get(url: &str) -> Result<String, reqwest::Error> {
+    reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?.get(url).send().await?.text().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, containerd and netavark"]
+async fn awsvpc_tasks_get_an_interface_and_reach_each_other_on_one_network_only() {
+    let _g = CONTAINERD.read().await;
+    let blue = "[networks.blue]\nsubnet = \"10.224.{n}.0/24\"\nbridge = \"ecsdu{n}\"\n";
+    let e = Ecsd::start_with_networks(&[], blue).await;
+    let n = e.network_index;
+    e.register_mode("web", "awsvpc", vec![httpd("web", 8080).build()]).await;
+    e.register_mode("client", "awsvpc", vec![sh("client", FETCH).build()]).await;
+
+    let web = arn_of(&e.run_awsvpc("web", "subnet-default").await);
+    let first = e.describe(&web).await;
+    let a = &first.attachments()[0];
+    assert_eq!(a.r#type(), Some("ElasticNetworkInterface"));
+    let t = e.wait_status(&web, "RUNNING").await;
+    let a = &t.attachments()[0];
+    assert_eq!(a.status(), Some("ATTACHED"));
+    let names: Vec<&str> = a.details().iter().map(|kv| kv.name().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["subnetId", "networkInterfaceId", "macAddress", "privateDnsName", "privateIPv4Address"]
+    );
+    let d = details(&t);
+    let ip = d["privateIPv4Address"].clone();
+    assert!(ip.starts_with(&format!("10.223.{n}.")), "{ip} is on the default network");
+    assert_eq!(d["subnetId"], "subnet-default");
+    assert!(d["networkInterfaceId"].starts_with("eni-"));
+    let dns_name = format!("ip-{}.ec2.internal", ip.replace('.', "-"));
+    assert_eq!(d["privateDnsName"], dns_name);
+    let ni = &named(&t, "web").network_interfaces()[0];
+    assert_eq!(ni.private_ipv4_address(), Some(ip.as_str()));
+    assert_eq!(ni.attachment_id(), a.id());
+    assert_eq!(named(&t, "web").network_bindings(), &[], "awsvpc publishes nothing by default");
+
+    // The namespace has the interface (with the attachment's MAC), 169.254.170.2 on lo.
+    let addrs = run_cmd("ip", &["-n", &e.netns_name(&web), "addr", "show"]).await;
+    assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
+    assert!(addrs.contains(&d["macAddress"]), "{addrs}");
+    assert!(addrs.contains("inet 169.254.170.2/32 scope global lo"), "{addrs}");
+
+    // /etc/hosts names the task's own address; resolv.conf points at the network's DNS.
+    e.wait_log(&web, "web", "nameserver").await;
+    let files = e.logs(&web, "web");
+    assert!(files.contains(&format!("{ip}\t{dns_name}\n")), "{files}");
+    assert!(files.contains(&format!("nameserver 10.223.{n}.1\n")), "{files}");
+    assert!(files.contains("search dns.podman"), "{files}");
+
+    // The host reaches the task at its address; the answer is the task's hostname.
+    let body = eventually(WAIT, "the host to reach the task", || async {
+        http_get(&format!("http://{ip}:8080/")).await.ok()
+    })
+    .await;
+    assert_eq!(body.trim(), dns_name);
+
+    // A task on the same network reaches it by address and by name; one on another does not.
+    let by_ip = run_with_env(&e, "client", "subnet-default", "client", &format!("{ip}:8080")).await;
+    let short = dns_name.split('.').next().unwrap().to_owned();
+    let by_name = run_with_env(&e, "client", "subnet-default", "client", &format!("{short}:8080")).await;
+    let other = run_with_env(&e, "client", "blue", "client", &format!("{ip}:8080")).await;
+    for (arn, code) in [(&by_ip, 0), (&by_name, 0), (&other, 1)] {
+        let t = e.wait_status(arn, "STOPPED").await;
+        assert_eq!(
+            named(&t, "client").exit_code(),
+            Some(code),
+            "client on {}: {}",
+            details(&t)["subnetId"],
+            e.logs(arn, "client")
+        );
+    }
+    let t = e.describe(&other).await;
+    assert_eq!(details(&t)["subnetId"], "subnet-blue");
+    assert!(details(&t)["privateIPv4Address"].starts_with(&format!("10.224.{n}.")));
+    assert_eq!(t.attachments()[0].status(), Some("DETACHED"));
+
+    e.stop(&web, "done").await;
+    let t = e.wait_status(&web, "STOPPED").await;
+    assert_eq!(t.attachments()[0].status(), Some("DETACHED"));
+    e.finish().await;
+    assert!(!std::path::Path::new(&format!("/sys/class/net/ecsdu{n}")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, containerd and netavark"]
+async fn bridge_mode_publishes_dynamic_and_fixed_host_ports() {
+    let _g = CONTAINERD.read().await;
+    let e = Ecsd::start(&[("ECS_DYNAMIC_HOST_PORT_RANGE", "42100-42199")]).await;
+    let fixed = 42300 + e.network_index as i32;
+    // Two containers, each in a namespace of its own, both on port 80.
+    let web = httpd("web", 80).port_mappings(PortMapping::builder().container_port(80).build()).build();
+    let fixed_web = httpd("fixed", 80)
+        .port_mappings(PortMapping::builder().container_port(80).host_port(fixed).build())
+        .build();
+    e.register("web", vec![web, fixed_web]).await;
+    let arn = arn_of(&e.run("web").await);
+    let t = e.wait_status(&arn, "RUNNING").await;
+    let dynamic = named(&t, "web").network_bindings()[0].host_port().unwrap();
+    assert!((42100..=42199).contains(&dynamic), "{dynamic} is from the dynamic range");
+    assert_eq!(named(&t, "fixed").network_bindings()[0].host_port(), Some(fixed));
+    for name in ["web", "fixed"] {
+        let c = named(&t, name);
+        let b = &c.network_bindings()[0];
+        assert_eq!(
+            (b.container_port(), b.bind_ip(), b.protocol()),
+            (Some(80), Some("0.0.0.0"), Some(&TransportProtocol::Tcp))
+        );
+        let body = eventually(WAIT, "the published port to answer", || async {
+            http_get(&format!("http://127.0.0.1:{}/", b.host_port().unwrap())).await.ok()
+        })
+        .await;
+        assert_eq!(body.trim(), &c.runtime_id().unwrap()[..12], "{name} answers with its hostname");
+    }
+
+    // The fixed port is taken: a second task cannot be placed.
+    let out = e.client.run_task().task_definition("web").send().await.unwrap();
+    assert_eq!(out.tasks(), &[]);
+    assert_eq!(out.failures()[0].reason(), Some("RESOURCE:PORTS"));
+
+    e.stop(&arn, "done").await;
+    e.wait_status(&arn, "STOPPED").await;
+    assert!(http_get(&format!("http://127.0.0.1:{fixed}/")).await.is_err(), "the port is unpublished");
+    let nat = run_cmd("iptables-save", &["-t", "nat"]).await;
+    assert!(!nat.contains(&format!("--dport {fixed} ")), "no DNAT rule left for {fixed}: {nat}");
+    // Now the port is free again.
+    let again = arn_of(&e.run("web").await);
+    e.wait_status(&again, "RUNNING").await;
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, containerd and netavark"]
+async fn host_mode_uses_the_host_namespace_and_none_has_loopback_only() {
+    let _g = CONTAINERD.read().await;
+    let e = Ecsd::start(&[]).await;
+    let port = 42400 + e.network_index as i32;
+    let host = sh("app", IDLE).port_mappings(PortMapping::builder().container_port(port).build()).build();
+    e.register_mode("host", "host", vec![host]).await;
+    e.register_mode("none", "none", vec![sh("app", "ip addr; cat /etc/resolv.conf; exit 0").build()]).await;
+    let h = arn_of(&e.run("host").await);
+    let t = e.wait_status(&h, "RUNNING").await;
+    let b = &named(&t, "app").network_bindings()[0];
+    assert_eq!((b.container_port(), b.host_port()), (Some(port), Some(port)));
+    let pid = e.ctr_tasks().await[named(&t, "app").runtime_id().unwrap()].0;
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
+        std::fs::read_link("/proc/self/ns/net").unwrap(),
+        "host mode shares the host's namespace"
+    );
+
+    let none = arn_of(&e.run("none").await);
+    let t = e.wait_status(&none, "STOPPED").await;
+    assert_eq!(named(&t, "app").exit_code(), Some(0));
+    let out = e.logs(&none, "app");
+    assert!(out.contains("lo:") && !out.contains("eth0"), "loopback only: {out}");
+    assert!(out.contains("169.254.170.2/32"), "{out}");
+    e.finish().await;
+}
+
+/// Counts what a task's network leaves on the host.
+async fn footprint(e: &Ecsd) -> BTreeMap<&'static str, usize> {
+    let links = run_cmd("ip", &["-o", "link", "show"]).await;
+    let rules = run_cmd("iptables-save", &[]).await;
+    let aardvark = std::fs::read_dir(e.data.path().join("network/netavark/aardvark-dns"))
+        .map(|d| d.flatten().filter(|f| f.file_name() != "aardvark.pid").count())
+        .unwrap_or(0);
+    BTreeMap::from([
+        ("namespaces", e.netns_left().len()),
+        ("veths", links.lines().filter(|l| l.contains("veth")).count()),
+        ("bridge", links.lines().filter(|l| l.contains(&format!(": ecsdt{}:", e.network_index))).count()),
+        ("rules", rules.lines().filter(|l| l.starts_with('-')).count()),
+        ("addresses", e.sandboxes_left().len()),
+        ("dns records", aardvark),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, containerd and netavark"]
+async fn three_hundred_starts_and_stops_leave_nothing_behind() {
+    // 310 tasks: the first ten warm up, the 300 after them are counted.
+    // Alone: other tests' tasks would change the host's counts.
+    let _g = CONTAINERD.write().await;
+    let e = Ecsd::start(&[("ECS_DYNAMIC_HOST_PORT_RANGE", "43000-43999")]).await;
+    let published =
+        sh("app", "exit 0").port_mappings(PortMapping::builder().container_port(80).build()).build();
+    e.register_mode("vpc", "awsvpc", vec![sh("app", "exit 0").build()]).await;
+    e.register("br", vec![published]).await;
+    // The first task on a network makes the host-wide parts that stay (netavark's base
+    // chains, ecsd's isolation rules): count from after it.
+    let mut before = BTreeMap::new();
+    let mut done = 0;
+    while done < 310 {
+        if done == 10 {
+            before = footprint(&e).await;
+        }
+        // Ten at a time: five awsvpc tasks and five bridge tasks with a published port.
+        let mut arns = vec![];
+        let nc = aws_sdk_ecs::types::NetworkConfiguration::builder()
+            .awsvpc_configuration(
+                aws_sdk_ecs::types::AwsVpcConfiguration::builder().subnets("subnet-default").build().unwrap(),
+            )
+            .build();
+        let vpc = e
+            .client
+            .run_task()
+            .task_definition("vpc")
+            .count(5)
+            .network_configuration(nc)
+            .send()
+            .await
+            .unwrap();
+        let br = e.client.run_task().task_definition("br").count(5).send().await.unwrap();
+        assert_eq!((vpc.failures(), br.failures()), (&[][..], &[][..]));
+        arns.extend(vpc.tasks().iter().chain(br.tasks()).map(arn_of));
+        for arn in &arns {
+            let t = e.wait_status(arn, "STOPPED").await;
+            assert_eq!(t.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"), "{t:?}");
+            assert_eq!(named(&t, "app").exit_code(), Some(0));
+        }
+        done += arns.len();
+    }
+    let after = footprint(&e).await;
+    eprintln!("before {before:?}\nafter  {after:?}");
+    assert_eq!(before, after, "what 300 task starts and stops left behind");
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, containerd and netavark"]
+async fn a_task_that_ends_while_ecsd_is_killed_is_torn_down_at_restart() {
+    let _g = CONTAINERD.read().await;
+    let mut e = Ecsd::start(&[]).await;
+    e.down().await;
+    let mut child = e.spawn_binary();
+    let url = child.url.clone();
+    let client = client(&url);
+    let port = 42500 + e.network_index as i32;
+    let web = aws_sdk_ecs::types::ContainerDefinition::builder()
+        .name("web")
+        .image("busybox")
+        .memory(32)
+        .command("sh")
+        .command("-c")
+        .command(HTTPD)
+        .environment(KeyValuePair::builder().name("PORT").value("80").build())
+        .port_mappings(PortMapping::builder().container_port(80).host_port(port).build())
+        .build();
+    client.register_task_definition().family("web").container_definitions(web).send().await.unwrap();
+    let arn = arn_of(&client.run_task().task_definition("web").send().await.unwrap().tasks()[0]);
+    let t = eventually(WAIT, "RUNNING", || async {
+        let t = client.describe_tasks().tasks(&arn).send().await.unwrap().tasks()[0].clone();
+        (t.last_status() == Some("RUNNING")).then_some(t)
+    })
+    .await;
+    let runtime_id = named(&t, "web").runtime_id().unwrap().to_owned();
+    assert_eq!(e.sandboxes_left().len(), 1);
+
+    // SIGKILL ecsd, then the container dies while nobody watches.
+    child.kill();
+    e.ctr(&["tasks", "kill", "--signal", "SIGKILL", &runtime_id]).await;
+    eventually(WAIT, "the container to exit", || async {
+        e.ctr_tasks().await.get(&runtime_id).is_none_or(|(_, s)| s == "STOPPED").then_some(())
+    })
+    .await;
+
+    // The restarted ecsd records the exit and releases everything the task held.
+    e.up().await;
+    let t = e.wait_status(&arn, "STOPPED").await;
+    assert_eq!(named(&t, "web").exit_code(), Some(137));
+    assert_eq!(e.sandboxes_left(), Vec::<String>::new());
+    let nat = run_cmd("iptables-save", &["-t", "nat"]).await;
+    assert!(!nat.contains(&format!("--dport {port} ")), "no DNAT rule left for {port}");
+    e.finish().await;
+}

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 pub mod api;
 pub mod config;
+pub mod endpoints;
 pub mod engine;
 pub mod model;
 pub mod network;

@@ -219,6 +219,7 @@ fn new_record(ctx: &Ctx, launch: &Launch, instance_arn: &str) -> Result<TaskReco
             network_bindings: vec![],
             netns: None,
             ipv4: None,
+            endpoint_id: Some(uuid::Uuid::new_v4().to_string()),
         })
         .collect();
     let family = launch.definition.family.clone().unwrap_or_default();
@@ -253,6 +254,7 @@ fn new_record(ctx: &Ctx, launch: &Launch, instance_arn: &str) -> Result<TaskReco
         stopped_reason: None,
         netns: None,
         attachment: launch.network.as_ref().map(precreated),
+        credentials_id: None,
         containers,
     })
 }

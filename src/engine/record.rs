@@ -146,6 +146,9 @@ pub struct ContainerRecord {
     pub netns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<String>,
+    /// The id in its metadata URIs (`/v4/<id>`): a random UUID, as the agent's V3EndpointID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_id: Option<String>,
 }
 
 /// The lifecycle of an awsvpc task's network interface, as ECS reports its attachment.
@@ -267,10 +270,31 @@ pub struct TaskRecord {
     /// The awsvpc task's interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachment: Option<EniAttachment>,
+    /// The id of the task role's credentials (`/v2/credentials/<id>`), when it has a role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_id: Option<String>,
     pub containers: Vec<ContainerRecord>,
 }
 
 impl TaskRecord {
+    /// The task role: the RunTask override, else the task definition's.
+    pub fn task_role_arn(&self) -> Option<&str> {
+        self.overrides
+            .as_ref()
+            .and_then(|o| o.task_role_arn.as_deref())
+            .or(self.definition.task_role_arn.as_deref())
+            .filter(|r| !r.is_empty())
+    }
+
+    /// The execution role (secrets, image pulls): the RunTask override, else the definition's.
+    pub fn execution_role_arn(&self) -> Option<&str> {
+        self.overrides
+            .as_ref()
+            .and_then(|o| o.execution_role_arn.as_deref())
+            .or(self.definition.execution_role_arn.as_deref())
+            .filter(|r| !r.is_empty())
+    }
+
     pub fn network_mode(&self) -> &str {
         self.definition.network_mode.as_deref().unwrap_or("bridge")
     }

@@ -95,6 +95,8 @@ Environment:
   ECSD_LOG_DRIVER          the ecsd binary containerd's shim runs to capture container output
                            (default: this binary)
   RUST_LOG, ECSD_LOG       log filter, e.g. info or ecsd=debug (default info)
+  ECS_TASK_METADATA_RPS_LIMIT  each task's metadata/credentials requests per second,
+                           steady,burst (default 40,60)
   ECSD_CONFIG              the config file (default /etc/ecsd/config.toml if present)
   ECSD_TASK_SUBNET         the default task network's subnet (default 10.217.0.0/16, bridge ecsd0)
   ECSD_PUBLISH_AWSVPC_PORTS  publish awsvpc tasks' portMappings on the host too (default false)
@@ -160,6 +162,9 @@ pub struct Config {
     pub log_filter: String,
     /// Task networks and ports.
     pub network: crate::network::Settings,
+    /// `ECS_TASK_METADATA_RPS_LIMIT`: each task's endpoints answer this many requests per
+    /// second (steady, burst); more get 429.
+    pub metadata_rps: (u32, u32),
 }
 
 /// A value that cannot be used, reported as `NAME=value: reason`.
@@ -266,9 +271,23 @@ impl Config {
             non_empty("RUST_LOG").or_else(|| non_empty("ECSD_LOG")).unwrap_or_else(|| "info".to_owned());
 
         let network = resolve_network(args, env)?;
+        let metadata_rps = match non_empty("ECS_TASK_METADATA_RPS_LIMIT") {
+            None => (40, 60),
+            Some(v) => v
+                .split_once(',')
+                .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
+                .filter(|(steady, burst)| *steady > 0 && burst >= steady)
+                .ok_or_else(|| ConfigError {
+                    name: "ECS_TASK_METADATA_RPS_LIMIT".into(),
+                    value: v.clone(),
+                    reason: "not STEADY,BURST requests per second such as 40,60 (burst at least steady)"
+                        .into(),
+                })?,
+        };
 
         Ok(Config {
             network,
+            metadata_rps,
             listen,
             data_dir,
             identity: Identity { region, account },

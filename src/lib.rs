@@ -120,6 +120,7 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let os = Os {
         cgroups: Some(engine::cgroups::Cgroups::new(std::path::Path::new("/sys/fs/cgroup"))),
         init: ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists()),
+        endpoints: true,
     };
     let network =
         network::Netavark::new(config.network.clone(), namespaces(config), &config.data_dir.join("network"))
@@ -154,6 +155,8 @@ pub async fn start_with(
 struct Os {
     cgroups: Option<engine::cgroups::Cgroups>,
     init: Option<PathBuf>,
+    /// Open the tasks' metadata listeners in their namespaces (not on a fake network).
+    endpoints: bool,
 }
 
 async fn serve(
@@ -180,6 +183,7 @@ async fn serve(
             cgroups: os.cgroups,
             init: os.init,
             network: Arc::new(config.network.clone()),
+            endpoints: endpoints::Endpoints::new(os.endpoints),
         },
         Arc::clone(&store),
         runtime,

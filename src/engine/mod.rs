@@ -59,6 +59,8 @@ pub struct EngineConfig {
     pub init: Option<PathBuf>,
     /// Task networks and port settings.
     pub network: Arc<crate::network::Settings>,
+    /// The tasks' metadata and credentials endpoints and their secrets.
+    pub endpoints: Arc<crate::endpoints::Endpoints>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::record::{ContainerRecord, ContainerStatus, Health, HealthStatus, TaskRecord, TaskStatus};
 use super::{Engine, LABEL_TASK_ID, Msg, STOP_ESSENTIAL_EXITED, STOP_FAILED_TO_START, task_key};
+use crate::endpoints::ResolvedEnv;
 use crate::engine::record::{AttachmentStatus, EniAttachment};
 use crate::model::shapes::ContainerDefinition;
 use crate::model::shapes::{HostEntry, NetworkBinding};
@@ -44,6 +45,9 @@ struct Supervisor {
     /// When a runtime call that failed should be tried again.
     retry_at: Option<f64>,
     dirty: bool,
+    /// Each container's variables from `environmentFiles` and `secrets`, resolved when the
+    /// task starts (again after a restart, never stored).
+    resolved: Option<HashMap<String, ResolvedEnv>>,
 }
 
 pub(crate) async fn run(engine: Arc<Engine>, rec: TaskRecord, mut inbox: mpsc::UnboundedReceiver<Msg>) {
@@ -55,7 +59,14 @@ pub(crate) async fn run(engine: Arc<Engine>, rec: TaskRecord, mut inbox: mpsc::U
         processes: HashMap::new(),
         retry_at: None,
         dirty: false,
+        resolved: None,
     };
+    // A re-adopted task's endpoints come back on its namespaces.
+    if s.rec.last > TaskStatus::Provisioning && s.rec.last < TaskStatus::Deprovisioning {
+        if let Err(e) = s.engine.cfg.endpoints.open(&s.rec).await {
+            warn!(error = %e, "cannot reopen the task's endpoints");
+        }
+    }
     // A re-adopted task's running containers get their health checks back.
     for c in s.rec.containers.clone() {
         if c.status == ContainerStatus::Running
@@ -310,6 +321,18 @@ impl Supervisor {
                 Ok(sandboxes) => {
                     self.apply_cgroups();
                     self.apply_sandboxes(sandboxes);
+                    if self.rec.credentials_id.is_none() && self.rec.task_role_arn().is_some() {
+                        self.rec.credentials_id = Some(uuid::Uuid::new_v4().to_string());
+                    }
+                    for c in self.rec.containers.iter_mut().filter(|c| c.endpoint_id.is_none()) {
+                        c.endpoint_id = Some(uuid::Uuid::new_v4().to_string());
+                    }
+                    self.dirty = true;
+                    self.persist();
+                    if let Err(reason) = self.engine.cfg.endpoints.open(&self.rec).await {
+                        self.fail_to_start(None, reason);
+                        return;
+                    }
                     self.rec.connectivity_at = Some(self.now());
                     self.dirty = true;
                     self.set_last(TaskStatus::Pending);
@@ -329,6 +352,22 @@ impl Supervisor {
             if self.rec.desired != TaskStatus::Running {
                 return;
             }
+        }
+        if self.resolved.is_none() && self.rec.containers.iter().any(|c| c.status == ContainerStatus::Pending)
+        {
+            let mut resolved = HashMap::new();
+            for def in self.rec.containers_effective.clone() {
+                match self.engine.cfg.endpoints.resolve(&self.rec, &def).await {
+                    Ok(env) => {
+                        resolved.insert(def.name.clone().unwrap_or_default(), env);
+                    }
+                    Err(reason) => {
+                        self.fail_to_start(None, reason);
+                        return;
+                    }
+                }
+            }
+            self.resolved = Some(resolved);
         }
         loop {
             let mut progressed = false;
@@ -575,7 +614,9 @@ impl Supervisor {
             volumes: &volumes,
             cgroups_path: &cgroups_path,
         };
-        let extra_env: Vec<(String, String)> = vec![];
+        let resolved = self.resolved.as_ref().and_then(|r| r.get(&name)).cloned().unwrap_or_default();
+        let mut extra_env = self.engine.cfg.endpoints.env(&self.rec, &name, &self.engine.identity.region);
+        extra_env.extend(resolved.secrets.iter().cloned());
         let devices = spec::resolve_devices(&spec::device_paths(def))
             .map_err(|e| format!("CannotCreateContainerError: {e}"))?;
         let hostname = hostname_for(def, &self.rec);
@@ -584,7 +625,7 @@ impl Supervisor {
             image: &image.config,
             passwd: passwd.as_deref(),
             group: group.as_deref(),
-            env_files: &[],
+            env_files: &resolved.files,
             extra_env: &extra_env,
             files: &files,
             devices: &devices,
@@ -1037,6 +1078,7 @@ impl Supervisor {
 
     /// Releases everything the task holds, continuing past errors and reporting each.
     async fn deprovision(&mut self) {
+        self.engine.cfg.endpoints.close(&self.rec.id).await;
         for c in &self.rec.containers {
             if let Err(e) = self.engine.runtime.remove(&c.runtime_id).await {
                 warn!(container = %c.name, error = %e, "cannot remove the container");

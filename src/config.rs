@@ -165,6 +165,10 @@ pub struct Config {
     /// `ECS_TASK_METADATA_RPS_LIMIT`: each task's endpoints answer this many requests per
     /// second (steady, burst); more get 429.
     pub metadata_rps: (u32, u32),
+    /// How task roles get their credentials (STS, or static keys offline).
+    pub credentials: crate::endpoints::credentials::CredentialSettings,
+    /// Where secrets and parameters are read from.
+    pub secrets: crate::endpoints::secrets::SecretSettings,
 }
 
 /// A value that cannot be used, reported as `NAME=value: reason`.
@@ -285,9 +289,16 @@ impl Config {
                 })?,
         };
 
+        let credentials = crate::endpoints::credentials::CredentialSettings::from_env(&non_empty)
+            .map_err(|reason| ConfigError { name: "credentials".into(), value: String::new(), reason })?;
+        let secrets = crate::endpoints::secrets::SecretSettings::from_env(&non_empty)
+            .map_err(|reason| ConfigError { name: "secrets".into(), value: String::new(), reason })?;
+
         Ok(Config {
             network,
             metadata_rps,
+            credentials,
+            secrets,
             listen,
             data_dir,
             identity: Identity { region, account },

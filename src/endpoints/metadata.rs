@@ -351,7 +351,7 @@ fn container_base(task: &TaskRecord, c: &ContainerRecord, version: Version) -> C
 }
 
 fn task_base(task: &TaskRecord, cx: &MetadataContext, tags: Option<&Tags>, version: Version) -> TaskV3 {
-    let cpu = task.cpu.as_deref().and_then(task_cpu_units).map(|units| units as f64 / 1024.0);
+    let cpu = task.cpu.as_deref().and_then(task_cpu_units).map(|units| units / 1024.0);
     let memory = task.memory.as_deref().and_then(task_memory_mib);
     TaskV3 {
         cluster: task.cluster.clone(),

@@ -10,10 +10,22 @@ pub mod server;
 pub mod stats;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
 use crate::engine::TaskRecord;
-use crate::model::shapes::ContainerDefinition;
+use crate::model::arn::Identity;
+use crate::store::Store;
+use crate::store::records::{TAGS, TASKS};
+use credentials::CredentialStore;
+use metadata::MetadataContext;
+use secrets::SecretSettings;
+use server::{RateLimit, TaskSource, TaskState};
+use stats::StatsSampler;
 
 /// Where tasks find their endpoints.
 pub const ENDPOINT_HOST: &str = "169.254.170.2";
@@ -38,63 +50,330 @@ impl std::fmt::Debug for ResolvedEnv {
     }
 }
 
-/// The endpoints of every task: listeners, credentials, secret resolution.
+/// How the endpoints are set up.
 #[derive(Debug)]
-pub struct Endpoints {
+pub struct EndpointConfig {
     /// Whether listeners are opened at all (tests on a fake network have no namespaces).
-    listen: bool,
-    open: Mutex<HashMap<String, Vec<tokio_util::sync::CancellationToken>>>,
+    pub listen: bool,
+    pub store: Arc<Store>,
+    pub identity: Identity,
+    pub availability_zone: String,
+    pub network: Arc<crate::network::Settings>,
+    pub credentials: CredentialStore,
+    pub secrets: SecretSettings,
+    pub rate: RateLimit,
+    /// Where cgroups are mounted, for stats.
+    pub cgroup_root: PathBuf,
+    /// Where host-network tasks find their endpoints (they have no namespace of their own):
+    /// the agent's 127.0.0.1:51679, or a free port when that is taken.
+    pub host_listen: SocketAddr,
+}
+
+/// One open task.
+struct Open {
+    token: CancellationToken,
+    credentials_id: Option<String>,
+    /// The ids it answers to on the host listener (host mode).
+    host_ids: Vec<String>,
+}
+
+/// The endpoints of every task: listeners, credentials, secret resolution.
+pub struct Endpoints {
+    cfg: EndpointConfig,
+    open: Mutex<HashMap<String, Open>>,
+    /// The host listener's address once bound, and the tasks it serves by id.
+    host: tokio::sync::OnceCell<SocketAddr>,
+    host_tasks: Arc<Mutex<HashMap<String, Arc<TaskState>>>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoints").field("listen", &self.cfg.listen).field("host", &self.host.get()).finish()
+    }
+}
+
+/// Reads the live task from the store, for a listener.
+struct StoreSource {
+    store: Arc<Store>,
+    key: String,
+    arn: String,
+}
+
+impl TaskSource for StoreSource {
+    fn task(&self) -> Option<TaskRecord> {
+        self.store.read(|r| r.get(TASKS, &self.key)).ok().flatten()
+    }
+
+    fn tags(&self) -> Vec<(String, String)> {
+        let tags = self.store.read(|r| r.get(TAGS, &self.arn)).ok().flatten().unwrap_or_default();
+        tags.into_iter().filter_map(|t| Some((t.key?, t.value.unwrap_or_default()))).collect()
+    }
 }
 
 impl Endpoints {
-    pub fn new(listen: bool) -> Arc<Endpoints> {
-        Arc::new(Endpoints { listen, open: Mutex::new(HashMap::new()) })
+    pub fn new(cfg: EndpointConfig) -> Arc<Endpoints> {
+        Arc::new(Endpoints {
+            cfg,
+            open: Mutex::new(HashMap::new()),
+            host: tokio::sync::OnceCell::new(),
+            host_tasks: Arc::new(Mutex::new(HashMap::new())),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    fn host_mode(rec: &TaskRecord) -> bool {
+        rec.network_mode() == "host"
     }
 
     /// The variables the agent injects into a container: the metadata and agent URIs (with
     /// the container's endpoint id), the credentials URI when the task has a role, the
     /// execution environment and the region (which the definition's own setting wins over).
-    pub fn env(&self, rec: &TaskRecord, container: &str, region: &str) -> Vec<(String, String)> {
+    /// Host-network tasks reach the host listener on loopback instead of 169.254.170.2.
+    pub fn env(&self, rec: &TaskRecord, container: &str) -> Vec<(String, String)> {
+        let host_mode = Self::host_mode(rec);
+        let base = match (host_mode, self.host.get()) {
+            (true, Some(addr)) => format!("http://{addr}"),
+            _ => format!("http://{ENDPOINT_HOST}"),
+        };
         let mut env = vec![];
         if let Some(id) =
             rec.containers.iter().find(|c| c.name == container).and_then(|c| c.endpoint_id.as_deref())
         {
-            let base = format!("http://{ENDPOINT_HOST}");
             env.push(("ECS_CONTAINER_METADATA_URI".to_owned(), format!("{base}/v3/{id}")));
             env.push(("ECS_CONTAINER_METADATA_URI_V4".to_owned(), format!("{base}/v4/{id}")));
             env.push(("ECS_AGENT_URI".to_owned(), format!("{base}/api/{id}")));
         }
         if let Some(id) = &rec.credentials_id {
-            env.push(("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI".to_owned(), format!("/v2/credentials/{id}")));
+            if host_mode {
+                // SDKs take a full URI on loopback; the relative one always means 169.254.170.2.
+                env.push((
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI".to_owned(),
+                    format!("{base}/v2/credentials/{id}"),
+                ));
+            } else {
+                env.push((
+                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI".to_owned(),
+                    format!("/v2/credentials/{id}"),
+                ));
+            }
         }
         env.push(("AWS_EXECUTION_ENV".to_owned(), "AWS_ECS_EC2".to_owned()));
-        env.push(("AWS_REGION".to_owned(), region.to_owned()));
-        env.push(("AWS_DEFAULT_REGION".to_owned(), region.to_owned()));
+        env.push(("AWS_REGION".to_owned(), self.cfg.identity.region.clone()));
+        env.push(("AWS_DEFAULT_REGION".to_owned(), self.cfg.identity.region.clone()));
         env
     }
 
-    /// Opens the task's listeners (one per namespace of the task) and starts serving its
-    /// role's credentials. Opening an open task again replaces its listeners.
+    fn task_state(&self, rec: &TaskRecord) -> Arc<TaskState> {
+        let source = StoreSource {
+            store: Arc::clone(&self.cfg.store),
+            key: crate::engine::task_key(&rec.cluster, &rec.id),
+            arn: rec.arn.clone(),
+        };
+        Arc::new(TaskState::new(
+            &rec.id,
+            Arc::new(source),
+            Arc::new(self.cfg.credentials.clone()),
+            MetadataContext {
+                availability_zone: self.cfg.availability_zone.clone(),
+                availability_zone_id: None,
+                vpc_id: None,
+                network: Arc::clone(&self.cfg.network),
+            },
+            StatsSampler::new(&self.cfg.cgroup_root, Path::new("/proc")),
+            self.cfg.rate,
+        ))
+    }
+
+    /// Opens the task's listeners (one per namespace of the task; host-network tasks are
+    /// served on the host listener by id) and starts serving its role's credentials.
+    /// Opening an open task again replaces its listeners. The error is the task's stopped
+    /// reason.
     pub async fn open(&self, rec: &TaskRecord) -> Result<(), String> {
-        if !self.listen {
+        self.close(&rec.id).await;
+        if let (Some(id), Some(role)) = (&rec.credentials_id, rec.task_role_arn()) {
+            self.cfg.credentials.issue(id, &rec.id, role).await.map_err(|e| {
+                format!("ResourceInitializationError: unable to get the task role's credentials: {e}")
+            })?;
+        }
+        let token = self.shutdown.child_token();
+        let mut open =
+            Open { token: token.clone(), credentials_id: rec.credentials_id.clone(), host_ids: vec![] };
+        if !self.cfg.listen {
+            self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.id.clone(), open);
             return Ok(());
         }
-        let _ = rec;
+        let state = self.task_state(rec);
+        if Self::host_mode(rec) {
+            self.host_listener().await.map_err(|e| {
+                format!("ResourceInitializationError: cannot open the metadata endpoint on the host: {e}")
+            })?;
+            let mut ids: Vec<String> = rec.containers.iter().filter_map(|c| c.endpoint_id.clone()).collect();
+            ids.extend(rec.credentials_id.clone());
+            let mut tasks = self.host_tasks.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                tasks.insert(id.clone(), Arc::clone(&state));
+            }
+            open.host_ids = ids;
+        } else {
+            let mut namespaces: Vec<String> = rec.netns.iter().cloned().collect();
+            namespaces.extend(rec.containers.iter().filter_map(|c| c.netns.clone()));
+            namespaces.dedup();
+            let addr = SocketAddr::from(([169, 254, 170, 2], 80));
+            for ns in namespaces {
+                let path = PathBuf::from(&ns);
+                let listener = tokio::task::spawn_blocking(move || server::listen_in_netns(&path, addr))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let listener = match listener {
+                    Ok(l) => l,
+                    Err(e) => {
+                        token.cancel();
+                        return Err(format!(
+                            "ResourceInitializationError: cannot open the metadata endpoint in {ns}: {e}"
+                        ));
+                    }
+                };
+                let router = server::router(Arc::clone(&state));
+                let child = token.child_token();
+                tokio::spawn(async move {
+                    if let Err(e) = server::serve(listener, router, child).await {
+                        warn!(error = %e, "a task's metadata listener failed");
+                    }
+                });
+            }
+        }
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.id.clone(), open);
         Ok(())
+    }
+
+    /// Binds the host listener once: `host_listen`, or any free loopback port when taken.
+    async fn host_listener(&self) -> std::io::Result<SocketAddr> {
+        self.host
+            .get_or_try_init(|| async {
+                let listener = match tokio::net::TcpListener::bind(self.cfg.host_listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let fallback = SocketAddr::new(self.cfg.host_listen.ip(), 0);
+                        warn!(addr = %self.cfg.host_listen, error = %e, "host metadata address taken; using a free port");
+                        tokio::net::TcpListener::bind(fallback).await?
+                    }
+                };
+                let addr = listener.local_addr()?;
+                let tasks = Arc::clone(&self.host_tasks);
+                let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+                    let tasks = Arc::clone(&tasks);
+                    async move { host_dispatch(&tasks, req).await }
+                });
+                let token = self.shutdown.clone();
+                tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned());
+                    if let Err(e) = serve.await {
+                        warn!(error = %e, "the host metadata listener failed");
+                    }
+                });
+                info!(%addr, "metadata endpoint for host-network tasks");
+                Ok(addr)
+            })
+            .await
+            .copied()
     }
 
     /// Closes the task's listeners and revokes its credentials.
     pub async fn close(&self, task_id: &str) {
-        let tokens = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(task_id);
-        for t in tokens.into_iter().flatten() {
-            t.cancel();
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(task_id);
+        if let Some(open) = open {
+            open.token.cancel();
+            if let Some(id) = &open.credentials_id {
+                self.cfg.credentials.revoke(id);
+            }
+            let mut tasks = self.host_tasks.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &open.host_ids {
+                tasks.remove(id);
+            }
         }
     }
 
-    /// Resolves a container's `environmentFiles` and `secrets` (with the execution role's
-    /// credentials). The error is the task's stopped reason.
-    pub async fn resolve(&self, rec: &TaskRecord, def: &ContainerDefinition) -> Result<ResolvedEnv, String> {
-        let _ = (rec, def);
-        Ok(ResolvedEnv::default())
+    /// Closes every listener (daemon shutdown).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Resolves the `environmentFiles` and `secrets` of every container of the task, with
+    /// the execution role's credentials (fetched once, only when needed). The error is the
+    /// task's stopped reason.
+    pub async fn resolve(&self, rec: &TaskRecord) -> Result<HashMap<String, ResolvedEnv>, String> {
+        let needs_keys = rec.containers_effective.iter().any(|d| {
+            d.secrets.as_ref().is_some_and(|s| !s.is_empty())
+                || d.environment_files
+                    .iter()
+                    .flatten()
+                    .any(|f| f.value.as_deref().is_some_and(|v| v.starts_with("arn:")))
+        });
+        let keys = if needs_keys {
+            Some(self.cfg.credentials.for_execution(&rec.id, rec.execution_role_arn()).await.map_err(|e| {
+                format!(
+                    "ResourceInitializationError: unable to pull secrets or registry auth: execution resource \
+                     retrieval failed: {e}"
+                )
+            })?)
+        } else {
+            None
+        };
+        let region = &self.cfg.identity.region;
+        let mut out = HashMap::new();
+        for def in &rec.containers_effective {
+            let mut env = ResolvedEnv::default();
+            if let Some(files) = def.environment_files.as_deref().filter(|f| !f.is_empty()) {
+                env.files = secrets::read_env_files(&self.cfg.secrets, keys.as_ref(), region, files)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            if let (Some(list), Some(keys)) = (def.secrets.as_deref().filter(|s| !s.is_empty()), &keys) {
+                env.secrets = secrets::resolve(&self.cfg.secrets, keys, region, list)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            out.insert(def.name.clone().unwrap_or_default(), env);
+        }
+        Ok(out)
+    }
+}
+
+/// Serves a host-listener request with the task whose id is in the path.
+async fn host_dispatch(
+    tasks: &Mutex<HashMap<String, Arc<TaskState>>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+    let path = req.uri().path().to_owned();
+    let query_id =
+        req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("id="))).map(str::to_owned);
+    let mut parts = path.trim_start_matches('/').split('/');
+    let id = match (parts.next(), parts.next(), parts.next()) {
+        (Some("v2"), Some("credentials"), Some(id)) => Some(id.to_owned()),
+        (Some("v1"), Some("credentials"), _) => query_id,
+        (Some("v3" | "v4" | "api"), Some(id), _) => Some(id.to_owned()),
+        _ => None,
+    };
+    let state = id.and_then(|id| tasks.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned());
+    match state {
+        // The task's own router answers, with its rate limit and the agent's errors.
+        Some(state) => match server::router(state).oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        },
+        // No task has the id: what a task's listener says for an id that is not its own.
+        None => match (path.starts_with("/v2/credentials") || path.starts_with("/v1/credentials"), path.starts_with("/v3/")) {
+            (true, _) => (
+                axum::http::StatusCode::BAD_REQUEST,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                r#"{"code":"InvalidIdInRequest","message":"CredentialsV2Request: Credentials not found","HTTPErrorCode":400}"#,
+            )
+                .into_response(),
+            _ => (axum::http::StatusCode::NOT_FOUND, "404 page not found").into_response(),
+        },
     }
 }

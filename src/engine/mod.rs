@@ -176,6 +176,8 @@ impl Engine {
     /// Stops supervising: containers keep running in the runtime and the next engine on the
     /// same data dir re-adopts them, exactly as after a crash.
     pub async fn shutdown(&self) {
+        // The listeners go with the daemon; the next start opens them again.
+        self.cfg.endpoints.shutdown();
         let handles: Vec<_> = self.background.lock().map(|mut b| b.drain(..).collect()).unwrap_or_default();
         for h in &handles {
             h.abort();

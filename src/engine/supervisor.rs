@@ -62,10 +62,11 @@ pub(crate) async fn run(engine: Arc<Engine>, rec: TaskRecord, mut inbox: mpsc::U
         resolved: None,
     };
     // A re-adopted task's endpoints come back on its namespaces.
-    if s.rec.last > TaskStatus::Provisioning && s.rec.last < TaskStatus::Deprovisioning {
-        if let Err(e) = s.engine.cfg.endpoints.open(&s.rec).await {
-            warn!(error = %e, "cannot reopen the task's endpoints");
-        }
+    if s.rec.last > TaskStatus::Provisioning
+        && s.rec.last < TaskStatus::Deprovisioning
+        && let Err(e) = s.engine.cfg.endpoints.open(&s.rec).await
+    {
+        warn!(error = %e, "cannot reopen the task's endpoints");
     }
     // A re-adopted task's running containers get their health checks back.
     for c in s.rec.containers.clone() {
@@ -355,19 +356,13 @@ impl Supervisor {
         }
         if self.resolved.is_none() && self.rec.containers.iter().any(|c| c.status == ContainerStatus::Pending)
         {
-            let mut resolved = HashMap::new();
-            for def in self.rec.containers_effective.clone() {
-                match self.engine.cfg.endpoints.resolve(&self.rec, &def).await {
-                    Ok(env) => {
-                        resolved.insert(def.name.clone().unwrap_or_default(), env);
-                    }
-                    Err(reason) => {
-                        self.fail_to_start(None, reason);
-                        return;
-                    }
+            match self.engine.cfg.endpoints.resolve(&self.rec).await {
+                Ok(resolved) => self.resolved = Some(resolved),
+                Err(reason) => {
+                    self.fail_to_start(None, reason);
+                    return;
                 }
             }
-            self.resolved = Some(resolved);
         }
         loop {
             let mut progressed = false;
@@ -615,7 +610,7 @@ impl Supervisor {
             cgroups_path: &cgroups_path,
         };
         let resolved = self.resolved.as_ref().and_then(|r| r.get(&name)).cloned().unwrap_or_default();
-        let mut extra_env = self.engine.cfg.endpoints.env(&self.rec, &name, &self.engine.identity.region);
+        let mut extra_env = self.engine.cfg.endpoints.env(&self.rec, &name);
         extra_env.extend(resolved.secrets.iter().cloned());
         let devices = spec::resolve_devices(&spec::device_paths(def))
             .map_err(|e| format!("CannotCreateContainerError: {e}"))?;

@@ -592,7 +592,12 @@ impl Moto {
             .output()
             .await
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", aws.display()));
-        assert!(out.status.success(), "aws {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "aws {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 

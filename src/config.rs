@@ -97,6 +97,14 @@ Environment:
   RUST_LOG, ECSD_LOG       log filter, e.g. info or ecsd=debug (default info)
   ECS_TASK_METADATA_RPS_LIMIT  each task's metadata/credentials requests per second,
                            steady,burst (default 40,60)
+  AWS_ENDPOINT_URL_STS, STS_ENDPOINT  STS for task and execution roles (turns on STS mode)
+  ECSD_CREDENTIALS         sts or static (default: sts with an STS endpoint, else static)
+  ECSD_STATIC_ACCESS_KEY_ID, ECSD_STATIC_SECRET_ACCESS_KEY  the keys tasks get offline
+  ECS_ENDPOINT_AWS_ACCESS_KEY_ID, ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY, ECS_ENDPOINT_AWS_PROFILE
+                           ecsd's own credentials for STS, Secrets Manager and SSM
+  AWS_ENDPOINT_URL_SECRETSMANAGER, AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL_S3
+                           where secrets, parameters and S3 environment files are read
+                           (also SECRET_MANAGER_ENDPOINT_URL, SSM_ENDPOINT_URL)
   ECSD_CONFIG              the config file (default /etc/ecsd/config.toml if present)
   ECSD_TASK_SUBNET         the default task network's subnet (default 10.217.0.0/16, bridge ecsd0)
   ECSD_PUBLISH_AWSVPC_PORTS  publish awsvpc tasks' portMappings on the host too (default false)

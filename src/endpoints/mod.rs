@@ -164,6 +164,15 @@ impl Endpoints {
         env
     }
 
+    fn metadata_context(&self) -> MetadataContext {
+        MetadataContext {
+            availability_zone: self.cfg.availability_zone.clone(),
+            availability_zone_id: None,
+            vpc_id: None,
+            network: Arc::clone(&self.cfg.network),
+        }
+    }
+
     fn task_state(&self, rec: &TaskRecord) -> Arc<TaskState> {
         let source = StoreSource {
             store: Arc::clone(&self.cfg.store),
@@ -174,12 +183,7 @@ impl Endpoints {
             &rec.id,
             Arc::new(source),
             Arc::new(self.cfg.credentials.clone()),
-            MetadataContext {
-                availability_zone: self.cfg.availability_zone.clone(),
-                availability_zone_id: None,
-                vpc_id: None,
-                network: Arc::clone(&self.cfg.network),
-            },
+            self.metadata_context(),
             StatsSampler::new(&self.cfg.cgroup_root, Path::new("/proc")),
             self.cfg.rate,
         ))
@@ -218,6 +222,7 @@ impl Endpoints {
         } else {
             let mut namespaces: Vec<String> = rec.netns.iter().cloned().collect();
             namespaces.extend(rec.containers.iter().filter_map(|c| c.netns.clone()));
+            namespaces.sort();
             namespaces.dedup();
             let addr = SocketAddr::from(([169, 254, 170, 2], 80));
             for ns in namespaces {
@@ -262,9 +267,18 @@ impl Endpoints {
                 };
                 let addr = listener.local_addr()?;
                 let tasks = Arc::clone(&self.host_tasks);
+                let nobody = Arc::new(TaskState::new(
+                    "",
+                    Arc::new(|| None::<TaskRecord>),
+                    Arc::new(NoCredentials),
+                    self.metadata_context(),
+                    StatsSampler::new(&self.cfg.cgroup_root, Path::new("/proc")),
+                    self.cfg.rate,
+                ));
                 let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
                     let tasks = Arc::clone(&tasks);
-                    async move { host_dispatch(&tasks, req).await }
+                    let nobody = Arc::clone(&nobody);
+                    async move { host_dispatch(&tasks, nobody, req).await }
                 });
                 let token = self.shutdown.clone();
                 tokio::spawn(async move {
@@ -344,9 +358,9 @@ impl Endpoints {
 /// Serves a host-listener request with the task whose id is in the path.
 async fn host_dispatch(
     tasks: &Mutex<HashMap<String, Arc<TaskState>>>,
+    nobody: Arc<TaskState>,
     req: axum::extract::Request,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     use tower::ServiceExt;
     let path = req.uri().path().to_owned();
     let query_id =
@@ -359,21 +373,20 @@ async fn host_dispatch(
         _ => None,
     };
     let state = id.and_then(|id| tasks.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned());
-    match state {
-        // The task's own router answers, with its rate limit and the agent's errors.
-        Some(state) => match server::router(state).oneshot(req).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        },
-        // No task has the id: what a task's listener says for an id that is not its own.
-        None => match (path.starts_with("/v2/credentials") || path.starts_with("/v1/credentials"), path.starts_with("/v3/")) {
-            (true, _) => (
-                axum::http::StatusCode::BAD_REQUEST,
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                r#"{"code":"InvalidIdInRequest","message":"CredentialsV2Request: Credentials not found","HTTPErrorCode":400}"#,
-            )
-                .into_response(),
-            _ => (axum::http::StatusCode::NOT_FOUND, "404 page not found").into_response(),
-        },
+    // The task's own router answers, with its rate limit and the agent's errors; an id no
+    // task has gets what a listener says for an id that is not its task's.
+    let state = state.unwrap_or_else(|| Arc::clone(&nobody));
+    match server::router(state).oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// Knows no credentials: the host listener's answer for ids of no task.
+struct NoCredentials;
+
+impl server::CredentialsSource for NoCredentials {
+    fn lookup(&self, _id: &str) -> credentials::Lookup {
+        credentials::Lookup::Unknown
     }
 }

@@ -962,14 +962,3 @@ mod tests {
         );
     }
 }
-#[cfg(test)]
-mod timing_probe {
-    #[test]
-    fn client_build_time() {
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            let _c = reqwest::Client::builder().build().unwrap();
-            eprintln!("PROBE client build {:?}", t.elapsed());
-        }
-    }
-}

@@ -224,7 +224,7 @@ impl Endpoints {
             namespaces.extend(rec.containers.iter().filter_map(|c| c.netns.clone()));
             namespaces.sort();
             namespaces.dedup();
-            let addr = SocketAddr::from(([169, 254, 170, 2], 80));
+            let addr = SocketAddr::from(([169, 254, 170, 2], crate::network::ENDPOINTS_PORT));
             for ns in namespaces {
                 let path = PathBuf::from(&ns);
                 let listener = tokio::task::spawn_blocking(move || server::listen_in_netns(&path, addr))

@@ -168,6 +168,38 @@ impl Namespaces {
     }
 }
 
+/// Where the task endpoints listen inside a namespace (the ECS agent's port).
+pub const ENDPOINTS_PORT: u16 = 51679;
+
+/// Forwards 169.254.170.2:80 to 169.254.170.2:ENDPOINTS_PORT inside the namespace.
+async fn redirect_endpoints(netns: &str) -> Result<(), NetworkError> {
+    let port = ENDPOINTS_PORT.to_string();
+    let to = format!("169.254.170.2:{port}");
+    let args = [
+        "netns",
+        "exec",
+        netns,
+        "iptables",
+        "-w",
+        "5",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        "169.254.170.2/32",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &to,
+    ];
+    ip(&args).await
+}
+
 /// Runs `ip -n NETNS -batch -` with the commands on stdin: one process for several changes.
 async fn ip_batch(netns: &str, commands: &str) -> Result<(), NetworkError> {
     use tokio::io::AsyncWriteExt;
@@ -215,6 +247,13 @@ impl Namespaces {
             ip(&["netns", "add", &name]).await?;
         }
         let setup = ip_batch(&name, "link set lo up\naddr replace 169.254.170.2/32 dev lo\n").await;
+        // The endpoints listen on ENDPOINTS_PORT, and 169.254.170.2:80 is forwarded there inside
+        // the namespace: a listener on port 80 itself would keep the task's own servers from
+        // binding 0.0.0.0:80. (ECS reserves the agent's port 51679 the same way.)
+        let setup = match setup {
+            Ok(()) => redirect_endpoints(&name).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = setup {
             let _ = ip(&["netns", "delete", &name]).await;
             return Err(e);

@@ -30,7 +30,7 @@ pub const SIGTERM: u32 = 15;
 pub const SIGUSR1: u32 = 10;
 
 /// Generous bound for a task to reach a status on a loaded 2-core machine.
-pub const WAIT: u64 = 30;
+pub const WAIT: u64 = 60;
 
 pub fn socket() -> PathBuf {
     match std::env::var_os("ECSD_TEST_CONTAINERD") {
@@ -333,6 +333,23 @@ impl Ecsd {
         .await;
     }
 
+    /// `ctr` with this ecsd's socket and namespace; `Err(stderr)` when it fails.
+    pub async fn try_ctr(&self, args: &[&str]) -> Result<String, String> {
+        let out = tokio::process::Command::new("ctr")
+            .arg("--address")
+            .arg(socket())
+            .args(["--namespace", &self.namespace])
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     pub async fn ctr(&self, args: &[&str]) -> String {
         let socket = socket();
         let mut all = vec!["--address", socket.to_str().unwrap(), "--namespace", &self.namespace];
@@ -413,7 +430,11 @@ impl Ecsd {
     }
 
     pub async fn wait_status(&self, task_arn: &str, status: &str) -> Task {
-        eventually(WAIT, &format!("task {} to be {status}", task_id(task_arn)), || async {
+        self.wait_status_for(task_arn, status, WAIT).await
+    }
+
+    pub async fn wait_status_for(&self, task_arn: &str, status: &str, secs: u64) -> Task {
+        eventually(secs, &format!("task {} to be {status}", task_id(task_arn)), || async {
             let t = self.describe(task_arn).await;
             (t.last_status() == Some(status)).then_some(t)
         })

@@ -224,6 +224,8 @@ impl Ecsd {
             .arg("--containerd-address")
             .arg(socket())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // Its log goes to the test's output: warnings only, unless the test asks for more.
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn ecsd");

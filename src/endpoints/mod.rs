@@ -164,6 +164,10 @@ impl Endpoints {
         env
     }
 
+    fn role_arn(&self, role: &str) -> String {
+        role_arn(&self.cfg.identity.account, role)
+    }
+
     fn metadata_context(&self) -> MetadataContext {
         MetadataContext {
             availability_zone: self.cfg.availability_zone.clone(),
@@ -196,7 +200,8 @@ impl Endpoints {
     pub async fn open(&self, rec: &TaskRecord) -> Result<(), String> {
         self.close(&rec.id).await;
         if let (Some(id), Some(role)) = (&rec.credentials_id, rec.task_role_arn()) {
-            self.cfg.credentials.issue(id, &rec.id, role).await.map_err(|e| {
+            let role = self.role_arn(role);
+            self.cfg.credentials.issue(id, &rec.id, &role).await.map_err(|e| {
                 format!("ResourceInitializationError: unable to get the task role's credentials: {e}")
             })?;
         }
@@ -326,7 +331,8 @@ impl Endpoints {
                     .any(|f| f.value.as_deref().is_some_and(|v| v.starts_with("arn:")))
         });
         let keys = if needs_keys {
-            Some(self.cfg.credentials.for_execution(&rec.id, rec.execution_role_arn()).await.map_err(|e| {
+            let role = rec.execution_role_arn().map(|r| self.role_arn(r));
+            Some(self.cfg.credentials.for_execution(&rec.id, role.as_deref()).await.map_err(|e| {
                 format!(
                     "ResourceInitializationError: unable to pull secrets or registry auth: execution resource \
                      retrieval failed: {e}"
@@ -388,5 +394,25 @@ struct NoCredentials;
 impl server::CredentialsSource for NoCredentials {
     fn lookup(&self, _id: &str) -> credentials::Lookup {
         credentials::Lookup::Unknown
+    }
+}
+
+/// A role as STS wants it: ECS takes a role's short name too (`app-role`), meaning the
+/// account's role of that name.
+fn role_arn(account: &str, role: &str) -> String {
+    if role.starts_with("arn:") {
+        role.to_owned()
+    } else {
+        format!("arn:aws:iam::{account}:role/{}", role.trim_start_matches('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_role_names_are_the_accounts_roles() {
+        assert_eq!(super::role_arn("123456789012", "app"), "arn:aws:iam::123456789012:role/app");
+        let full = "arn:aws:iam::000000000000:role/path/app";
+        assert_eq!(super::role_arn("123456789012", full), full);
     }
 }

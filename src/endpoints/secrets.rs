@@ -189,7 +189,9 @@ pub async fn resolve(
             Ok((position, result)) => {
                 results.insert(position, result);
             }
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: only as the runtime shuts down, when nobody reads the result.
+            Err(_) => {}
         }
     }
     let mut values: HashMap<String, String> = HashMap::new();

@@ -3,7 +3,7 @@
 //!
 //! This module knows nothing of ECS wire types; the engine asks for a namespace per task.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -98,19 +98,13 @@ pub struct Sandbox {
 
 /// The sandbox's interface on a network (`eth0`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// (Its prefix, gateway and DNS server are the network's: see [`NetworkDef`].)
 pub struct Interface {
-    pub name: String,
     pub network: String,
     pub address: Ipv4Addr,
-    pub prefix_len: u8,
-    pub gateway: Ipv4Addr,
     pub mac: String,
     /// `ip-10-217-0-4.ec2.internal`.
     pub private_dns_name: String,
-    /// The network's DNS server (aardvark-dns) when the network resolves names, and the
-    /// search domain that goes with it.
-    pub dns_servers: Vec<IpAddr>,
-    pub search_domains: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,41 +194,51 @@ async fn redirect_endpoints(netns: &str) -> Result<(), NetworkError> {
     ip(&args).await
 }
 
-/// Runs `ip -n NETNS -batch -` with the commands on stdin: one process for several changes.
-async fn ip_batch(netns: &str, commands: &str) -> Result<(), NetworkError> {
+/// Runs a network tool to its end, with `input` on its stdin; returns its stdout. A failure
+/// names the command and carries what the tool said (netavark's `{"error": …}`, else stderr).
+pub(crate) async fn run<S: AsRef<std::ffi::OsStr>>(
+    program: S,
+    args: &[S],
+    input: Option<&[u8]>,
+) -> Result<Vec<u8>, NetworkError> {
     use tokio::io::AsyncWriteExt;
-    let command = format!("ip -n {netns} -batch - ({})", commands.trim().replace('\n', "; "));
+    let command = std::iter::once(&program)
+        .chain(args)
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
     let spawn_err = |source| NetworkError::Spawn { command: command.clone(), source };
-    let mut child = Command::new("ip")
-        .args(["-n", netns, "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+    let mut child = Command::new(&program)
+        .args(args)
+        .stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .map_err(spawn_err)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(commands.as_bytes()).await.map_err(spawn_err)?;
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        stdin.write_all(input).await.map_err(spawn_err)?;
     }
     let out = child.wait_with_output().await.map_err(spawn_err)?;
     if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetworkError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+        return Ok(out.stdout);
     }
+    let said = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| {
+            format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout))
+        });
+    Err(NetworkError::Command { command, stderr: said.trim().to_owned() })
 }
 
 async fn ip(args: &[&str]) -> Result<(), NetworkError> {
-    let command = format!("ip {}", args.join(" "));
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .await
-        .map_err(|source| NetworkError::Spawn { command: command.clone(), source })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetworkError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
-    }
+    run("ip", args, None).await.map(drop)
+}
+
+/// Runs `ip -n NETNS -batch -` with the commands on stdin: one process for several changes.
+async fn ip_batch(netns: &str, commands: &str) -> Result<(), NetworkError> {
+    run("ip", &["-n", netns, "-batch", "-"], Some(commands.as_bytes())).await.map(drop)
 }
 
 impl Namespaces {
@@ -344,11 +348,8 @@ impl Network for FakeNetwork {
                         })?;
                     mine.push(address);
                     Some(Interface {
-                        name: "eth0".into(),
                         network: net.name.clone(),
                         address,
-                        prefix_len: net.prefix_len,
-                        gateway: net.gateway(),
                         mac: format!(
                             "0a:00:{:02x}:{:02x}:{:02x}:{:02x}",
                             address.octets()[0],
@@ -357,8 +358,6 @@ impl Network for FakeNetwork {
                             address.octets()[3]
                         ),
                         private_dns_name: private_dns_name(address, &a.dns_domain),
-                        dns_servers: vec![IpAddr::V4(net.gateway())],
-                        search_domains: vec![DNS_DOMAIN.into()],
                     })
                 }
             };

@@ -8,16 +8,14 @@
 //! and teardown, also after a crash, replays the same options.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 use tracing::{debug, warn};
 
 use super::settings::BRIDGE_PREFIX;
@@ -136,10 +134,6 @@ struct NvSubnet {
 #[derive(Debug, Deserialize)]
 struct StatusBlock {
     #[serde(default)]
-    dns_search_domains: Vec<String>,
-    #[serde(default)]
-    dns_server_ips: Vec<IpAddr>,
-    #[serde(default)]
     interfaces: BTreeMap<String, NvInterface>,
 }
 
@@ -206,6 +200,21 @@ impl Netavark {
             }
         }
         Ok(out)
+    }
+
+    /// The sandboxes that exist: namespaces, and state files (named `<key>.json`, so this
+    /// reads no file).
+    fn sandbox_keys(&self) -> Result<BTreeSet<String>, NetworkError> {
+        let mut keys: BTreeSet<String> = self.namespaces.keys()?.into_iter().collect();
+        let entries = std::fs::read_dir(&self.state_dir).map_err(|source| NetworkError::State {
+            what: format!("cannot read {}", self.state_dir.display()),
+            source,
+        })?;
+        keys.extend(entries.flatten().filter_map(|e| {
+            let path = e.path();
+            (path.extension()? == "json").then(|| path.file_stem()?.to_str().map(str::to_owned)).flatten()
+        }));
+        Ok(keys)
     }
 
     fn write_state(&self, s: &SandboxState) -> Result<(), NetworkError> {
@@ -278,17 +287,7 @@ impl Netavark {
             .and_then(|b| b.interfaces.get("eth0"))
             .map(|i| i.mac_address.clone())
             .unwrap_or_else(|| state.options.networks[&nv_name(net)].static_mac.clone());
-        Ok(Interface {
-            name: "eth0".into(),
-            network: net.name.clone(),
-            address,
-            prefix_len: net.prefix_len,
-            gateway: net.gateway(),
-            mac,
-            private_dns_name: dns_name,
-            dns_servers: block.map(|b| b.dns_server_ips.clone()).unwrap_or_default(),
-            search_domains: block.map(|b| b.dns_search_domains.clone()).unwrap_or_default(),
-        })
+        Ok(Interface { network: net.name.clone(), address, mac, private_dns_name: dns_name })
     }
 
     /// Undoes a sandbox: netavark teardown with the options it was set up with, the
@@ -342,37 +341,16 @@ impl Netavark {
             self.ensure_isolation().await?;
             *isolated = true;
         }
-        let command = format!("{} {verb} {}", self.settings.netavark.display(), netns.display());
-        let spawn_err = |source| NetworkError::Spawn { command: command.clone(), source };
-        let mut child = Command::new(&self.settings.netavark)
-            .arg("--config")
-            .arg(&self.config_dir)
-            .arg("--aardvark-binary")
-            .arg(&self.settings.aardvark)
-            .arg(verb)
-            .arg(netns)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(spawn_err)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let input = serde_json::to_vec(options).expect("serializable");
-            stdin.write_all(&input).await.map_err(spawn_err)?;
-        }
-        let out = child.wait_with_output().await.map_err(spawn_err)?;
-        if out.status.success() {
-            return Ok(out.stdout);
-        }
-        // netavark reports errors as {"error": "..."} on stdout.
-        let message = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| {
-                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-            });
-        Err(NetworkError::Command { command, stderr: message.trim().to_owned() })
+        let args = [
+            OsStr::new("--config"),
+            self.config_dir.as_os_str(),
+            OsStr::new("--aardvark-binary"),
+            self.settings.aardvark.as_os_str(),
+            OsStr::new(verb),
+            netns.as_os_str(),
+        ];
+        let input = serde_json::to_vec(options).expect("serializable");
+        super::run(self.settings.netavark.as_os_str(), &args, Some(&input)).await
     }
 
     /// Traffic between two ecsd networks is dropped; within one it passes. The rules match
@@ -405,18 +383,7 @@ impl Netavark {
 }
 
 async fn iptables(args: &[&str]) -> Result<(), NetworkError> {
-    let command = format!("iptables {}", args.join(" "));
-    let out = Command::new("iptables")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| NetworkError::Spawn { command: command.clone(), source })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetworkError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
-    }
+    super::run("iptables", args, None).await.map(drop)
 }
 
 /// netavark's container id (it names firewall rules and DNS records after it): 64 hex
@@ -483,9 +450,7 @@ impl Network for Netavark {
     }
 
     async fn remove(&self, task_id: &str) -> Result<(), NetworkError> {
-        let mut keys: BTreeSet<String> =
-            self.namespaces.keys()?.into_iter().filter(|k| task_of(k) == Some(task_id)).collect();
-        keys.extend(self.states()?.into_iter().map(|s| s.key).filter(|k| task_of(k) == Some(task_id)));
+        let keys = self.sandbox_keys()?.into_iter().filter(|k| task_of(k) == Some(task_id));
         let mut first_error = None;
         for key in keys {
             if let Err(e) = self.unmake(&key).await {
@@ -497,9 +462,8 @@ impl Network for Netavark {
     }
 
     async fn list(&self) -> Result<Vec<String>, NetworkError> {
-        let mut ids: BTreeSet<String> =
-            self.namespaces.keys()?.iter().filter_map(|k| task_of(k)).map(str::to_owned).collect();
-        ids.extend(self.states()?.iter().filter_map(|s| task_of(&s.key)).map(str::to_owned));
+        let ids: BTreeSet<String> =
+            self.sandbox_keys()?.iter().filter_map(|k| task_of(k)).map(str::to_owned).collect();
         Ok(ids.into_iter().collect())
     }
 }

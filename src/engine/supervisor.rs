@@ -817,7 +817,7 @@ impl Supervisor {
         // answers for the other tasks and forwards the rest to the host's resolvers.
         let network_dns = self.network_dns(name);
         let base = match &network_dns {
-            Some((servers, search)) => resolv_with(&host_resolv, servers, search),
+            Some((servers, search)) => spec::network_resolv_conf(&host_resolv, servers, search),
             None => host_resolv.clone(),
         };
         let resolv = spec::resolv_conf(
@@ -1134,34 +1134,6 @@ fn hostname_for(def: &ContainerDefinition, rec: &TaskRecord) -> String {
         Some(c) if c.netns.is_some() => c.runtime_id.chars().take(12).collect(),
         _ => rec.id.chars().take(12).collect(),
     }
-}
-
-/// A resolv.conf naming the network's DNS servers first, keeping the host's search list
-/// (after the network's) and options.
-fn resolv_with(host: &str, servers: &[std::net::IpAddr], search: &[String]) -> String {
-    let mut host_search: Vec<&str> = vec![];
-    let mut options = String::new();
-    for line in host.lines() {
-        let mut words = line.split(['#', ';']).next().unwrap_or_default().split_whitespace();
-        match words.next() {
-            Some("search" | "domain") => host_search = words.collect(),
-            Some("options") => {
-                options.push_str(line.trim());
-                options.push('\n');
-            }
-            _ => {}
-        }
-    }
-    let mut out = String::new();
-    let all: Vec<&str> = search.iter().map(String::as_str).chain(host_search).collect();
-    if !all.is_empty() {
-        out.push_str(&format!("search {}\n", all.join(" ")));
-    }
-    for s in servers {
-        out.push_str(&format!("nameserver {s}\n"));
-    }
-    out.push_str(&options);
-    out
 }
 
 /// The host ports a binding publishes.

@@ -64,20 +64,7 @@ pub fn resolv_conf(
         }
         return out;
     }
-    let mut servers: Vec<&str> = Vec::new();
-    let mut search: Vec<&str> = Vec::new();
-    let mut options: Vec<&str> = Vec::new();
-    for line in host_resolv_conf.lines() {
-        let line = line.split(['#', ';']).next().unwrap_or_default();
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => servers.extend(words.next()),
-            // The last `search` or `domain` line wins, as in the resolver.
-            Some("search" | "domain") => search = words.collect(),
-            Some("options") => options.extend(words),
-            _ => {}
-        }
-    }
+    let Resolv { servers, mut search, options } = Resolv::parse(host_resolv_conf);
     let servers: Vec<&str> = if dns_servers.is_empty() {
         let usable: Vec<&str> = servers.into_iter().filter(|s| host_network || !is_local(s)).collect();
         if usable.is_empty() { DEFAULT_NAMESERVERS.to_vec() } else { usable }
@@ -88,16 +75,60 @@ pub fn resolv_conf(
         search = search_domains.iter().map(String::as_str).collect();
     }
 
-    let mut out = String::new();
-    let search = search.join(" ");
-    if !search.trim().is_empty() && search.trim() != "." {
-        let _ = writeln!(out, "search {search}");
+    Resolv { servers, search, options }.render()
+}
+
+/// The host's resolv.conf with a network's own DNS servers (aardvark-dns) in place of the
+/// host's, and the network's search domains before the host's; the host's options stay. It
+/// is the host file [`resolv_conf`] then starts from for a container on that network.
+pub fn network_resolv_conf(host_resolv_conf: &str, servers: &[IpAddr], search: &[String]) -> String {
+    let host = Resolv::parse(host_resolv_conf);
+    let servers: Vec<String> = servers.iter().map(IpAddr::to_string).collect();
+    Resolv {
+        servers: servers.iter().map(String::as_str).collect(),
+        search: search.iter().map(String::as_str).chain(host.search).collect(),
+        options: host.options,
     }
-    for server in servers {
-        let _ = writeln!(out, "nameserver {server}");
+    .render()
+}
+
+/// The parts of a resolv.conf that a container's is made of.
+struct Resolv<'a> {
+    servers: Vec<&'a str>,
+    search: Vec<&'a str>,
+    options: Vec<&'a str>,
+}
+
+impl<'a> Resolv<'a> {
+    fn parse(text: &'a str) -> Resolv<'a> {
+        let mut r = Resolv { servers: vec![], search: vec![], options: vec![] };
+        for line in text.lines() {
+            let line = line.split(['#', ';']).next().unwrap_or_default();
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => r.servers.extend(words.next()),
+                // The last `search` or `domain` line wins, as in the resolver.
+                Some("search" | "domain") => r.search = words.collect(),
+                Some("options") => r.options.extend(words),
+                _ => {}
+            }
+        }
+        r
     }
-    if !options.is_empty() {
-        let _ = writeln!(out, "options {}", options.join(" "));
+
+    /// Docker's layout: `search`, `nameserver` lines, `options`.
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let search = self.search.join(" ");
+        if !search.trim().is_empty() && search.trim() != "." {
+            let _ = writeln!(out, "search {search}");
+        }
+        for server in &self.servers {
+            let _ = writeln!(out, "nameserver {server}");
+        }
+        if !self.options.is_empty() {
+            let _ = writeln!(out, "options {}", self.options.join(" "));
+        }
+        out
     }
-    out
 }

@@ -35,7 +35,7 @@ use crate::model::shapes::{ContainerDefinition, TaskDefinition};
 use crate::runtime::ImageConfig;
 
 pub use error::SpecError;
-pub use files::{hosts_file, resolv_conf};
+pub use files::{hosts_file, network_resolv_conf, resolv_conf};
 pub use host::{device_paths, host_limits, resolve_devices};
 pub use process::stop_signal;
 

@@ -25,7 +25,7 @@ pub mod store;
 use crate::api::{ApiError, Ctx, Forwarder};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, EngineError};
-use crate::model::time::SystemClock;
+use crate::model::time::{Clock, SystemClock};
 use crate::network::Network;
 use crate::runtime::Runtime;
 use crate::store::{Store, StoreError};
@@ -60,6 +60,7 @@ pub struct Daemon {
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     engine: Arc<Engine>,
+    store: Arc<Store>,
     /// The containerd ecsd started itself, if it did; stopped last.
     embedded: Option<runtime::EmbeddedContainerd>,
 }
@@ -70,14 +71,18 @@ impl Daemon {
         self.addr
     }
 
-    /// Stops accepting requests, lets in-flight ones finish (up to a grace period), and
-    /// releases the data dir.
+    /// Stops accepting requests, lets in-flight ones finish (up to a grace period), lets
+    /// tasks that are stopping finish their teardown (bounded), and releases the data dir
+    /// before it returns, so another ecsd can open it at once.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.shutdown.cancel();
         let mut server = self.server;
         let result = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
-        // Tasks keep running in the runtime; the next start re-adopts them.
+        // Running tasks keep running in the runtime; the next start re-adopts them.
         self.engine.shutdown().await;
+        let store = self.store;
+        // Blocks until the last commits are durable: not on a runtime worker.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
         if let Some(containerd) = self.embedded {
             containerd.shutdown().await;
         }
@@ -125,7 +130,8 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let network =
         network::Netavark::new(config.network.clone(), namespaces(config), &config.data_dir.join("network"))
             .map_err(|source| StartError::Network { source })?;
-    let mut daemon = serve(config, store, Arc::new(runtime), Arc::new(network), os).await?;
+    let mut daemon =
+        serve(config, store, Arc::new(runtime), Arc::new(network), Arc::new(SystemClock), os).await?;
     daemon.embedded = embedded;
     Ok(daemon)
 }
@@ -141,13 +147,15 @@ fn open_store(config: &Config) -> Result<Store, StartError> {
         .map_err(|source| StartError::Store { path: config.data_dir.clone(), source })
 }
 
-/// [`start`] with the runtime and network given (tests pass fakes).
+/// [`start`] with the runtime, the network and the clock given (tests pass fakes and a
+/// clock they move).
 pub async fn start_with(
     config: &Config,
     runtime: Arc<dyn Runtime>,
     network: Arc<dyn Network>,
+    clock: Arc<dyn Clock>,
 ) -> Result<Daemon, StartError> {
-    serve(config, open_store(config)?, runtime, network, Os::default()).await
+    serve(config, open_store(config)?, runtime, network, clock, Os::default()).await
 }
 
 /// What the engine takes from the host beyond the runtime and the network.
@@ -164,6 +172,7 @@ async fn serve(
     store: Store,
     runtime: Arc<dyn Runtime>,
     network: Arc<dyn Network>,
+    clock: Arc<dyn Clock>,
     os: Os,
 ) -> Result<Daemon, StartError> {
     let forward = match &config.ecs_endpoint_url {
@@ -173,7 +182,6 @@ async fn serve(
         None => None,
     };
     let store = Arc::new(store);
-    let clock = Arc::new(SystemClock);
     let engine = Engine::new(
         EngineConfig {
             data_dir: config.data_dir.clone(),
@@ -185,7 +193,6 @@ async fn serve(
             network: Arc::new(config.network.clone()),
             endpoints: endpoints::Endpoints::new(endpoints::EndpointConfig {
                 listen: os.endpoints,
-                store: Arc::clone(&store),
                 identity: config.identity.clone(),
                 availability_zone: format!("{}a", config.identity.region),
                 network: Arc::new(config.network.clone()),
@@ -204,15 +211,15 @@ async fn serve(
         network,
         config.identity.clone(),
         clock.clone(),
-    );
+    )
+    .map_err(|source| StartError::Engine { source })?;
     let ctx = Arc::new(Ctx {
-        store,
+        store: Arc::clone(&store),
         engine: Arc::clone(&engine),
         identity: config.identity.clone(),
         clock,
         forward,
         network: Arc::new(config.network.clone()),
-        placement: std::sync::Mutex::new(()),
     });
     // Like an ECS agent registering without ECS_CLUSTER, this host brings the default cluster.
     api::ensure_default_cluster(&ctx).map_err(|source| StartError::DefaultCluster { source })?;
@@ -230,7 +237,7 @@ async fn serve(
     });
     info!(%addr, data_dir = %config.data_dir.display(), region = %config.identity.region,
           account = %config.identity.account, forward = ?config.ecs_endpoint_url, "ecsd started");
-    Ok(Daemon { addr, shutdown, server, engine, embedded: None })
+    Ok(Daemon { addr, shutdown, server, engine, store, embedded: None })
 }
 
 /// An error with its sources, for one log line or one message: `a: b: c`.

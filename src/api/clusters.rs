@@ -57,17 +57,11 @@ pub struct Usage {
     pub container_instances: i32,
 }
 
-pub fn usage(r: &Reader<'_>, cluster: &str) -> Result<Usage, StoreError> {
-    let prefix = crate::engine::task_key(cluster, "");
-    let end = crate::store::prefix_end(&prefix);
+/// What the cluster's tasks are doing now, from the engine's view.
+pub fn usage(ctx: &Ctx, cluster: &str) -> Usage {
+    use crate::model::task::TaskStatus;
     let mut u = Usage { container_instances: 1, ..Usage::default() };
-    let scan = Scan {
-        from: std::ops::Bound::Included(&prefix),
-        to: std::ops::Bound::Excluded(&end),
-        reverse: false,
-    };
-    r.scan(crate::store::records::TASKS, scan, |_, t: crate::engine::TaskRecord| {
-        use crate::engine::TaskStatus;
+    for t in ctx.engine.tasks(cluster, None) {
         match t.last {
             TaskStatus::Stopped => {}
             TaskStatus::Running => u.running_tasks += 1,
@@ -75,9 +69,8 @@ pub fn usage(r: &Reader<'_>, cluster: &str) -> Result<Usage, StoreError> {
             // DEACTIVATING, STOPPING and DEPROVISIONING tasks still hold the cluster.
             _ => u.stopping_tasks += 1,
         }
-        std::ops::ControlFlow::Continue(())
-    })?;
-    Ok(u)
+    }
+    u
 }
 
 fn default_settings() -> Vec<ClusterSetting> {
@@ -130,9 +123,9 @@ fn merge_settings(existing: &mut Vec<ClusterSetting>, new: &[ClusterSetting]) {
 
 /// The cluster as describe shows it: the stored record plus derived counts and the parts
 /// `include` asks for.
-fn view(r: &Reader<'_>, mut c: Cluster, include: Include) -> Result<Cluster, StoreError> {
+fn view(ctx: &Ctx, r: &Reader<'_>, mut c: Cluster, include: Include) -> Result<Cluster, StoreError> {
     let name = c.cluster_name.clone().unwrap_or_default();
-    let u = usage(r, &name)?;
+    let u = usage(ctx, &name);
     c.registered_container_instances_count = u.container_instances;
     c.running_tasks_count = u.running_tasks;
     c.pending_tasks_count = u.pending_tasks;
@@ -244,7 +237,7 @@ pub fn create(ctx: &Ctx, req: CreateClusterRequest) -> Result<CreateClusterRespo
                 c
             }
         };
-        Ok::<_, ApiError>(view(&w.reader(), cluster, Include::all())?)
+        Ok::<_, ApiError>(view(ctx, &w.reader(), cluster, Include::all())?)
     })?;
     Ok(CreateClusterResponse { cluster: Some(cluster) })
 }
@@ -267,7 +260,7 @@ pub fn describe(ctx: &Ctx, req: DescribeClustersRequest) -> Result<DescribeClust
                 Err(_) => None,
             };
             match found {
-                Some(c) => clusters.push(view(r, c, include)?),
+                Some(c) => clusters.push(view(ctx, r, c, include)?),
                 None => {
                     let arn = if reference.starts_with("arn:") {
                         reference
@@ -310,6 +303,7 @@ pub fn update(ctx: &Ctx, req: UpdateClusterRequest) -> Result<UpdateClusterRespo
         }
         w.put(CLUSTERS, &name, &c)?;
         Ok::<_, ApiError>(view(
+            ctx,
             &w.reader(),
             c,
             Include { settings: true, configurations: true, ..Include::default() },
@@ -329,7 +323,7 @@ pub fn update_settings(
         let mut c = active(w, &name)?;
         merge_settings(c.settings.get_or_insert_with(default_settings), &settings);
         w.put(CLUSTERS, &name, &c)?;
-        Ok::<_, ApiError>(view(&w.reader(), c, Include { settings: true, ..Include::default() })?)
+        Ok::<_, ApiError>(view(ctx, &w.reader(), c, Include { settings: true, ..Include::default() })?)
     })?;
     Ok(UpdateClusterSettingsResponse { cluster: Some(cluster) })
 }
@@ -338,7 +332,7 @@ pub fn delete(ctx: &Ctx, req: DeleteClusterRequest) -> Result<DeleteClusterRespo
     let name = cluster_name(ctx, req.cluster.as_deref())?;
     let cluster = ctx.store.write(|w| {
         let mut c = active(w, &name)?;
-        let u = usage(&w.reader(), &name)?;
+        let u = usage(ctx, &name);
         if u.active_services + u.draining_services > 0 {
             return Err(ApiError::new(
                 Exception::ClusterContainsServices,
@@ -358,7 +352,7 @@ pub fn delete(ctx: &Ctx, req: DeleteClusterRequest) -> Result<DeleteClusterRespo
             w.delete(crate::store::records::ATTRIBUTES, &key)?;
         }
         w.delete(TAGS, &ctx.identity.cluster_arn(&name))?;
-        Ok(view(&w.reader(), c, Include { settings: true, configurations: true, ..Include::default() })?)
+        Ok(view(ctx, &w.reader(), c, Include { settings: true, configurations: true, ..Include::default() })?)
     })?;
     Ok(DeleteClusterResponse { cluster: Some(cluster) })
 }

@@ -30,6 +30,7 @@ mod pagination;
 mod tags;
 mod task_definitions;
 mod tasks;
+mod view;
 
 pub use error::{ApiError, Exception};
 pub use forward::Forwarder;
@@ -50,9 +51,6 @@ pub struct Ctx {
     pub forward: Option<Forwarder>,
     /// Task networks (awsvpc subnets pick one) and host port settings.
     pub network: Arc<crate::network::Settings>,
-    /// Held from reading what the host has left (cpu, memory, ports) until the task that
-    /// takes it is recorded, so concurrent RunTasks never place on the same resources.
-    pub placement: std::sync::Mutex<()>,
 }
 
 impl Ctx {

@@ -14,8 +14,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use crate::engine::{ContainerRecord, ContainerStatus, HealthStatus, TaskRecord, TaskStatus};
+use crate::model::network::NetworkMode;
 use crate::model::shapes::ContainerDefinition;
+use crate::model::task::{ContainerRecord, ContainerStatus, HealthStatus, TaskRecord, TaskStatus};
 use crate::network::settings::Settings;
 use crate::spec::{LABEL_CLUSTER, LABEL_CONTAINER_NAME, LABEL_FAMILY, LABEL_REVISION, LABEL_TASK_ARN};
 
@@ -264,7 +265,7 @@ pub fn task_v4(task: &TaskRecord, cx: &MetadataContext, tags: Option<&Tags>) -> 
 /// `GET /v3/<id>/task`, or `/taskWithTags` when `tags` are given. As the agent does, a
 /// container whose runtime network is not known yet is left out (awsvpc tasks keep all).
 pub fn task_v3(task: &TaskRecord, cx: &MetadataContext, tags: Option<&Tags>) -> TaskV3 {
-    let awsvpc = task.network_mode() == "awsvpc";
+    let awsvpc = task.network_mode() == NetworkMode::Awsvpc;
     TaskV3 {
         containers: task
             .containers
@@ -461,7 +462,7 @@ fn ports(
     }
     let port = |p: Option<i32>| p.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
     let protocol = |p: Option<&String>| p.cloned().unwrap_or_else(|| "tcp".to_owned());
-    if task.network_mode() == "awsvpc" {
+    if task.network_mode() == NetworkMode::Awsvpc {
         return def
             .and_then(|d| d.port_mappings.as_ref())
             .into_iter()
@@ -495,7 +496,7 @@ fn ports(
 /// modes: the runtime network by name, as Docker inspects it, once the container exists.
 fn networks(task: &TaskRecord, c: &ContainerRecord, cx: &MetadataContext, version: Version) -> Vec<Network> {
     let mode = task.network_mode();
-    if mode == "awsvpc" {
+    if mode == NetworkMode::Awsvpc {
         let Some(eni) = &task.attachment else { return vec![] };
         let mut n = Network {
             network_mode: "awsvpc".to_owned(),
@@ -521,8 +522,13 @@ fn networks(task: &TaskRecord, c: &ContainerRecord, cx: &MetadataContext, versio
     if c.status == ContainerStatus::Pending && c.created_at.is_none() {
         return vec![];
     }
-    let address = if mode == "bridge" { c.ipv4.clone().unwrap_or_default() } else { String::new() };
-    vec![Network { network_mode: mode.to_owned(), ipv4_addresses: vec![address], ..Network::default() }]
+    let address =
+        if mode == NetworkMode::Bridge { c.ipv4.clone().unwrap_or_default() } else { String::new() };
+    vec![Network {
+        network_mode: mode.as_str().to_owned(),
+        ipv4_addresses: vec![address],
+        ..Network::default()
+    }]
 }
 
 fn health(c: &ContainerRecord) -> HealthResponse {
@@ -613,12 +619,12 @@ fn is_zero_i32(v: &i32) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::engine::Health;
-    use crate::engine::record::{AttachmentStatus, EniAttachment};
     use crate::model::shapes::{
         HealthCheck, HostVolumeProperties, LogConfiguration, MountPoint, NetworkBinding, PortMapping,
         TaskDefinition, Volume,
     };
+    use crate::model::task::Health;
+    use crate::model::task::{AttachmentStatus, EniAttachment};
 
     pub(crate) const TASK_ARN: &str =
         "arn:aws:ecs:us-west-2:111122223333:task/default/158d1c8083dd49d6b527399fd6414f5c";

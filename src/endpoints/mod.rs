@@ -17,14 +17,14 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::engine::TaskRecord;
 use crate::model::arn::Identity;
-use crate::store::Store;
-use crate::store::records::{TAGS, TASKS};
-use credentials::CredentialStore;
+use crate::model::network::NetworkMode;
+use crate::model::task::TaskRecord;
+use credentials::{CredentialError, CredentialStore};
 use metadata::MetadataContext;
-use secrets::SecretSettings;
-use server::{RateLimit, TaskSource, TaskState};
+use secrets::{SecretError, SecretSettings};
+pub use server::TaskSource;
+use server::{RateLimit, TaskState};
 use stats::StatsSampler;
 
 /// Where tasks find their endpoints.
@@ -55,7 +55,6 @@ impl std::fmt::Debug for ResolvedEnv {
 pub struct EndpointConfig {
     /// Whether listeners are opened at all (tests on a fake network have no namespaces).
     pub listen: bool,
-    pub store: Arc<Store>,
     pub identity: Identity,
     pub availability_zone: String,
     pub network: Arc<crate::network::Settings>,
@@ -93,22 +92,28 @@ impl std::fmt::Debug for Endpoints {
     }
 }
 
-/// Reads the live task from the store, for a listener.
-struct StoreSource {
-    store: Arc<Store>,
-    key: String,
-    arn: String,
+/// Why a task's endpoints could not open: the task fails to start with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("ResourceInitializationError: unable to get the task role's credentials: {0}")]
+    Credentials(CredentialError),
+    #[error("ResourceInitializationError: cannot open the metadata endpoint in {netns}: {source}")]
+    Listen { netns: String, source: std::io::Error },
+    #[error("ResourceInitializationError: cannot open the metadata endpoint on the host: {0}")]
+    HostListen(std::io::Error),
 }
 
-impl TaskSource for StoreSource {
-    fn task(&self) -> Option<TaskRecord> {
-        self.store.read(|r| r.get(TASKS, &self.key)).ok().flatten()
-    }
-
-    fn tags(&self) -> Vec<(String, String)> {
-        let tags = self.store.read(|r| r.get(TAGS, &self.arn)).ok().flatten().unwrap_or_default();
-        tags.into_iter().filter_map(|t| Some((t.key?, t.value.unwrap_or_default()))).collect()
-    }
+/// Why a task's secrets or environment files could not be read: the task fails to start
+/// with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(
+        "ResourceInitializationError: unable to pull secrets or registry auth: execution resource retrieval \
+         failed: {0}"
+    )]
+    ExecutionRole(CredentialError),
+    #[error("{0}")]
+    Secret(SecretError),
 }
 
 impl Endpoints {
@@ -123,7 +128,7 @@ impl Endpoints {
     }
 
     fn host_mode(rec: &TaskRecord) -> bool {
-        rec.network_mode() == "host"
+        rec.network_mode() == NetworkMode::Host
     }
 
     /// The variables the agent injects into a container: the metadata and agent URIs (with
@@ -177,15 +182,10 @@ impl Endpoints {
         }
     }
 
-    fn task_state(&self, rec: &TaskRecord) -> Arc<TaskState> {
-        let source = StoreSource {
-            store: Arc::clone(&self.cfg.store),
-            key: crate::engine::task_key(&rec.cluster, &rec.id),
-            arn: rec.arn.clone(),
-        };
+    fn task_state(&self, rec: &TaskRecord, source: Arc<dyn TaskSource>) -> Arc<TaskState> {
         Arc::new(TaskState::new(
             &rec.id,
-            Arc::new(source),
+            source,
             Arc::new(self.cfg.credentials.clone()),
             self.metadata_context(),
             StatsSampler::new(&self.cfg.cgroup_root, Path::new("/proc")),
@@ -195,15 +195,13 @@ impl Endpoints {
 
     /// Opens the task's listeners (one per namespace of the task; host-network tasks are
     /// served on the host listener by id) and starts serving its role's credentials.
-    /// Opening an open task again replaces its listeners. The error is the task's stopped
-    /// reason.
-    pub async fn open(&self, rec: &TaskRecord) -> Result<(), String> {
+    /// Opening an open task again replaces its listeners. The listeners read the live task
+    /// from `source`.
+    pub async fn open(&self, rec: &TaskRecord, source: Arc<dyn TaskSource>) -> Result<(), OpenError> {
         self.close(&rec.id).await;
         if let (Some(id), Some(role)) = (&rec.credentials_id, rec.task_role_arn()) {
             let role = self.role_arn(role);
-            self.cfg.credentials.issue(id, &rec.id, &role).await.map_err(|e| {
-                format!("ResourceInitializationError: unable to get the task role's credentials: {e}")
-            })?;
+            self.cfg.credentials.issue(id, &rec.id, &role).await.map_err(OpenError::Credentials)?;
         }
         let token = self.shutdown.child_token();
         let mut open =
@@ -212,11 +210,9 @@ impl Endpoints {
             self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.id.clone(), open);
             return Ok(());
         }
-        let state = self.task_state(rec);
+        let state = self.task_state(rec, source);
         if Self::host_mode(rec) {
-            self.host_listener().await.map_err(|e| {
-                format!("ResourceInitializationError: cannot open the metadata endpoint on the host: {e}")
-            })?;
+            self.host_listener().await.map_err(OpenError::HostListen)?;
             let mut ids: Vec<String> = rec.containers.iter().filter_map(|c| c.endpoint_id.clone()).collect();
             ids.extend(rec.credentials_id.clone());
             let mut tasks = self.host_tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,15 +230,12 @@ impl Endpoints {
                 let path = PathBuf::from(&ns);
                 let listener = tokio::task::spawn_blocking(move || server::listen_in_netns(&path, addr))
                     .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 let listener = match listener {
                     Ok(l) => l,
-                    Err(e) => {
+                    Err(source) => {
                         token.cancel();
-                        return Err(format!(
-                            "ResourceInitializationError: cannot open the metadata endpoint in {ns}: {e}"
-                        ));
+                        return Err(OpenError::Listen { netns: ns, source });
                     }
                 };
                 let router = server::router(Arc::clone(&state));
@@ -274,7 +267,7 @@ impl Endpoints {
                 let tasks = Arc::clone(&self.host_tasks);
                 let nobody = Arc::new(TaskState::new(
                     "",
-                    Arc::new(|| None::<TaskRecord>),
+                    Arc::new(|| None::<Arc<TaskRecord>>),
                     Arc::new(NoCredentials),
                     self.metadata_context(),
                     StatsSampler::new(&self.cfg.cgroup_root, Path::new("/proc")),
@@ -320,9 +313,8 @@ impl Endpoints {
     }
 
     /// Resolves the `environmentFiles` and `secrets` of every container of the task, with
-    /// the execution role's credentials (fetched once, only when needed). The error is the
-    /// task's stopped reason.
-    pub async fn resolve(&self, rec: &TaskRecord) -> Result<HashMap<String, ResolvedEnv>, String> {
+    /// the execution role's credentials (fetched once, only when needed).
+    pub async fn resolve(&self, rec: &TaskRecord) -> Result<HashMap<String, ResolvedEnv>, ResolveError> {
         let needs_keys = rec.containers_effective.iter().any(|d| {
             d.secrets.as_ref().is_some_and(|s| !s.is_empty())
                 || d.environment_files
@@ -332,12 +324,13 @@ impl Endpoints {
         });
         let keys = if needs_keys {
             let role = rec.execution_role_arn().map(|r| self.role_arn(r));
-            Some(self.cfg.credentials.for_execution(&rec.id, role.as_deref()).await.map_err(|e| {
-                format!(
-                    "ResourceInitializationError: unable to pull secrets or registry auth: execution resource \
-                     retrieval failed: {e}"
-                )
-            })?)
+            Some(
+                self.cfg
+                    .credentials
+                    .for_execution(&rec.id, role.as_deref())
+                    .await
+                    .map_err(ResolveError::ExecutionRole)?,
+            )
         } else {
             None
         };
@@ -348,12 +341,12 @@ impl Endpoints {
             if let Some(files) = def.environment_files.as_deref().filter(|f| !f.is_empty()) {
                 env.files = secrets::read_env_files(&self.cfg.secrets, keys.as_ref(), region, files)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ResolveError::Secret)?;
             }
             if let (Some(list), Some(keys)) = (def.secrets.as_deref().filter(|s| !s.is_empty()), &keys) {
                 env.secrets = secrets::resolve(&self.cfg.secrets, keys, region, list)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ResolveError::Secret)?;
             }
             out.insert(def.name.clone().unwrap_or_default(), env);
         }

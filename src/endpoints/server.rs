@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use super::credentials::{CredentialStore, Lookup};
 use super::metadata::{self, MetadataContext, Tags, Version};
 use super::stats::StatsSampler;
-use crate::engine::TaskRecord;
+use crate::model::task::TaskRecord;
 
 /// Requests with a larger body are refused: every route is a GET.
 pub const MAX_BODY_BYTES: usize = 4096;
@@ -55,10 +55,10 @@ impl Default for RateLimit {
     }
 }
 
-/// The live task, as the engine knows it.
+/// The live task, as the engine knows it: the endpoints read tasks only through this.
 pub trait TaskSource: Send + Sync {
     /// The task's current record; `None` once it is gone.
-    fn task(&self) -> Option<TaskRecord>;
+    fn task(&self) -> Option<Arc<TaskRecord>>;
     /// The task's tags, for `/taskWithTags`.
     fn tags(&self) -> Vec<(String, String)> {
         vec![]
@@ -69,8 +69,8 @@ pub trait TaskSource: Send + Sync {
     }
 }
 
-impl<F: Fn() -> Option<TaskRecord> + Send + Sync> TaskSource for F {
-    fn task(&self) -> Option<TaskRecord> {
+impl<F: Fn() -> Option<Arc<TaskRecord>> + Send + Sync> TaskSource for F {
+    fn task(&self) -> Option<Arc<TaskRecord>> {
         self()
     }
 }
@@ -127,7 +127,7 @@ impl TaskState {
     }
 
     /// The task, if the source still has it and it is this listener's.
-    fn task(&self) -> Option<TaskRecord> {
+    fn task(&self) -> Option<Arc<TaskRecord>> {
         self.source.task().filter(|t| t.id == self.task_id)
     }
 
@@ -214,7 +214,7 @@ impl TaskState {
                 &format!("{prefix}Credentials not found"),
             )
         };
-        let ours = self.task().and_then(|t| t.credentials_id);
+        let ours = self.task().and_then(|t| t.credentials_id.clone());
         if !ours.is_some_and(|ours| constant_time_eq(ours.as_bytes(), id.as_bytes())) {
             return not_found();
         }
@@ -597,8 +597,8 @@ mod tests {
     struct Tagged(TaskRecord);
 
     impl TaskSource for Tagged {
-        fn task(&self) -> Option<TaskRecord> {
-            Some(self.0.clone())
+        fn task(&self) -> Option<Arc<TaskRecord>> {
+            Some(Arc::new(self.0.clone()))
         }
         fn tags(&self) -> Vec<(String, String)> {
             vec![("team".into(), "payments".into())]
@@ -615,7 +615,7 @@ mod tests {
     impl Server {
         async fn start(source: Arc<dyn TaskSource>, limit: RateLimit) -> Server {
             let cgroups = tempfile::tempdir().unwrap();
-            let task_id = source.task().unwrap().id;
+            let task_id = source.task().unwrap().id.clone();
             let stats = StatsSampler::new(cgroups.path(), Path::new("/proc"));
             let state = TaskState::new(&task_id, source, Arc::new(FakeCredentials), context(), stats, limit);
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -632,7 +632,7 @@ mod tests {
         }
 
         async fn of(task: TaskRecord) -> Server {
-            Server::start(Arc::new(move || Some(task.clone())), RateLimit::default()).await
+            Server::start(Arc::new(move || Some(Arc::new(task.clone()))), RateLimit::default()).await
         }
 
         async fn get(&self, path: &str) -> (u16, String, String) {
@@ -761,7 +761,7 @@ mod tests {
         assert!(body.contains("InvalidIdInRequest"), "{body}");
         // A source that answers with another task than the listener's is not trusted either.
         let task = awsvpc_task();
-        let source: Arc<dyn TaskSource> = Arc::new(move || Some(task.clone()));
+        let source: Arc<dyn TaskSource> = Arc::new(move || Some(Arc::new(task.clone())));
         let cgroups = tempfile::tempdir().unwrap();
         let stats = StatsSampler::new(cgroups.path(), Path::new("/proc"));
         let state =
@@ -863,9 +863,11 @@ mod tests {
     #[tokio::test]
     async fn the_61st_request_of_a_burst_is_refused() {
         let task = awsvpc_task();
-        let s =
-            Server::start(Arc::new(move || Some(task.clone())), RateLimit { per_second: 0.01, burst: 60 })
-                .await;
+        let s = Server::start(
+            Arc::new(move || Some(Arc::new(task.clone()))),
+            RateLimit { per_second: 0.01, burst: 60 },
+        )
+        .await;
         for i in 0..60 {
             assert_ne!(s.get("/v4/nope").await.0, 429, "request {i}");
         }
@@ -942,7 +944,7 @@ mod tests {
         let netns = Path::new("/run/netns").join(&name);
         let listener = listen_in_netns(&netns, "169.254.170.2:80".parse().unwrap()).unwrap();
         let task = awsvpc_task();
-        let source: Arc<dyn TaskSource> = Arc::new(move || Some(task.clone()));
+        let source: Arc<dyn TaskSource> = Arc::new(move || Some(Arc::new(task.clone())));
         let cgroups = tempfile::tempdir().unwrap();
         let state = TaskState::new(
             "158d1c8083dd49d6b527399fd6414f5c",

@@ -17,7 +17,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::metadata::{Version, docker_name, go_float, go_time};
-use crate::engine::{ContainerRecord, TaskRecord};
+use crate::model::network::NetworkMode;
+use crate::model::task::{ContainerRecord, TaskRecord};
 
 /// `USER_HZ`: `cpuacct.stat` and `/proc/stat` count in 1/100 s on Linux.
 const NS_PER_TICK: u64 = 1_000_000_000 / 100;
@@ -273,9 +274,9 @@ impl StatsSampler {
 /// container's own in bridge mode; none in host mode (as Docker) or none mode (loopback only).
 fn netns_of<'a>(task: &'a TaskRecord, c: &'a ContainerRecord) -> Option<&'a str> {
     match task.network_mode() {
-        "awsvpc" => task.netns.as_deref(),
-        "bridge" => c.netns.as_deref().or(task.netns.as_deref()),
-        _ => None,
+        NetworkMode::Awsvpc => task.netns.as_deref(),
+        NetworkMode::Bridge => c.netns.as_deref().or(task.netns.as_deref()),
+        NetworkMode::Host | NetworkMode::None => None,
     }
 }
 

@@ -1,46 +1,56 @@
-//! The task engine: one supervisor per ECS task walks it through the lifecycle (PROVISIONING
-//! → PENDING → RUNNING → DEACTIVATING → STOPPING → DEPROVISIONING → STOPPED), honouring
-//! `essential`, `dependsOn`, health checks and stop timeouts, and reconciles the store with
-//! the runtime after any restart.
+//! The task engine: the only way to launch, stop, watch or exec into a task.
 //!
-//! The store is the truth for what the API shows; the runtime is the truth for what runs.
-//! Supervisors persist every change before it becomes visible. No lock is held across a
-//! runtime or network call.
+//! One supervisor per ECS task walks it through the lifecycle (PROVISIONING → PENDING →
+//! RUNNING → DEACTIVATING → STOPPING → DEPROVISIONING → STOPPED), honouring `essential`,
+//! `dependsOn`, health checks and stop timeouts, and reconciles the store with the runtime
+//! after any restart. Callers (the API, the service scheduler) use [`Engine::launch`] (placement
+//! included), [`Engine::stop`], [`Engine::subscribe`] and the task lookups.
+//!
+//! The store is the truth for what the API shows; the runtime is the truth for what runs. A
+//! change is written durably before it enters the in-memory view and reaches subscribers. No
+//! lock is held across a runtime, network or store call.
 
-use std::collections::HashMap;
-use std::ops::{Bound, ControlFlow};
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::model::arn::Identity;
+use crate::model::shapes::TaskDefinition;
+use crate::model::task::{StopReason, TaskRecord, TaskStatus};
 use crate::model::time::Clock;
 use crate::network::Network;
-use crate::runtime::{Event, ExecResult, ProcessStatus, Runtime, RuntimeError};
-use crate::store::{Scan, Store, StoreError, prefix_end};
+use crate::runtime::{Event, ProcessStatus, Runtime, RuntimeError};
+use crate::store::records::{TAGS, TASK_DEFINITIONS, TASKS, task_key};
+use crate::store::{Scan, Store, StoreError};
 
 pub mod cgroups;
-pub mod record;
+mod decide;
+pub mod failure;
+mod launch;
+pub mod placement;
+mod prepare;
 mod supervisor;
+mod view;
 
-pub use record::{ContainerRecord, ContainerStatus, Health, HealthStatus, TaskRecord, TaskStatus};
+pub use launch::{LaunchError, LaunchErrorKind, LaunchSpec, Placed, check_launch_type};
+pub use view::TaskEvent;
 
-use crate::store::records::TASKS;
+use decide::{CheckResult, Timeouts};
+use placement::{Placer, Usage};
+use view::TaskView;
 
-/// Labels every runtime container carries, so the runtime alone can rebuild the picture.
-pub const LABEL_TASK_ID: &str = "ecsd.task-id";
-pub const LABEL_CLUSTER: &str = "com.amazonaws.ecs.cluster";
-pub const LABEL_TASK_ARN: &str = "com.amazonaws.ecs.task-arn";
-pub const LABEL_CONTAINER_NAME: &str = "com.amazonaws.ecs.container-name";
-
-/// Stop codes ECS reports.
-pub const STOP_ESSENTIAL_EXITED: &str = "EssentialContainerExited";
-pub const STOP_USER: &str = "UserInitiated";
-pub const STOP_FAILED_TO_START: &str = "TaskFailedToStart";
-pub const STOP_SERVICE: &str = "ServiceSchedulerInitiated";
+/// How long a shutdown waits for tasks that are stopping to finish their teardown.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How long [`Engine::stop`] waits for a busy supervisor to record a stop.
+const STOP_ANSWER: Duration = Duration::from_secs(5);
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -63,12 +73,20 @@ pub struct EngineConfig {
     pub endpoints: Arc<crate::endpoints::Endpoints>,
 }
 
+impl EngineConfig {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts { stop: self.stop_timeout, start: self.start_timeout }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
 }
 
 /// What a supervisor is told.
@@ -80,14 +98,13 @@ pub(crate) enum Msg {
         at: f64,
     },
     Stop {
-        code: &'static str,
-        reason: String,
-        /// Answered once the stop is recorded, so what StopTask answers is what readers see.
-        recorded: Option<tokio::sync::oneshot::Sender<()>>,
+        reason: StopReason,
+        /// Answered with the task as recorded once the stop is durable.
+        recorded: Option<oneshot::Sender<Arc<TaskRecord>>>,
     },
     Health {
         runtime_id: String,
-        result: Result<ExecResult, RuntimeError>,
+        result: CheckResult,
         at: f64,
     },
     /// The runtime did not know the container when it was listed at `listed_at` (it vanished
@@ -96,6 +113,15 @@ pub(crate) enum Msg {
         runtime_id: String,
         listed_at: f64,
     },
+}
+
+/// A running supervisor, as the engine reaches it.
+#[derive(Debug)]
+struct Supervised {
+    inbox: mpsc::UnboundedSender<Msg>,
+    /// Set once the task is on its way to STOPPED: a shutdown lets it finish.
+    stopping: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
 }
 
 /// Runs and tracks the tasks of this host.
@@ -108,18 +134,19 @@ pub struct Engine {
     pub(crate) identity: Identity,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) host_limits: crate::spec::HostLimits,
-    supervisors: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
+    pub(crate) view: Arc<TaskView>,
+    placer: Placer,
+    supervisors: Mutex<HashMap<String, Supervised>>,
+    /// Runtime container id → task id, for routing exits.
     containers: Mutex<HashMap<String, String>>,
-    /// Every background task of the engine, aborted by [`Engine::shutdown`].
-    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-/// The key of a task in the store: tasks list by cluster.
-pub fn task_key(cluster: &str, id: &str) -> String {
-    format!("{cluster}\u{0}{id}")
+    /// The event pump and the sweeper, aborted by [`Engine::shutdown`].
+    background: Mutex<Vec<JoinHandle<()>>>,
+    /// Cancelled when the daemon shuts down: supervisors of running tasks let go.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Engine {
+    /// Builds the engine over the tasks the store holds.
     pub fn new(
         cfg: EngineConfig,
         store: Arc<Store>,
@@ -127,8 +154,15 @@ impl Engine {
         network: Arc<dyn Network>,
         identity: Identity,
         clock: Arc<dyn Clock>,
-    ) -> Arc<Engine> {
-        Arc::new(Engine {
+    ) -> Result<Arc<Engine>, EngineError> {
+        let mut tasks = vec![];
+        store.read(|r| {
+            r.scan(TASKS, Scan::all(), |_, t: TaskRecord| {
+                tasks.push(t);
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(Arc::new(Engine {
             store,
             runtime,
             network,
@@ -136,10 +170,13 @@ impl Engine {
             clock,
             host_limits: crate::spec::HostLimits { init: cfg.init.clone(), ..crate::spec::host_limits() },
             cfg,
+            view: Arc::new(TaskView::new(tasks)),
+            placer: Placer::default(),
             supervisors: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),
-        })
+            shutdown: CancellationToken::new(),
+        }))
     }
 
     pub fn now(&self) -> f64 {
@@ -154,6 +191,10 @@ impl Engine {
         self.cfg.data_dir.join("tasks").join(id)
     }
 
+    fn timeouts(&self) -> Timeouts {
+        self.cfg.timeouts()
+    }
+
     /// Starts the event pump, re-adopts the tasks the store says are not STOPPED, and
     /// starts the retention sweeper.
     pub async fn start(self: &Arc<Self>) -> Result<(), EngineError> {
@@ -166,18 +207,17 @@ impl Engine {
         Ok(())
     }
 
-    fn track(&self, handle: tokio::task::JoinHandle<()>) {
-        if let Ok(mut b) = self.background.lock() {
-            b.retain(|h| !h.is_finished());
-            b.push(handle);
-        }
+    fn track(&self, handle: JoinHandle<()>) {
+        let mut b = self.background.lock().unwrap_or_else(|e| e.into_inner());
+        b.retain(|h| !h.is_finished());
+        b.push(handle);
     }
 
-    /// Stops supervising: containers keep running in the runtime and the next engine on the
-    /// same data dir re-adopts them, exactly as after a crash.
+    /// Stops supervising. Tasks that are stopping get up to a grace period to finish their
+    /// teardown; running tasks keep running in the runtime and the next engine on the same
+    /// data dir re-adopts them, exactly as after a crash.
     pub async fn shutdown(&self) {
-        // The listeners go with the daemon; the next start opens them again.
-        self.cfg.endpoints.shutdown();
+        self.shutdown.cancel();
         let handles: Vec<_> = self.background.lock().map(|mut b| b.drain(..).collect()).unwrap_or_default();
         for h in &handles {
             h.abort();
@@ -185,27 +225,141 @@ impl Engine {
         for h in handles {
             let _ = h.await;
         }
-    }
-
-    /// Records a new task (PROVISIONING) and hands it to a supervisor.
-    pub fn launch(self: &Arc<Self>, record: TaskRecord) -> Result<TaskRecord, EngineError> {
-        self.store.write(|w| w.put(TASKS, &task_key(&record.cluster, &record.id), &record))?;
-        self.supervise(record.clone());
-        Ok(record)
-    }
-
-    /// Asks a task to stop. Returns false when no supervisor owns it (already stopped).
-    /// Asks the task's supervisor to stop the task. Returns whether a supervisor took the
-    /// request, once it has recorded it (or after a moment, if it is busy with a step).
-    pub async fn stop(&self, task_id: &str, code: &'static str, reason: String) -> bool {
-        let sender = self.supervisors.lock().ok().and_then(|s| s.get(task_id).cloned());
-        let Some(sender) = sender else { return false };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if sender.send(Msg::Stop { code, reason, recorded: Some(tx) }).is_err() {
-            return false;
+        let (finishing, running): (Vec<_>, Vec<_>) = {
+            let mut s = self.supervisors.lock().unwrap_or_else(|e| e.into_inner());
+            s.values_mut()
+                .filter_map(|sup| Some((sup.stopping.load(Ordering::SeqCst), sup.handle.take()?)))
+                .partition(|(stopping, _)| *stopping)
+        };
+        for (_, h) in &running {
+            h.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
-        true
+        let teardowns = futures_join(finishing.into_iter().map(|(_, h)| h).collect());
+        if tokio::time::timeout(TEARDOWN_GRACE, teardowns).await.is_err() {
+            warn!(
+                grace_secs = TEARDOWN_GRACE.as_secs(),
+                "task teardowns still running at shutdown; the next start finishes them"
+            );
+        }
+        for (_, h) in running {
+            let _ = h.await;
+        }
+        // The listeners go with the daemon; the next start opens them again.
+        self.cfg.endpoints.shutdown();
+    }
+
+    /// Checks a launch as ECS does before placing anything.
+    pub fn check_launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError> {
+        launch::check(spec, &self.cfg.network).map(|_| ())
+    }
+
+    /// Places and launches `count` tasks of `spec`, one at a time against what the host has
+    /// left: each is recorded (PROVISIONING, with its tags) and handed to a supervisor. A task
+    /// that cannot be placed is a [`Placed`] failure, as ECS reports it, not an error.
+    pub async fn launch(
+        self: &Arc<Self>,
+        spec: &LaunchSpec,
+        count: usize,
+    ) -> Result<Vec<Placed>, EngineError> {
+        let checked = launch::check(spec, &self.cfg.network)?;
+        if let Err(e) = self.runtime_ready().await {
+            return Ok(vec![Placed::AgentUnavailable(e)]);
+        }
+        let demand = (spec.launch_type != "FARGATE")
+            .then(|| placement::Demand::of(&spec.definition, &checked.effective));
+        let wanted = placement::wanted_ports(&self.cfg.network, &spec.definition, &checked.effective);
+        let registered = placement::registered();
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = launch::new_task_id();
+            let reservation =
+                match self.placer.place(&id, || self.usage(), &self.cfg.network, registered, demand, &wanted)
+                {
+                    Ok(r) => r,
+                    Err(short) => {
+                        out.push(Placed::Unplaced(short));
+                        continue;
+                    }
+                };
+            let mut record = launch::new_record(&self.identity, id, spec, &checked, self.now());
+            for (c, b) in record.containers.iter_mut().zip(reservation.bindings.iter()) {
+                c.network_bindings = b.clone();
+            }
+            let key = task_key(&record.cluster, &record.id);
+            let tags = spec.tags.clone();
+            let stored = record.clone();
+            self.store
+                .write_async(move |w| {
+                    w.put(TASKS, &key, &stored)?;
+                    if !tags.is_empty() {
+                        w.put(TAGS, &stored.arn, &tags)?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await?;
+            let task = self.view.put(record);
+            // In the view now, so the next placement counts it without the reservation.
+            drop(reservation);
+            self.supervise((*task).clone());
+            out.push(Placed::Launched(task));
+        }
+        Ok(out)
+    }
+
+    /// Asks the task's supervisor to stop the task with `reason` and answers with the task as
+    /// recorded: its desired status, stop code and reason are the ones the store holds (a task
+    /// already on its way to STOPPED keeps its first reason, as in ECS). `None`: no such task.
+    pub async fn stop(&self, cluster: &str, id: &str, reason: StopReason) -> Option<Arc<TaskRecord>> {
+        let inbox = self.supervisors.lock().ok().and_then(|s| s.get(id).map(|s| s.inbox.clone()));
+        if let Some(inbox) = inbox {
+            let (tx, rx) = oneshot::channel();
+            if inbox.send(Msg::Stop { reason, recorded: Some(tx) }).is_ok()
+                && let Ok(Ok(task)) = tokio::time::timeout(STOP_ANSWER, rx).await
+            {
+                return Some(task);
+            }
+        }
+        self.view.get(cluster, id)
+    }
+
+    /// Every change of every task, as it is recorded. A subscriber that falls behind is told
+    /// it lagged and should read the tasks it cares about again.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.view.subscribe()
+    }
+
+    /// One task of a cluster, any status.
+    pub fn task(&self, cluster: &str, id: &str) -> Option<Arc<TaskRecord>> {
+        self.view.get(cluster, id)
+    }
+
+    /// A cluster's tasks (any status) in task id order, after `after` when given.
+    pub fn tasks(&self, cluster: &str, after: Option<&str>) -> Vec<Arc<TaskRecord>> {
+        self.view.of_cluster(cluster, after)
+    }
+
+    /// Every task that is not STOPPED, in any cluster.
+    pub fn live_tasks(&self) -> Vec<Arc<TaskRecord>> {
+        self.view.live()
+    }
+
+    /// What live tasks hold on this host.
+    pub fn usage(&self) -> Usage {
+        let live = self.view.live();
+        Usage::of(live.iter().map(|t| t.as_ref()))
+    }
+
+    /// Whether the runtime answers now; launches are refused (`AGENT`) when it does not.
+    pub async fn runtime_ready(&self) -> Result<(), RuntimeError> {
+        self.runtime.list().await.map(|_| ())
+    }
+
+    /// Records a change of a task durably, then shows it.
+    pub(crate) async fn record(&self, task: TaskRecord) -> Result<Arc<TaskRecord>, StoreError> {
+        let key = task_key(&task.cluster, &task.id);
+        let stored = task.clone();
+        self.store.write_async(move |w| w.put(TASKS, &key, &stored)).await?;
+        Ok(self.view.put(task))
     }
 
     pub(crate) fn register_container(&self, runtime_id: &str, task_id: &str) {
@@ -219,18 +373,21 @@ impl Engine {
         for c in &record.containers {
             self.register_container(&c.runtime_id, &record.id);
         }
-        if let Ok(mut s) = self.supervisors.lock() {
-            s.insert(record.id.clone(), tx);
-        }
+        let stopping = Arc::new(AtomicBool::new(record.desired == TaskStatus::Stopped));
+        let id = record.id.clone();
         // A task outlives the request that launched it: its span has no parent.
         let span = info_span!(parent: None, "task", arn = %record.arn);
         let engine = Arc::clone(self);
+        let flag = Arc::clone(&stopping);
+        let mut supervisors = self.supervisors.lock().unwrap_or_else(|e| e.into_inner());
+        // Spawned under the lock, so the supervisor's own removal of its entry comes after
+        // the entry exists.
         let handle = tokio::spawn(
             async move {
                 let id = record.id.clone();
                 let runtime_ids: Vec<String> =
                     record.containers.iter().map(|c| c.runtime_id.clone()).collect();
-                supervisor::run(Arc::clone(&engine), record, rx).await;
+                supervisor::run(Arc::clone(&engine), record, rx, flag).await;
                 if let Ok(mut s) = engine.supervisors.lock() {
                     s.remove(&id);
                 }
@@ -242,11 +399,11 @@ impl Engine {
             }
             .instrument(span),
         );
-        self.track(handle);
+        supervisors.insert(id, Supervised { inbox: tx, stopping, handle: Some(handle) });
     }
 
     pub(crate) fn send(&self, task_id: &str, msg: Msg) {
-        let sender = self.supervisors.lock().ok().and_then(|s| s.get(task_id).cloned());
+        let sender = self.supervisors.lock().ok().and_then(|s| s.get(task_id).map(|s| s.inbox.clone()));
         if let Some(s) = sender {
             let _ = s.send(msg);
         }
@@ -301,15 +458,7 @@ impl Engine {
     /// happened while ecsd was down are recorded with their exit codes, and runtime
     /// containers or namespaces that belong to no live task are removed.
     async fn reconcile(self: &Arc<Self>) -> Result<(), EngineError> {
-        let mut live = vec![];
-        self.store.read(|r| {
-            r.scan(TASKS, Scan::all(), |_, t: TaskRecord| {
-                if t.last != TaskStatus::Stopped {
-                    live.push(t);
-                }
-                ControlFlow::Continue(())
-            })
-        })?;
+        let live: Vec<TaskRecord> = self.view.live().iter().map(|t| (**t).clone()).collect();
         let states = match self.runtime.list().await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -317,19 +466,18 @@ impl Engine {
                 None
             }
         };
-        let live_ids: std::collections::HashSet<String> = live.iter().map(|t| t.id.clone()).collect();
+        let live_ids: HashSet<String> = live.iter().map(|t| t.id.clone()).collect();
         if let Some(states) = &states {
             for s in states {
-                let Some(task_id) = s.labels.get(LABEL_TASK_ID) else { continue };
+                let Some(task_id) = s.labels.get(crate::spec::LABEL_TASK_ID) else { continue };
                 if live_ids.contains(task_id) {
                     continue;
                 }
                 info!(container = %s.id, task = %task_id, "removing a container of no live task");
                 if matches!(s.status, ProcessStatus::Running { .. }) {
                     let _ = self.runtime.signal(&s.id, 9).await;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                if let Err(e) = self.runtime.remove(&s.id).await {
+                if let Err(e) = supervisor::remove_container(&*self.runtime, &*self.clock, &s.id).await {
                     warn!(container = %s.id, error = %e, "cannot remove an orphaned container");
                 }
             }
@@ -347,46 +495,11 @@ impl Engine {
         }
         for mut task in live {
             if let Some(states) = &states {
-                for c in &mut task.containers {
-                    let state = states.iter().find(|s| s.id == c.runtime_id).map(|s| s.status);
-                    if c.status == ContainerStatus::Pending {
-                        // Killed between creating the container and recording it.
-                        match state {
-                            Some(ProcessStatus::Running { .. }) => {
-                                c.status = ContainerStatus::Running;
-                                c.started_at.get_or_insert(self.now());
-                            }
-                            Some(_) => {
-                                let _ = self.runtime.remove(&c.runtime_id).await;
-                            }
-                            None => {}
-                        }
-                        continue;
-                    }
-                    if !matches!(c.status, ContainerStatus::Running | ContainerStatus::Created) {
-                        continue;
-                    }
-                    match state {
-                        Some(ProcessStatus::Running { .. }) => {}
-                        Some(ProcessStatus::Exited { code, at }) => {
-                            info!(container = %c.name, code, "container exited while ecsd was down");
-                            supervisor::mark_exited(c, code, at);
-                        }
-                        Some(ProcessStatus::Created) => {}
-                        Some(ProcessStatus::Missing) | None => {
-                            if c.status == ContainerStatus::Running {
-                                warn!(container = %c.name, "container vanished while ecsd was down");
-                                c.status = ContainerStatus::Stopped;
-                                c.reason = Some(
-                                    "CannotInspectContainerError: the container was gone from containerd when ecsd restarted"
-                                        .into(),
-                                );
-                                c.finished_at = Some(self.now());
-                            } else {
-                                c.status = ContainerStatus::Pending;
-                            }
-                        }
-                    }
+                let before = task.clone();
+                supervisor::readopt(&mut task, states, &*self.runtime, self.now()).await;
+                if task != before {
+                    task.version += 1;
+                    task = (*self.record(task).await?).clone();
                 }
             }
             info!(task = %task.arn, status = task.last.as_str(), "re-adopting task");
@@ -399,23 +512,24 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes STOPPED tasks (and their files) once they are older than the retention.
+    /// Removes STOPPED tasks past the retention, deleted task definitions no task uses, and
+    /// the networks of tasks no supervisor owns.
     async fn sweep(self: Arc<Self>) {
         let every = Duration::from_secs(60).min(self.cfg.retention.max(Duration::from_secs(1)));
         loop {
-            tokio::time::sleep(every).await;
-            if let Err(e) = self.expire() {
+            self.clock.sleep(every).await;
+            if let Err(e) = self.expire().await {
                 warn!(error = %e, "cannot expire stopped tasks");
             }
-            if let Err(e) = self.purge_deleted_definitions() {
+            if let Err(e) = self.purge_deleted_definitions().await {
                 warn!(error = %e, "cannot delete task definitions marked for deletion");
             }
             self.remove_network_leftovers().await;
         }
     }
 
-    /// Tries again to remove the networks of tasks no supervisor owns (a teardown that
-    /// failed when the task stopped), so their addresses and rules do not stay taken.
+    /// Tries again to remove the networks of tasks no supervisor owns (a teardown that a
+    /// crash interrupted), so their addresses and rules do not stay taken.
     async fn remove_network_leftovers(&self) {
         let ids = match self.network.list().await {
             Ok(ids) => ids,
@@ -432,41 +546,42 @@ impl Engine {
         }
     }
 
-    /// Deletes STOPPED tasks older than the retention. Returns how many went.
-    pub fn expire(&self) -> Result<usize, StoreError> {
+    /// Deletes STOPPED tasks older than the retention, with their tags and files. Returns
+    /// how many went.
+    pub async fn expire(&self) -> Result<usize, StoreError> {
         let cutoff = self.now() - self.cfg.retention.as_secs_f64();
-        let mut old = vec![];
-        self.store.read(|r| {
-            r.scan(TASKS, Scan::all(), |k, t: TaskRecord| {
-                if t.last == TaskStatus::Stopped && t.stopped_at.is_some_and(|s| s < cutoff) {
-                    old.push((k.to_owned(), t.id, t.arn));
-                }
-                ControlFlow::Continue(())
-            })
-        })?;
-        let n = old.len();
-        if n > 0 {
-            self.store.write(|w| {
-                for (k, _, arn) in &old {
+        let old: Vec<Arc<TaskRecord>> = self
+            .view
+            .all()
+            .into_iter()
+            .filter(|t| t.last == TaskStatus::Stopped && t.stopped_at.is_some_and(|s| s < cutoff))
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<(String, String)> =
+            old.iter().map(|t| (task_key(&t.cluster, &t.id), t.arn.clone())).collect();
+        self.store
+            .write_async(move |w| {
+                for (k, arn) in &keys {
                     w.delete(TASKS, k)?;
-                    w.delete(crate::store::records::TAGS, arn)?;
+                    w.delete(TAGS, arn)?;
                 }
                 Ok::<_, StoreError>(())
-            })?;
-            for (_, id, _) in old {
-                let _ = std::fs::remove_dir_all(self.task_dir(&id));
-            }
+            })
+            .await?;
+        for t in &old {
+            self.view.remove(&t.cluster, &t.id);
+            let _ = std::fs::remove_dir_all(self.task_dir(&t.id));
         }
-        Ok(n)
+        Ok(old.len())
     }
 
     /// Deletes task definitions in DELETE_IN_PROGRESS that no live task uses any more, as
     /// ECS finishes a DeleteTaskDefinitions. Returns how many went.
-    pub fn purge_deleted_definitions(&self) -> Result<usize, StoreError> {
-        use crate::model::shapes::TaskDefinition;
-        use crate::store::records::{TAGS, TASK_DEFINITIONS};
-        let in_use: std::collections::HashSet<String> =
-            self.all_live_tasks()?.into_iter().filter_map(|t| t.definition.task_definition_arn).collect();
+    pub async fn purge_deleted_definitions(&self) -> Result<usize, StoreError> {
+        let in_use: HashSet<String> =
+            self.view.live().iter().filter_map(|t| t.definition.task_definition_arn.clone()).collect();
         let mut doomed = vec![];
         self.store.read(|r| {
             r.scan(TASK_DEFINITIONS, Scan::all(), |k, td: TaskDefinition| {
@@ -477,52 +592,71 @@ impl Engine {
                 ControlFlow::Continue(())
             })
         })?;
-        if !doomed.is_empty() {
-            self.store.write(|w| {
-                for (k, arn) in &doomed {
-                    w.delete(TASK_DEFINITIONS, k)?;
-                    w.delete(TAGS, arn)?;
-                }
-                Ok::<_, StoreError>(())
-            })?;
+        let n = doomed.len();
+        if n > 0 {
+            self.store
+                .write_async(move |w| {
+                    for (k, arn) in &doomed {
+                        w.delete(TASK_DEFINITIONS, k)?;
+                        w.delete(TAGS, arn)?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await?;
         }
-        Ok(doomed.len())
+        Ok(n)
     }
 
-    /// Every task that is not STOPPED, in any cluster.
-    pub fn all_live_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        let mut out = vec![];
-        self.store.read(|r| {
-            r.scan(TASKS, Scan::all(), |_, t: TaskRecord| {
-                if t.last != TaskStatus::Stopped {
-                    out.push(t);
-                }
-                ControlFlow::Continue(())
-            })
-        })?;
-        Ok(out)
+    /// Opens the task's metadata and credentials endpoints, which read the task from the view.
+    pub(crate) async fn open_endpoints(&self, rec: &TaskRecord) -> Result<(), crate::endpoints::OpenError> {
+        let source = ViewSource {
+            view: Arc::clone(&self.view),
+            store: Arc::clone(&self.store),
+            cluster: rec.cluster.clone(),
+            id: rec.id.clone(),
+            arn: rec.arn.clone(),
+        };
+        self.cfg.endpoints.open(rec, Arc::new(source)).await
     }
 
-    /// Whether the runtime answers now; RunTask refuses to place tasks when it does not.
-    pub async fn runtime_ready(&self) -> Result<(), RuntimeError> {
-        self.runtime.list().await.map(|_| ())
+    /// Runs one health check in a running container: its exit code and output tail.
+    pub(crate) async fn health_check(
+        &self,
+        runtime_id: &str,
+        process: &oci_spec::runtime::Process,
+        timeout: Duration,
+    ) -> CheckResult {
+        match self.runtime.exec(runtime_id, process, timeout).await {
+            Ok(r) => CheckResult { exit_code: Some(r.exit_code), output: r.output },
+            Err(e) => CheckResult { exit_code: None, output: e.to_string() },
+        }
+    }
+}
+
+/// A task's endpoints see it through the engine's view; its tags come from the store, where
+/// TagResource changes them.
+struct ViewSource {
+    view: Arc<TaskView>,
+    store: Arc<Store>,
+    cluster: String,
+    id: String,
+    arn: String,
+}
+
+impl crate::endpoints::TaskSource for ViewSource {
+    fn task(&self) -> Option<Arc<TaskRecord>> {
+        self.view.get(&self.cluster, &self.id)
     }
 
-    /// All tasks of a cluster (any status), in key order.
-    pub fn tasks_of(&self, cluster: &str) -> Result<Vec<TaskRecord>, StoreError> {
-        let prefix = format!("{cluster}\u{0}");
-        let end = prefix_end(&prefix);
-        let mut out = vec![];
-        self.store.read(|r| {
-            r.scan(
-                TASKS,
-                Scan { from: Bound::Included(&prefix), to: Bound::Excluded(&end), reverse: false },
-                |_, t| {
-                    out.push(t);
-                    ControlFlow::Continue(())
-                },
-            )
-        })?;
-        Ok(out)
+    fn tags(&self) -> Vec<(String, String)> {
+        let tags = self.store.read(|r| r.get(TAGS, &self.arn)).ok().flatten().unwrap_or_default();
+        tags.into_iter().filter_map(|t| Some((t.key?, t.value.unwrap_or_default()))).collect()
+    }
+}
+
+/// Waits for every handle.
+async fn futures_join(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
     }
 }

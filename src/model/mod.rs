@@ -1,11 +1,14 @@
 //! ECS domain types and their validation. No I/O happens here.
 //!
 //! The wire shapes themselves are generated from the official ECS model (`shapes`); this
-//! module adds what the model cannot say: ARNs, ECS's own rules for task definitions, tags.
+//! module adds what the model cannot say: ARNs, ECS's own rules for task definitions, tags,
+//! the task record every layer above shares (`task`), network modes and port ranges.
 
 pub mod arn;
 pub mod check;
+pub mod network;
 pub mod shapes;
 pub mod tags;
+pub mod task;
 pub mod task_definition;
 pub mod time;

@@ -10,6 +10,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 
 use super::arn::Identity;
+use super::network::{NetworkMode, PortRange};
 use super::shapes::{
     Attribute, ContainerDefinition, PortMapping, RegisterTaskDefinitionRequest, TaskDefinition,
 };
@@ -415,40 +416,6 @@ pub fn build(
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NetworkMode {
-    Bridge,
-    Host,
-    Awsvpc,
-    None,
-}
-
-impl NetworkMode {
-    /// Absent means bridge on Linux; values outside the model's set never get here.
-    fn of(req: &RegisterTaskDefinitionRequest) -> Self {
-        match req.network_mode.as_deref() {
-            Some("host") => Self::Host,
-            Some("awsvpc") => Self::Awsvpc,
-            Some("none") => Self::None,
-            _ => Self::Bridge,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Bridge => "bridge",
-            Self::Host => "host",
-            Self::Awsvpc => "awsvpc",
-            Self::None => "none",
-        }
-    }
-
-    /// Modes where a container port is reached on the same port of the task's own address.
-    fn shares_ports(self) -> bool {
-        matches!(self, Self::Host | Self::Awsvpc)
-    }
-}
-
 /// A request under validation, with the task size parsed once.
 struct Ctx<'a> {
     req: &'a RegisterTaskDefinitionRequest,
@@ -491,7 +458,7 @@ fn checked(req: &RegisterTaskDefinitionRequest) -> Result<Ctx<'_>, TaskDefinitio
     let ctx = Ctx {
         req,
         containers: req.container_definitions.as_deref().unwrap_or_default(),
-        mode: NetworkMode::of(req),
+        mode: NetworkMode::parse(req.network_mode.as_deref()),
         task_cpu: req.cpu.as_deref().and_then(parse_task_cpu),
         task_memory: req.memory.as_deref().and_then(parse_task_memory),
     };
@@ -685,14 +652,10 @@ fn port_range(
     })
 }
 
+/// A `containerPortRange`: two ports, the first below the second.
 fn parse_port_range(range: &str) -> Option<(i32, i32)> {
-    let (start, end) = range.split_once('-')?;
-    let port = |s: &str| {
-        let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        digits.then(|| s.parse::<i32>().ok()).flatten().filter(|p| (1..=65535).contains(p))
-    };
-    let (start, end) = (port(start)?, port(end)?);
-    (start < end).then_some((start, end))
+    let r = PortRange::parse(range).ok().filter(|r| r.start < r.end)?;
+    Some((i32::from(r.start), i32::from(r.end)))
 }
 
 fn single_port(

@@ -23,6 +23,8 @@ struct State {
     health: HashMap<String, i32>,
     signals: Vec<(String, i32)>,
     unavailable: bool,
+    /// Calls refused while unavailable.
+    refused: usize,
     next_pid: u32,
 }
 
@@ -109,8 +111,15 @@ impl FakeRuntime {
         self.lock().unavailable = unavailable;
     }
 
+    /// How many calls were refused because the runtime was set unavailable.
+    pub fn refused(&self) -> usize {
+        self.lock().refused
+    }
+
     fn check(&self) -> Result<(), RuntimeError> {
-        if self.lock().unavailable {
+        let mut s = self.lock();
+        if s.unavailable {
+            s.refused += 1;
             Err(RuntimeError::Unavailable {
                 address: "fake".into(),
                 message: "set unavailable by the test".into(),

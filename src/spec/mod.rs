@@ -55,27 +55,11 @@ pub const LABEL_CONTAINER_NAME: &str = "com.amazonaws.ecs.container-name";
 pub const LABEL_FAMILY: &str = "com.amazonaws.ecs.task-definition-family";
 pub const LABEL_REVISION: &str = "com.amazonaws.ecs.task-definition-version";
 pub const LABEL_CLUSTER: &str = "com.amazonaws.ecs.cluster";
+/// ecsd's own label: the task id, so containerd alone tells which task a container is of.
+pub const LABEL_TASK_ID: &str = "ecsd.task-id";
 
 /// How a task is networked, which decides the container's network and UTS namespaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NetworkMode {
-    Awsvpc,
-    Bridge,
-    Host,
-    None,
-}
-
-impl NetworkMode {
-    /// The mode a task definition asks for; absent means bridge, as on ECS for Linux.
-    pub fn of(definition: &TaskDefinition) -> Self {
-        match definition.network_mode.as_deref() {
-            Some("awsvpc") => Self::Awsvpc,
-            Some("host") => Self::Host,
-            Some("none") => Self::None,
-            _ => Self::Bridge,
-        }
-    }
-}
+pub use crate::model::network::NetworkMode;
 
 /// What a task's containers share, decided by the engine before any container is built.
 #[derive(Debug, Clone, Copy)]
@@ -404,7 +388,8 @@ pub fn build(
     Ok(BuildOutput { spec, clamped, init, stop_signal })
 }
 
-/// The container's labels: its `dockerLabels` plus those the ECS agent adds, which win.
+/// The container's labels: its `dockerLabels` plus those the ECS agent adds and ecsd's task id,
+/// which win, so the runtime alone can rebuild the picture.
 pub fn labels(task: &TaskInput<'_>, container: &ContainerInput<'_>) -> BTreeMap<String, String> {
     let def = container.definition;
     let mut labels = def.docker_labels.clone().unwrap_or_default();
@@ -413,5 +398,6 @@ pub fn labels(task: &TaskInput<'_>, container: &ContainerInput<'_>) -> BTreeMap<
     labels.insert(LABEL_FAMILY.to_owned(), task.definition.family.clone().unwrap_or_default());
     labels.insert(LABEL_REVISION.to_owned(), task.definition.revision.to_string());
     labels.insert(LABEL_CLUSTER.to_owned(), task.cluster.to_owned());
+    labels.insert(LABEL_TASK_ID.to_owned(), task.task_id.to_owned());
     labels
 }

@@ -1103,6 +1103,7 @@ fn labels_add_ecs_keys_that_docker_labels_cannot_override() {
             ("com.amazonaws.ecs.task-arn".to_owned(), TASK_ARN.to_owned()),
             ("com.amazonaws.ecs.task-definition-family".to_owned(), "web".to_owned()),
             ("com.amazonaws.ecs.task-definition-version".to_owned(), "7".to_owned()),
+            ("ecsd.task-id".to_owned(), TASK_ID.to_owned()),
             ("team".to_owned(), "payments".to_owned()),
         ])
     );

@@ -1,17 +1,28 @@
 //! Durable state: one embedded, transactional redb database in the data dir.
 //!
-//! Every record is a JSON value under a string key. A write is one redb transaction committed
-//! with `Durability::Immediate` (fsync) before the caller answers, so an acknowledged write
-//! survives SIGKILL and power loss, and a crash mid-write leaves the previous commit intact:
-//! redb's copy-on-write B-trees and checksummed commit slots never expose a half-written state.
-//! The data dir is held with an exclusive lock on `ecsd.lock` for the daemon's lifetime.
+//! Every record is a JSON value under a string key. A write is one redb transaction; the call
+//! returns once that transaction is on disk, so an acknowledged write survives SIGKILL and
+//! power loss, and a crash mid-write leaves the previous commit intact: redb's copy-on-write
+//! B-trees and checksummed commit slots never expose a half-written state.
+//!
+//! Writes are group-committed: each transaction commits without an fsync (redb's
+//! `Durability::None`, visible to readers at once), then waits for the store's syncer thread,
+//! whose one durable commit makes every transaction before it durable. Concurrent writers
+//! (supervisors recording task changes, API calls) share one fsync instead of queueing for one
+//! each, and async callers ([`Store::write_async`]) never block a runtime worker on the disk.
+//! Reads run concurrently with all of it (MVCC).
+//!
+//! The data dir is held with an exclusive lock on `ecsd.lock` until [`Store::close`] (or the
+//! last drop), so the next ecsd on the same dir can open it as soon as this one has closed.
 
 use std::fs::{self, File, TryLockError};
 use std::marker::PhantomData;
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -55,18 +66,51 @@ pub enum StoreError {
     Corrupt { table: &'static str, key: String, source: serde_json::Error },
     #[error("record {table}/{key} cannot be encoded")]
     Encode { table: &'static str, key: String, source: serde_json::Error },
+    #[error("the store is closed: ecsd is shutting down")]
+    Closed,
+    #[error("the store's syncer stopped: {0}")]
+    Sync(String),
 }
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Database(e.into())
 }
 
-/// The durable store. Cheap to share behind an `Arc`; reads run concurrently with the one
-/// writer (MVCC).
+/// Group commit: commits are numbered as they complete; `durable` is the highest number the
+/// syncer has made durable.
+#[derive(Debug, Default)]
+struct Sync {
+    state: Mutex<SyncState>,
+    /// Wakes the syncer (work to do, or close) and blocked writers (work done).
+    changed: Condvar,
+    committed: AtomicU64,
+    /// Async writers wait on this.
+    durable_tx: Option<tokio::sync::watch::Sender<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// The highest commit number someone waits to see durable.
+    wanted: u64,
+    durable: u64,
+    /// Why the syncer stopped, if it did.
+    failed: Option<String>,
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct Open {
+    db: Arc<redb::Database>,
+    _lock: File,
+    syncer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The durable store. Cheap to share behind an `Arc`; reads run concurrently with writers.
 #[derive(Debug)]
 pub struct Store {
-    db: redb::Database,
-    _lock: File,
+    open: RwLock<Option<Open>>,
+    sync: Arc<Sync>,
+    durable_rx: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Store {
@@ -88,30 +132,185 @@ impl Store {
             }
             Err(TryLockError::Error(e)) => return Err(data_dir_err(e)),
         }
-        let db = redb::Database::create(dir.join("state.redb")).map_err(db_err)?;
-        let store = Store { db, _lock: lock };
+        let db = Arc::new(redb::Database::create(dir.join("state.redb")).map_err(db_err)?);
         // Every table exists from the start, so read transactions never meet a missing one.
-        let tx = store.db.begin_write().map_err(db_err)?;
+        let tx = db.begin_write().map_err(db_err)?;
         for name in records::ALL_TABLES {
             tx.open_table(Raw::new(name)).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(store)
+        let (durable_tx, durable_rx) = tokio::sync::watch::channel(0);
+        let sync = Arc::new(Sync { durable_tx: Some(durable_tx), ..Sync::default() });
+        let syncer = {
+            let (db, sync) = (Arc::clone(&db), Arc::clone(&sync));
+            std::thread::Builder::new()
+                .name("ecsd-store-sync".into())
+                .spawn(move || run_syncer(&db, &sync))
+                .map_err(data_dir_err)?
+        };
+        Ok(Store {
+            open: RwLock::new(Some(Open { db, _lock: lock, syncer: Some(syncer) })),
+            sync,
+            durable_rx,
+        })
+    }
+
+    fn db(&self) -> Result<Arc<redb::Database>, StoreError> {
+        let open = self.open.read().unwrap_or_else(|e| e.into_inner());
+        open.as_ref().map(|o| Arc::clone(&o.db)).ok_or(StoreError::Closed)
+    }
+
+    /// Makes every commit so far durable, then releases the database and the data dir's lock.
+    /// Later calls fail with [`StoreError::Closed`]. Blocks until the syncer has finished.
+    pub fn close(&self) {
+        let open = self.open.write().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut open) = open else { return };
+        {
+            let mut st = self.sync.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.closing = true;
+            st.wanted = st.wanted.max(self.sync.committed.load(Ordering::SeqCst));
+        }
+        self.sync.changed.notify_all();
+        if let Some(syncer) = open.syncer.take() {
+            let _ = syncer.join();
+        }
+        // Whoever commits from now on is told, not left waiting for a syncer that is gone.
+        self.sync
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failed
+            .get_or_insert_with(|| "the store is closed".into());
+        self.sync.changed.notify_all();
+        if let Some(tx) = &self.sync.durable_tx {
+            tx.send_modify(|_| {});
+        }
+        // Transactions of callers that were mid-way hold the database until they end; the lock
+        // file goes with `open` now, the database file with its last user.
+        drop(open);
     }
 
     /// Runs `f` on a consistent snapshot.
     pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T, E>) -> Result<T, E> {
-        let tx = self.db.begin_read().map_err(db_err)?;
+        let tx = self.db()?.begin_read().map_err(db_err)?;
         f(&Reader { tx: Tx::Read(&tx) })
     }
 
-    /// Runs `f` in a write transaction and commits durably when it returns `Ok`; on `Err`
-    /// nothing `f` wrote is kept.
+    /// Runs `f` in a write transaction and returns once it is durable, when `f` returns `Ok`;
+    /// on `Err` nothing `f` wrote is kept. Blocks: call it from a blocking thread.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Writer<'_>) -> Result<T, E>) -> Result<T, E> {
-        let tx = self.db.begin_write().map_err(db_err)?;
+        let (out, seq) = self.commit(f)?;
+        self.wait_durable(seq)?;
+        Ok(out)
+    }
+
+    /// [`Store::write`] for async callers: the transaction runs on the blocking pool and the
+    /// wait for the disk does not hold a runtime worker.
+    pub async fn write_async<T, E, F>(self: &Arc<Self>, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Writer<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        let (out, seq) = tokio::task::spawn_blocking(move || store.commit(f))
+            .await
+            .map_err(|e| StoreError::Sync(format!("the write was abandoned: {e}")))??;
+        self.durable(seq).await?;
+        Ok(out)
+    }
+
+    /// Commits without waiting for the disk; returns the commit's number.
+    fn commit<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Writer<'_>) -> Result<T, E>,
+    ) -> Result<(T, u64), E> {
+        let db = self.db()?;
+        let mut tx = db.begin_write().map_err(db_err)?;
+        tx.set_durability(Durability::None).map_err(|e| StoreError::Sync(e.to_string()))?;
         let out = f(&Writer { tx: &tx })?;
         tx.commit().map_err(db_err)?;
-        Ok(out)
+        // Numbered after the commit, so the syncer's durable commit, which starts after it
+        // reads the number, always includes every commit up to that number.
+        let seq = self.sync.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut st = self.sync.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.wanted = st.wanted.max(seq);
+        drop(st);
+        self.sync.changed.notify_all();
+        Ok((out, seq))
+    }
+
+    fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
+        let mut st = self.sync.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.durable >= seq {
+                return Ok(());
+            }
+            if let Some(why) = &st.failed {
+                return Err(StoreError::Sync(why.clone()));
+            }
+            st = self.sync.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    async fn durable(&self, seq: u64) -> Result<(), StoreError> {
+        let mut rx = self.durable_rx.clone();
+        loop {
+            if *rx.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            if let Some(why) = self.sync.state.lock().unwrap_or_else(|e| e.into_inner()).failed.clone() {
+                return Err(StoreError::Sync(why));
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError::Sync("the syncer is gone".into()));
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The syncer: whenever commits wait to be durable, one durable (empty) commit makes all of
+/// them so. Runs until the store closes, finishing what was asked before it.
+fn run_syncer(db: &redb::Database, sync: &Sync) {
+    loop {
+        {
+            let mut st = sync.state.lock().unwrap_or_else(|e| e.into_inner());
+            while st.wanted <= st.durable && !st.closing {
+                st = sync.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if st.wanted <= st.durable && st.closing {
+                return;
+            }
+        }
+        let target = sync.committed.load(Ordering::SeqCst);
+        let result = db.begin_write().map_err(db_err).and_then(|tx| tx.commit().map_err(db_err));
+        let mut st = sync.state.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                st.durable = st.durable.max(target);
+                if let Some(tx) = &sync.durable_tx {
+                    tx.send_replace(st.durable);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::error_chain(&e), "cannot make the store's commits durable");
+                st.failed = Some(crate::error_chain(&e));
+                drop(st);
+                sync.changed.notify_all();
+                if let Some(tx) = &sync.durable_tx {
+                    tx.send_modify(|_| {});
+                }
+                return;
+            }
+        }
+        drop(st);
+        sync.changed.notify_all();
     }
 }
 

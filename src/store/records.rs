@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::Table;
-use crate::engine::TaskRecord;
 use crate::model::shapes::{Cluster, Setting, Tag, TaskDefinition};
+use crate::model::task::TaskRecord;
 
 /// Clusters by name. Counts that derive from tasks and services are not stored here.
 pub const CLUSTERS: Table<Cluster> = Table::new("clusters");
@@ -20,7 +20,7 @@ pub const TAGS: Table<Vec<Tag>> = Table::new("tags");
 /// Account settings by [`setting_key`].
 pub const ACCOUNT_SETTINGS: Table<Setting> = Table::new("account_settings");
 
-/// Tasks by `cluster\0task id` (see `engine::task_key`).
+/// Tasks by [`task_key`]: `cluster\0task id`, so tasks list by cluster.
 pub const TASKS: Table<TaskRecord> = Table::new("tasks");
 /// Custom attributes of this host's container instance, by [`attribute_key`].
 pub const ATTRIBUTES: Table<crate::model::shapes::Attribute> = Table::new("attributes");
@@ -49,6 +49,10 @@ pub fn task_definition_key(family: &str, revision: i32) -> String {
 /// The prefix shared by every revision of `family`.
 pub fn family_prefix(family: &str) -> String {
     format!("{family}\u{0}")
+}
+
+pub fn task_key(cluster: &str, id: &str) -> String {
+    format!("{cluster}\u{0}{id}")
 }
 
 /// Attributes are per cluster (one container instance each): `cluster\0name`.

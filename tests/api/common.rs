@@ -9,6 +9,7 @@ use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use ecsd::Daemon;
 use ecsd::config::{Config, ServeArgs};
+use ecsd::model::time::{Clock, ManualClock, SystemClock};
 use ecsd::network::FakeNetwork;
 use ecsd::runtime::ImageConfig;
 use ecsd::runtime::fake::FakeRuntime;
@@ -23,6 +24,8 @@ pub struct Ecsd {
     pub fake: Arc<FakeRuntime>,
     /// The network tasks get: made-up namespaces and addresses from the configured subnets.
     pub network: Arc<FakeNetwork>,
+    /// The daemon's clock: it moves only when the test advances it.
+    pub clock: Arc<ManualClock>,
     env: Vec<(String, String)>,
 }
 
@@ -65,10 +68,12 @@ impl Ecsd {
         );
         let cfg = config(dir.path(), env);
         let network = Arc::new(FakeNetwork::new(cfg.network.clone()));
-        let daemon = ecsd::start_with(&cfg, fake.clone(), network.clone()).await.expect("ecsd starts");
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
+        let daemon =
+            ecsd::start_with(&cfg, fake.clone(), network.clone(), clock.clone()).await.expect("ecsd starts");
         let url = format!("http://{}", daemon.addr());
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Ecsd { daemon: Some(daemon), client: client(&url), url, dir, fake, network, env }
+        Ecsd { daemon: Some(daemon), client: client(&url), url, dir, fake, network, clock, env }
     }
 
     /// Stops the daemon and starts a new one on the same data dir and runtime.
@@ -77,13 +82,33 @@ impl Ecsd {
             d.shutdown().await.expect("clean shutdown");
         }
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let daemon =
-            ecsd::start_with(&config(self.dir.path(), &env), self.fake.clone(), self.network.clone())
-                .await
-                .expect("ecsd restarts");
+        let daemon = ecsd::start_with(
+            &config(self.dir.path(), &env),
+            self.fake.clone(),
+            self.network.clone(),
+            self.clock.clone(),
+        )
+        .await
+        .expect("ecsd restarts");
         self.url = format!("http://{}", daemon.addr());
         self.client = client(&self.url);
         self.daemon = Some(daemon);
+    }
+}
+
+impl Ecsd {
+    /// Polls `f` until it returns `Some`, moving the daemon's clock by `step` before each
+    /// poll, for up to `secs` seconds of real time.
+    pub async fn advancing<T, F, Fut>(&self, step: Duration, secs: u64, what: &str, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        eventually(secs, what, || {
+            self.clock.advance(step);
+            f()
+        })
+        .await
     }
 }
 

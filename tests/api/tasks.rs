@@ -140,16 +140,23 @@ async fn stop_task_signals_then_kills_after_the_stop_timeout() {
     wait_status(&e, arn, "RUNNING").await;
     let id = runtime_id(&t, "stubborn");
     e.fake.ignore_signal(&id, 15);
-    let started = std::time::Instant::now();
     e.client.stop_task().task(arn).send().await.unwrap();
-    let stopped = wait_status(&e, arn, "STOPPED").await;
+    let sent = |e: &Ecsd| -> Vec<i32> {
+        e.fake.signals().into_iter().filter(|(c, _)| c == &id).map(|(_, s)| s).collect()
+    };
+    eventually(10, "SIGTERM", || async { (sent(&e) == [15]).then_some(()) }).await;
+    // Until the stop timeout passes on the daemon's clock, no SIGKILL follows.
+    e.clock.advance(std::time::Duration::from_millis(900));
+    assert_eq!(describe(&e, arn).await.last_status(), Some("STOPPING"));
+    assert_eq!(sent(&e), [15]);
+    let stopped = e
+        .advancing(std::time::Duration::from_millis(100), 10, "SIGKILL after the stop timeout", || async {
+            let t = describe(&e, arn).await;
+            (t.last_status() == Some("STOPPED")).then_some(t)
+        })
+        .await;
     assert_eq!(stopped.containers()[0].exit_code(), Some(137));
-    assert!(
-        started.elapsed() >= std::time::Duration::from_millis(900),
-        "SIGKILL waited for the stop timeout"
-    );
-    let sent: Vec<i32> = e.fake.signals().into_iter().filter(|(c, _)| c == &id).map(|(_, s)| s).collect();
-    assert_eq!(sent, [15, 9]);
+    assert_eq!(sent(&e), [15, 9]);
 }
 
 #[tokio::test]
@@ -271,20 +278,22 @@ async fn health_checks_turn_unhealthy_and_gate_healthy_dependencies() {
     assert_eq!(before.containers()[0].health_status().map(|h| h.as_str()), Some("UNKNOWN"));
     assert_eq!(before.containers()[1].last_status(), Some("PENDING"), "api waits for db to be HEALTHY");
 
-    let running = eventually(15, "healthy and running", || async {
-        let t = describe(&e, arn).await;
-        (t.last_status() == Some("RUNNING")).then_some(t)
-    })
-    .await;
+    let running = e
+        .advancing(std::time::Duration::from_secs(1), 15, "healthy and running", || async {
+            let t = describe(&e, arn).await;
+            (t.last_status() == Some("RUNNING")).then_some(t)
+        })
+        .await;
     assert_eq!(running.containers()[0].health_status().map(|h| h.as_str()), Some("HEALTHY"));
     assert_eq!(running.health_status().map(|h| h.as_str()), Some("HEALTHY"));
 
     e.fake.set_health(&runtime_id(&t, "db"), 1);
-    let unhealthy = eventually(15, "unhealthy", || async {
-        let t = describe(&e, arn).await;
-        (t.health_status().map(|h| h.as_str()) == Some("UNHEALTHY")).then_some(t)
-    })
-    .await;
+    let unhealthy = e
+        .advancing(std::time::Duration::from_secs(1), 15, "unhealthy", || async {
+            let t = describe(&e, arn).await;
+            (t.health_status().map(|h| h.as_str()) == Some("UNHEALTHY")).then_some(t)
+        })
+        .await;
     assert_eq!(unhealthy.last_status(), Some("RUNNING"), "a standalone task keeps running when unhealthy");
 }
 
@@ -515,17 +524,22 @@ async fn clusters_with_tasks_cannot_be_deleted_and_the_host_is_a_container_insta
 
 #[tokio::test]
 async fn stopped_tasks_expire_after_the_retention() {
-    let e = Ecsd::start_with(&[("ECSD_TASK_RETENTION", "0s")]).await;
+    let e = Ecsd::start_with(&[("ECSD_TASK_RETENTION", "1h")]).await;
     register(&e, "brief", vec![container("a")]).await;
     let t = run(&e, "brief").await;
     let arn = t.task_arn().unwrap().to_owned();
     wait_status(&e, &arn, "RUNNING").await;
     e.fake.exit(&runtime_id(&t, "a"), 0).await;
-    eventually(10, "the stopped task to expire", || async {
+    wait_status(&e, &arn, "STOPPED").await;
+    let gone = || async {
         let out = e.client.describe_tasks().tasks(&arn).send().await.unwrap();
         (!out.failures().is_empty()).then_some(())
-    })
-    .await;
+    };
+    // Kept for the retention: 59 minutes later it is still described.
+    e.clock.advance(std::time::Duration::from_secs(59 * 60));
+    assert_eq!(describe(&e, &arn).await.last_status(), Some("STOPPED"));
+    assert!(gone().await.is_none());
+    e.advancing(std::time::Duration::from_secs(30), 10, "the stopped task to expire", gone).await;
 }
 
 #[tokio::test]
@@ -560,11 +574,18 @@ async fn a_stop_signal_that_cannot_be_delivered_is_tried_again() {
     let arn = t.task_arn().unwrap();
     wait_status(&e, arn, "RUNNING").await;
     e.fake.set_unavailable(true);
+    let refused = e.fake.refused();
     e.client.stop_task().task(arn).send().await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(describe(&e, arn).await.last_status(), Some("STOPPING"));
+    eventually(10, "the stop signal refused", || async { (e.fake.refused() > refused).then_some(()) }).await;
+    // The retry waits on the daemon's clock: without it moving, the task stays STOPPING.
     e.fake.set_unavailable(false);
-    let stopped = wait_status(&e, arn, "STOPPED").await;
+    assert_eq!(describe(&e, arn).await.last_status(), Some("STOPPING"));
+    let stopped = e
+        .advancing(std::time::Duration::from_millis(250), 10, "the signal tried again", || async {
+            let t = describe(&e, arn).await;
+            (t.last_status() == Some("STOPPED")).then_some(t)
+        })
+        .await;
     assert_eq!(stopped.containers()[0].exit_code(), Some(143));
 }
 
@@ -595,14 +616,14 @@ async fn health_checks_resume_after_a_restart() {
     register(&e, "checked", vec![c]).await;
     let t = run(&e, "checked").await;
     let arn = t.task_arn().unwrap().to_owned();
-    eventually(15, "healthy", || async {
+    e.advancing(std::time::Duration::from_secs(1), 15, "healthy", || async {
         (describe(&e, &arn).await.health_status().map(|h| h.as_str()) == Some("HEALTHY")).then_some(())
     })
     .await;
     // The restart also shows the health loops let go of the data dir.
     e.restart().await;
     e.fake.set_health(&runtime_id(&t, "db"), 1);
-    eventually(15, "unhealthy after the restart", || async {
+    e.advancing(std::time::Duration::from_secs(1), 15, "unhealthy after the restart", || async {
         (describe(&e, &arn).await.health_status().map(|h| h.as_str()) == Some("UNHEALTHY")).then_some(())
     })
     .await;

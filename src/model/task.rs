@@ -1,10 +1,15 @@
-//! The engine's durable picture of a task, and how DescribeTasks shows it.
+//! A task as ecsd knows it: the domain record the engine keeps, the store persists and the API
+//! and the task endpoints show, each in their own shape. Pure data and the rules that derive
+//! from it (the effective container definitions, the task's health); no I/O, no wire shapes of
+//! a task here.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::network::NetworkMode;
 use crate::model::shapes::{
-    Attachment, Container, ContainerDefinition, KeyValuePair, NetworkBinding, NetworkConfiguration,
-    NetworkInterface, Task, TaskDefinition, TaskOverride,
+    ContainerDefinition, KeyValuePair, NetworkBinding, NetworkConfiguration, TaskDefinition, TaskOverride,
 };
 
 /// ECS task statuses, in lifecycle order.
@@ -189,29 +194,72 @@ pub struct EniAttachment {
 }
 
 impl EniAttachment {
-    fn to_wire(&self) -> Attachment {
-        let mut details =
-            vec![kv("subnetId", &self.subnet_id), kv("networkInterfaceId", &self.network_interface_id)];
-        if let Some(v) = &self.mac_address {
-            details.push(kv("macAddress", v));
-        }
-        if let Some(v) = &self.private_dns_name {
-            details.push(kv("privateDnsName", v));
-        }
-        if let Some(v) = &self.private_ipv4_address {
-            details.push(kv("privateIPv4Address", v));
-        }
-        Attachment {
-            id: Some(self.id.clone()),
-            r#type: Some("ElasticNetworkInterface".into()),
-            status: Some(self.status.as_str().into()),
-            details: Some(details),
+    /// The interface an awsvpc task will get on `network` (whose subnet id is `subnet_id`),
+    /// before the network attaches it.
+    pub fn precreated(network: &str, subnet_id: String) -> EniAttachment {
+        EniAttachment {
+            id: uuid::Uuid::new_v4().to_string(),
+            status: AttachmentStatus::Precreated,
+            network: network.to_owned(),
+            subnet_id,
+            network_interface_id: format!("eni-{}", &uuid::Uuid::new_v4().simple().to_string()[..17]),
+            mac_address: None,
+            private_ipv4_address: None,
+            private_dns_name: None,
         }
     }
 }
 
-fn kv(name: &str, value: &str) -> KeyValuePair {
-    KeyValuePair { name: Some(name.into()), value: Some(value.into()) }
+/// Why a task stopped, as ECS codes it (`stopCode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StopCode {
+    TaskFailedToStart,
+    EssentialContainerExited,
+    UserInitiated,
+    ServiceSchedulerInitiated,
+    SpotInterruption,
+    TerminationNotice,
+}
+
+impl StopCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopCode::TaskFailedToStart => "TaskFailedToStart",
+            StopCode::EssentialContainerExited => "EssentialContainerExited",
+            StopCode::UserInitiated => "UserInitiated",
+            StopCode::ServiceSchedulerInitiated => "ServiceSchedulerInitiated",
+            StopCode::SpotInterruption => "SpotInterruption",
+            StopCode::TerminationNotice => "TerminationNotice",
+        }
+    }
+}
+
+impl fmt::Display for StopCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request to stop a task: its code and the `stoppedReason` text ECS shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopReason {
+    pub code: StopCode,
+    pub reason: String,
+}
+
+impl StopReason {
+    pub fn new(code: StopCode, reason: impl Into<String>) -> Self {
+        StopReason { code, reason: reason.into() }
+    }
+
+    /// StopTask's default reason.
+    pub fn user(reason: Option<String>) -> Self {
+        StopReason::new(StopCode::UserInitiated, reason.unwrap_or_else(|| "Task stopped by user".to_owned()))
+    }
+
+    pub fn essential_exited() -> Self {
+        StopReason::new(StopCode::EssentialContainerExited, "Essential container in task exited")
+    }
 }
 
 /// Everything ecsd knows about a task.
@@ -261,7 +309,7 @@ pub struct TaskRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_code: Option<String>,
+    pub stop_code: Option<StopCode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_reason: Option<String>,
     /// The task's network namespace, once created (awsvpc, none).
@@ -295,8 +343,17 @@ impl TaskRecord {
             .filter(|r| !r.is_empty())
     }
 
-    pub fn network_mode(&self) -> &str {
-        self.definition.network_mode.as_deref().unwrap_or("bridge")
+    pub fn network_mode(&self) -> NetworkMode {
+        NetworkMode::of(&self.definition)
+    }
+
+    /// The stop reason the task was given, once it was asked to stop.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        Some(StopReason { code: self.stop_code?, reason: self.stopped_reason.clone().unwrap_or_default() })
+    }
+
+    pub fn container(&self, name: &str) -> Option<&ContainerRecord> {
+        self.containers.iter().find(|c| c.name == name)
     }
 
     pub fn effective(&self, name: &str) -> Option<&ContainerDefinition> {
@@ -327,94 +384,56 @@ impl TaskRecord {
             HealthStatus::Unknown
         }
     }
+}
 
-    /// The task as DescribeTasks shows it (without tags, which live with the ARN).
-    pub fn to_wire(&self, cluster_arn: &str, availability_zone: &str) -> Task {
-        let td = &self.definition;
-        Task {
-            attachments: Some(self.attachment.iter().map(EniAttachment::to_wire).collect()),
-            attributes: Some(vec![crate::model::shapes::Attribute {
-                name: Some("ecs.cpu-architecture".into()),
-                value: Some(
-                    if std::env::consts::ARCH == "aarch64" { "arm64" } else { std::env::consts::ARCH }
-                        .to_owned(),
-                ),
-                ..Default::default()
-            }]),
-            availability_zone: Some(availability_zone.to_owned()),
-            cluster_arn: Some(cluster_arn.to_owned()),
-            connectivity: self.connectivity_at.map(|_| "CONNECTED".to_owned()),
-            connectivity_at: self.connectivity_at,
-            container_instance_arn: self.container_instance_arn.clone(),
-            containers: Some(self.containers.iter().map(|c| self.container_wire(c)).collect()),
-            cpu: self.cpu.clone(),
-            created_at: Some(self.created_at),
-            desired_status: Some(self.desired.as_str().to_owned()),
-            enable_execute_command: self.enable_execute_command,
-            execution_stopped_at: self.execution_stopped_at,
-            group: Some(self.group.clone()),
-            health_status: Some(self.health().as_str().to_owned()),
-            last_status: Some(self.last.as_str().to_owned()),
-            launch_type: Some(self.launch_type.clone()),
-            memory: self.memory.clone(),
-            overrides: Some(self.overrides.clone().unwrap_or_else(|| TaskOverride {
-                container_overrides: Some(vec![]),
-                inference_accelerator_overrides: Some(vec![]),
-                ..Default::default()
-            })),
-            platform_family: Some("Linux".into()),
-            pull_started_at: self.pull_started_at,
-            pull_stopped_at: self.pull_stopped_at,
-            started_at: self.started_at,
-            started_by: self.started_by.clone(),
-            stop_code: self.stop_code.clone(),
-            stopped_at: self.stopped_at,
-            stopped_reason: self.stopped_reason.clone(),
-            stopping_at: self.stopping_at,
-            task_arn: Some(self.arn.clone()),
-            task_definition_arn: td.task_definition_arn.clone(),
-            version: self.version,
-            ephemeral_storage: None,
-            ..Default::default()
+/// Why overrides cannot apply to a task definition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideError {
+    #[error("Override for container named {0} is not a container in the TaskDefinition.")]
+    UnknownContainer(String),
+}
+
+/// The container definitions with RunTask's container overrides applied, as ECS applies them:
+/// command replaces, environment merges by name (the override wins), environment files add,
+/// cpu, memory, memory reservation and resource requirements replace.
+pub fn effective_containers(
+    definition: &TaskDefinition,
+    overrides: Option<&TaskOverride>,
+) -> Result<Vec<ContainerDefinition>, OverrideError> {
+    let mut containers = definition.container_definitions.clone().unwrap_or_default();
+    for o in overrides.and_then(|o| o.container_overrides.as_deref()).unwrap_or_default() {
+        let name = o.name.clone().unwrap_or_default();
+        let Some(c) = containers.iter_mut().find(|c| c.name.as_deref() == Some(name.as_str())) else {
+            return Err(OverrideError::UnknownContainer(name));
+        };
+        if let Some(cmd) = &o.command {
+            c.command = Some(cmd.clone());
+        }
+        if let Some(env) = &o.environment {
+            let mut merged: Vec<KeyValuePair> = c.environment.clone().unwrap_or_default();
+            for kv in env {
+                match merged.iter_mut().find(|e| e.name == kv.name) {
+                    Some(e) => e.value = kv.value.clone(),
+                    None => merged.push(kv.clone()),
+                }
+            }
+            c.environment = Some(merged);
+        }
+        if let Some(files) = &o.environment_files {
+            c.environment_files.get_or_insert_with(Vec::new).extend(files.iter().cloned());
+        }
+        if let Some(cpu) = o.cpu {
+            c.cpu = cpu;
+        }
+        if o.memory.is_some() {
+            c.memory = o.memory;
+        }
+        if o.memory_reservation.is_some() {
+            c.memory_reservation = o.memory_reservation;
+        }
+        if let Some(rr) = &o.resource_requirements {
+            c.resource_requirements = Some(rr.clone());
         }
     }
-
-    fn container_wire(&self, c: &ContainerRecord) -> Container {
-        let def = self.effective(&c.name);
-        Container {
-            container_arn: Some(c.arn.clone()),
-            task_arn: Some(self.arn.clone()),
-            name: Some(c.name.clone()),
-            image: Some(c.image.clone()),
-            image_digest: c.image_digest.clone(),
-            runtime_id: Some(c.runtime_id.clone()),
-            last_status: Some(c.status.wire().to_owned()),
-            exit_code: c.exit_code,
-            reason: c.reason.clone(),
-            network_bindings: Some(if c.started_at.is_some() && c.status != ContainerStatus::Stopped {
-                c.network_bindings.clone()
-            } else {
-                vec![]
-            }),
-            network_interfaces: Some(
-                self.attachment
-                    .iter()
-                    .filter(|a| a.private_ipv4_address.is_some())
-                    .map(|a| NetworkInterface {
-                        attachment_id: Some(a.id.clone()),
-                        private_ipv4_address: a.private_ipv4_address.clone(),
-                        ipv6_address: None,
-                    })
-                    .collect(),
-            ),
-            health_status: Some(
-                c.health.as_ref().map_or(HealthStatus::Unknown, |h| h.status).as_str().to_owned(),
-            ),
-            managed_agents: None,
-            cpu: def.map(|d| d.cpu.to_string()),
-            memory: def.and_then(|d| d.memory).map(|m| m.to_string()),
-            memory_reservation: def.and_then(|d| d.memory_reservation).map(|m| m.to_string()),
-            ..Default::default()
-        }
-    }
+    Ok(containers)
 }

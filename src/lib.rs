@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub mod api;
+pub mod aws;
 pub mod config;
 pub mod endpoints;
 pub mod engine;

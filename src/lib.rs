@@ -175,6 +175,7 @@ async fn serve(
     };
     let store = Arc::new(store);
     let clock = Arc::new(SystemClock);
+    let aws = aws::Aws::new(config.aws.clone());
     let engine = Engine::new(
         EngineConfig {
             data_dir: config.data_dir.clone(),
@@ -190,8 +191,11 @@ async fn serve(
                 identity: config.identity.clone(),
                 availability_zone: format!("{}a", config.identity.region),
                 network: Arc::new(config.network.clone()),
-                credentials: endpoints::credentials::CredentialStore::new(config.credentials.clone()),
-                secrets: config.secrets.clone(),
+                credentials: endpoints::credentials::CredentialStore::new(
+                    config.credentials.clone(),
+                    aws.clone(),
+                ),
+                aws,
                 rate: endpoints::server::RateLimit {
                     per_second: f64::from(config.metadata_rps.0),
                     burst: config.metadata_rps.1,

@@ -37,7 +37,7 @@ use serde::de::DeserializeOwned;
 pub use error::{AwsError, Malformed, SigningFailure};
 pub use identity::{IssuedKeys, Keys, OwnIdentity};
 pub use secretsmanager::SecretValue;
-pub use ssm::{Parameter, Parameters};
+pub use ssm::{GET_PARAMETERS_MAX, Parameter, Parameters};
 pub use sts::{AssumedRole, CallerIdentity};
 
 use identity::OwnKeys;

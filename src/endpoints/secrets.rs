@@ -502,6 +502,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreachable_service_is_named_in_the_stopped_reason() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let aws = aws_at(&endpoint);
+        let arn = format!("arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:db-AbCdEf");
+        let err = resolve(&aws, &test_creds(), "us-east-1", &[secret("DB", &arn)]).await.unwrap_err();
+        assert!(matches!(err, SecretError::Asm { error: AwsError::Unreachable { .. }, .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "ResourceInitializationError: unable to pull secrets or registry auth: execution resource retrieval \
+                 failed: unable to retrieve secret from asm: failed to fetch secret {arn} from secrets manager: \
+                 cannot reach Secrets Manager at {endpoint}: "
+            )),
+            "{text}"
+        );
+        assert!(!text.contains(&test_creds().secret_access_key), "{text}");
+
+        let err = resolve(&aws, &test_creds(), "eu-west-1", &[secret("P", "/app/p")])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "ResourceInitializationError: unable to pull secrets or registry auth: execution resource retrieval \
+                 failed: unable to retrieve secrets from ssm: fetching secret data from SSM Parameter Store in \
+                 eu-west-1 for /app/p: cannot reach SSM at {endpoint}: "
+            )),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_s3_env_file_needs_execution_keys() {
+        let files =
+            [EnvironmentFile { value: Some("arn:aws:s3:::envs/app.env".into()), r#type: Some("s3".into()) }];
+        let err = read_env_files(&nowhere(), None, "us-east-1", &files).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ResourceInitializationError: failed to download env files: unable to download env file with key \
+             app.env from bucket envs: no execution role credentials to read S3 with"
+        );
+    }
+
+    #[tokio::test]
     async fn local_env_files_merge_top_down() {
         let dir = tempfile::tempdir().unwrap();
         let first = dir.path().join("first.env");

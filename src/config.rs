@@ -9,11 +9,34 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::aws::{Keys, OwnIdentity, Service};
+use crate::endpoints::credentials::{CredentialMode, CredentialSettings};
 use crate::model::arn::Identity;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 const DEFAULT_REGION: &str = "us-east-1";
 const DEFAULT_ACCOUNT: &str = "000000000000";
+
+/// The variables that name each AWS service's endpoint, first set wins: the SDKs' standard
+/// `AWS_ENDPOINT_URL_<SERVICE>`, then the names ecsd and local-ecs-api users already set.
+/// `AWS_ENDPOINT_URL` alone is deliberately not read: users point it at ecsd itself to
+/// drive the ECS API, and ecsd must not send its own AWS calls there.
+const AWS_ENDPOINT_VARIABLES: [(Service, &[&str]); 7] = [
+    (Service::Sts, &["AWS_ENDPOINT_URL_STS", "STS_ENDPOINT"]),
+    (Service::Iam, &["AWS_ENDPOINT_URL_IAM", "IAM_ENDPOINT"]),
+    (
+        Service::SecretsManager,
+        &[
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+            "AWS_ENDPOINT_URL_SECRETSMANAGER",
+            "SECRET_MANAGER_ENDPOINT_URL",
+        ],
+    ),
+    (Service::Ssm, &["AWS_ENDPOINT_URL_SSM", "SSM_ENDPOINT_URL"]),
+    (Service::S3, &["AWS_ENDPOINT_URL_S3"]),
+    (Service::Ecr, &["AWS_ENDPOINT_URL_ECR"]),
+    (Service::Logs, &["AWS_ENDPOINT_URL_CLOUDWATCH_LOGS"]),
+];
 
 /// ecsd: the Amazon ECS API on this host, running ECS tasks on containerd.
 ///
@@ -102,9 +125,12 @@ Environment:
   ECSD_STATIC_ACCESS_KEY_ID, ECSD_STATIC_SECRET_ACCESS_KEY  the keys tasks get offline
   ECS_ENDPOINT_AWS_ACCESS_KEY_ID, ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY, ECS_ENDPOINT_AWS_PROFILE
                            ecsd's own credentials for STS, Secrets Manager and SSM
-  AWS_ENDPOINT_URL_SECRETSMANAGER, AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL_S3
+  AWS_ENDPOINT_URL_SECRETS_MANAGER, AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL_S3
                            where secrets, parameters and S3 environment files are read
-                           (also SECRET_MANAGER_ENDPOINT_URL, SSM_ENDPOINT_URL)
+                           (also AWS_ENDPOINT_URL_SECRETSMANAGER, SECRET_MANAGER_ENDPOINT_URL,
+                           SSM_ENDPOINT_URL)
+  AWS_ENDPOINT_URL_IAM (or IAM_ENDPOINT), AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS
+                           the other AWS services ecsd calls
   ECSD_CONFIG              the config file (default /etc/ecsd/config.toml if present)
   ECSD_TASK_SUBNET         the default task network's subnet (default 10.217.0.0/16, bridge ecsd0)
   ECSD_PUBLISH_AWSVPC_PORTS  publish awsvpc tasks' portMappings on the host too (default false)
@@ -173,10 +199,10 @@ pub struct Config {
     /// `ECS_TASK_METADATA_RPS_LIMIT`: each task's endpoints answer this many requests per
     /// second (steady, burst); more get 429.
     pub metadata_rps: (u32, u32),
+    /// ecsd's AWS calls: region, endpoints per service, ecsd's own identity.
+    pub aws: crate::aws::Settings,
     /// How task roles get their credentials (STS, or static keys offline).
-    pub credentials: crate::endpoints::credentials::CredentialSettings,
-    /// Where secrets and parameters are read from.
-    pub secrets: crate::endpoints::secrets::SecretSettings,
+    pub credentials: CredentialSettings,
 }
 
 /// A value that cannot be used, reported as `NAME=value: reason`.
@@ -297,16 +323,13 @@ impl Config {
                 })?,
         };
 
-        let credentials = crate::endpoints::credentials::CredentialSettings::from_env(&non_empty)
-            .map_err(|reason| ConfigError { name: "credentials".into(), value: String::new(), reason })?;
-        let secrets = crate::endpoints::secrets::SecretSettings::from_env(&non_empty)
-            .map_err(|reason| ConfigError { name: "secrets".into(), value: String::new(), reason })?;
+        let (aws, credentials) = resolve_aws(env, &region)?;
 
         Ok(Config {
             network,
             metadata_rps,
+            aws,
             credentials,
-            secrets,
             listen,
             data_dir,
             identity: Identity { region, account },
@@ -321,6 +344,93 @@ impl Config {
             log_format: args.log_format,
             log_filter,
         })
+    }
+}
+
+/// ecsd's AWS settings and how task roles get their keys.
+fn resolve_aws(
+    env: &dyn Fn(&str) -> Option<String>,
+    region: &str,
+) -> Result<(crate::aws::Settings, CredentialSettings), ConfigError> {
+    // Blank counts as unset; keys are kept as given, URLs trimmed.
+    let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let mut aws = crate::aws::Settings::new(region);
+    for (service, names) in AWS_ENDPOINT_VARIABLES {
+        let Some((name, url)) = names.iter().find_map(|n| get(n).map(|v| (*n, v.trim().to_owned()))) else {
+            continue;
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError {
+                name: name.into(),
+                value: url,
+                reason: "not an http:// or https:// URL".into(),
+            });
+        }
+        aws.endpoints.set(service, &url);
+    }
+    let mode = match get("ECSD_CREDENTIALS").as_deref() {
+        Some("sts") => CredentialMode::Sts,
+        Some("static") => CredentialMode::Static,
+        Some(other) => {
+            return Err(ConfigError {
+                name: "ECSD_CREDENTIALS".into(),
+                value: other.into(),
+                reason: "expected sts or static".into(),
+            });
+        }
+        None if aws.endpoints.get(Service::Sts).is_some() => CredentialMode::Sts,
+        None => CredentialMode::Static,
+    };
+    aws.own_identity = match key_pair(
+        env,
+        "ECS_ENDPOINT_AWS_ACCESS_KEY_ID",
+        "ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY",
+        "ECS_ENDPOINT_AWS_SESSION_TOKEN",
+    )? {
+        Some(keys) => OwnIdentity::Keys(keys),
+        None => match get("ECS_ENDPOINT_AWS_PROFILE") {
+            Some(profile) => OwnIdentity::Profile(profile),
+            None => OwnIdentity::DefaultChain,
+        },
+    };
+    let mut credentials = CredentialSettings { mode, ..CredentialSettings::default() };
+    match key_pair(
+        env,
+        "ECSD_STATIC_ACCESS_KEY_ID",
+        "ECSD_STATIC_SECRET_ACCESS_KEY",
+        "ECSD_STATIC_SESSION_TOKEN",
+    )? {
+        Some(keys) => credentials.static_keys = keys,
+        // The standard variables are not ours to reject, so a half-set pair is ignored.
+        None => {
+            if let (Some(id), Some(secret)) = (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
+                credentials.static_keys = Keys::new(&id, &secret, get("AWS_SESSION_TOKEN").as_deref());
+            }
+        }
+    }
+    Ok((aws, credentials))
+}
+
+/// Both keys of a pair, or neither; a token without keys is an error too. The error names
+/// the missing variable and never shows a value.
+fn key_pair(
+    env: &dyn Fn(&str) -> Option<String>,
+    id_name: &str,
+    secret_name: &str,
+    token_name: &str,
+) -> Result<Option<Keys>, ConfigError> {
+    let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let missing = |name: &str, because: &str| ConfigError {
+        name: name.into(),
+        value: String::new(),
+        reason: format!("required when {because} is set"),
+    };
+    match (get(id_name), get(secret_name), get(token_name)) {
+        (Some(id), Some(secret), token) => Ok(Some(Keys::new(&id, &secret, token.as_deref()))),
+        (Some(_), None, _) => Err(missing(secret_name, id_name)),
+        (None, Some(_), _) => Err(missing(id_name, secret_name)),
+        (None, None, Some(_)) => Err(missing(id_name, token_name)),
+        (None, None, None) => Ok(None),
     }
 }
 
@@ -438,6 +548,139 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.2:9000");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/y"));
         assert_eq!(c.identity.region, "ap-south-1");
+    }
+
+    #[test]
+    fn aws_is_offline_by_default_with_placeholder_keys() {
+        let c = resolve(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.credentials, CredentialSettings::default());
+        assert_eq!(c.credentials.mode, CredentialMode::Static);
+        assert_eq!(c.credentials.static_keys, crate::endpoints::credentials::placeholder_keys());
+        assert_eq!(c.credentials.session_duration, Duration::from_secs(3600));
+        assert_eq!(c.aws, crate::aws::Settings::new("us-east-1"));
+        assert_eq!(c.aws.own_identity, OwnIdentity::DefaultChain);
+    }
+
+    #[test]
+    fn static_keys_come_from_ecsd_static_then_aws_variables() {
+        let c = resolve(
+            ServeArgs::default(),
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKIAOWN"),
+                ("AWS_SECRET_ACCESS_KEY", "own-secret"),
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.credentials.static_keys, Keys::new("AKIAOWN", "own-secret", None));
+        assert_eq!(c.aws.region, "eu-west-1");
+        let c = resolve(
+            ServeArgs::default(),
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKIAOWN"),
+                ("AWS_SECRET_ACCESS_KEY", "own-secret"),
+                ("ECSD_STATIC_ACCESS_KEY_ID", "AKIASTATIC"),
+                ("ECSD_STATIC_SECRET_ACCESS_KEY", "static-secret"),
+                ("ECSD_STATIC_SESSION_TOKEN", "static-token"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.credentials.static_keys, Keys::new("AKIASTATIC", "static-secret", Some("static-token")));
+        // A half-set standard pair is not ecsd's to reject: the placeholders stay.
+        let c = resolve(ServeArgs::default(), &[("AWS_ACCESS_KEY_ID", "AKIAOWN")]).unwrap();
+        assert_eq!(c.credentials.static_keys, crate::endpoints::credentials::placeholder_keys());
+    }
+
+    #[test]
+    fn an_sts_endpoint_selects_sts_unless_forced() {
+        let c = resolve(
+            ServeArgs::default(),
+            &[("STS_ENDPOINT", "http://127.0.0.1:5000"), ("ECS_ENDPOINT_AWS_PROFILE", "dev")],
+        )
+        .unwrap();
+        assert_eq!(c.credentials.mode, CredentialMode::Sts);
+        assert_eq!(c.aws.own_identity, OwnIdentity::Profile("dev".into()));
+        let c = resolve(
+            ServeArgs::default(),
+            &[
+                ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:1"),
+                ("STS_ENDPOINT", "http://127.0.0.1:2"),
+                ("ECSD_CREDENTIALS", "static"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.aws.endpoints.get(Service::Sts), Some("http://127.0.0.1:1"));
+        assert_eq!(c.credentials.mode, CredentialMode::Static);
+        let c = resolve(ServeArgs::default(), &[("ECSD_CREDENTIALS", "sts")]).unwrap();
+        assert_eq!((c.credentials.mode, c.aws.endpoints.get(Service::Sts)), (CredentialMode::Sts, None));
+        let c = resolve(
+            ServeArgs::default(),
+            &[
+                ("ECS_ENDPOINT_AWS_ACCESS_KEY_ID", "AKIADAEMON"),
+                ("ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY", "daemon-secret"),
+                ("ECS_ENDPOINT_AWS_PROFILE", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.aws.own_identity, OwnIdentity::Keys(Keys::new("AKIADAEMON", "daemon-secret", None)));
+    }
+
+    #[test]
+    fn aws_endpoints_take_the_standard_names_first() {
+        let c = resolve(
+            ServeArgs::default(),
+            &[
+                ("AWS_ENDPOINT_URL_SECRETSMANAGER", "http://127.0.0.1:1"),
+                ("SECRET_MANAGER_ENDPOINT_URL", "http://127.0.0.1:2"),
+                ("SSM_ENDPOINT_URL", " https://ssm.local/ "),
+                ("IAM_ENDPOINT", "http://127.0.0.1:3"),
+                ("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", "http://127.0.0.1:4"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:8000"),
+            ],
+        )
+        .unwrap();
+        let e = &c.aws.endpoints;
+        assert_eq!(e.get(Service::SecretsManager), Some("http://127.0.0.1:1"));
+        assert_eq!(e.get(Service::Ssm), Some("https://ssm.local"));
+        assert_eq!(e.get(Service::Iam), Some("http://127.0.0.1:3"));
+        assert_eq!(e.get(Service::Logs), Some("http://127.0.0.1:4"));
+        // AWS_ENDPOINT_URL is ecsd's own address for the CLI, never where ecsd calls AWS.
+        assert_eq!((e.get(Service::S3), e.get(Service::Sts), e.get(Service::Ecr)), (None, None, None));
+        let c = resolve(
+            ServeArgs::default(),
+            &[
+                ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "http://127.0.0.1:5"),
+                ("AWS_ENDPOINT_URL_SECRETSMANAGER", "http://127.0.0.1:1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.aws.endpoints.get(Service::SecretsManager), Some("http://127.0.0.1:5"));
+    }
+
+    #[test]
+    fn bad_aws_settings_name_the_variable_and_never_a_secret() {
+        let err = |vars: &[(&str, &str)]| resolve(ServeArgs::default(), vars).unwrap_err().to_string();
+        assert_eq!(err(&[("ECSD_CREDENTIALS", "iam")]), "ECSD_CREDENTIALS=iam: expected sts or static");
+        assert_eq!(
+            err(&[("STS_ENDPOINT", "localhost:5000")]),
+            "STS_ENDPOINT=localhost:5000: not an http:// or https:// URL"
+        );
+        assert_eq!(
+            err(&[("SSM_ENDPOINT_URL", "ssm.local")]),
+            "SSM_ENDPOINT_URL=ssm.local: not an http:// or https:// URL"
+        );
+        assert_eq!(
+            err(&[("ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY", "very-secret")]),
+            "ECS_ENDPOINT_AWS_ACCESS_KEY_ID=: required when ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY is set"
+        );
+        assert_eq!(
+            err(&[("ECSD_STATIC_ACCESS_KEY_ID", "AKIA")]),
+            "ECSD_STATIC_SECRET_ACCESS_KEY=: required when ECSD_STATIC_ACCESS_KEY_ID is set"
+        );
+        assert_eq!(
+            err(&[("ECSD_STATIC_SESSION_TOKEN", "very-token")]),
+            "ECSD_STATIC_ACCESS_KEY_ID=: required when ECSD_STATIC_SESSION_TOKEN is set"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub mod api;
+pub mod aws;
 pub mod config;
 pub mod endpoints;
 pub mod engine;
@@ -182,6 +183,7 @@ async fn serve(
         None => None,
     };
     let store = Arc::new(store);
+    let aws = aws::Aws::new(config.aws.clone());
     let engine = Engine::new(
         EngineConfig {
             data_dir: config.data_dir.clone(),
@@ -196,8 +198,11 @@ async fn serve(
                 identity: config.identity.clone(),
                 availability_zone: format!("{}a", config.identity.region),
                 network: Arc::new(config.network.clone()),
-                credentials: endpoints::credentials::CredentialStore::new(config.credentials.clone()),
-                secrets: config.secrets.clone(),
+                credentials: endpoints::credentials::CredentialStore::new(
+                    config.credentials.clone(),
+                    aws.clone(),
+                ),
+                aws,
                 rate: endpoints::server::RateLimit {
                     per_second: f64::from(config.metadata_rps.0),
                     burst: config.metadata_rps.1,

@@ -9,7 +9,8 @@
 //! expired keys. Without an STS endpoint, and unless `ECSD_CREDENTIALS=sts` is set, it runs
 //! OFFLINE and hands out static keys whose Expiration it moves forward before it passes.
 //!
-//! Environment (read once, by `config`, through [`CredentialSettings::from_env`]):
+//! The settings come from `config` ([`CredentialSettings`] and the daemon's
+//! [`aws::Settings`](crate::aws::Settings)):
 //!
 //! | variable | meaning |
 //! |---|---|
@@ -24,6 +25,9 @@
 //! `AWS_ENDPOINT_URL` (for every service) is deliberately not read: users point it at ecsd
 //! itself to drive the ECS API with the aws CLI, and ecsd must not send STS calls there.
 //!
+//! The STS calls and ecsd's own keys are [`crate::aws`]'s; which role, for which task,
+//! when to refresh and what a container is served are this module's.
+//!
 //! This module must not write a secret key, a session token or a credentials id to a log
 //! line or an error message: the id is the bearer token a container presents.
 
@@ -33,12 +37,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sts::primitives::{DateTime, DateTimeFormat};
+use aws_smithy_types::DateTime;
+use aws_smithy_types::date_time::Format;
 use serde::Serialize;
 use tokio::task::AbortHandle;
+
+use crate::aws::{Aws, AwsError, Keys};
 
 /// AssumeRole's DurationSeconds. ECS's backend issues 6-hour keys, but a caller of
 /// AssumeRole is capped by the role's MaxSessionDuration (1 hour unless raised) and by
@@ -56,8 +60,6 @@ const STATIC_RENEW_WITHIN: Duration = Duration::from_secs(3600);
 const REFRESH_MARGIN: Duration = Duration::from_secs(20 * 60);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
-/// Bound on one STS call, retries included.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const PLACEHOLDER_ACCESS_KEY_ID: &str = "ecsd-offline-placeholder-access-key-id";
 pub const PLACEHOLDER_SECRET_ACCESS_KEY: &str = "ecsd-offline-placeholder-secret-access-key";
@@ -89,16 +91,9 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// The same keys as the AWS SDK takes them (an empty token is no token).
-    pub(crate) fn to_sdk(&self) -> aws_credential_types::Credentials {
-        let token = Some(self.token.clone()).filter(|t| !t.is_empty());
-        aws_credential_types::Credentials::new(
-            &self.access_key_id,
-            &self.secret_access_key,
-            token,
-            None,
-            "ecsd-execution-role",
-        )
+    /// The same keys to sign AWS requests with (an empty token is no token).
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.access_key_id, &self.secret_access_key, Some(&self.token))
     }
 }
 
@@ -113,17 +108,17 @@ pub enum Lookup {
     Unknown,
 }
 
+/// Why a role's keys are not available. The AWS error is part of the text (these texts
+/// end up in stopped reasons), so it is not also exposed as `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    #[error("unable to assume role {role_arn}: {detail}")]
-    AssumeRole { role_arn: String, detail: String },
-    #[error("unable to assume role {role_arn}: STS answered without credentials")]
-    NoCredentials { role_arn: String },
+    #[error("unable to assume role {role_arn}: {error}")]
+    AssumeRole { role_arn: String, error: AwsError },
     #[error(
-        "ecsd's own AWS credentials are unavailable ({detail}); set ECS_ENDPOINT_AWS_ACCESS_KEY_ID and \
+        "ecsd's own AWS credentials are unavailable ({error}); set ECS_ENDPOINT_AWS_ACCESS_KEY_ID and \
          ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY, ECS_ENDPOINT_AWS_PROFILE, or the standard AWS_* variables"
     )]
-    DaemonCredentials { detail: String },
+    DaemonCredentials { error: AwsError },
     #[error(
         "task id {task_id:?} cannot be a role session name: it must be 2 to 64 letters, digits or +=,.@_-"
     )]
@@ -138,140 +133,30 @@ pub enum CredentialMode {
     Static,
 }
 
-/// An access key pair with an optional session token; `Debug` shows only the key id.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StaticKeys {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
+/// The keys static mode hands out when none are configured: they let SDKs in a container
+/// start, and fail at AWS.
+pub fn placeholder_keys() -> Keys {
+    Keys::new(PLACEHOLDER_ACCESS_KEY_ID, PLACEHOLDER_SECRET_ACCESS_KEY, Some(PLACEHOLDER_SESSION_TOKEN))
 }
 
-impl fmt::Debug for StaticKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StaticKeys")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"** redacted **")
-            .field("session_token", &self.session_token.as_ref().map(|_| "** redacted **"))
-            .finish()
-    }
-}
-
-impl StaticKeys {
-    fn placeholders() -> StaticKeys {
-        StaticKeys {
-            access_key_id: PLACEHOLDER_ACCESS_KEY_ID.into(),
-            secret_access_key: PLACEHOLDER_SECRET_ACCESS_KEY.into(),
-            session_token: Some(PLACEHOLDER_SESSION_TOKEN.into()),
-        }
-    }
-}
-
-/// Where the daemon's own credentials (the caller of AssumeRole) come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DaemonIdentity {
-    Keys(StaticKeys),
-    Profile(String),
-    /// aws-config's default chain, reading the process environment and files.
-    DefaultChain,
-}
-
+/// How roles get their keys; `config` resolves it. The default is offline with the
+/// placeholder keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialSettings {
     pub mode: CredentialMode,
-    pub region: String,
-    pub sts_endpoint: Option<String>,
-    pub daemon: DaemonIdentity,
     /// Handed out in static mode.
-    pub static_keys: StaticKeys,
+    pub static_keys: Keys,
     /// AssumeRole's DurationSeconds.
     pub session_duration: Duration,
 }
 
-impl CredentialSettings {
-    /// Resolves the settings from `env` (a lookup such as `std::env::var`); errors read
-    /// `NAME=value: reason` and never contain a secret.
-    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<CredentialSettings, String> {
-        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        let region =
-            get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into());
-        let sts_endpoint = endpoint_from_env(env, &["AWS_ENDPOINT_URL_STS", "STS_ENDPOINT"])?;
-        let mode = match get("ECSD_CREDENTIALS").as_deref() {
-            Some("sts") => CredentialMode::Sts,
-            Some("static") => CredentialMode::Static,
-            Some(other) => return Err(format!("ECSD_CREDENTIALS={other}: expected sts or static")),
-            None if sts_endpoint.is_some() => CredentialMode::Sts,
-            None => CredentialMode::Static,
-        };
-        let daemon = match key_pair(
-            env,
-            "ECS_ENDPOINT_AWS_ACCESS_KEY_ID",
-            "ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY",
-            "ECS_ENDPOINT_AWS_SESSION_TOKEN",
-        )? {
-            Some(keys) => DaemonIdentity::Keys(keys),
-            None => match get("ECS_ENDPOINT_AWS_PROFILE") {
-                Some(profile) => DaemonIdentity::Profile(profile),
-                None => DaemonIdentity::DefaultChain,
-            },
-        };
-        let static_keys = match key_pair(
-            env,
-            "ECSD_STATIC_ACCESS_KEY_ID",
-            "ECSD_STATIC_SECRET_ACCESS_KEY",
-            "ECSD_STATIC_SESSION_TOKEN",
-        )? {
-            Some(keys) => keys,
-            // The standard variables are not ours to reject, so a half-set pair is ignored.
-            None => match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
-                (Some(access_key_id), Some(secret_access_key)) => {
-                    StaticKeys { access_key_id, secret_access_key, session_token: get("AWS_SESSION_TOKEN") }
-                }
-                _ => StaticKeys::placeholders(),
-            },
-        };
-        Ok(CredentialSettings {
-            mode,
-            region,
-            sts_endpoint,
-            daemon,
-            static_keys,
+impl Default for CredentialSettings {
+    fn default() -> CredentialSettings {
+        CredentialSettings {
+            mode: CredentialMode::Static,
+            static_keys: placeholder_keys(),
             session_duration: DEFAULT_SESSION_DURATION,
-        })
-    }
-}
-
-/// The first of `names` that is set, checked to be an http(s) URL.
-pub(crate) fn endpoint_from_env(
-    env: &dyn Fn(&str) -> Option<String>,
-    names: &[&str],
-) -> Result<Option<String>, String> {
-    for name in names {
-        if let Some(url) = env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("{name}={url}: not an http:// or https:// URL"));
-            }
-            return Ok(Some(url));
         }
-    }
-    Ok(None)
-}
-
-/// Both keys of a pair, or neither; a token without keys is an error too.
-fn key_pair(
-    env: &dyn Fn(&str) -> Option<String>,
-    id_name: &str,
-    secret_name: &str,
-    token_name: &str,
-) -> Result<Option<StaticKeys>, String> {
-    let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-    match (get(id_name), get(secret_name), get(token_name)) {
-        (Some(access_key_id), Some(secret_access_key), session_token) => {
-            Ok(Some(StaticKeys { access_key_id, secret_access_key, session_token }))
-        }
-        (Some(_), None, _) => Err(format!("{secret_name}=: required when {id_name} is set")),
-        (None, Some(_), _) => Err(format!("{id_name}=: required when {secret_name} is set")),
-        (None, None, Some(_)) => Err(format!("{id_name}=: required when {token_name} is set")),
-        (None, None, None) => Ok(None),
     }
 }
 
@@ -292,9 +177,8 @@ impl fmt::Debug for CredentialStore {
 
 struct Inner {
     settings: CredentialSettings,
-    /// The daemon's credentials provider and STS client, built on first use (the default
-    /// chain is async to build).
-    sts: tokio::sync::OnceCell<(SharedCredentialsProvider, aws_sdk_sts::Client)>,
+    /// STS, and ecsd's own keys to call it with.
+    aws: Aws,
     entries: Mutex<HashMap<String, Entry>>,
     generations: AtomicU64,
 }
@@ -314,11 +198,11 @@ struct Issued {
 }
 
 impl CredentialStore {
-    pub fn new(settings: CredentialSettings) -> CredentialStore {
+    pub fn new(settings: CredentialSettings, aws: Aws) -> CredentialStore {
         CredentialStore {
             inner: Arc::new(Inner {
                 settings,
-                sts: tokio::sync::OnceCell::new(),
+                aws,
                 entries: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
             }),
@@ -455,86 +339,40 @@ impl Inner {
                 access_key_id: keys.access_key_id.clone(),
                 secret_access_key: keys.secret_access_key.clone(),
                 token: keys.session_token.clone().unwrap_or_default(),
-                expiration: iso8601(DateTime::from(expires_at)),
+                expiration: iso8601(expires_at),
             },
             expires_at,
         }
     }
 
-    async fn sts(&self) -> &(SharedCredentialsProvider, aws_sdk_sts::Client) {
-        self.sts
-            .get_or_init(|| async {
-                let provider = match &self.settings.daemon {
-                    DaemonIdentity::Keys(keys) => {
-                        SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
-                            &keys.access_key_id,
-                            &keys.secret_access_key,
-                            keys.session_token.clone(),
-                            None,
-                            "ECS_ENDPOINT_AWS_ACCESS_KEY_ID",
-                        ))
-                    }
-                    DaemonIdentity::Profile(name) => SharedCredentialsProvider::new(
-                        aws_config::profile::ProfileFileCredentialsProvider::builder()
-                            .profile_name(name)
-                            .build(),
-                    ),
-                    DaemonIdentity::DefaultChain => SharedCredentialsProvider::new(
-                        aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                            .region(Region::new(self.settings.region.clone()))
-                            .build()
-                            .await,
-                    ),
-                };
-                let sdk = sdk_config(&self.settings.region, provider.clone());
-                let mut conf = aws_sdk_sts::config::Builder::from(&sdk);
-                conf.set_endpoint_url(self.settings.sts_endpoint.clone());
-                (provider, aws_sdk_sts::Client::from_conf(conf.build()))
-            })
-            .await
-    }
-
     async fn assume(&self, role_arn: &str, session: &str) -> Result<Issued, CredentialError> {
-        let (_, client) = self.sts().await;
-        let out = client
-            .assume_role()
-            .role_arn(role_arn)
-            .role_session_name(session)
-            .duration_seconds(i32::try_from(self.settings.session_duration.as_secs()).unwrap_or(i32::MAX))
-            .send()
+        let client =
+            self.aws.own_client().await.map_err(|error| CredentialError::DaemonCredentials { error })?;
+        let assumed = client
+            .assume_role(role_arn, session, self.settings.session_duration)
             .await
-            .map_err(|e| CredentialError::AssumeRole {
-                role_arn: role_arn.to_owned(),
-                detail: sdk_error_text(&e),
-            })?;
-        let keys = out
-            .credentials()
-            .ok_or_else(|| CredentialError::NoCredentials { role_arn: role_arn.to_owned() })?;
-        let expiration = *keys.expiration();
+            .map_err(|error| CredentialError::AssumeRole { role_arn: role_arn.to_owned(), error })?;
         Ok(Issued {
             credentials: Credentials {
                 role_arn: role_arn.to_owned(),
-                access_key_id: keys.access_key_id().to_owned(),
-                secret_access_key: keys.secret_access_key().to_owned(),
-                token: keys.session_token().to_owned(),
-                expiration: iso8601(expiration),
+                access_key_id: assumed.keys.access_key_id,
+                secret_access_key: assumed.keys.secret_access_key,
+                token: assumed.keys.session_token.unwrap_or_default(),
+                expiration: iso8601(assumed.expiration),
             },
-            expires_at: SystemTime::try_from(expiration).unwrap_or_else(|_| SystemTime::now()),
+            expires_at: assumed.expiration,
         })
     }
 
     async fn daemon_credentials(&self) -> Result<Credentials, CredentialError> {
-        let (provider, _) = self.sts().await;
-        let keys = provider.provide_credentials().await.map_err(|e| CredentialError::DaemonCredentials {
-            detail: DisplayErrorContext(&e).to_string(),
-        })?;
-        let expires_at = keys.expiry().unwrap_or_else(|| SystemTime::now() + STATIC_LIFETIME);
+        let own = self.aws.own_keys().await.map_err(|error| CredentialError::DaemonCredentials { error })?;
+        let expires_at = own.expires.unwrap_or_else(|| SystemTime::now() + STATIC_LIFETIME);
         Ok(Credentials {
             role_arn: String::new(),
-            access_key_id: keys.access_key_id().to_owned(),
-            secret_access_key: keys.secret_access_key().to_owned(),
-            token: keys.session_token().unwrap_or_default().to_owned(),
-            expiration: iso8601(DateTime::from(expires_at)),
+            access_key_id: own.keys.access_key_id,
+            secret_access_key: own.keys.secret_access_key,
+            token: own.keys.session_token.unwrap_or_default(),
+            expiration: iso8601(expires_at),
         })
     }
 }
@@ -588,45 +426,20 @@ fn session_name(task_id: &str) -> Result<&str, CredentialError> {
 }
 
 /// `2024-05-01T16:00:00Z`: whole seconds, as ECS's Expiration.
-fn iso8601(t: DateTime) -> String {
-    DateTime::from_secs(t.secs()).fmt(DateTimeFormat::DateTime).unwrap_or_default()
-}
-
-/// SDK settings shared by ecsd's AWS clients; each client sets its own endpoint.
-fn sdk_config(region: &str, credentials: SharedCredentialsProvider) -> SdkConfig {
-    SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(region.to_owned()))
-        .credentials_provider(credentials)
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder().operation_timeout(OPERATION_TIMEOUT).build(),
-        )
-        .build()
-}
-
-/// `Code: message` of a service error, else the error chain (connection refused,
-/// timeout…). AWS error messages name resources, never secret values.
-fn sdk_error_text<E, R>(err: &SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
-{
-    match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_owned(),
-        _ => DisplayErrorContext(err).to_string(),
-    }
+fn iso8601(t: SystemTime) -> String {
+    DateTime::from_secs(DateTime::from(t).secs()).fmt(Format::DateTime).unwrap_or_default()
 }
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    //! A moto server on a free loopback port for the duration of one test, and an
-    //! environment from a list.
+    //! A moto server on a free loopback port for the duration of one test, and the AWS
+    //! access that talks to it.
 
-    use std::collections::HashMap;
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
+
+    use crate::aws::Aws;
 
     #[derive(Debug)]
     pub(crate) struct Moto {
@@ -709,9 +522,24 @@ pub(crate) mod test_support {
         )
     }
 
-    pub(crate) fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        move |k: &str| map.get(k).cloned()
+    /// Every service at `moto`, in us-east-1, with ecsd's own keys set to moto's default
+    /// account's example keys.
+    pub(crate) fn moto_aws(moto: &Moto) -> Aws {
+        aws_at(&moto.endpoint)
+    }
+
+    /// Every service at `endpoint`.
+    pub(crate) fn aws_at(endpoint: &str) -> Aws {
+        let mut settings = crate::aws::Settings::new("us-east-1");
+        for service in crate::aws::Service::ALL {
+            settings.endpoints.set(service, endpoint);
+        }
+        settings.own_identity = crate::aws::OwnIdentity::Keys(crate::aws::Keys::new(
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            None,
+        ));
+        Aws::new(settings)
     }
 
     fn urlencode(s: &str) -> String {
@@ -728,16 +556,11 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{Moto, env_of};
+    use super::test_support::{Moto, aws_at, moto_aws};
     use super::*;
 
-    fn moto_settings(moto: &Moto) -> CredentialSettings {
-        CredentialSettings::from_env(&env_of(&[
-            ("STS_ENDPOINT", &moto.endpoint),
-            ("ECS_ENDPOINT_AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
-            ("ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
-        ]))
-        .unwrap()
+    fn sts_mode() -> CredentialSettings {
+        CredentialSettings { mode: CredentialMode::Sts, ..CredentialSettings::default() }
     }
 
     async fn create_role(moto: &Moto, name: &str) -> String {
@@ -759,10 +582,7 @@ mod tests {
 
     /// Who STS says `creds` belong to.
     async fn caller_arn(moto: &Moto, creds: &Credentials) -> String {
-        let sdk = sdk_config("us-east-1", SharedCredentialsProvider::new(creds.to_sdk()));
-        let conf = aws_sdk_sts::config::Builder::from(&sdk).endpoint_url(&moto.endpoint).build();
-        let out = aws_sdk_sts::Client::from_conf(conf).get_caller_identity().send().await.unwrap();
-        out.arn().unwrap().to_owned()
+        moto_aws(moto).client(creds.keys()).get_caller_identity().await.unwrap().arn
     }
 
     async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -774,85 +594,6 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    #[test]
-    fn offline_by_default_with_placeholders() {
-        let s = CredentialSettings::from_env(&env_of(&[])).unwrap();
-        assert_eq!(s.mode, CredentialMode::Static);
-        assert_eq!(s.region, "us-east-1");
-        assert_eq!(s.sts_endpoint, None);
-        assert_eq!(s.daemon, DaemonIdentity::DefaultChain);
-        assert_eq!(s.static_keys, StaticKeys::placeholders());
-        assert_eq!(s.session_duration, Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn static_keys_come_from_ecsd_static_then_aws_variables() {
-        let s = CredentialSettings::from_env(&env_of(&[
-            ("AWS_ACCESS_KEY_ID", "AKIAOWN"),
-            ("AWS_SECRET_ACCESS_KEY", "own-secret"),
-            ("AWS_DEFAULT_REGION", "eu-west-1"),
-        ]))
-        .unwrap();
-        assert_eq!(s.static_keys.access_key_id, "AKIAOWN");
-        assert_eq!(s.static_keys.session_token, None);
-        assert_eq!(s.region, "eu-west-1");
-        let s = CredentialSettings::from_env(&env_of(&[
-            ("AWS_ACCESS_KEY_ID", "AKIAOWN"),
-            ("AWS_SECRET_ACCESS_KEY", "own-secret"),
-            ("ECSD_STATIC_ACCESS_KEY_ID", "AKIASTATIC"),
-            ("ECSD_STATIC_SECRET_ACCESS_KEY", "static-secret"),
-            ("ECSD_STATIC_SESSION_TOKEN", "static-token"),
-        ]))
-        .unwrap();
-        assert_eq!(
-            s.static_keys,
-            StaticKeys {
-                access_key_id: "AKIASTATIC".into(),
-                secret_access_key: "static-secret".into(),
-                session_token: Some("static-token".into()),
-            }
-        );
-    }
-
-    #[test]
-    fn an_sts_endpoint_selects_sts_unless_forced() {
-        let s = CredentialSettings::from_env(&env_of(&[
-            ("STS_ENDPOINT", "http://127.0.0.1:5000"),
-            ("ECS_ENDPOINT_AWS_PROFILE", "dev"),
-        ]))
-        .unwrap();
-        assert_eq!(s.mode, CredentialMode::Sts);
-        assert_eq!(s.daemon, DaemonIdentity::Profile("dev".into()));
-        let s = CredentialSettings::from_env(&env_of(&[
-            ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:1"),
-            ("STS_ENDPOINT", "http://127.0.0.1:2"),
-            ("ECSD_CREDENTIALS", "static"),
-        ]))
-        .unwrap();
-        assert_eq!(s.sts_endpoint.as_deref(), Some("http://127.0.0.1:1"));
-        assert_eq!(s.mode, CredentialMode::Static);
-        let s = CredentialSettings::from_env(&env_of(&[("ECSD_CREDENTIALS", "sts")])).unwrap();
-        assert_eq!((s.mode, s.sts_endpoint), (CredentialMode::Sts, None));
-    }
-
-    #[test]
-    fn bad_settings_name_the_variable_and_never_a_secret() {
-        let err = |vars: &[(&str, &str)]| CredentialSettings::from_env(&env_of(vars)).unwrap_err();
-        assert_eq!(err(&[("ECSD_CREDENTIALS", "iam")]), "ECSD_CREDENTIALS=iam: expected sts or static");
-        assert_eq!(
-            err(&[("STS_ENDPOINT", "localhost:5000")]),
-            "STS_ENDPOINT=localhost:5000: not an http:// or https:// URL"
-        );
-        assert_eq!(
-            err(&[("ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY", "very-secret")]),
-            "ECS_ENDPOINT_AWS_ACCESS_KEY_ID=: required when ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY is set"
-        );
-        assert_eq!(
-            err(&[("ECSD_STATIC_ACCESS_KEY_ID", "AKIA")]),
-            "ECSD_STATIC_SECRET_ACCESS_KEY=: required when ECSD_STATIC_ACCESS_KEY_ID is set"
-        );
     }
 
     #[test]
@@ -868,7 +609,7 @@ mod tests {
             serde_json::to_string(&c).unwrap(),
             r#"{"RoleArn":"arn:aws:iam::111122223333:role/r","AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"very-secret","Token":"very-token","Expiration":"2024-05-01T16:00:00Z"}"#
         );
-        let debug = format!("{c:?} {:?}", StaticKeys::placeholders());
+        let debug = format!("{c:?} {:?}", placeholder_keys());
         assert!(!debug.contains("very-") && !debug.contains(PLACEHOLDER_SECRET_ACCESS_KEY), "{debug}");
         assert!(debug.contains("ASIAEXAMPLE"), "{debug}");
         assert!(!format!("{:?}", Lookup::Found(c)).contains("very-"));
@@ -890,14 +631,14 @@ mod tests {
     #[test]
     fn expiration_is_whole_seconds_utc() {
         assert_eq!(
-            iso8601(DateTime::from_secs_and_nanos(1_714_579_200, 999_000_000)),
+            iso8601(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_714_579_200_999_000_000)),
             "2024-05-01T16:00:00Z"
         );
     }
 
     #[tokio::test]
     async fn offline_mode_hands_out_static_keys() {
-        let store = CredentialStore::new(CredentialSettings::from_env(&env_of(&[])).unwrap());
+        let store = CredentialStore::new(CredentialSettings::default(), aws_at("http://127.0.0.1:9"));
         let role = "arn:aws:iam::000000000000:role/app";
         store.issue("cred-1", "task1", role).await.unwrap();
         let Lookup::Found(c) = store.lookup("cred-1") else { panic!("issued") };
@@ -906,8 +647,7 @@ mod tests {
             (role, PLACEHOLDER_ACCESS_KEY_ID, PLACEHOLDER_SECRET_ACCESS_KEY, PLACEHOLDER_SESSION_TOKEN)
         );
         let expires =
-            SystemTime::try_from(DateTime::from_str(&c.expiration, DateTimeFormat::DateTime).unwrap())
-                .unwrap();
+            SystemTime::try_from(DateTime::from_str(&c.expiration, Format::DateTime).unwrap()).unwrap();
         let left = expires.duration_since(SystemTime::now()).unwrap();
         assert!(left > Duration::from_secs(5 * 3600) && left <= STATIC_LIFETIME, "{left:?}");
         assert_eq!(store.lookup("other"), Lookup::Unknown);
@@ -931,7 +671,7 @@ mod tests {
     async fn issue_assumes_the_role_with_the_task_id_as_session_name() {
         let moto = Moto::start().await;
         let role = create_role(&moto, "app-task-role").await;
-        let store = CredentialStore::new(moto_settings(&moto));
+        let store = CredentialStore::new(sts_mode(), moto_aws(&moto));
         let task_id = "5f0c8d1e2a3b4c5d6e7f8091a2b3c4d5";
 
         store.issue("cred-a", task_id, &role).await.unwrap();
@@ -958,9 +698,8 @@ mod tests {
     async fn keys_are_replaced_under_the_same_id_before_they_expire() {
         let moto = Moto::start().await;
         let role = create_role(&moto, "short-lived").await;
-        let mut settings = moto_settings(&moto);
-        settings.session_duration = Duration::from_secs(4);
-        let store = CredentialStore::new(settings);
+        let settings = CredentialSettings { session_duration: Duration::from_secs(4), ..sts_mode() };
+        let store = CredentialStore::new(settings, moto_aws(&moto));
         store.issue("cred-r", "task-r", &role).await.unwrap();
         let Lookup::Found(first) = store.lookup("cred-r") else { panic!("issued") };
         let second = eventually("refreshed keys", || match store.lookup("cred-r") {
@@ -980,16 +719,19 @@ mod tests {
     async fn a_failed_assume_role_leaves_the_id_uninitialized_until_revoked() {
         // A port nothing listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let settings = CredentialSettings::from_env(&env_of(&[
-            ("STS_ENDPOINT", &format!("http://127.0.0.1:{port}")),
-            ("ECS_ENDPOINT_AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
-            ("ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY", "very-secret"),
-        ]))
-        .unwrap();
-        let store = CredentialStore::new(settings);
+        let mut aws = crate::aws::Settings::new("us-east-1");
+        aws.endpoints.set(crate::aws::Service::Sts, &format!("http://127.0.0.1:{port}"));
+        aws.own_identity =
+            crate::aws::OwnIdentity::Keys(Keys::new("AKIAIOSFODNN7EXAMPLE", "very-secret", None));
+        let store = CredentialStore::new(sts_mode(), Aws::new(aws));
         let role = "arn:aws:iam::123456789012:role/unreachable";
         let err = store.issue("cred-x", "task-x", role).await.unwrap_err().to_string();
-        assert!(err.starts_with(&format!("unable to assume role {role}: ")), "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "unable to assume role {role}: cannot reach STS at http://127.0.0.1:{port}: "
+            )),
+            "{err}"
+        );
         assert!(!err.contains("very-secret"), "{err}");
         assert_eq!(store.lookup("cred-x"), Lookup::Uninitialized);
         store.revoke("cred-x");

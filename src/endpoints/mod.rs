@@ -22,7 +22,7 @@ use crate::model::network::NetworkMode;
 use crate::model::task::TaskRecord;
 use credentials::{CredentialError, CredentialStore};
 use metadata::MetadataContext;
-use secrets::{SecretError, SecretSettings};
+use secrets::SecretError;
 pub use server::TaskSource;
 use server::{RateLimit, TaskState};
 use stats::StatsSampler;
@@ -59,7 +59,8 @@ pub struct EndpointConfig {
     pub availability_zone: String,
     pub network: Arc<crate::network::Settings>,
     pub credentials: CredentialStore,
-    pub secrets: SecretSettings,
+    /// AWS access for secrets and environment files.
+    pub aws: crate::aws::Aws,
     pub rate: RateLimit,
     /// Where cgroups are mounted, for stats.
     pub cgroup_root: PathBuf,
@@ -339,12 +340,12 @@ impl Endpoints {
         for def in &rec.containers_effective {
             let mut env = ResolvedEnv::default();
             if let Some(files) = def.environment_files.as_deref().filter(|f| !f.is_empty()) {
-                env.files = secrets::read_env_files(&self.cfg.secrets, keys.as_ref(), region, files)
+                env.files = secrets::read_env_files(&self.cfg.aws, keys.as_ref(), region, files)
                     .await
                     .map_err(ResolveError::Secret)?;
             }
             if let (Some(list), Some(keys)) = (def.secrets.as_deref().filter(|s| !s.is_empty()), &keys) {
-                env.secrets = secrets::resolve(&self.cfg.secrets, keys, region, list)
+                env.secrets = secrets::resolve(&self.cfg.aws, keys, region, list)
                     .await
                     .map_err(ResolveError::Secret)?;
             }

@@ -9,7 +9,7 @@ use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use ecsd::Daemon;
 use ecsd::config::{Config, ServeArgs};
-use ecsd::network::FakeNetwork;
+use ecsd::network::fake::FakeNetwork;
 use ecsd::runtime::ImageConfig;
 use ecsd::runtime::fake::FakeRuntime;
 

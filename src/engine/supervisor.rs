@@ -909,7 +909,8 @@ impl Supervisor {
         let handle = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
-                let result = engine.runtime.exec(&id, &process, timeout).await;
+                let result =
+                    crate::runtime::run_to_completion(&*engine.runtime, &id, process.clone(), timeout).await;
                 let at = engine.now();
                 engine.send(&task_id, Msg::Health { runtime_id: id.clone(), result, at });
             }

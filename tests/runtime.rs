@@ -438,6 +438,11 @@ async fn exec_runs_health_checks() {
     assert_eq!((ok.exit_code, ok.output.as_str()), (0, "healthy\n"));
     let sick = run(&["sh", "-c", "echo sick >&2; exit 2"]).await.unwrap();
     assert_eq!((sick.exit_code, sick.output.as_str()), (2, "sick\n"));
+    // A child left in the background keeps the output open; the result does not wait for it.
+    let started = Instant::now();
+    let spawner = run(&["sh", "-c", "echo started; sleep 30 &"]).await.unwrap();
+    assert_eq!((spawner.exit_code, spawner.output.as_str()), (0, "started\n"));
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
     let long = run(&["sh", "-c", "seq 1 2000"]).await.unwrap();
     assert_eq!(long.output.len(), 1024);
     assert!(long.output.ends_with("1999\n2000\n"), "{}", long.output);

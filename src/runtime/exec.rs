@@ -22,6 +22,9 @@ use super::{Runtime, RuntimeError};
 pub const EXEC_OUTPUT_MAX: usize = 1024;
 /// How long a process killed at its timeout may take to be reported gone.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long output is still read after the process ended: what it wrote is in the pipes
+/// already, and only a child that outlives it keeps them open longer; it is not waited for.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 const SIGKILL: i32 = 9;
 
 /// The size of a terminal, in character cells.
@@ -140,7 +143,8 @@ pub struct ExecResult {
 
 /// Runs `process` inside container `container_id` without stdin or terminal and waits for
 /// its end, up to `timeout` (then it is killed and the result is `Timeout`). Returns the exit
-/// code and the tail of stdout and stderr together, in the order they were read.
+/// code and the tail of stdout and stderr together, in the order they were read. A child left
+/// running in the background does not hold the result back.
 pub async fn run_to_completion(
     runtime: &dyn Runtime,
     container_id: &str,
@@ -155,8 +159,15 @@ pub async fn run_to_completion(
     let streams = [exec.stdout.take(), exec.stderr.take()];
     let mut tail = Tail::default();
     let finished = tokio::time::timeout_at(deadline, async {
-        collect(streams, &mut tail).await;
-        exec.wait().await
+        let collecting = collect(streams, &mut tail);
+        tokio::pin!(collecting);
+        tokio::select! {
+            () = &mut collecting => exec.wait().await,
+            code = exec.wait() => {
+                let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut collecting).await;
+                code
+            }
+        }
     })
     .await;
     match finished {

@@ -561,6 +561,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_run_ends_with_its_process_though_a_child_keeps_the_output_open() {
+        let fake = running("c1").await;
+        let mut execs = fake.drive_execs("c1");
+        let run = tokio::spawn(async move {
+            run_to_completion(
+                &fake,
+                "c1",
+                process(&["sh", "-c", "echo started; sleep 60 &"]),
+                Duration::from_secs(30),
+            )
+            .await
+        });
+        let mut driven = execs.recv().await.unwrap();
+        let mut inherited = driven.stdout.take().unwrap();
+        inherited.write_all(b"started\n").await.unwrap();
+        driven.exit(0);
+        let started = std::time::Instant::now();
+        let r = run.await.unwrap().unwrap();
+        assert_eq!((r.exit_code, r.output.as_str()), (0, "started\n"));
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        drop(inherited);
+    }
+
+    #[tokio::test]
     async fn a_timed_out_run_is_killed_and_its_handle_dropped() {
         let fake = running("c1").await;
         let mut execs = fake.drive_execs("c1");

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use ecsd::runtime::embedded::ensure;
 use ecsd::runtime::import::import;
 use ecsd::runtime::{
-    ContainerdOptions, ContainerdRuntime, Event, Image, ProcessStatus, Runtime, RuntimeError, Stdio,
-    normalize, read_logs,
+    ConsoleSize, ContainerdOptions, ContainerdRuntime, Event, ExecOutput, ExecSpec, Image, ProcessStatus,
+    Runtime, RuntimeError, Stdio, normalize, read_logs, run_to_completion,
 };
 use oci_spec::runtime::{LinuxBuilder, Process, ProcessBuilder, Spec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OnceCell, RwLock, mpsc};
 
 /// Held for reading by every test, for writing by the one that restarts containerd.
@@ -350,6 +351,78 @@ async fn signals_stop_containers() {
     assert!(matches!(env.rt.signal(&sleep, 9).await, Err(RuntimeError::NotFound { what: "task", .. })));
 }
 
+/// Whether containerd still knows exec'd process `exec_id` of container `id`.
+async fn exec_known(id: &str, exec_id: &str) -> bool {
+    let channel = containerd_client::connect(socket()).await.expect("connect to the test containerd");
+    let mut tasks = containerd_client::services::v1::tasks_client::TasksClient::new(channel);
+    let mut req = tonic::Request::new(containerd_client::services::v1::GetRequest {
+        container_id: id.to_owned(),
+        exec_id: exec_id.to_owned(),
+    });
+    req.metadata_mut().insert("containerd-namespace", namespace().parse().unwrap());
+    match tasks.get(req).await {
+        Ok(_) => true,
+        Err(s) if s.code() == tonic::Code::NotFound => false,
+        Err(s) => panic!("get exec {exec_id} of {id}: {s}"),
+    }
+}
+
+/// Waits until containerd has forgotten every process of `exec_ids` and the exec directory is
+/// empty.
+async fn wait_cleaned_up(env: &Env, id: &str, exec_ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exec_dir = env.dir.path().join("exec");
+    loop {
+        let mut known = Vec::new();
+        for exec_id in exec_ids {
+            if exec_known(id, exec_id).await {
+                known.push(exec_id.clone());
+            }
+        }
+        let fifos: Vec<_> = match std::fs::read_dir(&exec_dir) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        };
+        if known.is_empty() && fifos.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind after 20 s: exec'd processes {known:?}, FIFO directories {fifos:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn exec_spec(args: &[&str]) -> ExecSpec {
+    ExecSpec::new(process(args))
+}
+
+/// Reads `stream` until `done` holds for what was read, or fails after 10 s.
+async fn read_until(stream: &mut ExecOutput, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if done(&text) {
+            return text;
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!("{what}: the stream ended; read {text:?}"),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("{what}: {e}; read {text:?}"),
+            Err(_) => panic!("{what}: not within 10 s; read {text:?}"),
+        }
+    }
+}
+
+async fn read_all(stream: Option<ExecOutput>) -> Vec<u8> {
+    let mut out = Vec::new();
+    stream.expect("a stream").read_to_end(&mut out).await.expect("read to the end");
+    out
+}
+
 #[tokio::test]
 #[ignore = "needs root and containerd"]
 async fn exec_runs_health_checks() {
@@ -357,30 +430,38 @@ async fn exec_runs_health_checks() {
     let mut env = Env::new().await;
     let id = short_id("exec");
     env.run(&id, &["sleep", "1000"], &labels(&[])).await;
+    let run = |args: &'static [&'static str]| {
+        run_to_completion(&env.rt, &id, process(args), Duration::from_secs(10))
+    };
 
-    let ok =
-        env.rt.exec(&id, &process(&["sh", "-c", "echo healthy"]), Duration::from_secs(10)).await.unwrap();
+    let ok = run(&["sh", "-c", "echo healthy"]).await.unwrap();
     assert_eq!((ok.exit_code, ok.output.as_str()), (0, "healthy\n"));
-    let sick = env
-        .rt
-        .exec(&id, &process(&["sh", "-c", "echo sick >&2; exit 2"]), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let sick = run(&["sh", "-c", "echo sick >&2; exit 2"]).await.unwrap();
     assert_eq!((sick.exit_code, sick.output.as_str()), (2, "sick\n"));
-    let long =
-        env.rt.exec(&id, &process(&["sh", "-c", "seq 1 2000"]), Duration::from_secs(10)).await.unwrap();
+    // A child left in the background keeps the output open; the result does not wait for it.
+    let started = Instant::now();
+    let spawner = run(&["sh", "-c", "echo started; sleep 30 &"]).await.unwrap();
+    assert_eq!((spawner.exit_code, spawner.output.as_str()), (0, "started\n"));
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    let long = run(&["sh", "-c", "seq 1 2000"]).await.unwrap();
     assert_eq!(long.output.len(), 1024);
     assert!(long.output.ends_with("1999\n2000\n"), "{}", long.output);
-    match env.rt.exec(&id, &process(&["/no/such/binary"]), Duration::from_secs(10)).await {
-        Err(RuntimeError::Failed { operation: "exec", message }) => {
-            assert!(message.contains(&id), "{message}")
+    match run(&["/no/such/binary"]).await {
+        Err(e @ RuntimeError::Internal { operation: "start exec", .. }) => {
+            assert!(e.to_string().contains(&id), "{e}")
         }
-        other => panic!("want Failed, got {other:?}"),
+        other => panic!("want Internal, got {other:?}"),
     }
     // Health-check exits are not container exits.
     assert_eq!(env.try_wait_exit(&id, Duration::from_millis(300)).await, None);
-    let leftovers: Vec<_> = std::fs::read_dir(env.dir.path().join("exec")).unwrap().collect();
-    assert!(leftovers.is_empty(), "exec output files are removed: {leftovers:?}");
+    wait_cleaned_up(&env, &id, &[]).await;
+    // An exec in a container that is gone names it.
+    match env.rt.exec("never-existed", exec_spec(&["true"])).await {
+        Err(RuntimeError::NotFound { what, id }) => {
+            assert_eq!((what, id.as_str()), ("task", "never-existed"))
+        }
+        other => panic!("want NotFound, got {other:?}"),
+    }
     env.kill_and_remove(&id).await;
 }
 
@@ -392,7 +473,7 @@ async fn exec_times_out_and_is_killed() {
     let id = short_id("exectime");
     env.run(&id, &["sleep", "1000"], &labels(&[])).await;
     let started = Instant::now();
-    match env.rt.exec(&id, &process(&["sleep", "30"]), Duration::from_millis(500)).await {
+    match run_to_completion(&env.rt, &id, process(&["sleep", "30"]), Duration::from_millis(500)).await {
         Err(RuntimeError::Timeout { operation: "exec", after }) => {
             assert_eq!(after, Duration::from_millis(500))
         }
@@ -400,8 +481,190 @@ async fn exec_times_out_and_is_killed() {
     }
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     // The container is unharmed and execs again.
-    let again = env.rt.exec(&id, &process(&["true"]), Duration::from_secs(10)).await.unwrap();
+    let again = run_to_completion(&env.rt, &id, process(&["true"]), Duration::from_secs(10)).await.unwrap();
     assert_eq!(again.exit_code, 0);
+    wait_cleaned_up(&env, &id, &[]).await;
+    env.kill_and_remove(&id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root and containerd"]
+async fn streaming_exec_keeps_stdout_and_stderr_apart() {
+    let _g = CONTAINERD.read().await;
+    let mut env = Env::new().await;
+    let id = short_id("streams");
+    env.run(&id, &["sleep", "1000"], &labels(&[])).await;
+    let mut exec = env
+        .rt
+        .exec(&id, exec_spec(&["sh", "-c", "echo out; echo err >&2; echo out2; exit 3"]))
+        .await
+        .unwrap();
+    assert!(exec.stdin.is_none(), "no stdin was asked for");
+    let (out, err) = tokio::join!(read_all(exec.stdout.take()), read_all(exec.stderr.take()));
+    assert_eq!(String::from_utf8_lossy(&out), "out\nout2\n");
+    assert_eq!(String::from_utf8_lossy(&err), "err\n");
+    assert_eq!(exec.wait().await.unwrap(), 3);
+    // Waiting again tells the same.
+    assert_eq!(exec.wait().await.unwrap(), 3);
+    let exec_id = exec.id().to_owned();
+    // Read to the end and exited: cleaned up even while the handle lives.
+    wait_cleaned_up(&env, &id, &[exec_id]).await;
+    drop(exec);
+    env.kill_and_remove(&id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root and containerd"]
+async fn terminal_exec_has_its_size_from_the_start_and_resizes() {
+    let _g = CONTAINERD.read().await;
+    let mut env = Env::new().await;
+    let id = short_id("tty");
+    env.run(&id, &["sleep", "1000"], &labels(&[])).await;
+    let mut spec = exec_spec(&["sh", "-c", "stty size; read line; stty size; echo got $line"]);
+    spec.process.set_terminal(Some(true));
+    spec.stdin = true;
+    spec.console_size = Some(ConsoleSize { cols: 100, rows: 30 });
+    let mut exec = env.rt.exec(&id, spec).await.unwrap();
+    assert!(exec.stderr.is_none(), "a terminal has one output stream");
+    let mut stdout = exec.stdout.take().unwrap();
+    let mut stdin = exec.stdin.take().unwrap();
+    read_until(&mut stdout, "the initial size", |t| t.contains("30 100\r\n")).await;
+
+    exec.resize(132, 43).await.unwrap();
+    stdin.write_all(b"hello\n").await.unwrap();
+    let text = read_until(&mut stdout, "the size after the resize", |t| t.contains("got hello\r\n")).await;
+    assert!(text.contains("43 132\r\n"), "{text:?}");
+    assert_eq!(exec.wait().await.unwrap(), 0);
+    drop((stdin, stdout));
+    let exec_id = exec.id().to_owned();
+    drop(exec);
+    wait_cleaned_up(&env, &id, &[exec_id]).await;
+    env.kill_and_remove(&id).await;
+}
+
+/// 1 MiB that is not text: every byte value, in an order no pipe would keep by accident.
+fn binary_data() -> Vec<u8> {
+    let mut x: u32 = 0x9E37_79B9;
+    (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs root and containerd"]
+async fn stdin_arrives_byte_for_byte_and_closing_it_ends_cat() {
+    let _g = CONTAINERD.read().await;
+    let mut env = Env::new().await;
+    let id = short_id("stdin");
+    env.run(&id, &["sleep", "1000"], &labels(&[])).await;
+    let data = binary_data();
+
+    // Through cat and back, written and read at once (a pipe holds only 64 KiB).
+    let mut spec = exec_spec(&["cat"]);
+    spec.stdin = true;
+    let mut exec = env.rt.exec(&id, spec).await.unwrap();
+    let mut stdin = exec.stdin.take().unwrap();
+    let input = data.clone();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&input).await.unwrap();
+        // Closing stdin is what ends cat.
+        stdin.shutdown().await.unwrap();
+    });
+    let (out, err) = tokio::join!(read_all(exec.stdout.take()), read_all(exec.stderr.take()));
+    writer.await.unwrap();
+    assert_eq!(out.len(), data.len());
+    assert!(out == data, "cat returned other bytes");
+    assert!(err.is_empty());
+    assert_eq!(exec.wait().await.unwrap(), 0);
+
+    // Into md5sum (here sha256sum, which busybox also has), dropping stdin to close it.
+    let mut spec = exec_spec(&["sha256sum"]);
+    spec.stdin = true;
+    let mut exec = env.rt.exec(&id, spec).await.unwrap();
+    let mut stdin = exec.stdin.take().unwrap();
+    stdin.write_all(&data).await.unwrap();
+    drop(stdin);
+    let out = read_all(exec.stdout.take()).await;
+    let want = format!("{}  -\n", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)));
+    assert_eq!(String::from_utf8_lossy(&out), want);
+    assert_eq!(exec.wait().await.unwrap(), 0);
+    drop(exec);
+    wait_cleaned_up(&env, &id, &[]).await;
+    env.kill_and_remove(&id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root and containerd"]
+async fn exec_exit_codes_and_kill() {
+    let _g = CONTAINERD.read().await;
+    let mut env = Env::new().await;
+    let id = short_id("codes");
+    env.run(&id, &["sleep", "1000"], &labels(&[])).await;
+    for (args, code) in [(&["true"][..], 0), (&["sh", "-c", "exit 3"][..], 3)] {
+        let exec = env.rt.exec(&id, exec_spec(args)).await.unwrap();
+        assert_eq!(exec.wait().await.unwrap(), code, "{args:?}");
+    }
+    let exec = env.rt.exec(&id, exec_spec(&["sleep", "1000"])).await.unwrap();
+    exec.kill(9).await.unwrap();
+    assert_eq!(exec.wait().await.unwrap(), 137);
+    assert!(matches!(exec.kill(-1).await, Err(RuntimeError::InvalidSignal { signal: -1 })));
+    // The container's own process is untouched.
+    assert_eq!(env.try_wait_exit(&id, Duration::from_millis(300)).await, None);
+    drop(exec);
+    wait_cleaned_up(&env, &id, &[]).await;
+    env.kill_and_remove(&id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root and containerd"]
+async fn dropping_an_exec_early_leaves_nothing_behind() {
+    let _g = CONTAINERD.read().await;
+    let mut env = Env::new().await;
+    let id = short_id("dropped");
+    env.run(&id, &["sleep", "1000"], &labels(&[])).await;
+    let mut spec = exec_spec(&["sh", "-c", "echo started; exec sleep 1000"]);
+    spec.stdin = true;
+    let mut exec = env.rt.exec(&id, spec).await.unwrap();
+    let exec_id = exec.id().to_owned();
+    let mut stdout = exec.stdout.take().unwrap();
+    read_until(&mut stdout, "the process to start", |t| t == "started\n").await;
+    // Positive control: while it runs, containerd knows it and its pid lives.
+    assert!(exec_known(&id, &exec_id).await);
+    let pids = ctr(&["tasks", "ps", &id]);
+    assert!(pids.lines().count() >= 3, "the container's process and the exec'd one: {pids}");
+
+    drop(exec);
+    drop(stdout);
+    wait_cleaned_up(&env, &id, std::slice::from_ref(&exec_id)).await;
+    // Only the container's own process is left.
+    let pids = ctr(&["tasks", "ps", &id]);
+    assert_eq!(pids.lines().count(), 2, "header and the container's process: {pids}");
+    env.kill_and_remove(&id).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root and containerd"]
+async fn a_hundred_short_execs_leave_nothing_behind() {
+    let _g = CONTAINERD.read().await;
+    let mut env = Env::new().await;
+    let id = short_id("hundred");
+    env.run(&id, &["sleep", "1000"], &labels(&[])).await;
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let mut exec = env.rt.exec(&id, exec_spec(&["echo", &i.to_string()])).await.unwrap();
+        ids.push(exec.id().to_owned());
+        let out = read_all(exec.stdout.take()).await;
+        assert_eq!(String::from_utf8_lossy(&out), format!("{i}\n"));
+        assert_eq!(exec.wait().await.unwrap(), 0, "exec {i}");
+    }
+    eprintln!("100 execs in {:?}", started.elapsed());
+    wait_cleaned_up(&env, &id, &ids).await;
     env.kill_and_remove(&id).await;
 }
 
@@ -415,7 +678,10 @@ async fn remove_is_idempotent() {
     // Prepared only: the snapshot and lease go.
     let prepared = short_id("prepared");
     env.rt.prepare(&prepared, &env.image).await.unwrap();
-    assert!(matches!(env.rt.prepare(&prepared, &env.image).await, Err(RuntimeError::Failed { .. })));
+    match env.rt.prepare(&prepared, &env.image).await {
+        Err(RuntimeError::AlreadyExists { what: "snapshot", id }) => assert_eq!(id, prepared),
+        other => panic!("want AlreadyExists, got {other:?}"),
+    }
     assert_eq!(env.rt.remove(&prepared).await.unwrap(), None);
     env.rt.prepare(&prepared, &env.image).await.expect("prepare again after remove");
     assert_eq!(env.rt.remove(&prepared).await.unwrap(), None);
@@ -424,8 +690,8 @@ async fn remove_is_idempotent() {
     let created = short_id("created");
     env.create(&created, &["true"], &labels(&[])).await;
     match env.rt.create(&created, &spec(&created, &["true"]), &labels(&[]), &env.stdio(&created)).await {
-        Err(RuntimeError::Failed { message, .. }) => assert!(message.contains("already exists"), "{message}"),
-        other => panic!("want Failed, got {other:?}"),
+        Err(RuntimeError::AlreadyExists { what: "container", id }) => assert_eq!(id, created),
+        other => panic!("want AlreadyExists, got {other:?}"),
     }
     assert_eq!(env.rt.remove(&created).await.unwrap(), None);
     assert_eq!(env.rt.remove(&created).await.unwrap(), None);
@@ -434,8 +700,8 @@ async fn remove_is_idempotent() {
     let running = short_id("running");
     env.run(&running, &["sleep", "1000"], &labels(&[])).await;
     match env.rt.remove(&running).await {
-        Err(RuntimeError::Failed { message, .. }) => assert!(message.contains("still running"), "{message}"),
-        other => panic!("want Failed, got {other:?}"),
+        Err(RuntimeError::StillRunning { id }) => assert_eq!(id, running),
+        other => panic!("want StillRunning, got {other:?}"),
     }
     env.rt.signal(&running, 9).await.unwrap();
     env.wait_exit(&running).await;

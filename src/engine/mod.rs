@@ -626,7 +626,7 @@ impl Engine {
         process: &oci_spec::runtime::Process,
         timeout: Duration,
     ) -> CheckResult {
-        match self.runtime.exec(runtime_id, process, timeout).await {
+        match crate::runtime::run_to_completion(&*self.runtime, runtime_id, process.clone(), timeout).await {
             Ok(r) => CheckResult { exit_code: Some(r.exit_code), output: r.output },
             Err(e) => CheckResult { exit_code: None, output: e.to_string() },
         }

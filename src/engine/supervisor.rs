@@ -815,7 +815,7 @@ impl Supervisor {
 
 /// Whether a runtime error says the container still has a running process.
 fn still_running(e: &RuntimeError) -> bool {
-    matches!(e, RuntimeError::Failed { operation: "remove container", .. })
+    matches!(e, RuntimeError::StillRunning { .. })
 }
 
 /// Removes a container whose process was just killed: the runtime refuses while the process

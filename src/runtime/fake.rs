@@ -1,18 +1,28 @@
-//! An in-memory runtime for testing the engine and the API without root or containerd.
+//! An in-memory runtime for testing the engine and the API without root or containerd;
+//! compiled only for tests (`cfg(test)` or the `test-support` feature), never shipped.
+//!
 //! Processes do not run: a test decides when they exit, and signals behave like a
 //! well-behaved process (SIGTERM/SIGKILL end it with 128+signal) unless told otherwise.
+//! Execs either follow a script (what they print, how they exit; by default they print
+//! `exit 0` and exit 0), or are handed to the test as a [`FakeExec`] to drive: the test reads
+//! what the caller writes to stdin, writes the output, sees resizes and signals, and ends the
+//! process.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::io::DuplexStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    ContainerState, Event, ExecResult, Image, ImageConfig, ProcessStatus, Rootfs, Runtime, RuntimeError,
-    Stdio,
+    ConsoleSize, ContainerState, Event, ExecControl, ExecOutput, ExecProcess, ExecSpec, ExecStdin, Image,
+    ImageConfig, ProcessStatus, Rootfs, Runtime, RuntimeError, Stdio,
 };
+
+/// Pipes between a caller and a driven exec hold this much, as a kernel pipe does.
+const PIPE_CAPACITY: usize = 64 << 10;
 
 #[derive(Debug, Default)]
 struct State {
@@ -20,7 +30,9 @@ struct State {
     containers: BTreeMap<String, (BTreeMap<String, String>, ProcessStatus)>,
     ignore_signals: HashSet<i32>,
     ignoring: HashSet<String>,
-    health: HashMap<String, i32>,
+    execs: HashMap<String, ExecMode>,
+    exec_log: Vec<(String, ExecSpec)>,
+    next_exec: u64,
     signals: Vec<(String, i32)>,
     unavailable: bool,
     /// Calls refused while unavailable.
@@ -97,9 +109,35 @@ impl FakeRuntime {
         s.ignoring.insert(id.to_owned());
     }
 
-    /// Health checks of this container exit with `code` from now on.
+    /// Health checks (every exec) of this container print `exit CODE` and exit with `code`
+    /// from now on.
     pub fn set_health(&self, id: &str, code: i32) {
-        self.lock().health.insert(id.to_owned(), code);
+        self.script_exec(
+            id,
+            ExecScript {
+                stdout: format!("exit {code}").into_bytes(),
+                exit_code: code,
+                ..ExecScript::default()
+            },
+        );
+    }
+
+    /// Every exec in container `id` follows `script` from now on.
+    pub fn script_exec(&self, id: &str, script: ExecScript) {
+        self.lock().execs.insert(id.to_owned(), ExecMode::Script(script));
+    }
+
+    /// Every exec in container `id` is handed to the test from now on, as a [`FakeExec`] on
+    /// the returned channel, to be driven by it.
+    pub fn drive_execs(&self, id: &str) -> mpsc::UnboundedReceiver<FakeExec> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().execs.insert(id.to_owned(), ExecMode::Drive(tx));
+        rx
+    }
+
+    /// The execs started so far: container id and spec, in order.
+    pub fn execs(&self) -> Vec<(String, ExecSpec)> {
+        self.lock().exec_log.clone()
     }
 
     /// The signals sent so far, in order.
@@ -165,10 +203,7 @@ impl Runtime for FakeRuntime {
         self.check()?;
         let mut s = self.lock();
         if s.containers.contains_key(id) {
-            return Err(RuntimeError::Failed {
-                operation: "create",
-                message: format!("container {id} exists"),
-            });
+            return Err(RuntimeError::AlreadyExists { what: "container", id: id.to_owned() });
         }
         s.containers.insert(id.to_owned(), (labels.clone(), ProcessStatus::Created));
         Ok(())
@@ -204,25 +239,45 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn exec(
-        &self,
-        id: &str,
-        _process: &oci_spec::runtime::Process,
-        _timeout: Duration,
-    ) -> Result<ExecResult, RuntimeError> {
+    async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<ExecProcess, RuntimeError> {
         self.check()?;
-        let code = self.lock().health.get(id).copied().unwrap_or(0);
-        Ok(ExecResult { exit_code: code, output: format!("exit {code}") })
+        let (mode, exec_id) = {
+            let mut s = self.lock();
+            match s.containers.get(container_id) {
+                Some((_, ProcessStatus::Running { .. })) => {}
+                Some(_) => {
+                    return Err(RuntimeError::WrongState {
+                        operation: "exec",
+                        what: "task",
+                        id: container_id.to_owned(),
+                        message: "the container's process is not running".into(),
+                    });
+                }
+                None => return Err(RuntimeError::NotFound { what: "task", id: container_id.to_owned() }),
+            }
+            s.exec_log.push((container_id.to_owned(), spec.clone()));
+            s.next_exec += 1;
+            let mode = s.execs.get(container_id).cloned().unwrap_or_else(|| {
+                ExecMode::Script(ExecScript { stdout: b"exit 0".to_vec(), ..ExecScript::default() })
+            });
+            (mode, format!("fake-exec-{}", s.next_exec))
+        };
+        match mode {
+            ExecMode::Script(script) => Ok(scripted(exec_id, &spec, script)),
+            ExecMode::Drive(tx) => {
+                let (process, driven) = driven(exec_id, container_id, spec);
+                // A test that stopped listening gets a process that never ends by itself.
+                let _ = tx.send(driven);
+                Ok(process)
+            }
+        }
     }
 
     async fn remove(&self, id: &str) -> Result<Option<(i32, f64)>, RuntimeError> {
         self.check()?;
         let mut s = self.lock();
         match s.containers.get(id).map(|(_, st)| *st) {
-            Some(ProcessStatus::Running { .. }) => Err(RuntimeError::Failed {
-                operation: "remove",
-                message: format!("container {id} is running"),
-            }),
+            Some(ProcessStatus::Running { .. }) => Err(RuntimeError::StillRunning { id: id.to_owned() }),
             Some(ProcessStatus::Exited { code, at }) => {
                 s.containers.remove(id);
                 Ok(Some((code, at)))
@@ -255,5 +310,305 @@ impl Runtime for FakeRuntime {
             *t = Some(tx);
         }
         rx
+    }
+}
+
+/// What a scripted exec prints and how it ends. With a terminal, stderr goes to stdout.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecScript {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+#[derive(Debug, Clone)]
+enum ExecMode {
+    Script(ExecScript),
+    Drive(mpsc::UnboundedSender<FakeExec>),
+}
+
+fn scripted(exec_id: String, spec: &ExecSpec, script: ExecScript) -> ExecProcess {
+    let (stdout, stderr) = if spec.terminal() {
+        ([script.stdout, script.stderr].concat(), None)
+    } else {
+        (script.stdout, Some(script.stderr))
+    };
+    let stdin = spec.stdin.then(|| Box::new(tokio::io::sink()) as ExecStdin);
+    let stdout = Some(Box::new(std::io::Cursor::new(stdout)) as ExecOutput);
+    let stderr = stderr.map(|e| Box::new(std::io::Cursor::new(e)) as ExecOutput);
+    let (exit, exited) = watch::channel(Some(script.exit_code));
+    let control = FakeControl {
+        id: exec_id,
+        signals: None,
+        resizes: None,
+        exit: exited,
+        _exit: Some(exit),
+        _dropped: CancellationToken::new().drop_guard(),
+    };
+    ExecProcess::new(stdin, stdout, stderr, Box::new(control))
+}
+
+fn driven(exec_id: String, container_id: &str, spec: ExecSpec) -> (ExecProcess, FakeExec) {
+    let (stdin, peer_stdin) = if spec.stdin {
+        let (caller, peer) = tokio::io::duplex(PIPE_CAPACITY);
+        (Some(Box::new(caller) as ExecStdin), Some(peer))
+    } else {
+        (None, None)
+    };
+    let (peer_stdout, stdout) = tokio::io::duplex(PIPE_CAPACITY);
+    let (stderr, peer_stderr) = if spec.terminal() {
+        (None, None)
+    } else {
+        let (peer, caller) = tokio::io::duplex(PIPE_CAPACITY);
+        (Some(Box::new(caller) as ExecOutput), Some(peer))
+    };
+    let (signal_tx, signals) = mpsc::unbounded_channel();
+    let (resize_tx, resizes) = mpsc::unbounded_channel();
+    let (exit, exited) = watch::channel(None);
+    let dropped = CancellationToken::new();
+    let control = FakeControl {
+        id: exec_id.clone(),
+        signals: Some(signal_tx),
+        resizes: Some(resize_tx),
+        exit: exited,
+        _exit: None,
+        _dropped: dropped.clone().drop_guard(),
+    };
+    let process = ExecProcess::new(stdin, Some(Box::new(stdout)), stderr, Box::new(control));
+    let driven = FakeExec {
+        id: exec_id,
+        container_id: container_id.to_owned(),
+        spec,
+        stdin: peer_stdin,
+        stdout: Some(peer_stdout),
+        stderr: peer_stderr,
+        signals,
+        resizes,
+        exit,
+        dropped,
+    };
+    (process, driven)
+}
+
+/// An exec driven by the test (see [`FakeRuntime::drive_execs`]).
+#[derive(Debug)]
+pub struct FakeExec {
+    pub id: String,
+    pub container_id: String,
+    pub spec: ExecSpec,
+    /// What the caller writes; end-of-file once it closes stdin.
+    pub stdin: Option<DuplexStream>,
+    /// What is written here reaches the caller's stdout (with a terminal: everything).
+    pub stdout: Option<DuplexStream>,
+    /// What is written here reaches the caller's stderr (`None` with a terminal).
+    pub stderr: Option<DuplexStream>,
+    signals: mpsc::UnboundedReceiver<i32>,
+    resizes: mpsc::UnboundedReceiver<ConsoleSize>,
+    exit: watch::Sender<Option<i32>>,
+    dropped: CancellationToken,
+}
+
+impl FakeExec {
+    /// The next signal the caller sends (`None` once the caller's handle is gone).
+    pub async fn next_signal(&mut self) -> Option<i32> {
+        self.signals.recv().await
+    }
+
+    /// The next terminal size the caller sets (`None` once the caller's handle is gone).
+    pub async fn next_resize(&mut self) -> Option<ConsoleSize> {
+        self.resizes.recv().await
+    }
+
+    /// Ends the process with `code`: its output closes and the caller's `wait` returns `code`.
+    pub fn exit(&mut self, code: i32) {
+        self.stdout = None;
+        self.stderr = None;
+        self.exit.send_replace(Some(code));
+    }
+
+    /// Resolves once the caller has dropped its handle (the runtime would kill the process).
+    pub async fn dropped(&self) {
+        self.dropped.cancelled().await
+    }
+}
+
+#[derive(Debug)]
+struct FakeControl {
+    id: String,
+    signals: Option<mpsc::UnboundedSender<i32>>,
+    resizes: Option<mpsc::UnboundedSender<ConsoleSize>>,
+    exit: watch::Receiver<Option<i32>>,
+    /// A scripted process has ended already; its sender lives with the handle.
+    _exit: Option<watch::Sender<Option<i32>>>,
+    _dropped: DropGuard,
+}
+
+impl FakeControl {
+    fn gone(&self) -> RuntimeError {
+        RuntimeError::NotFound { what: "exec'd process", id: self.id.clone() }
+    }
+}
+
+#[async_trait]
+impl ExecControl for FakeControl {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn resize(&self, size: ConsoleSize) -> Result<(), RuntimeError> {
+        match &self.resizes {
+            Some(tx) if self.exit.borrow().is_none() => tx.send(size).map_err(|_| self.gone()),
+            _ => Err(self.gone()),
+        }
+    }
+
+    async fn kill(&self, signal: i32) -> Result<(), RuntimeError> {
+        match &self.signals {
+            Some(tx) if self.exit.borrow().is_none() => tx.send(signal).map_err(|_| self.gone()),
+            _ => Err(self.gone()),
+        }
+    }
+
+    async fn wait(&self) -> Result<i32, RuntimeError> {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(code) => (*code).ok_or_else(|| self.gone()),
+            // The test dropped its FakeExec without ending it: the process vanished.
+            Err(_) => Err(self.gone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::runtime::run_to_completion;
+
+    async fn running(id: &str) -> FakeRuntime {
+        let fake = FakeRuntime::default();
+        let labels = BTreeMap::new();
+        let stdio = Stdio { log_dir: "/nonexistent".into(), terminal: false };
+        fake.create(id, &oci_spec::runtime::Spec::default(), &labels, &stdio).await.unwrap();
+        fake.start(id).await.unwrap();
+        fake
+    }
+
+    fn process(args: &[&str]) -> oci_spec::runtime::Process {
+        let mut p = oci_spec::runtime::Process::default();
+        p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+        p
+    }
+
+    #[tokio::test]
+    async fn scripted_execs_print_and_exit_as_told() {
+        let fake = running("c1").await;
+        let r = run_to_completion(&fake, "c1", process(&["true"]), Duration::from_secs(5)).await.unwrap();
+        assert_eq!((r.exit_code, r.output.as_str()), (0, "exit 0"));
+        fake.script_exec(
+            "c1",
+            ExecScript { stdout: b"out\n".to_vec(), stderr: b"err\n".to_vec(), exit_code: 3 },
+        );
+        let r = run_to_completion(&fake, "c1", process(&["check"]), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(r.exit_code, 3);
+        assert!(r.output.contains("out\n") && r.output.contains("err\n"), "{r:?}");
+        let logged: Vec<_> = fake.execs().into_iter().map(|(c, s)| (c, s.process.args().clone())).collect();
+        assert_eq!(
+            logged,
+            vec![
+                ("c1".to_owned(), Some(vec!["true".to_owned()])),
+                ("c1".to_owned(), Some(vec!["check".to_owned()]))
+            ]
+        );
+        // No container, no exec; a stopped one neither.
+        assert!(matches!(
+            fake.exec("nope", ExecSpec::new(process(&["x"]))).await,
+            Err(RuntimeError::NotFound { what: "task", .. })
+        ));
+        fake.exit("c1", 0).await;
+        assert!(matches!(
+            fake.exec("c1", ExecSpec::new(process(&["x"]))).await,
+            Err(RuntimeError::WrongState { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn driven_execs_stream_both_ways() {
+        let fake = running("c1").await;
+        let mut execs = fake.drive_execs("c1");
+        let mut spec = ExecSpec::new(process(&["sh"]));
+        spec.stdin = true;
+        spec.process.set_terminal(Some(true));
+        spec.console_size = Some(ConsoleSize { cols: 80, rows: 24 });
+        let mut caller = fake.exec("c1", spec).await.unwrap();
+        assert!(caller.stderr.is_none(), "a terminal has one output stream");
+        let mut driven = execs.recv().await.unwrap();
+        assert_eq!(driven.spec.console_size, Some(ConsoleSize { cols: 80, rows: 24 }));
+
+        let mut stdin = caller.stdin.take().unwrap();
+        stdin.write_all(b"echo hi\n").await.unwrap();
+        stdin.shutdown().await.unwrap();
+        let mut typed = String::new();
+        driven.stdin.take().unwrap().read_to_string(&mut typed).await.unwrap();
+        assert_eq!(typed, "echo hi\n");
+
+        driven.stdout.as_mut().unwrap().write_all(b"hi\r\n").await.unwrap();
+        caller.resize(120, 40).await.unwrap();
+        assert_eq!(driven.next_resize().await, Some(ConsoleSize { cols: 120, rows: 40 }));
+        caller.kill(15).await.unwrap();
+        assert_eq!(driven.next_signal().await, Some(15));
+        driven.exit(143);
+        let mut out = String::new();
+        caller.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hi\r\n");
+        assert_eq!(caller.wait().await.unwrap(), 143);
+        // An ended process takes no more signals.
+        assert!(matches!(caller.kill(9).await, Err(RuntimeError::NotFound { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_run_ends_with_its_process_though_a_child_keeps_the_output_open() {
+        let fake = running("c1").await;
+        let mut execs = fake.drive_execs("c1");
+        let run = tokio::spawn(async move {
+            run_to_completion(
+                &fake,
+                "c1",
+                process(&["sh", "-c", "echo started; sleep 60 &"]),
+                Duration::from_secs(30),
+            )
+            .await
+        });
+        let mut driven = execs.recv().await.unwrap();
+        let mut inherited = driven.stdout.take().unwrap();
+        inherited.write_all(b"started\n").await.unwrap();
+        driven.exit(0);
+        let started = std::time::Instant::now();
+        let r = run.await.unwrap().unwrap();
+        assert_eq!((r.exit_code, r.output.as_str()), (0, "started\n"));
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        drop(inherited);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_run_is_killed_and_its_handle_dropped() {
+        let fake = running("c1").await;
+        let mut execs = fake.drive_execs("c1");
+        let run = tokio::spawn(async move {
+            run_to_completion(&fake, "c1", process(&["sleep", "9"]), Duration::from_millis(200)).await
+        });
+        let mut driven = execs.recv().await.unwrap();
+        assert_eq!(driven.next_signal().await, Some(9));
+        driven.exit(137);
+        driven.dropped().await;
+        match run.await.unwrap() {
+            Err(RuntimeError::Timeout { operation: "exec", after }) => {
+                assert_eq!(after, Duration::from_millis(200))
+            }
+            other => panic!("want Timeout, got {other:?}"),
+        }
     }
 }

@@ -1,26 +1,30 @@
-//! The container runtime boundary: a narrow trait the engine drives, and its containerd
-//! implementation (the only code that imports containerd-client or tonic).
+//! The container runtime boundary: a narrow trait the engine drives, the plain types that
+//! cross it, and its containerd implementation (the only code that imports containerd-client
+//! or tonic).
 //!
 //! The engine never sees gRPC types: images, containers, processes and exits cross this
 //! boundary as the plain types below, and failures as [`RuntimeError`] classified by kind.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 pub mod containerd;
-pub mod embedded;
+mod error;
+mod exec;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
-mod image;
-pub mod import;
-pub mod logs;
 pub mod reference;
 
-pub use containerd::{ContainerdOptions, ContainerdRuntime};
+pub use containerd::{ContainerdOptions, ContainerdRuntime, embedded, import, logs};
 pub use embedded::EmbeddedContainerd;
+pub use error::{ImageDefect, RuntimeError};
+pub use exec::{
+    ConsoleSize, EXEC_OUTPUT_MAX, ExecControl, ExecOutput, ExecProcess, ExecResult, ExecSpec, ExecStdin,
+    run_to_completion,
+};
 pub use logs::{LogDriverArgs, read_logs, run_log_driver};
 pub use reference::normalize;
 
@@ -99,36 +103,8 @@ pub enum Event {
     Reconnected,
 }
 
-/// The result of a process run inside a container (a health check).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecResult {
-    pub exit_code: i32,
-    /// Combined stdout and stderr, at most the last 1024 bytes.
-    pub output: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RuntimeError {
-    /// The runtime cannot be reached (no socket, refused, or gone mid-call).
-    #[error("containerd is unreachable at {address}: {message}")]
-    Unavailable { address: String, message: String },
-    /// The image is not present in the runtime.
-    #[error("image {reference} is not present in containerd namespace {namespace}")]
-    ImageNotFound { reference: String, namespace: String },
-    #[error("image reference '{reference}' is not valid: {reason}")]
-    InvalidReference { reference: String, reason: String },
-    /// The object the call names does not exist.
-    #[error("{what} {id} does not exist")]
-    NotFound { what: &'static str, id: String },
-    /// The runtime refused the call: a bad spec, a resource limit, a failed exec.
-    #[error("{operation} failed: {message}")]
-    Failed { operation: &'static str, message: String },
-    #[error("{operation} timed out after {after:?}")]
-    Timeout { operation: &'static str, after: Duration },
-}
-
 /// The container runtime, as the engine uses it. Every method is safe to retry: creating
-/// what exists fails with `Failed`, removing what is gone succeeds.
+/// what exists fails with `AlreadyExists`, removing what is gone succeeds.
 #[async_trait]
 pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Resolves a normalised image reference to an image present in the runtime, unpacking
@@ -154,17 +130,15 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Sends `signal` to the container's main process.
     async fn signal(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
 
-    /// Runs `process` inside the running container and waits for it, up to `timeout`
-    /// (then it is killed and the result is `Timeout`).
-    async fn exec(
-        &self,
-        id: &str,
-        process: &oci_spec::runtime::Process,
-        timeout: Duration,
-    ) -> Result<ExecResult, RuntimeError>;
+    /// Starts `spec` inside the running container `container_id` and hands over its streams.
+    /// The process is cleaned up in the runtime once it has ended and its output was read, or
+    /// when the returned handle is dropped (see [`ExecProcess`]). For a process run to its
+    /// end with a timeout, see [`run_to_completion`].
+    async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<ExecProcess, RuntimeError>;
 
     /// Removes the container's task, the container, its snapshot and lease. Returns the exit
-    /// status if the task had exited. Removing what does not exist is not an error.
+    /// status if the task had exited. Removing what does not exist is not an error; removing
+    /// a container whose process runs is `StillRunning`.
     async fn remove(&self, id: &str) -> Result<Option<(i32, f64)>, RuntimeError>;
 
     /// Every container of the runtime's namespace with its labels and process status.

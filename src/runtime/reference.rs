@@ -240,7 +240,10 @@ mod tests {
     const HEX: &str = "9e4f60b1943ae9091a927be345db681016e0259e6ee4edb2490f7ef9a189d260";
 
     fn ok(input: &str, want: &str) {
-        assert_eq!(normalize(input).as_deref(), Ok(want), "normalize({input:?})");
+        match normalize(input) {
+            Ok(got) => assert_eq!(got, want, "normalize({input:?})"),
+            Err(e) => panic!("normalize({input:?}) failed: {e}"),
+        }
     }
 
     fn bad(input: &str) -> String {

@@ -10,7 +10,7 @@ use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use ecsd::Daemon;
 use ecsd::config::{Config, ServeArgs};
 use ecsd::model::time::{Clock, ManualClock, SystemClock};
-use ecsd::network::FakeNetwork;
+use ecsd::network::fake::FakeNetwork;
 use ecsd::runtime::ImageConfig;
 use ecsd::runtime::fake::FakeRuntime;
 

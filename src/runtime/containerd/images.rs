@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
-use super::containerd::{CALL_TIMEOUT, Conn, SNAPSHOTTER, StatusKind, at, classify};
-use super::{Image, ImageConfig, RuntimeError};
+use super::SNAPSHOTTER;
+use super::connection::{CALL_TIMEOUT, Conn, StatusKind, at, classify};
+use crate::runtime::{Image, ImageConfig, ImageDefect, RuntimeError};
 
 pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -231,10 +232,7 @@ pub(crate) async fn read_blob(
         match next {
             Ok(Some(chunk)) => {
                 if data.len() + chunk.data.len() > limit {
-                    return Err(RuntimeError::Failed {
-                        operation: read_at.operation,
-                        message: format!("content {digest} of image {image} is larger than {limit} bytes"),
-                    });
+                    return Err(bad_image(image, ImageDefect::TooLarge { digest: digest.to_owned(), limit }));
                 }
                 data.extend_from_slice(&chunk.data);
             }
@@ -245,20 +243,16 @@ pub(crate) async fn read_blob(
     }
 }
 
-fn missing_content(image: &str, digest: &str) -> RuntimeError {
-    RuntimeError::Failed {
-        operation: "read image content",
-        message: format!(
-            "content {digest} of image {image} is missing from containerd; import or pull the image again"
-        ),
-    }
+fn bad_image(image: &str, defect: ImageDefect) -> RuntimeError {
+    RuntimeError::BadImage { image: image.to_owned(), defect }
 }
 
-fn bad_json(image: &str, digest: &str, e: &serde_json::Error) -> RuntimeError {
-    RuntimeError::Failed {
-        operation: "resolve image",
-        message: format!("content {digest} of image {image} is not a valid image document: {e}"),
-    }
+fn missing_content(image: &str, digest: &str) -> RuntimeError {
+    bad_image(image, ImageDefect::MissingContent { digest: digest.to_owned() })
+}
+
+pub(crate) fn bad_json(image: &str, digest: &str, e: &serde_json::Error) -> RuntimeError {
+    bad_image(image, ImageDefect::Malformed { digest: digest.to_owned(), reason: e.to_string() })
 }
 
 /// Resolves image `name` (a normalised reference) in the connection's namespace.
@@ -321,13 +315,8 @@ pub(crate) async fn resolve_target(
                 .iter()
                 .filter_map(|d| d.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture)))
                 .collect();
-            return Err(RuntimeError::Failed {
-                operation: "resolve image",
-                message: format!(
-                    "image {name} has no manifest for linux/{arch} (it has: {})",
-                    if offered.is_empty() { "none".to_owned() } else { offered.join(", ") }
-                ),
-            });
+            let offered = if offered.is_empty() { "none".to_owned() } else { offered.join(", ") };
+            return Err(bad_image(name, ImageDefect::NoPlatform { arch, offered }));
         };
         desc = chosen.clone();
         data = read_blob(conn, name, &desc.digest, JSON_BLOB_MAX).await?;
@@ -337,14 +326,10 @@ pub(crate) async fn resolve_target(
     let (config, diff_ids) =
         parse_config(&config_data).map_err(|e| bad_json(name, &manifest.config.digest, &e))?;
     if diff_ids.len() != manifest.layers.len() {
-        return Err(RuntimeError::Failed {
-            operation: "resolve image",
-            message: format!(
-                "image {name} is inconsistent: {} layers but {} diff ids in its config",
-                manifest.layers.len(),
-                diff_ids.len()
-            ),
-        });
+        return Err(bad_image(
+            name,
+            ImageDefect::LayerCount { layers: manifest.layers.len(), diff_ids: diff_ids.len() },
+        ));
     }
     Ok(Resolved {
         image: Image {
@@ -508,13 +493,14 @@ async fn apply_and_commit(
     };
     let applied_digest = applied.map(|d| d.digest).unwrap_or_default();
     if applied_digest != diff_id {
-        return Err(RuntimeError::Failed {
-            operation: unpack_at.operation,
-            message: format!(
-                "layer {} of image {image} unpacked to {applied_digest}, but its config says {diff_id}",
-                layer.digest
-            ),
-        });
+        return Err(bad_image(
+            image,
+            ImageDefect::DiffIdMismatch {
+                layer: layer.digest.clone(),
+                unpacked: applied_digest,
+                expected: diff_id.to_owned(),
+            },
+        ));
     }
     let req = snap::CommitSnapshotRequest {
         snapshotter: SNAPSHOTTER.into(),

@@ -18,10 +18,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::RuntimeError;
-use super::containerd::{CALL_TIMEOUT, Conn, StatusKind, at, classify};
-use super::image::{self, BlobKind, Descriptor, Index, Manifest};
-use super::reference;
+use super::connection::{CALL_TIMEOUT, Conn, StatusKind, at, classify};
+use super::images::{self as image, BlobKind, Descriptor, Index, Manifest};
+use crate::runtime::{RuntimeError, reference};
 
 const IMPORT_LEASE_TTL: Duration = Duration::from_secs(3600);
 const CHUNK: usize = 1 << 20;
@@ -408,10 +407,7 @@ impl ContentWriter {
                 offset: status.offset,
                 skip: u64::try_from(status.offset).unwrap_or(0),
             })),
-            Ok(Ok(None)) => Err(RuntimeError::Failed {
-                operation: write_at.operation,
-                message: "containerd ended the write session".into(),
-            }),
+            Ok(Ok(None)) => Err(RuntimeError::StreamEnded { operation: write_at.operation }),
             Ok(Err(s)) if classify(&s) == StatusKind::AlreadyExists => Ok(None),
             Ok(Err(s)) => Err(conn.error(s, write_at)),
             Err(_) => Err(RuntimeError::Timeout { operation: write_at.operation, after: CALL_TIMEOUT }),
@@ -420,10 +416,7 @@ impl ContentWriter {
 
     async fn exchange(&mut self, req: api::WriteContentRequest) -> Result<Option<i64>, RuntimeError> {
         let write_at = at("write image content", "content", &self.reference);
-        let closed = || RuntimeError::Failed {
-            operation: write_at.operation,
-            message: "containerd ended the write session".into(),
-        };
+        let closed = || RuntimeError::StreamEnded { operation: write_at.operation };
         if self.tx.send(req).await.is_err() {
             // The request stream is gone: the session's error, if any, is in the responses.
             return match self.responses.message().await {
@@ -551,10 +544,7 @@ async fn label_children(conn: &Conn, image: &str, desc: &Descriptor, depth: u32)
         return Ok(());
     }
     let data = image::read_blob(conn, image, &desc.digest, image::JSON_BLOB_MAX).await?;
-    let bad = |e: serde_json::Error| RuntimeError::Failed {
-        operation: "import image",
-        message: format!("content {} of image {image} is not a valid image document: {e}", desc.digest),
-    };
+    let bad = |e: serde_json::Error| image::bad_json(image, &desc.digest, &e);
     let mut labels = HashMap::new();
     match image::blob_kind(&desc.media_type, &data) {
         BlobKind::Index => {

@@ -30,8 +30,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::RuntimeError;
-use super::containerd::{Backoff, Conn, at};
+use super::connection::{Backoff, Conn, at};
+use crate::runtime::RuntimeError;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);

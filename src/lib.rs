@@ -72,6 +72,11 @@ impl Daemon {
         self.addr
     }
 
+    /// The task engine, for in-process callers (tests, the service scheduler, ECS Exec).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
     /// Stops accepting requests, lets in-flight ones finish (up to a grace period), lets
     /// tasks that are stopping finish their teardown (bounded), and releases the data dir
     /// before it returns, so another ecsd can open it at once.

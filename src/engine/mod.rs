@@ -33,6 +33,7 @@ use crate::store::{Scan, Store, StoreError};
 
 pub mod cgroups;
 mod decide;
+mod exec;
 pub mod failure;
 mod launch;
 pub mod placement;
@@ -40,6 +41,7 @@ mod prepare;
 mod supervisor;
 mod view;
 
+pub use exec::{ExecError, ExecRequest};
 pub use launch::{LaunchError, LaunchErrorKind, LaunchSpec, Placed, check_launch_type};
 pub use view::TaskEvent;
 
@@ -139,6 +141,8 @@ pub struct Engine {
     supervisors: Mutex<HashMap<String, Supervised>>,
     /// Runtime container id → task id, for routing exits.
     containers: Mutex<HashMap<String, String>>,
+    /// Runtime container id → the process it was started with: the template of execs.
+    processes: Mutex<HashMap<String, oci_spec::runtime::Process>>,
     /// The event pump and the sweeper, aborted by [`Engine::shutdown`].
     background: Mutex<Vec<JoinHandle<()>>>,
     /// Cancelled when the daemon shuts down: supervisors of running tasks let go.
@@ -174,6 +178,7 @@ impl Engine {
             placer: Placer::default(),
             supervisors: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
+            processes: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
         }))

@@ -47,8 +47,6 @@ struct Supervisor {
     stopping: Arc<AtomicBool>,
     images: HashMap<String, Image>,
     health: HashMap<String, JoinHandle<()>>,
-    /// Each started container's process, the template of its health-check execs.
-    processes: HashMap<String, oci_spec::runtime::Process>,
     /// When a call that failed should be tried again.
     retry_at: Option<f64>,
     /// How many times in a row releasing the task's resources has failed.
@@ -75,7 +73,6 @@ pub(crate) async fn run(
         stopping,
         images: HashMap::new(),
         health: HashMap::new(),
-        processes: HashMap::new(),
         retry_at: None,
         release_failures: 0,
         dirty: false,
@@ -451,7 +448,7 @@ impl Supervisor {
             Ok(built) => {
                 let now = self.now();
                 if let Some(p) = built.spec.process().clone() {
-                    self.processes.insert(runtime_id.clone(), p);
+                    self.engine.remember_process(&runtime_id, p);
                 }
                 let c = &mut self.rec.containers[i];
                 c.stop_signal = Some(built.stop_signal);
@@ -567,27 +564,8 @@ impl Supervisor {
         }
         // The check runs as the container's own process does: same user, environment and
         // working directory (as Docker runs HEALTHCHECK), without a terminal.
-        let mut process = match self.processes.get(runtime_id) {
-            Some(p) => p.clone(),
-            None => {
-                let env: Vec<String> = def
-                    .environment
-                    .as_deref()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|kv| {
-                        Some(format!("{}={}", kv.name.as_deref()?, kv.value.as_deref().unwrap_or_default()))
-                    })
-                    .chain(std::iter::once(
-                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-                    ))
-                    .collect();
-                let mut p = oci_spec::runtime::Process::default();
-                p.set_env(Some(env))
-                    .set_cwd(def.working_directory.clone().unwrap_or_else(|| "/".into()).into());
-                p
-            }
-        };
+        let mut process =
+            self.engine.process_of(&self.rec, &def.name.clone().unwrap_or_default(), runtime_id);
         process.set_args(Some(args)).set_terminal(Some(false)).set_console_size(None);
         let interval = Duration::from_secs(hc.interval.unwrap_or(30).max(1) as u64);
         let timeout = Duration::from_secs(hc.timeout.unwrap_or(5).max(1) as u64);
@@ -634,6 +612,7 @@ impl Supervisor {
         // and the release is tried again.
         if self.deprovision().await {
             self.release_failures = 0;
+            self.engine.forget_processes(&self.rec);
             self.rec.stopped_at = Some(self.now());
             self.dirty = true;
             self.set_last(TaskStatus::Stopped).await;

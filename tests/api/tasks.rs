@@ -628,3 +628,52 @@ async fn health_checks_resume_after_a_restart() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn exec_runs_in_a_running_container_as_its_process_and_refuses_otherwise() {
+    use ecsd::engine::{ExecError, ExecRequest};
+    use ecsd::runtime::fake::ExecScript;
+    use tokio::io::AsyncReadExt;
+
+    let e = Ecsd::start().await;
+    let app = ContainerDefinition::builder()
+        .name("app")
+        .image("busybox")
+        .memory(16)
+        .environment(aws_sdk_ecs::types::KeyValuePair::builder().name("MODE").value("blue").build())
+        .working_directory("/srv")
+        .build();
+    register(&e, "execd", vec![app]).await;
+    let t = run(&e, "execd").await;
+    let arn = t.task_arn().unwrap();
+    let id = arn.rsplit('/').next().unwrap();
+    let engine = e.daemon.as_ref().unwrap().engine().clone();
+    let request = |command: &[&str]| ExecRequest {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+        stdin: false,
+        console_size: None,
+    };
+    wait_status(&e, arn, "RUNNING").await;
+    let rt = runtime_id(&t, "app");
+    e.fake.script_exec(&rt, ExecScript { stdout: b"hello\n".to_vec(), stderr: vec![], exit_code: 3 });
+    let mut p = engine.exec("default", id, "app", request(&["echo", "hello"])).await.unwrap();
+    let mut out = String::new();
+    p.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+    assert_eq!(out, "hello\n");
+    assert_eq!(p.wait().await.unwrap(), 3);
+    let (container, spec) = e.fake.execs().pop().unwrap();
+    assert_eq!(container, rt);
+    assert_eq!(spec.process.args().as_deref().unwrap(), ["echo", "hello"]);
+    assert_eq!(spec.process.cwd().to_str(), Some("/srv"), "the container's working directory");
+    assert!(spec.process.env().as_deref().unwrap().contains(&"MODE=blue".to_owned()), "its environment");
+
+    let err = engine.exec("default", id, "ghost", request(&["true"])).await.unwrap_err();
+    assert!(matches!(err, ExecError::ContainerNotFound { .. }), "{err}");
+    assert_eq!(err.to_string(), format!("task {arn} has no container named ghost (it has app)"));
+    let err = engine.exec("default", "nope", "app", request(&["true"])).await.unwrap_err();
+    assert!(matches!(err, ExecError::TaskNotFound(_)), "{err}");
+    e.client.stop_task().task(arn).send().await.unwrap();
+    let err = engine.exec("default", id, "app", request(&["true"])).await.unwrap_err();
+    assert!(matches!(err, ExecError::TaskNotRunning { .. }), "{err}");
+}

@@ -8,6 +8,7 @@
 //! between the host and namespaces these tests create.
 
 mod harness;
+mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -34,7 +34,13 @@ fn shapes_rs_is_what_gen_shapes_writes() {
     let in_tree = std::fs::read_to_string(root.join("src/model/shapes.rs")).expect("src/model/shapes.rs");
     if generated != in_tree {
         let line = generated.lines().zip(in_tree.lines()).position(|(a, b)| a != b).map_or_else(
-            || format!("the files differ in length ({} vs {} lines)", generated.lines().count(), in_tree.lines().count()),
+            || {
+                format!(
+                    "the files differ in length ({} vs {} lines)",
+                    generated.lines().count(),
+                    in_tree.lines().count()
+                )
+            },
             |i| format!("first difference at line {}", i + 1),
         );
         panic!(

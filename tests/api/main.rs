@@ -8,6 +8,8 @@ mod common;
 mod durability;
 mod networking;
 mod protocol;
+#[path = "../support/mod.rs"]
+mod support;
 mod tags;
 mod task_definitions;
 mod tasks;

@@ -300,9 +300,11 @@ async fn signals_stop_containers() {
     let mut env = Env::new().await;
     // A shell that handles SIGTERM exits 143 ...
     let trap = short_id("trap");
-    env.run(&trap, &["sh", "-c", "trap 'exit 143' TERM; sleep 1000 & wait"], &labels(&[])).await;
-    // ... after the trap is installed.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.run(&trap, &["sh", "-c", "trap 'exit 143' TERM; echo trapped; sleep 1000 & wait"], &labels(&[]))
+        .await;
+    // ... once the trap is installed, which it says.
+    let dir = env.log_dir(&trap);
+    eventually(20, "the trap installed", || async { logs_of(&dir).contains("trapped").then_some(()) }).await;
     env.rt.signal(&trap, 15).await.unwrap();
     assert_eq!(env.wait_exit(&trap).await.0, 143);
     env.rt.remove(&trap).await.unwrap();
@@ -1003,7 +1005,13 @@ async fn events_survive_a_containerd_restart() {
     // The container outlives containerd (its shim does); it exits while nobody listens.
     let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(20, "the container's process to end", || async {
+        let state =
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
+        (state.is_empty() || state.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+            .then_some(())
+    })
+    .await;
 
     start_containerd(&dir);
     let back = Instant::now();

@@ -105,8 +105,9 @@ fn check_tags(tags: Option<&[Tag]>) -> Result<Vec<Tag>, ApiError> {
     Ok(t)
 }
 
-/// What RunTask and StartTask share: an ACTIVE cluster, an ACTIVE task definition, the
-/// request's tags (with the definition's when `propagateTags` asks), and the engine's checks.
+/// What RunTask and StartTask share: an ACTIVE cluster, an ACTIVE task definition and the
+/// request's tags (with the definition's when `propagateTags` asks). The engine checks the
+/// rest (network configuration, overrides) when it launches.
 struct Request<'a> {
     cluster: Option<&'a str>,
     task_definition: Option<&'a str>,
@@ -144,7 +145,6 @@ fn resolve(ctx: &Ctx, req: Request<'_>) -> Result<LaunchSpec, ApiError> {
         enable_execute_command: req.enable_execute_command,
         network_configuration: req.network_configuration,
     };
-    ctx.engine.check_launch(&spec)?;
     Ok(spec)
 }
 

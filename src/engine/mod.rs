@@ -253,7 +253,8 @@ impl Engine {
         self.cfg.endpoints.shutdown();
     }
 
-    /// Checks a launch as ECS does before placing anything.
+    /// Checks a launch as ECS does before placing anything (what [`Engine::launch`] checks
+    /// first), for callers that validate a request before they launch from it (CreateService).
     pub fn check_launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError> {
         launch::check(spec, &self.cfg.network).map(|_| ())
     }

@@ -70,9 +70,11 @@ impl FakeRuntime {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes an image available under its normalised name.
+    /// Makes an image available under its normalised name, present and in the fake registry.
     pub fn add_image(&self, name: &str, config: ImageConfig) {
-        self.lock().images.insert(name.to_owned(), config);
+        let mut s = self.lock();
+        s.images.insert(name.to_owned(), config.clone());
+        s.remote.insert(name.to_owned(), config);
     }
 
     /// Makes an image available from the fake registry (not present until pulled).

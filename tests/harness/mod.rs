@@ -152,6 +152,11 @@ impl Ecsd {
         )
         .unwrap();
         e.env.push(("ECSD_CONFIG".into(), config.display().to_string()));
+        // The imported test images are in no registry: a default-behaviour pull would go to
+        // Docker Hub. Tests of pulls set the behaviour they test.
+        if !e.env.iter().any(|(k, _)| k == "ECS_IMAGE_PULL_BEHAVIOR") {
+            e.env.push(("ECS_IMAGE_PULL_BEHAVIOR".into(), "prefer-cached".into()));
+        }
         e.up().await;
         e
     }

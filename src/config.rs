@@ -67,6 +67,69 @@ pub enum ImageCommand {
     /// Import an OCI image layout tar or a `docker save` tar into ecsd's containerd
     /// namespace, unpacked and ready for tasks.
     Import(ImportArgs),
+    /// Pull an image from its registry into ecsd's containerd namespace, unpacked and ready
+    /// for tasks, with the credentials a task would use (docker config, ECS_ENGINE_AUTH_DATA,
+    /// ECR with ecsd's own AWS identity).
+    Pull(PullArgs),
+    /// List the images of ecsd's containerd namespace.
+    Ls(LsArgs),
+    /// Remove images (refused while a container uses one).
+    Rm(RmArgs),
+}
+
+/// Where an image subcommand finds containerd: as `ecsd serve` does.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ContainerdArgs {
+    /// containerd's socket (env ECSD_CONTAINERD_ADDRESS); when nothing answers there, the
+    /// embedded containerd of the data dir is used. [default: /run/containerd/containerd.sock]
+    #[arg(long, value_name = "PATH")]
+    pub containerd_address: Option<PathBuf>,
+    /// containerd namespace (env ECSD_NAMESPACE). [default: ecs]
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
+    /// ecsd's data dir (env ECSD_DATA_DIR), to find an embedded containerd.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Arguments of `ecsd image pull`.
+#[derive(Debug, Clone, Args)]
+pub struct PullArgs {
+    /// The image, as a task definition names it (`busybox`, `127.0.0.1:5000/app:1`).
+    pub reference: String,
+    /// The platform to pull, `linux/amd64` or `linux/arm64[/v8]` [default: this host's];
+    /// only this host's is unpacked.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+}
+
+/// Arguments of `ecsd image ls`.
+#[derive(Debug, Clone, Args)]
+pub struct LsArgs {
+    /// `table` or `json`.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+}
+
+/// Arguments of `ecsd image rm`.
+#[derive(Debug, Clone, Args)]
+pub struct RmArgs {
+    /// The images to remove.
+    #[arg(required = true)]
+    pub references: Vec<String>,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
 }
 
 /// Arguments of `ecsd logs`.

@@ -503,7 +503,8 @@ impl Drop for Ecsd {
         for name in self.netns_left() {
             let _ = std::process::Command::new("ip").args(["netns", "delete", &name]).output();
         }
-        for image in IMAGES {
+        // The test images, and whatever a test pulled.
+        for image in ctr(&["images", "ls", "-q"]).lines() {
             ctr(&["images", "rm", "--sync", image]);
         }
         let _ = std::process::Command::new("ctr")

@@ -501,16 +501,19 @@ impl Inner {
             }
         }
         if let Some(net) = self.settings.network(&state.network)
-            && self.abandoned(net)?
+            && self.abandoned(net).await?
         {
             left.push(Held::Bridge { network: net.name.clone(), bridge: net.bridge.clone() });
         }
         Ok(left)
     }
 
-    /// Whether `net`'s bridge exists with no member. (A sandbox on its way onto it is
-    /// harmless: its netavark setup comes after this teardown, and makes the bridge again.)
-    fn abandoned(&self, net: &NetworkDef) -> Result<bool, NetworkError> {
+    /// Whether `net`'s bridge exists with no member. Looked at between netavark runs: in
+    /// one, a bridge is memberless for a moment (made before the first veth joins it,
+    /// deleted after the last leaves). A sandbox on its way onto it is harmless: its setup
+    /// comes after this teardown, and makes the bridge again.
+    async fn abandoned(&self, net: &NetworkDef) -> Result<bool, NetworkError> {
+        let _between = self.serial.lock().await;
         let members = self.sys_class_net.join(&net.bridge).join("brif");
         match std::fs::read_dir(&members) {
             Ok(mut entries) => Ok(entries.next().is_none()),

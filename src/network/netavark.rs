@@ -338,8 +338,9 @@ impl Inner {
             Ok(iface) => Ok(Sandbox { container: spec.container, netns, iface: Some(iface) }),
             Err(e) => {
                 if let Err(undo) = self.unmake(&key).await {
-                    warn!(sandbox = %key, held = %super::list(&undo.held), error = ?undo.cause.as_ref().map(|c| crate::error_chain(c)),
-                          "cannot undo a failed network setup yet");
+                    let error = undo.cause.as_ref().map(|c| crate::error_chain(c)).unwrap_or_default();
+                    let held = super::list(&undo.held);
+                    warn!(sandbox = %key, %held, %error, "cannot undo a failed network setup yet");
                 }
                 Err(e)
             }

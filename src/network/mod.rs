@@ -28,26 +28,6 @@ pub use settings::{NetworkDef, Settings, SettingsError};
 /// The search domain aardvark-dns answers task names in (netavark's default).
 pub const DNS_DOMAIN: &str = "dns.podman";
 
-/// How a task is networked, from the task definition's `networkMode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Awsvpc,
-    Bridge,
-    Host,
-    None,
-}
-
-impl Mode {
-    pub fn parse(network_mode: Option<&str>) -> Mode {
-        match network_mode {
-            Some("awsvpc") => Mode::Awsvpc,
-            Some("host") => Mode::Host,
-            Some("none") => Mode::None,
-            _ => Mode::Bridge,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {

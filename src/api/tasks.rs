@@ -119,6 +119,7 @@ struct Request<'a> {
     started_by: Option<String>,
     group: Option<String>,
     enable_execute_command: bool,
+    platform_version: Option<String>,
 }
 
 fn resolve(ctx: &Ctx, req: Request<'_>) -> Result<LaunchSpec, ApiError> {
@@ -144,6 +145,7 @@ fn resolve(ctx: &Ctx, req: Request<'_>) -> Result<LaunchSpec, ApiError> {
         tags: tags::merge(&td_tags, &tags)?,
         enable_execute_command: req.enable_execute_command,
         network_configuration: req.network_configuration,
+        platform_version: req.platform_version,
     };
     Ok(spec)
 }
@@ -180,6 +182,7 @@ pub async fn run(ctx: &Arc<Ctx>, req: RunTaskRequest) -> Result<RunTaskResponse,
             started_by: req.started_by,
             group: req.group,
             enable_execute_command: req.enable_execute_command,
+            platform_version: req.platform_version,
         },
     )?;
     check_launch_type(&spec.definition, &spec.launch_type)?;
@@ -208,6 +211,7 @@ pub async fn start(ctx: &Arc<Ctx>, req: StartTaskRequest) -> Result<StartTaskRes
             started_by: req.started_by,
             group: req.group,
             enable_execute_command: req.enable_execute_command,
+            platform_version: None,
         },
     )?;
     let mut failures = vec![];

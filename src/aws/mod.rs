@@ -19,6 +19,7 @@
 //! log line.
 
 mod ecr;
+mod ecs;
 mod error;
 mod identity;
 mod s3;
@@ -36,6 +37,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 
 pub use ecr::EcrLogin;
+pub use ecs::Relayed;
 pub use error::{AwsError, Malformed, SigningFailure};
 pub use identity::{IssuedKeys, Keys, OwnIdentity};
 pub use secretsmanager::SecretValue;
@@ -56,10 +58,13 @@ pub enum Service {
     S3,
     Ecr,
     Logs,
+    /// An upstream ECS (`ECS_ENDPOINT_URL`): task definitions ecsd does not have, and the
+    /// operations it forwards.
+    Ecs,
 }
 
 impl Service {
-    pub const ALL: [Service; 7] = [
+    pub const ALL: [Service; 8] = [
         Service::Sts,
         Service::Iam,
         Service::SecretsManager,
@@ -67,6 +72,7 @@ impl Service {
         Service::S3,
         Service::Ecr,
         Service::Logs,
+        Service::Ecs,
     ];
 
     /// The name in SigV4's credential scope.
@@ -79,6 +85,7 @@ impl Service {
             Service::S3 => "s3",
             Service::Ecr => "ecr",
             Service::Logs => "logs",
+            Service::Ecs => "ecs",
         }
     }
 
@@ -109,6 +116,7 @@ impl fmt::Display for Service {
             Service::S3 => "S3",
             Service::Ecr => "ECR",
             Service::Logs => "CloudWatch Logs",
+            Service::Ecs => "ECS",
         })
     }
 }

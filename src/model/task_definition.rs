@@ -369,6 +369,8 @@ pub enum TaskDefinitionError {
         "The ephemeral storage size must be between 21 and 200 GiB. ephemeralStorage.sizeInGiB is {size}; leave ephemeralStorage out for the default of 20 GiB."
     )]
     EphemeralStorageSize { size: i32 },
+    #[error("The task definition cannot be read as a registration: {reason}")]
+    NotARegistration { reason: String },
     #[error(
         "Unknown container '{name}' in proxyConfiguration. proxyConfiguration.containerName must name a container of this task definition."
     )]
@@ -423,6 +425,27 @@ pub fn build(
         enable_fault_injection: req.enable_fault_injection,
         trusted_execution_configuration: req.trusted_execution_configuration.clone(),
     })
+}
+
+/// The local copy of a task definition another ECS (the upstream) registered: checked by
+/// ECS's rules and echoed with ECS's defaults, as a registration here would be, but keeping
+/// the upstream's ARN, revision, status and registration time.
+pub fn adopt(upstream: &TaskDefinition, identity: &Identity) -> Result<TaskDefinition, TaskDefinitionError> {
+    let as_request: RegisterTaskDefinitionRequest = serde_json::to_value(upstream)
+        .and_then(serde_json::from_value)
+        .map_err(|e| E::NotARegistration { reason: e.to_string() })?;
+    let reg = Registration {
+        identity,
+        revision: upstream.revision,
+        registered_at: upstream.registered_at.unwrap_or_default(),
+    };
+    let mut td = build(&as_request, &reg)?;
+    td.task_definition_arn = upstream.task_definition_arn.clone();
+    td.status = upstream.status.clone().or(td.status);
+    td.registered_by = upstream.registered_by.clone();
+    td.registered_at = upstream.registered_at;
+    td.deregistered_at = upstream.deregistered_at;
+    Ok(td)
 }
 
 /// A request under validation, with the task size parsed once.

@@ -191,20 +191,13 @@ async fn without_an_upstream_unknown_task_definitions_are_not_found() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_server_exception_naming_it() {
-    // A port that was free a moment ago: nothing listens there.
+    // A port that was free a moment ago: nothing listens there. (Forwarding to such an
+    // upstream is tests/api/protocol.rs's.)
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
     let e = ecsd_with_upstream(&dead).await;
-    let (code, msg) = err(e.client.describe_capacity_providers().send().await.unwrap_err());
-    assert_eq!(code, "ServerException");
-    assert!(
-        msg.starts_with(&format!(
-            "ecsd could not forward the request to ECS_ENDPOINT_URL {dead}: cannot reach ECS at {dead}"
-        )),
-        "{msg}"
-    );
     let (code, msg) = err(e.client.run_task().task_definition("foo:1").send().await.unwrap_err());
     assert_eq!(code, "ServerException");
     assert!(

@@ -48,7 +48,11 @@ impl From<crate::engine::EngineError> for ApiError {
 
 /// The task definition ecsd itself has for `reference`, whatever its status; `None` when it
 /// has none (an ARN of another region or account included).
-fn local_definition(ctx: &Ctx, r: &Reader<'_>, reference: &str) -> Result<Option<TaskDefinition>, ApiError> {
+pub(super) fn local_definition(
+    ctx: &Ctx,
+    r: &Reader<'_>,
+    reference: &str,
+) -> Result<Option<TaskDefinition>, ApiError> {
     let parsed = match ctx.identity.task_definition_ref(reference) {
         Ok(parsed) => parsed,
         Err(ArnError::Foreign(_)) => return Ok(None),
@@ -62,7 +66,7 @@ fn local_definition(ctx: &Ctx, r: &Reader<'_>, reference: &str) -> Result<Option
 
 /// Resolves the task definition RunTask names: ecsd's own, else the upstream copy
 /// [`upstream_definition`] brought; it must be ACTIVE.
-fn definition(
+pub(super) fn definition(
     ctx: &Ctx,
     r: &Reader<'_>,
     reference: &str,
@@ -82,7 +86,10 @@ fn definition(
 /// fetched with DescribeTaskDefinition now and kept under the upstream ARN (and under the
 /// reference when it names a revision, so a later call does not ask again; a bare family
 /// is asked each time, since its latest revision can change).
-async fn upstream_definition(ctx: &Arc<Ctx>, reference: &str) -> Result<Option<TaskDefinition>, ApiError> {
+pub(super) async fn upstream_definition(
+    ctx: &Arc<Ctx>,
+    reference: &str,
+) -> Result<Option<TaskDefinition>, ApiError> {
     let Some(upstream) = &ctx.forward else {
         return Ok(None);
     };

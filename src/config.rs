@@ -197,7 +197,9 @@ Environment:
                            where secrets, parameters and S3 environment files are read
                            (also AWS_ENDPOINT_URL_SECRETSMANAGER, SECRET_MANAGER_ENDPOINT_URL,
                            SSM_ENDPOINT_URL)
-  AWS_ENDPOINT_URL_IAM (or IAM_ENDPOINT), AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS
+  AWS_ENDPOINT_URL_IAM (or IAM_ENDPOINT)  IAM: when set, task and execution roles are
+                           looked up there (GetRole) and must exist
+  AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS
                            the other AWS services ecsd calls
   ECSD_CONFIG              the config file (default /etc/ecsd/config.toml if present)
   ECSD_TASK_SUBNET         the default task network's subnet (default 10.217.0.0/16, bridge ecsd0)

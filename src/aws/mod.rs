@@ -21,6 +21,7 @@
 mod ecr;
 mod ecs;
 mod error;
+mod iam;
 mod identity;
 mod s3;
 mod secretsmanager;

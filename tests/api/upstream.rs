@@ -360,3 +360,54 @@ async fn passthrough_keeps_the_callers_signature_and_upstream_errors_keep_their_
     let seen = seen.lock().unwrap().clone();
     assert_eq!((seen[0].key_id.as_str(), seen[0].verified), ("AKIDTEST", false), "the caller's signature");
 }
+
+#[tokio::test]
+async fn with_an_iam_endpoint_task_roles_must_exist_there() {
+    let moto = Moto::start();
+    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    moto.aws(&[
+        "iam",
+        "create-role",
+        "--role-name",
+        "app",
+        "--path",
+        "/svc/",
+        "--assume-role-policy-document",
+        policy,
+    ])
+    .await;
+    let e = Ecsd::start_with(&[
+        ("IAM_ENDPOINT", &moto.url),
+        ("ECS_ENDPOINT_AWS_ACCESS_KEY_ID", "test"),
+        ("ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY", "test"),
+    ])
+    .await;
+    for (family, role) in [("known", "app"), ("unknown", "ghost")] {
+        e.client
+            .register_task_definition()
+            .family(family)
+            .task_role_arn(role)
+            .container_definitions(container("app"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let status = |family: &'static str| {
+        let e = &e;
+        async move {
+            let out = e.client.run_task().task_definition(family).send().await.unwrap();
+            let arn = out.tasks()[0].task_arn().unwrap().to_owned();
+            eventually(10, "the task RUNNING or STOPPED", || async {
+                let t = e.client.describe_tasks().tasks(&arn).send().await.unwrap().tasks()[0].clone();
+                matches!(t.last_status(), Some("RUNNING" | "STOPPED")).then_some(t)
+            })
+            .await
+        }
+    };
+    let known = status("known").await;
+    assert_eq!(known.last_status(), Some("RUNNING"), "{:?}", known.stopped_reason());
+    let unknown = status("unknown").await;
+    assert_eq!(unknown.last_status(), Some("STOPPED"));
+    let reason = unknown.stopped_reason().unwrap_or_default();
+    assert!(reason.contains("role ghost cannot be resolved with IAM GetRole: NoSuchEntity"), "{reason}");
+}

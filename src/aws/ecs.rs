@@ -2,9 +2,6 @@
 //! definitions ecsd does not have, and the operations ecsd does not implement, re-signed
 //! with ecsd's own keys for the upstream's host and region.
 
-use std::time::SystemTime;
-
-use super::sign::{self, Payload, Scope, Unsigned};
 use super::{AwsError, Client, Malformed, Request, Service};
 use crate::model::shapes::{DescribeTaskDefinitionResponse, TaskDefinition};
 
@@ -54,23 +51,7 @@ impl Client {
             sign_body: true,
         };
         let http = self.aws.http().await?;
-        let headers: Vec<(&str, &str)> = request.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let unsigned = Unsigned {
-            method: "POST",
-            url: &request.url,
-            headers: &headers,
-            payload: Payload::Bytes(&request.body),
-        };
-        let scope = Scope { name: Service::Ecs.signing_name(), region: &request.signing_region };
-        let signed = sign::sign(&self.keys, scope, SystemTime::now(), &unsigned).map_err(|reason| {
-            AwsError::Signing { service: Service::Ecs, endpoint: request.endpoint.clone(), reason }
-        })?;
-        let mut builder = http.post(&request.url);
-        for (name, value) in headers.iter().copied().chain(signed.iter().map(|(n, v)| (*n, v.as_str()))) {
-            builder = builder.header(name, value);
-        }
-        let response =
-            builder.body(request.body.clone()).send().await.map_err(|e| self.transport(&request, e))?;
+        let response = self.signed_send(http, &request).await?;
         let status = response.status().as_u16();
         let headers = response
             .headers()

@@ -408,6 +408,24 @@ impl Client {
         request: &Request,
         max_response: usize,
     ) -> Result<Vec<u8>, AwsError> {
+        let response = self.signed_send(http, request).await?;
+        let status = response.status();
+        let error_type =
+            response.headers().get("x-amzn-errortype").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = self.read_capped(request, response, max_response).await?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let (code, message) = error::parse_error_body(error_type.as_deref(), &body);
+        Err(AwsError::Service { service: request.service, status: status.as_u16(), code, message })
+    }
+
+    /// Signs `request` with this client's keys, now, and sends it once.
+    async fn signed_send(
+        &self,
+        http: &reqwest::Client,
+        request: &Request,
+    ) -> Result<reqwest::Response, AwsError> {
         let service = request.service;
         let headers: Vec<(&str, &str)> = request.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let unsigned = Unsigned {
@@ -423,17 +441,7 @@ impl Client {
         for (name, value) in headers.iter().copied().chain(signed.iter().map(|(n, v)| (*n, v.as_str()))) {
             builder = builder.header(name, value);
         }
-        let response =
-            builder.body(request.body.clone()).send().await.map_err(|e| self.transport(request, e))?;
-        let status = response.status();
-        let error_type =
-            response.headers().get("x-amzn-errortype").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let body = self.read_capped(request, response, max_response).await?;
-        if status.is_success() {
-            return Ok(body);
-        }
-        let (code, message) = error::parse_error_body(error_type.as_deref(), &body);
-        Err(AwsError::Service { service, status: status.as_u16(), code, message })
+        builder.body(request.body.clone()).send().await.map_err(|e| self.transport(request, e))
     }
 
     /// The body, refused past `limit` bytes.

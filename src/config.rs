@@ -21,7 +21,7 @@ const DEFAULT_ACCOUNT: &str = "000000000000";
 /// `AWS_ENDPOINT_URL_<SERVICE>`, then the names ecsd and local-ecs-api users already set.
 /// `AWS_ENDPOINT_URL` alone is deliberately not read: users point it at ecsd itself to
 /// drive the ECS API, and ecsd must not send its own AWS calls there.
-const AWS_ENDPOINT_VARIABLES: [(Service, &[&str]); 7] = [
+const AWS_ENDPOINT_VARIABLES: [(Service, &[&str]); 8] = [
     (Service::Sts, &["AWS_ENDPOINT_URL_STS", "STS_ENDPOINT"]),
     (Service::Iam, &["AWS_ENDPOINT_URL_IAM", "IAM_ENDPOINT"]),
     (
@@ -36,6 +36,7 @@ const AWS_ENDPOINT_VARIABLES: [(Service, &[&str]); 7] = [
     (Service::S3, &["AWS_ENDPOINT_URL_S3"]),
     (Service::Ecr, &["AWS_ENDPOINT_URL_ECR"]),
     (Service::Logs, &["AWS_ENDPOINT_URL_CLOUDWATCH_LOGS"]),
+    (Service::Ecs, &["ECS_ENDPOINT_URL"]),
 ];
 
 /// ecsd: the Amazon ECS API on this host, running ECS tasks on containerd.
@@ -177,7 +178,11 @@ Environment:
   ECS_CONTAINER_STOP_TIMEOUT   SIGKILL this long after the stop signal (default 30s)
   ECS_CONTAINER_START_TIMEOUT  how long a container waits for its dependencies (default 3m)
   ECSD_TASK_RETENTION      how long STOPPED tasks stay visible (default 1h)
-  ECS_ENDPOINT_URL         forward ECS operations ecsd does not implement to this endpoint
+  ECS_ENDPOINT_URL         upstream ECS: task definitions ecsd does not have are fetched there,
+                           and ECS operations ecsd does not implement are forwarded there
+  ECS_ENDPOINT_AWS_REGION  the upstream's region for names that are not ARNs (default AWS_REGION)
+  ECSD_FORWARD_SIGNATURE   aws (re-sign forwarded calls with ecsd's own credentials, default)
+                           or passthrough (keep the caller's signature)
   ECSD_LOG_DRIVER          the ecsd binary containerd's shim runs to capture container output
                            (default: this binary)
   RUST_LOG, ECSD_LOG       log filter, e.g. info or ecsd=debug (default info)
@@ -187,12 +192,14 @@ Environment:
   ECSD_CREDENTIALS         sts or static (default: sts with an STS endpoint, else static)
   ECSD_STATIC_ACCESS_KEY_ID, ECSD_STATIC_SECRET_ACCESS_KEY  the keys tasks get offline
   ECS_ENDPOINT_AWS_ACCESS_KEY_ID, ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY, ECS_ENDPOINT_AWS_PROFILE
-                           ecsd's own credentials for STS, Secrets Manager and SSM
+                           ecsd's own credentials for the upstream ECS, STS, Secrets Manager and SSM
   AWS_ENDPOINT_URL_SECRETS_MANAGER, AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL_S3
                            where secrets, parameters and S3 environment files are read
                            (also AWS_ENDPOINT_URL_SECRETSMANAGER, SECRET_MANAGER_ENDPOINT_URL,
                            SSM_ENDPOINT_URL)
-  AWS_ENDPOINT_URL_IAM (or IAM_ENDPOINT), AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS
+  AWS_ENDPOINT_URL_IAM (or IAM_ENDPOINT)  IAM: when set, task and execution roles are
+                           looked up there (GetRole) and must exist
+  AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS
                            the other AWS services ecsd calls
   ECSD_CONFIG              the config file (default /etc/ecsd/config.toml if present)
   ECSD_TASK_SUBNET         the default task network's subnet (default 10.217.0.0/16, bridge ecsd0)
@@ -260,6 +267,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub identity: Identity,
     pub ecs_endpoint_url: Option<String>,
+    /// `ECS_ENDPOINT_AWS_REGION`: the upstream ECS's region for references without one (an
+    /// ARN names its own); else the daemon's region.
+    pub ecs_endpoint_region: Option<String>,
+    /// `ECSD_FORWARD_SIGNATURE`: how forwarded calls are signed.
+    pub forward_signature: ForwardSignature,
     pub containerd_address: PathBuf,
     /// Whether the address was configured: then ecsd uses that containerd and never starts
     /// its own, waiting for it to answer instead.
@@ -283,6 +295,18 @@ pub struct Config {
     pub credentials: CredentialSettings,
     /// Pulls (behaviour, registries, credentials) and image cleanup.
     pub images: crate::engine::images::ImageSettings,
+}
+
+/// How a call forwarded to `ECS_ENDPOINT_URL` is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardSignature {
+    /// Signed again with ecsd's own upstream credentials for the upstream's host and region
+    /// (`aws`, the default): what an endpoint that checks signatures accepts.
+    #[default]
+    Resign,
+    /// Sent with the caller's headers, signature included (`passthrough`): for upstreams
+    /// that check nothing, as local-ecs-api did.
+    Passthrough,
 }
 
 /// A value that cannot be used, reported as `NAME=value: reason`.
@@ -350,6 +374,28 @@ impl Config {
             });
         }
 
+        let ecs_endpoint_region = non_empty("ECS_ENDPOINT_AWS_REGION");
+        if let Some(r) = &ecs_endpoint_region
+            && !r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(ConfigError {
+                name: "ECS_ENDPOINT_AWS_REGION".into(),
+                value: r.clone(),
+                reason: "not a region name such as us-west-2".into(),
+            });
+        }
+        let forward_signature = match non_empty("ECSD_FORWARD_SIGNATURE").as_deref() {
+            None | Some("aws") => ForwardSignature::Resign,
+            Some("passthrough") => ForwardSignature::Passthrough,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "ECSD_FORWARD_SIGNATURE".into(),
+                    value: other.into(),
+                    reason: "expected aws or passthrough".into(),
+                });
+            }
+        };
+
         let configured_address = args
             .containerd_address
             .clone()
@@ -416,6 +462,8 @@ impl Config {
             data_dir,
             identity: Identity { region, account },
             ecs_endpoint_url,
+            ecs_endpoint_region,
+            forward_signature,
             containerd_address,
             containerd_address_explicit,
             namespace,
@@ -950,5 +998,23 @@ mod tests {
         assert_eq!(e.name, "ECS_ENDPOINT_URL");
         let args = ServeArgs { listen: Some("nope".into()), ..ServeArgs::default() };
         assert_eq!(resolve(args, &[]).unwrap_err().name, "--listen");
+    }
+
+    #[test]
+    fn the_upstream_ecs_is_an_aws_endpoint_with_a_region_and_a_signature_mode() {
+        let c = resolve(
+            ServeArgs::default(),
+            &[("ECS_ENDPOINT_URL", "http://127.0.0.1:5000"), ("ECS_ENDPOINT_AWS_REGION", "us-west-2")],
+        )
+        .unwrap();
+        assert_eq!(c.aws.endpoints.get(Service::Ecs), Some("http://127.0.0.1:5000"));
+        assert_eq!(c.ecs_endpoint_region.as_deref(), Some("us-west-2"));
+        assert_eq!(c.forward_signature, ForwardSignature::Resign);
+        let c = resolve(ServeArgs::default(), &[("ECSD_FORWARD_SIGNATURE", "passthrough")]).unwrap();
+        assert_eq!(c.forward_signature, ForwardSignature::Passthrough);
+        let e = resolve(ServeArgs::default(), &[("ECSD_FORWARD_SIGNATURE", "none")]).unwrap_err();
+        assert_eq!(e.to_string(), "ECSD_FORWARD_SIGNATURE=none: expected aws or passthrough");
+        let e = resolve(ServeArgs::default(), &[("ECS_ENDPOINT_AWS_REGION", "US West")]).unwrap_err();
+        assert_eq!(e.to_string(), "ECS_ENDPOINT_AWS_REGION=US West: not a region name such as us-west-2");
     }
 }

@@ -182,14 +182,23 @@ async fn serve(
     clock: Arc<dyn Clock>,
     os: Os,
 ) -> Result<Daemon, StartError> {
+    let store = Arc::new(store);
+    let aws = aws::Aws::new(config.aws.clone());
     let forward = match &config.ecs_endpoint_url {
         Some(url) => {
-            Some(Forwarder::new(url).map_err(|source| StartError::Forwarder { url: url.clone(), source })?)
+            let upstream = api::Upstream {
+                url: url.clone(),
+                region: config.ecs_endpoint_region.clone(),
+                default_region: config.identity.region.clone(),
+                signature: config.forward_signature,
+            };
+            Some(
+                Forwarder::new(upstream, aws.clone())
+                    .map_err(|source| StartError::Forwarder { url: url.clone(), source })?,
+            )
         }
         None => None,
     };
-    let store = Arc::new(store);
-    let aws = aws::Aws::new(config.aws.clone());
     let engine = Engine::new(
         EngineConfig {
             data_dir: config.data_dir.clone(),

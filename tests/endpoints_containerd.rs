@@ -13,6 +13,7 @@ use std::path::Path;
 
 use aws_sdk_ecs::types::{KeyValuePair, Secret, Task};
 use harness::*;
+use support::Moto;
 
 /// A container that prints its environment, then idles until /ctl/fill appears, fills 32 MiB
 /// of /dev/shm (memory of its cgroup), and idles again.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use aws_sdk_ecs::types::RepositoryCredentials;
 use harness::*;
+use support::Moto;
 
 /// The lab's images, built once per test run.
 static IMAGES: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();

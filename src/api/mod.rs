@@ -33,7 +33,7 @@ mod tasks;
 mod view;
 
 pub use error::{ApiError, Exception};
-pub use forward::Forwarder;
+pub use forward::{Forwarder, Upstream};
 
 /// The `X-Amz-Target` prefix of every ECS operation.
 pub const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::pagination::{decode_token, encode_token};
 use super::{ApiError, Ctx, Exception, cluster_name, clusters, container_instances, view};
+use crate::aws::AwsError;
 use crate::engine::{LaunchError, LaunchErrorKind, LaunchSpec, Placed, check_launch_type};
 use crate::model::arn::{ArnError, ResourceArn};
 use crate::model::shapes::{
@@ -14,8 +15,11 @@ use crate::model::shapes::{
 };
 use crate::model::tags;
 use crate::model::task::{StopReason, TaskRecord, TaskStatus};
+use crate::model::task_definition;
 use crate::store::Reader;
-use crate::store::records::{TAGS, TASK_DEFINITIONS, task_definition_key};
+use crate::store::records::{
+    TAGS, TASK_DEFINITIONS, UPSTREAM_TASK_DEFINITIONS, task_definition_key, upstream_key,
+};
 
 fn not_found_task() -> ApiError {
     ApiError::invalid_parameter("The referenced task was not found.")
@@ -42,23 +46,98 @@ impl From<crate::engine::EngineError> for ApiError {
     }
 }
 
-/// Resolves the task definition RunTask names: it must be ACTIVE.
-fn definition(ctx: &Ctx, r: &Reader<'_>, reference: &str) -> Result<TaskDefinition, ApiError> {
-    let parsed = ctx.identity.task_definition_ref(reference).map_err(|e| match e {
-        ArnError::Foreign(_) => ApiError::client("TaskDefinition not found."),
-        e => ApiError::client(format!("taskDefinition: {e}")),
-    })?;
-    let td = match parsed.revision {
+/// The task definition ecsd itself has for `reference`, whatever its status; `None` when it
+/// has none (an ARN of another region or account included).
+pub(super) fn local_definition(
+    ctx: &Ctx,
+    r: &Reader<'_>,
+    reference: &str,
+) -> Result<Option<TaskDefinition>, ApiError> {
+    let parsed = match ctx.identity.task_definition_ref(reference) {
+        Ok(parsed) => parsed,
+        Err(ArnError::Foreign(_)) => return Ok(None),
+        Err(e) => return Err(ApiError::client(format!("taskDefinition: {e}"))),
+    };
+    Ok(match parsed.revision {
         Some(rev) => r.get(TASK_DEFINITIONS, &task_definition_key(&parsed.family, rev))?,
         None => super::task_definitions::latest_active(r, &parsed.family)?,
-    };
-    match td {
+    })
+}
+
+/// Resolves the task definition RunTask names: ecsd's own, else the upstream copy
+/// [`upstream_definition`] brought; it must be ACTIVE.
+pub(super) fn definition(
+    ctx: &Ctx,
+    r: &Reader<'_>,
+    reference: &str,
+    upstream: Option<TaskDefinition>,
+) -> Result<TaskDefinition, ApiError> {
+    match local_definition(ctx, r, reference)?.or(upstream) {
         Some(td) if td.status.as_deref() == Some("ACTIVE") => Ok(td),
         Some(_) => Err(ApiError::client(format!(
-            "TaskDefinition is inactive: {parsed} is no longer ACTIVE; register or name an ACTIVE revision"
+            "TaskDefinition is inactive: {reference} is no longer ACTIVE; register or name an ACTIVE revision"
         ))),
         None => Err(ApiError::client("TaskDefinition not found.")),
     }
+}
+
+/// With `ECS_ENDPOINT_URL` set, the upstream's task definition for a `reference` ecsd has
+/// none of its own for (local registrations win): the copy kept from an earlier call, else
+/// fetched with DescribeTaskDefinition now and kept under the upstream ARN (and under the
+/// reference when it names a revision, so a later call does not ask again; a bare family
+/// is asked each time, since its latest revision can change).
+pub(super) async fn upstream_definition(
+    ctx: &Arc<Ctx>,
+    reference: &str,
+) -> Result<Option<TaskDefinition>, ApiError> {
+    let Some(upstream) = &ctx.forward else {
+        return Ok(None);
+    };
+    if reference.is_empty() || ctx.store.read(|r| local_definition(ctx, r, reference))?.is_some() {
+        return Ok(None);
+    }
+    let key = upstream_key(&upstream.region_of(reference), reference);
+    if let Some(td) = ctx.store.read(|r| r.get(UPSTREAM_TASK_DEFINITIONS, &key))? {
+        return Ok(Some(td));
+    }
+    let fetched = upstream.task_definition(reference).await.map_err(|e| match e {
+        AwsError::Service { .. } => ApiError::client(format!(
+            "TaskDefinition not found. ECS_ENDPOINT_URL {} answered: {e}",
+            upstream.url()
+        )),
+        e => ApiError::new(
+            Exception::Server,
+            format!(
+                "ecsd could not fetch the task definition {reference} from ECS_ENDPOINT_URL {}: {e}",
+                upstream.url()
+            ),
+        ),
+    })?;
+    let td = task_definition::adopt(&fetched, &ctx.identity).map_err(|e| {
+        ApiError::client(format!(
+            "The task definition {reference} of ECS_ENDPOINT_URL {} cannot run here: {e}",
+            upstream.url()
+        ))
+    })?;
+    let arn = td.task_definition_arn.clone().unwrap_or_default();
+    let names_revision = ctx.identity.task_definition_ref(reference).is_ok_and(|r| r.revision.is_some())
+        || reference.starts_with("arn:");
+    ctx.store.write(|w| {
+        if !arn.is_empty() {
+            w.put(UPSTREAM_TASK_DEFINITIONS, &upstream_key(&upstream.region_of(&arn), &arn), &td)?;
+        }
+        if names_revision {
+            w.put(UPSTREAM_TASK_DEFINITIONS, &key, &td)?;
+        }
+        Ok::<_, ApiError>(())
+    })?;
+    tracing::info!(
+        reference,
+        arn,
+        upstream = upstream.url(),
+        "task definition fetched from the upstream ECS"
+    );
+    Ok(Some(td))
 }
 
 /// Launches `count` tasks; a task that cannot be placed is a failure, not an error, as in ECS.
@@ -119,13 +198,16 @@ struct Request<'a> {
     started_by: Option<String>,
     group: Option<String>,
     enable_execute_command: bool,
+    platform_version: Option<String>,
 }
 
-fn resolve(ctx: &Ctx, req: Request<'_>) -> Result<LaunchSpec, ApiError> {
+async fn resolve(ctx: &Arc<Ctx>, req: Request<'_>) -> Result<LaunchSpec, ApiError> {
     let tags = check_tags(req.tags)?;
+    let reference = req.task_definition.unwrap_or_default();
+    let upstream = upstream_definition(ctx, reference).await?;
     let (cluster, definition, td_tags) = ctx.store.read(|r| {
         let cluster = active_cluster(ctx, r, req.cluster)?;
-        let td = definition(ctx, r, req.task_definition.unwrap_or_default())?;
+        let td = definition(ctx, r, reference, upstream)?;
         let td_tags = if req.propagate_tags == Some("TASK_DEFINITION") {
             r.get(TAGS, td.task_definition_arn.as_deref().unwrap_or_default())?.unwrap_or_default()
         } else {
@@ -144,6 +226,7 @@ fn resolve(ctx: &Ctx, req: Request<'_>) -> Result<LaunchSpec, ApiError> {
         tags: tags::merge(&td_tags, &tags)?,
         enable_execute_command: req.enable_execute_command,
         network_configuration: req.network_configuration,
+        platform_version: req.platform_version,
     };
     Ok(spec)
 }
@@ -180,8 +263,10 @@ pub async fn run(ctx: &Arc<Ctx>, req: RunTaskRequest) -> Result<RunTaskResponse,
             started_by: req.started_by,
             group: req.group,
             enable_execute_command: req.enable_execute_command,
+            platform_version: req.platform_version,
         },
-    )?;
+    )
+    .await?;
     check_launch_type(&spec.definition, &spec.launch_type)?;
     let (tasks, failures) = launch(ctx, spec, count as usize).await?;
     Ok(RunTaskResponse { tasks: Some(tasks), failures: Some(failures) })
@@ -208,8 +293,10 @@ pub async fn start(ctx: &Arc<Ctx>, req: StartTaskRequest) -> Result<StartTaskRes
             started_by: req.started_by,
             group: req.group,
             enable_execute_command: req.enable_execute_command,
+            platform_version: None,
         },
-    )?;
+    )
+    .await?;
     let mut failures = vec![];
     let mut count = 0;
     for i in &instances {

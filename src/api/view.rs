@@ -1,9 +1,11 @@
 //! How the API shows a task: the DescribeTasks shape made from the engine's record.
 
 use crate::model::shapes::{
-    Attachment, Attribute, Container, KeyValuePair, NetworkInterface, Task, TaskOverride,
+    Attachment, Attribute, Container, EphemeralStorage, KeyValuePair, NetworkInterface, Task,
+    TaskEphemeralStorage, TaskOverride,
 };
 use crate::model::task::{ContainerRecord, ContainerStatus, EniAttachment, HealthStatus, TaskRecord};
+use crate::model::task_definition::DEFAULT_EPHEMERAL_STORAGE_GIB;
 
 fn kv(name: &str, value: &str) -> KeyValuePair {
     KeyValuePair { name: Some(name.into()), value: Some(value.into()) }
@@ -31,6 +33,14 @@ fn attachment(a: &EniAttachment) -> Attachment {
 
 fn cpu_architecture() -> &'static str {
     if std::env::consts::ARCH == "aarch64" { "arm64" } else { std::env::consts::ARCH }
+}
+
+/// A Fargate task's ephemeral storage in GiB: its definition's, else Fargate's default.
+/// Other launch types show none, as in ECS.
+fn fargate_storage(t: &TaskRecord) -> Option<i32> {
+    (t.launch_type == "FARGATE").then(|| {
+        t.definition.ephemeral_storage.as_ref().map_or(DEFAULT_EPHEMERAL_STORAGE_GIB, |e| e.size_in_gi_b)
+    })
 }
 
 /// The task as DescribeTasks shows it (without tags, which live with the ARN).
@@ -76,7 +86,10 @@ pub fn task(t: &TaskRecord, cluster_arn: &str, availability_zone: &str) -> Task 
         task_arn: Some(t.arn.clone()),
         task_definition_arn: td.task_definition_arn.clone(),
         version: t.version,
-        ephemeral_storage: None,
+        platform_version: t.platform_version.clone(),
+        ephemeral_storage: fargate_storage(t).map(|size_in_gi_b| EphemeralStorage { size_in_gi_b }),
+        fargate_ephemeral_storage: fargate_storage(t)
+            .map(|size_in_gi_b| TaskEphemeralStorage { size_in_gi_b, kms_key_id: None }),
         ..Default::default()
     }
 }

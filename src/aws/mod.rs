@@ -19,7 +19,9 @@
 //! log line.
 
 mod ecr;
+mod ecs;
 mod error;
+mod iam;
 mod identity;
 mod s3;
 mod secretsmanager;
@@ -36,6 +38,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 
 pub use ecr::EcrLogin;
+pub use ecs::Relayed;
 pub use error::{AwsError, Malformed, SigningFailure};
 pub use identity::{IssuedKeys, Keys, OwnIdentity};
 pub use secretsmanager::SecretValue;
@@ -56,10 +59,13 @@ pub enum Service {
     S3,
     Ecr,
     Logs,
+    /// An upstream ECS (`ECS_ENDPOINT_URL`): task definitions ecsd does not have, and the
+    /// operations it forwards.
+    Ecs,
 }
 
 impl Service {
-    pub const ALL: [Service; 7] = [
+    pub const ALL: [Service; 8] = [
         Service::Sts,
         Service::Iam,
         Service::SecretsManager,
@@ -67,6 +73,7 @@ impl Service {
         Service::S3,
         Service::Ecr,
         Service::Logs,
+        Service::Ecs,
     ];
 
     /// The name in SigV4's credential scope.
@@ -79,6 +86,7 @@ impl Service {
             Service::S3 => "s3",
             Service::Ecr => "ecr",
             Service::Logs => "logs",
+            Service::Ecs => "ecs",
         }
     }
 
@@ -109,6 +117,7 @@ impl fmt::Display for Service {
             Service::S3 => "S3",
             Service::Ecr => "ECR",
             Service::Logs => "CloudWatch Logs",
+            Service::Ecs => "ECS",
         })
     }
 }
@@ -399,6 +408,24 @@ impl Client {
         request: &Request,
         max_response: usize,
     ) -> Result<Vec<u8>, AwsError> {
+        let response = self.signed_send(http, request).await?;
+        let status = response.status();
+        let error_type =
+            response.headers().get("x-amzn-errortype").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = self.read_capped(request, response, max_response).await?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let (code, message) = error::parse_error_body(error_type.as_deref(), &body);
+        Err(AwsError::Service { service: request.service, status: status.as_u16(), code, message })
+    }
+
+    /// Signs `request` with this client's keys, now, and sends it once.
+    async fn signed_send(
+        &self,
+        http: &reqwest::Client,
+        request: &Request,
+    ) -> Result<reqwest::Response, AwsError> {
         let service = request.service;
         let headers: Vec<(&str, &str)> = request.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let unsigned = Unsigned {
@@ -414,17 +441,7 @@ impl Client {
         for (name, value) in headers.iter().copied().chain(signed.iter().map(|(n, v)| (*n, v.as_str()))) {
             builder = builder.header(name, value);
         }
-        let response =
-            builder.body(request.body.clone()).send().await.map_err(|e| self.transport(request, e))?;
-        let status = response.status();
-        let error_type =
-            response.headers().get("x-amzn-errortype").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let body = self.read_capped(request, response, max_response).await?;
-        if status.is_success() {
-            return Ok(body);
-        }
-        let (code, message) = error::parse_error_body(error_type.as_deref(), &body);
-        Err(AwsError::Service { service, status: status.as_u16(), code, message })
+        builder.body(request.body.clone()).send().await.map_err(|e| self.transport(request, e))
     }
 
     /// The body, refused past `limit` bytes.

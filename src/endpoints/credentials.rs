@@ -119,6 +119,9 @@ pub enum CredentialError {
          ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY, ECS_ENDPOINT_AWS_PROFILE, or the standard AWS_* variables"
     )]
     DaemonCredentials { error: AwsError },
+    /// With an IAM endpoint configured, roles are looked up there first (GetRole).
+    #[error("role {role} cannot be resolved with IAM GetRole: {error}")]
+    RoleLookup { role: String, error: AwsError },
     #[error(
         "task id {task_id:?} cannot be a role session name: it must be 2 to 64 letters, digits or +=,.@_-"
     )]

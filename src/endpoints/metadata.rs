@@ -686,6 +686,7 @@ pub(crate) mod tests {
             enable_execute_command: false,
             network_configuration: None,
             container_instance_arn: None,
+            platform_version: None,
             cpu: Some("256".into()),
             memory: Some("512".into()),
             desired: TaskStatus::Running,

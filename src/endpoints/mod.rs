@@ -170,8 +170,8 @@ impl Endpoints {
         env
     }
 
-    fn role_arn(&self, role: &str) -> String {
-        role_arn(&self.cfg.identity.account, role)
+    async fn role_arn(&self, role: &str) -> Result<String, CredentialError> {
+        resolve_role(&self.cfg.aws, &self.cfg.identity.account, role).await
     }
 
     fn metadata_context(&self) -> MetadataContext {
@@ -201,7 +201,7 @@ impl Endpoints {
     pub async fn open(&self, rec: &TaskRecord, source: Arc<dyn TaskSource>) -> Result<(), OpenError> {
         self.close(&rec.id).await;
         if let (Some(id), Some(role)) = (&rec.credentials_id, rec.task_role_arn()) {
-            let role = self.role_arn(role);
+            let role = self.role_arn(role).await.map_err(OpenError::Credentials)?;
             self.cfg.credentials.issue(id, &rec.id, &role).await.map_err(OpenError::Credentials)?;
         }
         let token = self.shutdown.child_token();
@@ -316,7 +316,10 @@ impl Endpoints {
     /// The keys of task `rec`'s execution role (ecsd's own without one; the static keys
     /// offline), as secrets are read with them: for ECR logins and `repositoryCredentials`.
     pub async fn execution_keys(&self, rec: &TaskRecord) -> Result<crate::aws::Keys, CredentialError> {
-        let role = rec.execution_role_arn().map(|r| self.role_arn(r));
+        let role = match rec.execution_role_arn() {
+            Some(r) => Some(self.role_arn(r).await?),
+            None => None,
+        };
         Ok(self.cfg.credentials.for_execution(&rec.id, role.as_deref()).await?.keys())
     }
 
@@ -336,7 +339,10 @@ impl Endpoints {
                     .any(|f| f.value.as_deref().is_some_and(|v| v.starts_with("arn:")))
         });
         let keys = if needs_keys {
-            let role = rec.execution_role_arn().map(|r| self.role_arn(r));
+            let role = match rec.execution_role_arn() {
+                Some(r) => Some(self.role_arn(r).await.map_err(ResolveError::ExecutionRole)?),
+                None => None,
+            };
             Some(
                 self.cfg
                     .credentials
@@ -403,6 +409,26 @@ impl server::CredentialsSource for NoCredentials {
     }
 }
 
+/// A role as STS wants it. With an IAM endpoint configured (`IAM_ENDPOINT`,
+/// `AWS_ENDPOINT_URL_IAM`), the role is looked up there by name with GetRole, which checks
+/// that it exists and gives its real ARN (its path included); otherwise [`role_arn`] makes
+/// the ARN without asking.
+pub(crate) async fn resolve_role(
+    aws: &crate::aws::Aws,
+    account: &str,
+    role: &str,
+) -> Result<String, CredentialError> {
+    if aws.settings().endpoints.get(crate::aws::Service::Iam).is_none() {
+        return Ok(role_arn(account, role));
+    }
+    let name = role.rsplit('/').next().unwrap_or(role);
+    let client = aws.own_client().await.map_err(|error| CredentialError::DaemonCredentials { error })?;
+    client
+        .get_role_arn(name)
+        .await
+        .map_err(|error| CredentialError::RoleLookup { role: role.to_owned(), error })
+}
+
 /// A role as STS wants it: ECS takes a role's short name too (`app-role`), meaning the
 /// account's role of that name.
 fn role_arn(account: &str, role: &str) -> String {
@@ -420,5 +446,40 @@ mod tests {
         assert_eq!(super::role_arn("123456789012", "app"), "arn:aws:iam::123456789012:role/app");
         let full = "arn:aws:iam::000000000000:role/path/app";
         assert_eq!(super::role_arn("123456789012", full), full);
+    }
+
+    /// With an IAM endpoint (moto), names and ARNs resolve to the role's real ARN, path
+    /// included, and a role IAM does not have is an error naming it.
+    #[tokio::test]
+    async fn roles_are_looked_up_with_get_role_when_iam_is_configured() {
+        use super::credentials::test_support::{Moto, aws_at};
+        use super::{CredentialError, resolve_role};
+        let moto = Moto::start().await;
+        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+        let params = [
+            ("Action", "CreateRole"),
+            ("Version", "2010-05-08"),
+            ("RoleName", "app"),
+            ("Path", "/svc/"),
+            ("AssumeRolePolicyDocument", policy),
+        ];
+        moto.query("iam", &params).await;
+        let aws = aws_at(&moto.endpoint);
+        let real = "arn:aws:iam::123456789012:role/svc/app";
+        for given in ["app", "arn:aws:iam::123456789012:role/app", real] {
+            assert_eq!(resolve_role(&aws, "000000000000", given).await.unwrap(), real, "{given}");
+        }
+        let e = resolve_role(&aws, "000000000000", "ghost").await.unwrap_err();
+        assert!(matches!(e, CredentialError::RoleLookup { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with("role ghost cannot be resolved with IAM GetRole: NoSuchEntity"),
+            "{e}"
+        );
+        // Without an IAM endpoint nothing is asked: the account's role of that name.
+        let offline = crate::aws::Aws::new(crate::aws::Settings::new("us-east-1"));
+        assert_eq!(
+            resolve_role(&offline, "000000000000", "ghost").await.unwrap(),
+            "arn:aws:iam::000000000000:role/ghost"
+        );
     }
 }

@@ -28,6 +28,20 @@ pub struct LaunchSpec {
     pub network_configuration: Option<NetworkConfiguration>,
     /// This host's container instance in the cluster (not shown for FARGATE tasks).
     pub container_instance_arn: String,
+    /// The Fargate platform version RunTask asked for (`LATEST` when `None`); ignored for
+    /// other launch types.
+    pub platform_version: Option<String>,
+}
+
+/// The platform version Fargate tasks run on when `LATEST` (or nothing) is asked for.
+pub const FARGATE_LATEST_PLATFORM_VERSION: &str = "1.4.0";
+
+/// The platform version a task of `launch_type` shows: Fargate's, with `LATEST` resolved.
+pub fn platform_version(launch_type: &str, requested: Option<&str>) -> Option<String> {
+    (launch_type == "FARGATE").then(|| match requested {
+        None | Some("LATEST") | Some("") => FARGATE_LATEST_PLATFORM_VERSION.to_owned(),
+        Some(v) => v.to_owned(),
+    })
 }
 
 /// Why ECS refuses to launch a task as asked. The text is ECS's; [`LaunchError::kind`] says
@@ -212,6 +226,7 @@ pub(crate) fn new_record(
         enable_execute_command: spec.enable_execute_command,
         network_configuration: spec.network_configuration.clone(),
         container_instance_arn: (spec.launch_type != "FARGATE").then(|| spec.container_instance_arn.clone()),
+        platform_version: platform_version(&spec.launch_type, spec.platform_version.as_deref()),
         cpu: o.and_then(|o| o.cpu.clone()).or_else(|| spec.definition.cpu.clone()),
         memory: o.and_then(|o| o.memory.clone()).or_else(|| spec.definition.memory.clone()),
         desired: TaskStatus::Running,

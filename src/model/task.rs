@@ -285,6 +285,9 @@ pub struct TaskRecord {
     pub network_configuration: Option<NetworkConfiguration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_instance_arn: Option<String>,
+    /// Fargate tasks' platform version (`1.4.0` for `LATEST`); `None` for other launch types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_version: Option<String>,
     /// Task-level cpu and memory as shown (overrides applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<String>,

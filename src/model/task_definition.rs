@@ -30,6 +30,11 @@ const MIN_CONTAINER_MEMORY_MIB: i32 = 6;
 const TASK_CPU_UNITS: RangeInclusive<u64> = 128..=196_608;
 const FARGATE_LOG_DRIVERS: [&str; 3] = ["awslogs", "splunk", "awsfirelens"];
 const FARGATE_MAX_STOP_TIMEOUT: i32 = 120;
+/// The ephemeral storage (GiB) a task definition may ask for; without one Fargate gives
+/// [`DEFAULT_EPHEMERAL_STORAGE_GIB`].
+pub const EPHEMERAL_STORAGE_GIB: RangeInclusive<i32> = 21..=200;
+/// Fargate's ephemeral storage when the task definition names none.
+pub const DEFAULT_EPHEMERAL_STORAGE_GIB: i32 = 20;
 /// Task memory (MiB) Fargate accepts with cpu 256; larger sizes follow `FARGATE_SIZES`.
 const FARGATE_256_MEMORY: [u32; 3] = [512, 1024, 2048];
 /// (task cpu, lowest memory, highest memory, step), all memory in MiB.
@@ -361,6 +366,12 @@ pub enum TaskDefinitionError {
     )]
     ContainerMemoryAboveTask { at: ContainerAt, memory: i32, task: u32 },
     #[error(
+        "The ephemeral storage size must be between 21 and 200 GiB. ephemeralStorage.sizeInGiB is {size}; leave ephemeralStorage out for the default of 20 GiB."
+    )]
+    EphemeralStorageSize { size: i32 },
+    #[error("The task definition cannot be read as a registration: {reason}")]
+    NotARegistration { reason: String },
+    #[error(
         "Unknown container '{name}' in proxyConfiguration. proxyConfiguration.containerName must name a container of this task definition."
     )]
     UnknownProxyContainer { name: String },
@@ -414,6 +425,27 @@ pub fn build(
         enable_fault_injection: req.enable_fault_injection,
         trusted_execution_configuration: req.trusted_execution_configuration.clone(),
     })
+}
+
+/// The local copy of a task definition another ECS (the upstream) registered: checked by
+/// ECS's rules and echoed with ECS's defaults, as a registration here would be, but keeping
+/// the upstream's ARN, revision, status and registration time.
+pub fn adopt(upstream: &TaskDefinition, identity: &Identity) -> Result<TaskDefinition, TaskDefinitionError> {
+    let as_request: RegisterTaskDefinitionRequest = serde_json::to_value(upstream)
+        .and_then(serde_json::from_value)
+        .map_err(|e| E::NotARegistration { reason: e.to_string() })?;
+    let reg = Registration {
+        identity,
+        revision: upstream.revision,
+        registered_at: upstream.registered_at.unwrap_or_default(),
+    };
+    let mut td = build(&as_request, &reg)?;
+    td.task_definition_arn = upstream.task_definition_arn.clone();
+    td.status = upstream.status.clone().or(td.status);
+    td.registered_by = upstream.registered_by.clone();
+    td.registered_at = upstream.registered_at;
+    td.deregistered_at = upstream.deregistered_at;
+    Ok(td)
 }
 
 /// A request under validation, with the task size parsed once.
@@ -475,6 +507,7 @@ fn checked(req: &RegisterTaskDefinitionRequest) -> Result<Ctx<'_>, TaskDefinitio
     check_compatibilities(&ctx)?;
     check_task_cpu(&ctx)?;
     check_task_memory(&ctx)?;
+    check_ephemeral_storage(req)?;
     check_proxy(&ctx)?;
     Ok(ctx)
 }
@@ -1121,6 +1154,15 @@ fn check_task_memory(ctx: &Ctx<'_>) -> Result<(), E> {
         }
     }
     Ok(())
+}
+
+fn check_ephemeral_storage(req: &RegisterTaskDefinitionRequest) -> Result<(), E> {
+    match &req.ephemeral_storage {
+        Some(e) if !EPHEMERAL_STORAGE_GIB.contains(&e.size_in_gi_b) => {
+            Err(E::EphemeralStorageSize { size: e.size_in_gi_b })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_proxy(ctx: &Ctx<'_>) -> Result<(), E> {
@@ -2103,6 +2145,22 @@ mod tests {
             "Fargate only supports network mode \u{2018}awsvpc\u{2019}. networkMode is 'host'; set networkMode to 'awsvpc' when requiresCompatibilities includes FARGATE.",
         );
         assert_accepts(fargate());
+    }
+
+    #[test]
+    fn ephemeral_storage_is_21_to_200_gib() {
+        let sized = |gib: i32| with(fargate(), "/ephemeralStorage", json!({"sizeInGiB": gib}));
+        for bad in [0, 20, 201] {
+            assert_rejects(
+                sized(bad),
+                &format!(
+                    "The ephemeral storage size must be between 21 and 200 GiB. ephemeralStorage.sizeInGiB is {bad}; leave ephemeralStorage out for the default of 20 GiB."
+                ),
+            );
+        }
+        assert_accepts(sized(21));
+        assert_accepts(sized(200));
+        assert_eq!(built(&sized(50)).ephemeral_storage.map(|e| e.size_in_gi_b), Some(50));
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::model::task::TaskRecord;
 pub const CLUSTERS: Table<Cluster> = Table::cached("clusters");
 /// Task definitions by [`task_definition_key`].
 pub const TASK_DEFINITIONS: Table<TaskDefinition> = Table::cached("task_definitions");
+/// Copies of task definitions fetched from the upstream ECS (`ECS_ENDPOINT_URL`), by
+/// [`upstream_key`]. Never listed or described as ecsd's own.
+pub const UPSTREAM_TASK_DEFINITIONS: Table<TaskDefinition> = Table::new("upstream_task_definitions");
 /// Per family bookkeeping, by family name.
 pub const FAMILIES: Table<Family> = Table::new("families");
 /// Tags by resource ARN.
@@ -27,8 +30,17 @@ pub const ATTRIBUTES: Table<crate::model::shapes::Attribute> = Table::new("attri
 /// Small facts about this host, by name.
 pub const META: Table<String> = Table::new("meta");
 
-pub const ALL_TABLES: &[&str] =
-    &["clusters", "task_definitions", "families", "tags", "account_settings", "tasks", "meta", "attributes"];
+pub const ALL_TABLES: &[&str] = &[
+    "clusters",
+    "task_definitions",
+    "families",
+    "tags",
+    "account_settings",
+    "tasks",
+    "meta",
+    "attributes",
+    "upstream_task_definitions",
+];
 
 /// What a family remembers beyond its revisions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +61,12 @@ pub fn task_definition_key(family: &str, revision: i32) -> String {
 /// The prefix shared by every revision of `family`.
 pub fn family_prefix(family: &str) -> String {
     format!("{family}\u{0}")
+}
+
+/// An upstream task definition by the upstream region and the reference it answers to (its
+/// ARN, or `family:revision`): `region\0reference`.
+pub fn upstream_key(region: &str, reference: &str) -> String {
+    format!("{region}\u{0}{reference}")
 }
 
 pub fn task_key(cluster: &str, id: &str) -> String {

@@ -14,3 +14,4 @@ mod support;
 mod tags;
 mod task_definitions;
 mod tasks;
+mod upstream;

@@ -173,7 +173,11 @@ async fn operations_ecsd_does_not_implement_are_forwarded_unchanged() {
     let upstream_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, upstream).await });
 
-    let e = Ecsd::start_with(&[("ECS_ENDPOINT_URL", &upstream_url)]).await;
+    // Passthrough: the caller's signature goes on as it is (tests/api/upstream.rs has the
+    // default, signed again with ecsd's keys).
+    let e =
+        Ecsd::start_with(&[("ECS_ENDPOINT_URL", &upstream_url), ("ECSD_FORWARD_SIGNATURE", "passthrough")])
+            .await;
     let out =
         e.client.describe_capacity_providers().capacity_providers("FROM_UPSTREAM").send().await.unwrap();
     assert_eq!(out.capacity_providers()[0].name(), Some("FROM_UPSTREAM"));
@@ -194,11 +198,18 @@ async fn an_unreachable_forward_endpoint_is_a_server_error_naming_it() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let e = Ecsd::start_with(&[("ECS_ENDPOINT_URL", &dead)]).await;
+    let e = Ecsd::start_with(&[
+        ("ECS_ENDPOINT_URL", &dead),
+        ("ECS_ENDPOINT_AWS_ACCESS_KEY_ID", "AKIDECSD"),
+        ("ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY", "ecsd-secret"),
+    ])
+    .await;
     let (code, msg) = err(e.client.describe_capacity_providers().send().await.unwrap_err());
     assert_eq!(code, "ServerException");
     assert!(
-        msg.starts_with(&format!("ecsd could not forward the request to ECS_ENDPOINT_URL {dead}")),
+        msg.starts_with(&format!(
+            "ecsd could not forward the request to ECS_ENDPOINT_URL {dead}: cannot reach ECS at {dead}"
+        )),
         "{msg}"
     );
 }

@@ -679,3 +679,104 @@ async fn exec_runs_in_a_running_container_as_its_process_and_refuses_otherwise()
     let err = engine.exec("default", id, "app", request(&["true"])).await.unwrap_err();
     assert!(matches!(err, ExecError::TaskNotRunning { .. }), "{err}");
 }
+
+/// A Fargate task definition (awsvpc, task size) with `storage` GiB of ephemeral storage.
+async fn register_fargate(e: &Ecsd, family: &str, storage: Option<i32>) {
+    e.client
+        .register_task_definition()
+        .family(family)
+        .network_mode(NetworkMode::Awsvpc)
+        .requires_compatibilities(aws_sdk_ecs::types::Compatibility::Fargate)
+        .cpu("256")
+        .memory("512")
+        .container_definitions(container("app"))
+        .set_ephemeral_storage(
+            storage.map(|s| aws_sdk_ecs::types::EphemeralStorage::builder().size_in_gib(s).build()),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+fn default_subnet() -> aws_sdk_ecs::types::NetworkConfiguration {
+    let vpc = aws_sdk_ecs::types::AwsVpcConfiguration::builder().subnets("subnet-default").build().unwrap();
+    aws_sdk_ecs::types::NetworkConfiguration::builder().awsvpc_configuration(vpc).build()
+}
+
+#[tokio::test]
+async fn fargate_tasks_show_what_fargate_tasks_show() {
+    let e = Ecsd::start().await;
+    register_fargate(&e, "small", None).await;
+    register_fargate(&e, "big", Some(50)).await;
+
+    let out = e
+        .client
+        .run_task()
+        .task_definition("small")
+        .launch_type(LaunchType::Fargate)
+        .network_configuration(default_subnet())
+        .send()
+        .await
+        .unwrap();
+    let t = wait_status(&e, out.tasks()[0].task_arn().unwrap(), "RUNNING").await;
+    assert_eq!(t.launch_type(), Some(&LaunchType::Fargate));
+    assert_eq!(t.platform_version(), Some("1.4.0"), "LATEST is 1.4.0");
+    assert_eq!(t.platform_family(), Some("Linux"));
+    assert_eq!(t.ephemeral_storage().map(|s| s.size_in_gib()), Some(20), "Fargate's default");
+    assert_eq!(t.fargate_ephemeral_storage().map(|s| s.size_in_gib()), Some(20));
+    assert_eq!(t.container_instance_arn(), None, "Fargate tasks run on no container instance");
+    let eni = &t.attachments()[0];
+    assert_eq!(eni.r#type(), Some("ElasticNetworkInterface"));
+    assert!(eni.details().iter().any(|d| d.name() == Some("privateIPv4Address")), "{eni:?}");
+
+    // A FARGATE capacity provider, a named platform version and the definition's storage.
+    let fargate = aws_sdk_ecs::types::CapacityProviderStrategyItem::builder()
+        .capacity_provider("FARGATE")
+        .build()
+        .unwrap();
+    let out = e
+        .client
+        .run_task()
+        .task_definition("big")
+        .capacity_provider_strategy(fargate)
+        .platform_version("1.3.0")
+        .network_configuration(default_subnet())
+        .send()
+        .await
+        .unwrap();
+    let t = describe(&e, out.tasks()[0].task_arn().unwrap()).await;
+    assert_eq!(t.launch_type(), Some(&LaunchType::Fargate));
+    assert_eq!(t.platform_version(), Some("1.3.0"));
+    assert_eq!(t.ephemeral_storage().map(|s| s.size_in_gib()), Some(50));
+
+    // Positive control: an EC2 task of the same definition family shows none of these.
+    register(&e, "ec2", vec![container("app")]).await;
+    let t = run(&e, "ec2").await;
+    assert_eq!((t.platform_version(), t.ephemeral_storage()), (None, None));
+    assert!(t.container_instance_arn().is_some());
+}
+
+#[tokio::test]
+async fn ephemeral_storage_is_checked_at_registration() {
+    let e = Ecsd::start().await;
+    for size in [20, 201] {
+        let storage = aws_sdk_ecs::types::EphemeralStorage::builder().size_in_gib(size).build();
+        let (code, msg) = err(e
+            .client
+            .register_task_definition()
+            .family("disk")
+            .container_definitions(container("app"))
+            .ephemeral_storage(storage)
+            .send()
+            .await
+            .unwrap_err());
+        assert_eq!(code, "ClientException");
+        assert_eq!(
+            msg,
+            format!(
+                "The ephemeral storage size must be between 21 and 200 GiB. ephemeralStorage.sizeInGiB is {size}; leave ephemeralStorage out for the default of 20 GiB."
+            )
+        );
+    }
+    register_fargate(&e, "disk", Some(21)).await;
+}

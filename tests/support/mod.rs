@@ -84,3 +84,76 @@ pub fn image_tar() -> PathBuf {
         ),
     }
 }
+
+/// A moto_server on 127.0.0.1 (the `.venv` of hack/setup, or `ECSD_MOTO_SERVER`): the STS,
+/// IAM, Secrets Manager and SSM that the endpoint tests talk to. Killed when dropped.
+pub struct Moto {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        use std::io::BufRead;
+        let program = std::env::var_os("ECSD_MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server"));
+        let mut child = std::process::Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {} ({e}): run hack/setup, or set ECSD_MOTO_SERVER", program.display())
+            });
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut url = None;
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if let Some(at) = line.find("Running on http://127.0.0.1:") {
+                url = Some(line[at + "Running on ".len()..].trim().to_owned());
+                break;
+            }
+        }
+        let url = url.unwrap_or_else(|| panic!("{} did not say where it listens", program.display()));
+        Moto { child, url }
+    }
+
+    /// Runs the aws CLI of the .venv against moto; returns its JSON answer.
+    pub async fn aws(&self, args: &[&str]) -> serde_json::Value {
+        let aws = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/aws");
+        let out = tokio::process::Command::new(&aws)
+            .args(["--endpoint-url", &self.url, "--region", "us-east-1", "--output", "json"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", aws.display()));
+        assert!(
+            out.status.success(),
+            "aws {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The environment that points ecsd's STS, Secrets Manager and SSM calls at moto.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL_STS", self.url.clone()),
+            ("AWS_ENDPOINT_URL_SECRETSMANAGER", self.url.clone()),
+            ("AWS_ENDPOINT_URL_SSM", self.url.clone()),
+            ("ECS_ENDPOINT_AWS_ACCESS_KEY_ID", "test".into()),
+            ("ECS_ENDPOINT_AWS_SECRET_ACCESS_KEY", "test".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

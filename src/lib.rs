@@ -17,6 +17,7 @@ pub mod aws;
 pub mod config;
 pub mod endpoints;
 pub mod engine;
+pub mod exec;
 pub mod model;
 pub mod network;
 pub mod runtime;

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Logs(args) => logs(&args),
+        Command::Exec(args) => ecsd::cli::exec::main(args, &env),
         Command::Image(ImageCommand::Import(args)) => import(&args),
         Command::LogDriver(args) => ecsd::runtime::logs::run_log_driver(args),
     }

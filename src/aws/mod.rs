@@ -54,10 +54,12 @@ pub enum Service {
     S3,
     Ecr,
     Logs,
+    /// ECS itself: only `ecsd exec`, a client of an ECS API (normally ecsd's), calls it.
+    Ecs,
 }
 
 impl Service {
-    pub const ALL: [Service; 7] = [
+    pub const ALL: [Service; 8] = [
         Service::Sts,
         Service::Iam,
         Service::SecretsManager,
@@ -65,6 +67,7 @@ impl Service {
         Service::S3,
         Service::Ecr,
         Service::Logs,
+        Service::Ecs,
     ];
 
     /// The name in SigV4's credential scope.
@@ -77,6 +80,7 @@ impl Service {
             Service::S3 => "s3",
             Service::Ecr => "ecr",
             Service::Logs => "logs",
+            Service::Ecs => "ecs",
         }
     }
 
@@ -107,6 +111,7 @@ impl fmt::Display for Service {
             Service::S3 => "S3",
             Service::Ecr => "ECR",
             Service::Logs => "CloudWatch Logs",
+            Service::Ecs => "ECS",
         })
     }
 }

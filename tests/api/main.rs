@@ -6,6 +6,7 @@ mod attributes;
 mod clusters;
 mod common;
 mod durability;
+mod exec;
 mod networking;
 mod protocol;
 #[path = "../support/mod.rs"]

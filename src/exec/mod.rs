@@ -259,9 +259,10 @@ impl Exec {
         }
     }
 
-    /// Sessions granted or live.
+    /// Sessions live, or granted and waiting for their websocket.
     pub fn session_count(&self) -> usize {
-        self.registry().len()
+        let now = self.clock.now();
+        self.registry().len(now)
     }
 
     /// Serves one websocket of the data channel at `/v1/data-channel/{session_id}`: reads the

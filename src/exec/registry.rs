@@ -172,8 +172,9 @@ impl Registry {
         self.sessions.remove(session_id).is_some()
     }
 
-    /// How many sessions there are (granted or live).
-    pub fn len(&self) -> usize {
+    /// How many sessions there are at `now` (live, or granted and not expired).
+    pub fn len(&mut self, now: f64) -> usize {
+        self.purge(now);
         self.sessions.len()
     }
 
@@ -216,7 +217,7 @@ mod tests {
         assert!(matches!(r.redeem("s1", "tok1", 159.0), Err(RedeemError::Unknown)));
         assert!(r.control("s1").is_some());
         assert!(r.remove("s1"));
-        assert_eq!(r.len(), 0);
+        assert_eq!(r.len(159.0), 0);
     }
 
     #[test]
@@ -229,7 +230,7 @@ mod tests {
         r.grant(spec("t1"), "s2".into(), "tok2".into(), 200.0);
         assert_eq!(r.count_for_task("t1", 259.0), 1);
         assert_eq!(r.count_for_task("t1", 260.0), 0);
-        assert_eq!(r.len(), 0);
+        assert_eq!(r.len(260.0), 0);
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub async fn data_channel(
         .max_message_size(crate::exec::MAX_MESSAGE)
         .max_frame_size(crate::exec::MAX_MESSAGE)
         .max_write_buffer_size(4 << 20)
+        // What comes from a client is small (acknowledgements, keystrokes, 1 KiB of piped
+        // stdin per message); tungstenite zeroes a read buffer this big for every read.
+        .read_buffer_size(16 << 10)
         .on_failed_upgrade(|e| warn!(error = %e, "a data channel websocket failed to upgrade"))
         .on_upgrade(move |socket| exec.serve(session_id, socket))
 }

@@ -332,8 +332,8 @@ async fn run(args: ExecArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<u8,
     };
     let io = ClientIo {
         stdin,
-        stdout: Box::new(tokio::io::stdout()),
-        stderr: Box::new(tokio::io::stderr()),
+        stdout: Box::new(Blocking(std::io::stdout())),
+        stderr: Box::new(Blocking(std::io::stderr())),
         events,
     };
     let outcome = client::run(&session.stream_url, &session.token_value, options, io).await?;
@@ -344,6 +344,36 @@ async fn run(args: ExecArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<u8,
     let code = outcome.exit_code.ok_or(ExecCliError::NoExitCode)?;
     // As a shell reports it: the low 8 bits (128 + n for a signal, as the runtime says).
     Ok(u8::try_from(code).unwrap_or(FAILED))
+}
+
+/// Writes straight to a standard stream, on the runtime's own thread. The session's client
+/// is this process's only work: a slow reader of our stdout should hold the session back
+/// (it stops reading the data channel, the server stops reading the process), and handing
+/// each write to another thread, as tokio's stdout does, costs more than it gives here.
+struct Blocking<W>(W);
+
+impl<W: std::io::Write + Unpin> tokio::io::AsyncWrite for Blocking<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(self.0.write(buf))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(self.0.flush())
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
 }
 
 /// The local terminal's size (stdin's, else stdout's).

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,6 +25,8 @@ use super::stream::{Arrival, Incoming, Outgoing};
 
 /// Input messages in flight at most.
 const WINDOW: usize = 256;
+/// Frames handled in one go when they are there already.
+const RECV_BATCH: usize = 256;
 /// Output messages held ahead of a gap at most.
 const REORDER: usize = 4096;
 /// How long the server may leave input unacknowledged before the session is given up.
@@ -99,7 +101,8 @@ pub async fn run(
 ) -> Result<Outcome, ClientError> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(super::MAX_MESSAGE))
-        .max_frame_size(Some(super::MAX_MESSAGE));
+        .max_frame_size(Some(super::MAX_MESSAGE))
+        .read_buffer_size(64 << 10);
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .map_err(|e| ClientError::Connect { url: url.to_owned(), source: Box::new(e) })?;
@@ -144,21 +147,31 @@ pub async fn run(
         let can_send = s.handshake_done && s.out.room() > 0;
         let resend_at = s.out.next_due();
         tokio::select! {
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Binary(bytes))) => {
-                    if let Some(outcome) = s.on_message(bytes).await? {
-                        let _ = ws.close(None).await;
-                        return Ok(outcome);
+            frame = ws.next() => {
+                let mut frame = frame;
+                // What else is there already is handled before acknowledgements go out.
+                for _ in 0..RECV_BATCH {
+                    match frame {
+                        Some(Ok(Message::Binary(bytes))) => {
+                            if let Some(outcome) = s.on_message(bytes).await? {
+                                let _ = ws.close(None).await;
+                                return Ok(outcome);
+                            }
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            return Err(match frame {
+                                Some(f) if u16::from(f.code) == 1008 => ClientError::Refused(f.reason.to_string()),
+                                _ => ClientError::Broken,
+                            });
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return Err(ClientError::Broken),
+                    }
+                    match ws.next().now_or_never() {
+                        Some(next) => frame = next,
+                        None => break,
                     }
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    return Err(match frame {
-                        Some(f) if u16::from(f.code) == 1008 => ClientError::Refused(f.reason.to_string()),
-                        _ => ClientError::Broken,
-                    });
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Err(ClientError::Broken),
             },
             read = read_stdin(&mut stdin, &mut buf), if can_send && stdin.is_some() => match read {
                 Ok(0) | Err(_) => {

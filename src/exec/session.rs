@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -47,7 +47,9 @@ use crate::runtime::{ConsoleSize, ExecOutput, ExecProcess, ExecStdin};
 /// Output messages in flight (unacknowledged) at most: about 1.2 MB per session.
 const WINDOW: usize = 1024;
 /// Output is read when at least this many messages fit in the window (batching).
-const READ_BATCH: usize = 32;
+const READ_BATCH: usize = 64;
+/// Frames handled in one go when they are there already.
+const RECV_BATCH: usize = 256;
 /// Input messages held ahead of a gap at most.
 const REORDER: usize = 256;
 /// Input messages queued for the process's stdin at most.
@@ -334,7 +336,15 @@ impl Runner {
                     // The registry let go of the session: nothing more can come.
                     None => self.control_closed = true,
                 },
-                frame = recv(&mut self.socket), if self.socket.is_some() => self.on_frame(frame).await,
+                frame = recv(&mut self.socket), if self.socket.is_some() => {
+                    self.on_frame(frame).await;
+                    // Whatever else is there already (acknowledgements come in streams) is
+                    // handled before the next write.
+                    for _ in 0..RECV_BATCH {
+                        let Some(ready) = self.socket.as_mut().and_then(|s| s.recv().now_or_never()) else { break };
+                        self.on_frame(ready).await;
+                    }
+                }
                 event = proc_event(&mut self.proc), if self.exit_code.is_none()
                     && matches!(self.proc, Proc::Starting(_) | Proc::Running(_)) => match event {
                     ProcEvent::Started(started) => self.on_started(started).await,
@@ -643,9 +653,12 @@ impl Runner {
 
     /// A stream message goes out (and stays in the window until acknowledged).
     fn emit(&mut self, payload_type: PayloadType, payload: Bytes) {
+        self.emit_at(payload_type, payload, Instant::now(), epoch_ms());
+    }
+
+    fn emit_at(&mut self, payload_type: PayloadType, payload: Bytes, now: Instant, created: u64) {
         let ids = &mut self.ids;
-        let created = epoch_ms();
-        let frame = self.out.send(Instant::now(), |seq| {
+        let frame = self.out.send(now, |seq| {
             let flags = if seq == 0 { FLAG_SYN } else { 0 };
             let msg = AgentMessage::new(
                 MessageType::OutputStreamData,
@@ -774,9 +787,10 @@ impl Runner {
                 self.touch();
                 let buf = if from_stderr { &self.buf_err } else { &self.buf };
                 let data = Bytes::copy_from_slice(&buf[..n]);
+                let (now, created) = (Instant::now(), epoch_ms());
                 for start in (0..n).step_by(OUTPUT_CHUNK) {
                     let end = (start + OUTPUT_CHUNK).min(n);
-                    self.emit(payload_type, data.slice(start..end));
+                    self.emit_at(payload_type, data.slice(start..end), now, created);
                 }
                 if self.drain_until.is_some() {
                     self.drain_until = Some(Instant::now() + DRAIN_IDLE);

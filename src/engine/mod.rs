@@ -357,7 +357,7 @@ impl Engine {
 
     /// Whether the runtime answers now; launches are refused (`AGENT`) when it does not.
     pub async fn runtime_ready(&self) -> Result<(), RuntimeError> {
-        self.runtime.list().await.map(|_| ())
+        self.runtime.ping().await
     }
 
     /// Records a change of a task durably, then shows it.

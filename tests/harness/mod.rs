@@ -126,8 +126,16 @@ impl Ecsd {
     /// `[networks.NAME]` tables of `more_networks` (TOML, where `{n}` stands for `<n>`).
     pub async fn start_with_networks(env: &[(&str, &str)], more_networks: &str) -> Ecsd {
         init_tracing();
-        let n = NEXT_NETWORK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        assert!(n < 250, "out of test networks");
+        // A bridge of that name on the host (another run's leftover) would share the subnet:
+        // take the next free one, so this test checks only what it made itself.
+        let n = loop {
+            let n = NEXT_NETWORK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            assert!(n < 250, "out of test networks");
+            if !Path::new(&format!("/sys/class/net/ecsdt{n}")).exists() {
+                break n;
+            }
+            eprintln!("warning: bridge ecsdt{n} exists already (a leftover of another run); not using it");
+        };
         let namespace = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let names = ecsd::runtime::import::import(&socket(), &namespace, &image_tar())
             .await

@@ -33,6 +33,27 @@ const REORDER: usize = 4096;
 const GIVE_UP: Duration = Duration::from_secs(300);
 const STDOUT_BUFFER: usize = 256 * 1024;
 
+/// How long the client waits for the server at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connecting and the websocket upgrade.
+    pub connect: Duration,
+    /// The server sending nothing at all (it pings every 54 s).
+    pub silence: Duration,
+    /// A write to the server waiting for room.
+    pub write: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            connect: Duration::from_secs(30),
+            silence: Duration::from_secs(180),
+            write: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The version ecsd's client announces.
 pub const CLIENT_VERSION: &str = concat!("ecsd-exec/", env!("CARGO_PKG_VERSION"));
 
@@ -80,12 +101,18 @@ pub enum ClientError {
         #[source]
         source: Box<tokio_tungstenite::tungstenite::Error>,
     },
+    #[error("cannot connect to the data channel at {url}: no answer within {limit:?}")]
+    ConnectTimeout { url: String, limit: Duration },
     #[error("the server refused the data channel: {0}")]
     Refused(String),
     #[error("the data channel broke before the session ended")]
     Broken,
     #[error("the server left input unacknowledged for {}s", GIVE_UP.as_secs())]
     Unresponsive,
+    #[error("the server sent nothing for {0:?}")]
+    Silent(Duration),
+    #[error("the server took no data for {0:?}")]
+    Stalled(Duration),
     #[error("the server did not speak the data channel protocol: {0}")]
     Protocol(String),
     #[error("cannot write the session's output")]
@@ -99,12 +126,25 @@ pub async fn run(
     options: ClientOptions,
     io: ClientIo,
 ) -> Result<Outcome, ClientError> {
+    run_with(url, token, options, io, Limits::default()).await
+}
+
+/// [`run`] with other limits on how long the server may keep the client waiting.
+pub async fn run_with(
+    url: &str,
+    token: &str,
+    options: ClientOptions,
+    io: ClientIo,
+    limits: Limits,
+) -> Result<Outcome, ClientError> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(super::MAX_MESSAGE))
         .max_frame_size(Some(super::MAX_MESSAGE))
         .read_buffer_size(64 << 10);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let (mut ws, _) = tokio::time::timeout(limits.connect, connecting)
         .await
+        .map_err(|_| ClientError::ConnectTimeout { url: url.to_owned(), limit: limits.connect })?
         .map_err(|e| ClientError::Connect { url: url.to_owned(), source: Box::new(e) })?;
     let open = OpenDataChannelInput {
         message_schema_version: "1.0".into(),
@@ -115,7 +155,10 @@ pub async fn run(
         ecsd_exec: Some(options),
     };
     let text = serde_json::to_string(&open).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    ws.send(Message::Text(text.into())).await.map_err(|_| ClientError::Broken)?;
+    tokio::time::timeout(limits.write, ws.send(Message::Text(text.into())))
+        .await
+        .map_err(|_| ClientError::Stalled(limits.write))?
+        .map_err(|_| ClientError::Broken)?;
     let mut s = State {
         options,
         out: Outgoing::new(WINDOW),
@@ -133,21 +176,30 @@ pub async fn run(
     let mut events = io.events;
     let mut events_open = true;
     let mut buf = vec![0u8; OUTPUT_CHUNK];
+    let mut heard = Instant::now();
+    // A frame found waiting when the silence ran out (see below).
+    let mut early = None;
     loop {
         if s.dirty {
             s.stdout.flush().await.map_err(ClientError::Output)?;
             s.dirty = false;
         }
         if !s.writes.is_empty() {
-            for m in s.writes.drain(..) {
-                ws.feed(m).await.map_err(|_| ClientError::Broken)?;
-            }
-            ws.flush().await.map_err(|_| ClientError::Broken)?;
+            let writing = async {
+                for m in s.writes.drain(..) {
+                    ws.feed(m).await?;
+                }
+                ws.flush().await
+            };
+            tokio::time::timeout(limits.write, writing)
+                .await
+                .map_err(|_| ClientError::Stalled(limits.write))?
+                .map_err(|_| ClientError::Broken)?;
         }
         let can_send = s.handshake_done && s.out.room() > 0;
         let resend_at = s.out.next_due();
         tokio::select! {
-            frame = ws.next() => {
+            frame = next_frame(&mut ws, &mut early) => {
                 let mut frame = frame;
                 // What else is there already is handled before acknowledgements go out.
                 for _ in 0..RECV_BATCH {
@@ -172,6 +224,8 @@ pub async fn run(
                         None => break,
                     }
                 }
+                // After the batch: writing our stdout may have taken a while.
+                heard = Instant::now();
             },
             read = read_stdin(&mut stdin, &mut buf), if can_send && stdin.is_some() => match read {
                 Ok(0) | Err(_) => {
@@ -202,6 +256,14 @@ pub async fn run(
                 }
                 None => events_open = false,
             },
+            _ = sleep_until(Some(heard + limits.silence)) => {
+                // Writing our stdout may have held us back while frames came: only a
+                // socket with nothing waiting is silent.
+                match ws.next().now_or_never() {
+                    Some(frame) => early = Some(frame),
+                    None => return Err(ClientError::Silent(limits.silence)),
+                }
+            }
             _ = sleep_until(resend_at), if resend_at.is_some() => {
                 let now = Instant::now();
                 if s.out.oldest_wait(now).is_some_and(|w| w > GIVE_UP) {
@@ -372,6 +434,17 @@ async fn read_stdin(
     match stdin {
         Some(s) => s.read(buf).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The frame found early, else the socket's next.
+async fn next_frame<S: futures_util::Stream + Unpin>(
+    ws: &mut S,
+    early: &mut Option<Option<S::Item>>,
+) -> Option<S::Item> {
+    match early.take() {
+        Some(frame) => frame,
+        None => ws.next().await,
     }
 }
 

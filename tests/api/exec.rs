@@ -639,6 +639,63 @@ async fn a_client_that_vanishes_loses_its_process() {
     eventually(WAIT, "no session left", || async { (e.exec_sessions() == 0).then_some(()) }).await;
 }
 
+/// A server that upgrades and then says nothing, and one that never answers the upgrade: the
+/// client gives up on each within its limits instead of waiting forever. The same limits let
+/// a session with ecsd run to its end (the positive control).
+#[tokio::test]
+async fn the_client_gives_up_on_a_server_that_keeps_it_waiting() {
+    let limits = client::Limits {
+        connect: Duration::from_millis(500),
+        silence: Duration::from_millis(500),
+        write: Duration::from_secs(5),
+    };
+    let io = || ClientIo {
+        stdin: None,
+        stdout: Box::new(tokio::io::sink()),
+        stderr: Box::new(tokio::io::sink()),
+        events: mpsc::unbounded_channel().1,
+    };
+    let opts = ClientOptions { tty: false, stdin: false, cols: 0, rows: 0 };
+
+    let e = Ecsd::start().await;
+    let arn = running(&e, "limits", &["app"], true).await;
+    let rt = runtime_id(&describe(&e, &arn).await, "app");
+    let mut execs = e.fake.drive_execs(&rt);
+    let (_, url, token) = session(&execute(&e, &arn, None, "true").await);
+    let control = tokio::spawn(async move { client::run_with(&url, &token, opts, io(), limits).await });
+    next_exec(&mut execs).await.exit(0);
+    let outcome = tokio::time::timeout(Duration::from_secs(WAIT), control).await.unwrap().unwrap();
+    assert_eq!(outcome.unwrap().exit_code, Some(0));
+
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("ws://{}/v1/data-channel/s", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (tcp, _) = silent.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        // Reads what comes (the OpenDataChannel message) and answers nothing.
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let ran = tokio::time::timeout(
+        Duration::from_secs(WAIT),
+        client::run_with(&silent_url, "t", opts, io(), limits),
+    )
+    .await
+    .expect("the client gives up in time");
+    assert!(matches!(ran, Err(client::ClientError::Silent(d)) if d == limits.silence), "{ran:?}");
+
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_url = format!("ws://{}/v1/data-channel/s", mute.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (_tcp, _) = mute.accept().await.unwrap();
+        std::future::pending::<()>().await
+    });
+    let ran =
+        tokio::time::timeout(Duration::from_secs(WAIT), client::run_with(&mute_url, "t", opts, io(), limits))
+            .await
+            .expect("the client gives up in time");
+    assert!(matches!(ran, Err(client::ClientError::ConnectTimeout { .. })), "{ran:?}");
+}
+
 async fn ssm(e: &Ecsd, op: &str, id: &str) -> serde_json::Value {
     let (status, body) =
         e.http_ssm(&format!("AmazonSSM.{op}"), &serde_json::json!({ "SessionId": id }).to_string()).await;

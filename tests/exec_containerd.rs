@@ -218,6 +218,21 @@ async fn eventually_or<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option
     }
 }
 
+/// In a remote shell: `stty size` shows the terminal's size (`rows cols`), then `resized`
+/// after the window is resized; Ctrl-C reaches the foreground process through the terminal
+/// (the sleep ends, and the shell takes the next line at once).
+async fn shell_sizes_and_interrupts(pty: &mut Pty, size: &str, resized: &str) {
+    pty.send(b"stty size\r").await;
+    pty.expect(size, 30).await;
+    pty.resize();
+    pty.retype_until(b"stty size\r", resized, 30).await;
+    pty.send(b"sh -c 'echo sle\"\"eping; exec sleep 100'\r").await;
+    pty.expect("sleeping", 30).await;
+    pty.send(b"\x03").await;
+    pty.send(b"echo af''ter\r").await;
+    pty.expect("after", 15).await;
+}
+
 fn aws_execute_command<'a>(url: &'a str, task: &'a str, command: &'a str) -> Vec<&'a str> {
     let aws = Box::leak(venv("aws").display().to_string().into_boxed_str());
     vec![
@@ -256,18 +271,7 @@ async fn the_stock_plugin_runs_a_shell_that_echoes_sizes_interrupts_and_exits() 
     pty.expect("# ", 30).await;
     pty.send(b"echo hel''lo\r").await;
     pty.expect("hello\r", 30).await;
-    pty.send(b"stty size\r").await;
-    pty.expect("30 100", 30).await;
-    // The window grows: the plugin notices, and the remote terminal follows.
-    pty.resize();
-    pty.retype_until(b"stty size\r", "40 120", 30).await;
-    // Ctrl-C reaches the foreground process through the terminal: the sleep ends, and the
-    // shell takes the next line at once.
-    pty.send(b"sh -c 'echo sle\"\"eping; exec sleep 100'\r").await;
-    pty.expect("sleeping", 30).await;
-    pty.send(b"\x03").await;
-    pty.send(b"echo af''ter\r").await;
-    pty.expect("after", 15).await;
+    shell_sizes_and_interrupts(&mut pty, "30 100", "40 120").await;
     pty.send(b"exit\r").await;
     pty.expect("Exiting session with sessionId", 30).await;
     assert_eq!(pty.wait(30).await, 0, "{}", pty.text());
@@ -462,15 +466,7 @@ async fn ecsd_exec_in_a_terminal_sizes_resizes_interrupts_and_exits_with_the_cod
     pty.expect("# ", 60).await;
     pty.send(b"[ -t 0 ] && echo a-terminal''-it-is\r").await;
     pty.expect("a-terminal-it-is", 30).await;
-    pty.send(b"stty size\r").await;
-    pty.expect("30 100", 30).await;
-    pty.resize();
-    pty.retype_until(b"stty size\r", "43 132", 30).await;
-    pty.send(b"sh -c 'echo sle\"\"eping; exec sleep 100'\r").await;
-    pty.expect("sleeping", 30).await;
-    pty.send(b"\x03").await;
-    pty.send(b"echo af''ter\r").await;
-    pty.expect("after", 15).await;
+    shell_sizes_and_interrupts(&mut pty, "30 100", "43 132").await;
     pty.send(b"exit 4\r").await;
     assert_eq!(pty.wait(30).await, 4, "ecsd exec exits with the shell's code: {}", pty.text());
     e.finish().await;

@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+mod image_cmd;
+
 use clap::Parser;
 use ecsd::config::{Cli, Command, Config, ImageCommand, ImportArgs, LogFormat, LogsArgs, ServeArgs};
 use tracing::{error, info};
@@ -15,7 +17,21 @@ fn main() -> ExitCode {
         Command::Logs(args) => logs(&args),
         Command::Exec(args) => ecsd::cli::exec::main(args, &env),
         Command::Image(ImageCommand::Import(args)) => import(&args),
+        Command::Image(ImageCommand::Pull(args)) => client_runtime(image_cmd::pull(&args)),
+        Command::Image(ImageCommand::Ls(args)) => client_runtime(image_cmd::ls(&args)),
+        Command::Image(ImageCommand::Rm(args)) => client_runtime(image_cmd::rm(&args)),
         Command::LogDriver(args) => ecsd::runtime::logs::run_log_driver(args),
+    }
+}
+
+/// Runs a client subcommand on a small async runtime.
+fn client_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r.block_on(fut),
+        Err(e) => {
+            eprintln!("ecsd: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod clusters;
 mod common;
 mod durability;
 mod exec;
+mod images;
 mod networking;
 mod protocol;
 #[path = "../support/mod.rs"]

@@ -545,6 +545,9 @@ impl Runner {
                     self.end_with(EndReason::ClientTerminated);
                     Delivery::Done
                 }
+                // A terminal's input has no end (Ctrl-D is a key): closing it would hang the
+                // process up, as `ecsd exec --interactive </dev/null` must not.
+                Some(Flag::StdinEof) if self.tty() => Delivery::Done,
                 Some(Flag::StdinEof) => self.queue_stdin(StdinMsg::Eof),
                 Some(Flag::Signal(signal)) => {
                     self.touch();

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ecsd::exec::client::{self, ClientEvent, ClientIo, Outcome};
 use ecsd::exec::codec::{AgentMessage, FLAGS_ACK, MessageIds, MessageType, PayloadType};
 use ecsd::exec::protocol::{
-    Acknowledge, ChannelClosed, ClientOptions, HandshakeResponse, OpenDataChannelInput, ProcessedClientAction,
+    Acknowledge, ChannelClosed, ClientOptions, Flag, HandshakeResponse, OpenDataChannelInput, ProcessedClientAction,
 };
 use ecsd::runtime::ConsoleSize;
 use ecsd::runtime::fake::FakeExec;
@@ -347,6 +347,31 @@ async fn a_terminal_session_sizes_resizes_and_signals() {
     let ran = finished(handle).await;
     assert_eq!(ran.outcome.unwrap().exit_code, Some(143));
     assert_eq!(ran.stdout, b"$ ");
+}
+
+/// `ecsd exec --interactive </dev/null`: the local stdin ends at once, but a terminal's input
+/// has no end; the process keeps its terminal (it would be hung up) and later keys arrive.
+/// (That a pipe's stdin ends is checked in the piped session's test.)
+#[tokio::test]
+async fn the_end_of_local_stdin_leaves_a_terminal_open() {
+    let e = Ecsd::start().await;
+    let arn = running(&e, "ttyeof", &["app"], true).await;
+    let rt = runtime_id(&describe(&e, &arn).await, "app");
+    let mut execs = e.fake.drive_execs(&rt);
+    let (_, url, token) = session(&execute(&e, &arn, None, "cat").await);
+    let tty = ClientOptions { tty: true, stdin: true, cols: 80, rows: 24 };
+    let mut raw = Raw::open(&url, &token, Some(tty)).await;
+    raw.handshake().await;
+    let mut x = next_exec(&mut execs).await;
+    assert!(x.spec.terminal() && x.spec.stdin);
+    raw.input(PayloadType::Flag, &Flag::StdinEof.encode()).await;
+    raw.input(PayloadType::Output, b"\x03").await;
+    let mut key = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(WAIT), x.stdin.as_mut().unwrap().read(&mut key))
+        .await
+        .expect("a key in time");
+    assert_eq!((read.unwrap(), key), (1, [3]), "the terminal's input is still open");
+    x.exit(0);
 }
 
 #[tokio::test]

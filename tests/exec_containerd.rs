@@ -220,7 +220,7 @@ async fn eventually_or<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option
 
 /// In a remote shell: `stty size` shows the terminal's size (`rows cols`), then `resized`
 /// after the window is resized; Ctrl-C reaches the foreground process through the terminal
-/// (the sleep ends, and the shell takes the next line at once).
+/// (the sleep ends, and the shell takes the next line).
 async fn shell_sizes_and_interrupts(pty: &mut Pty, size: &str, resized: &str) {
     pty.send(b"stty size\r").await;
     pty.expect(size, 30).await;
@@ -229,6 +229,9 @@ async fn shell_sizes_and_interrupts(pty: &mut Pty, size: &str, resized: &str) {
     pty.send(b"sh -c 'echo sle\"\"eping; exec sleep 100'\r").await;
     pty.expect("sleeping", 30).await;
     pty.send(b"\x03").await;
+    // The terminal flushes what was typed with the Ctrl-C (as any terminal does): the next
+    // line is typed at the shell's next prompt.
+    pty.expect("# ", 15).await;
     pty.send(b"echo af''ter\r").await;
     pty.expect("after", 15).await;
 }

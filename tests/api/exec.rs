@@ -10,7 +10,8 @@ use bytes::Bytes;
 use ecsd::exec::client::{self, ClientEvent, ClientIo, Outcome};
 use ecsd::exec::codec::{AgentMessage, FLAGS_ACK, MessageIds, MessageType, PayloadType};
 use ecsd::exec::protocol::{
-    Acknowledge, ChannelClosed, ClientOptions, Flag, HandshakeResponse, OpenDataChannelInput, ProcessedClientAction,
+    Acknowledge, ChannelClosed, ClientOptions, Flag, HandshakeResponse, OpenDataChannelInput,
+    ProcessedClientAction,
 };
 use ecsd::runtime::ConsoleSize;
 use ecsd::runtime::fake::FakeExec;

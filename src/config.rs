@@ -55,6 +55,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a task's container logs (stdout and stderr) from the data dir.
     Logs(LogsArgs),
+    /// Run a command in a task's container over ECS Exec, as `aws ecs execute-command`
+    /// does but without the Session Manager plugin; exits with the command's exit code.
+    Exec(ExecArgs),
     /// Work with images in containerd.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -148,6 +151,58 @@ pub struct LogsArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Arguments of `ecsd exec`.
+#[derive(Debug, Clone, Default, Args)]
+#[command(after_help = "\
+Examples:
+  ecsd exec --task 0123abcd --interactive -- /bin/sh
+  ecsd exec --service web -- ls -l /srv
+  ecsd exec --service web --pipe 'sh' < script.sh
+  ecsd exec --task 0123abcd --pipe 'md5sum' < image.bin
+  ecsd exec --task 0123abcd --pipe 'rails runner -' -i 'puts 1'
+
+A terminal is used when stdin is one, or with --interactive; without one, stdin and stdout
+are passed byte for byte and stderr apart. The exit code is the command's (255 when ecsd exec
+itself fails). The endpoint is --endpoint-url, else AWS_ENDPOINT_URL_ECS, AWS_ENDPOINT_URL,
+the profile's endpoint_url, else http://127.0.0.1:8000; region and credentials are read as
+the aws CLI reads them.")]
+pub struct ExecArgs {
+    /// The ECS endpoint: ecsd's API.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// The cluster (name or ARN). [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The task (id or ARN).
+    #[arg(long, value_name = "ID", required_unless_present = "service", conflicts_with = "service")]
+    pub task: Option<String>,
+    /// A service whose first running task to use.
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// The container. [default: the first of the task definition]
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+    /// Use a terminal even when stdin is not one.
+    #[arg(long)]
+    pub interactive: bool,
+    /// Run CMD (a command string, split as a shell splits words) with this side's stdin as
+    /// its stdin, byte for byte.
+    #[arg(long, value_name = "CMD", conflicts_with = "command")]
+    pub pipe: Option<String>,
+    /// Send TEXT as the command's stdin instead of this side's stdin.
+    #[arg(short = 'i', long = "input", value_name = "TEXT")]
+    pub input: Option<String>,
+    /// The region. [default: as the aws CLI finds it]
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// The profile of ~/.aws/config and ~/.aws/credentials.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// The command and its arguments. [default: /bin/sh]
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
 /// Arguments of `ecsd image import`.
 #[derive(Debug, Clone, Args)]
 pub struct ImportArgs {
@@ -208,6 +263,10 @@ Environment:
   ECS_RESERVED_PORTS       host ports never handed out (default [22, 2375, 2376, 51678, 51679])
   ECSD_NETAVARK, ECSD_AARDVARK_DNS  the netavark and aardvark-dns binaries
                            (default /usr/lib/podman/netavark, /usr/lib/podman/aardvark-dns)
+  ECSD_EXEC_IDLE_TIMEOUT   end ECS Exec sessions without input or output this long (default 20m)
+  ECSD_EXEC_MAX_SESSIONS   ECS Exec sessions per task at a time (default 10)
+  ECSD_EXEC_URL            the ws:// or wss:// base URL ExecuteCommand's streamUrl starts with
+                           (default: ws:// and the address the client reached ecsd at)
   ECS_IMAGE_PULL_BEHAVIOR  default, always, once or prefer-cached (default default)
   ECS_IMAGE_PULL_TIMEOUT, ECS_IMAGE_PULL_INACTIVITY_TIMEOUT, ECS_MANIFEST_PULL_TIMEOUT
                            a whole pull (2h), a stalled download (1m), a manifest (1m)
@@ -293,6 +352,8 @@ pub struct Config {
     pub aws: crate::aws::Settings,
     /// How task roles get their credentials (STS, or static keys offline).
     pub credentials: CredentialSettings,
+    /// ECS Exec sessions.
+    pub exec: crate::exec::ExecSettings,
     /// Pulls (behaviour, registries, credentials) and image cleanup.
     pub images: crate::engine::images::ImageSettings,
 }
@@ -450,6 +511,7 @@ impl Config {
         };
 
         let (aws, credentials) = resolve_aws(env, &region)?;
+        let exec = resolve_exec(env, &duration)?;
         let images = resolve_images(env, aws.endpoints.get(Service::Ecr).is_some())?;
 
         Ok(Config {
@@ -457,6 +519,7 @@ impl Config {
             metadata_rps,
             aws,
             credentials,
+            exec,
             images,
             listen,
             data_dir,
@@ -475,6 +538,35 @@ impl Config {
             log_filter,
         })
     }
+}
+
+/// ECS Exec's settings.
+fn resolve_exec(
+    env: &dyn Fn(&str) -> Option<String>,
+    duration: &dyn Fn(&str, Duration, Duration) -> Result<Duration, ConfigError>,
+) -> Result<crate::exec::ExecSettings, ConfigError> {
+    let defaults = crate::exec::ExecSettings::default();
+    let idle_timeout = duration("ECSD_EXEC_IDLE_TIMEOUT", defaults.idle_timeout, Duration::from_secs(1))?;
+    let max_sessions_per_task = match env("ECSD_EXEC_MAX_SESSIONS").filter(|v| !v.is_empty()) {
+        None => defaults.max_sessions_per_task,
+        Some(v) => v.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| ConfigError {
+            name: "ECSD_EXEC_MAX_SESSIONS".into(),
+            value: v.clone(),
+            reason: "not a whole number of sessions, at least 1".into(),
+        })?,
+    };
+    let url = match env("ECSD_EXEC_URL").map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) if v.starts_with("ws://") || v.starts_with("wss://") => Some(v),
+        Some(v) => {
+            return Err(ConfigError {
+                name: "ECSD_EXEC_URL".into(),
+                value: v,
+                reason: "not a ws:// or wss:// URL".into(),
+            });
+        }
+    };
+    Ok(crate::exec::ExecSettings { idle_timeout, max_sessions_per_task, url })
 }
 
 /// ecsd's AWS settings and how task roles get their keys.
@@ -983,6 +1075,38 @@ mod tests {
         assert_eq!(parse_duration("3 days"), None);
         let e = resolve(ServeArgs::default(), &[("ECS_CONTAINER_STOP_TIMEOUT", "0s")]).unwrap_err();
         assert_eq!(e.to_string(), "ECS_CONTAINER_STOP_TIMEOUT=0s: must be at least 1s");
+    }
+
+    #[test]
+    fn exec_settings_have_defaults_and_name_bad_values() {
+        let c = resolve(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.exec, crate::exec::ExecSettings::default());
+        assert_eq!(c.exec.idle_timeout, Duration::from_secs(1200));
+        let c = resolve(
+            ServeArgs::default(),
+            &[
+                ("ECSD_EXEC_IDLE_TIMEOUT", "90s"),
+                ("ECSD_EXEC_MAX_SESSIONS", "3"),
+                ("ECSD_EXEC_URL", "wss://exec.example/ecsd/"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.exec.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.exec.max_sessions_per_task, 3);
+        assert_eq!(c.exec.url.as_deref(), Some("wss://exec.example/ecsd/"));
+        let err = |vars: &[(&str, &str)]| resolve(ServeArgs::default(), vars).unwrap_err().to_string();
+        assert_eq!(
+            err(&[("ECSD_EXEC_URL", "http://x")]),
+            "ECSD_EXEC_URL=http://x: not a ws:// or wss:// URL"
+        );
+        assert_eq!(
+            err(&[("ECSD_EXEC_MAX_SESSIONS", "0")]),
+            "ECSD_EXEC_MAX_SESSIONS=0: not a whole number of sessions, at least 1"
+        );
+        assert_eq!(
+            err(&[("ECSD_EXEC_IDLE_TIMEOUT", "soon")]),
+            "ECSD_EXEC_IDLE_TIMEOUT=soon: not a duration such as 30s, 2m or 1h30m"
+        );
     }
 
     #[test]

@@ -14,9 +14,11 @@ use tracing::{info, warn};
 
 pub mod api;
 pub mod aws;
+pub mod cli;
 pub mod config;
 pub mod endpoints;
 pub mod engine;
+pub mod exec;
 pub mod model;
 pub mod network;
 pub mod runtime;
@@ -61,6 +63,7 @@ pub struct Daemon {
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     engine: Arc<Engine>,
+    exec: Arc<exec::Exec>,
     store: Arc<Store>,
     /// The containerd ecsd started itself, if it did; stopped last.
     embedded: Option<runtime::EmbeddedContainerd>,
@@ -77,12 +80,20 @@ impl Daemon {
         &self.engine
     }
 
+    /// ECS Exec's sessions, for in-process callers (tests).
+    pub fn exec(&self) -> &Arc<exec::Exec> {
+        &self.exec
+    }
+
     /// Stops accepting requests, lets in-flight ones finish (up to a grace period), lets
     /// tasks that are stopping finish their teardown (bounded), and releases the data dir
     /// before it returns, so another ecsd can open it at once.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.shutdown.cancel();
         let mut server = self.server;
+        // ECS Exec sessions live on upgraded connections the server no longer tracks: their
+        // processes are ended here, their clients told.
+        self.exec.shutdown().await;
         let result = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
         // Running tasks keep running in the runtime; the next start re-adopts them.
         self.engine.shutdown().await;
@@ -234,13 +245,16 @@ async fn serve(
         clock.clone(),
     )
     .map_err(|source| StartError::Engine { source })?;
+    let exec = exec::Exec::new(Arc::clone(&engine), clock.clone(), config.exec.clone());
     let ctx = Arc::new(Ctx {
         store: Arc::clone(&store),
         engine: Arc::clone(&engine),
+        exec: Arc::clone(&exec),
         identity: config.identity.clone(),
         clock,
         forward,
         network: Arc::new(config.network.clone()),
+        listen_addr: std::sync::OnceLock::new(),
     });
     // Like an ECS agent registering without ECS_CLUSTER, this host brings the default cluster.
     api::ensure_default_cluster(&ctx).map_err(|source| StartError::DefaultCluster { source })?;
@@ -250,6 +264,7 @@ async fn serve(
         .await
         .map_err(|source| StartError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let _ = ctx.listen_addr.set(addr);
     let shutdown = CancellationToken::new();
     let router = api::router(Arc::clone(&ctx));
     let token = shutdown.clone();
@@ -258,7 +273,7 @@ async fn serve(
     });
     info!(%addr, data_dir = %config.data_dir.display(), region = %config.identity.region,
           account = %config.identity.account, forward = ?config.ecs_endpoint_url, "ecsd started");
-    Ok(Daemon { addr, shutdown, server, engine, store, embedded: None })
+    Ok(Daemon { addr, shutdown, server, engine, exec, store, embedded: None })
 }
 
 /// An error with its sources, for one log line or one message: `a: b: c`.

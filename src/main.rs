@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Logs(args) => logs(&args),
+        Command::Exec(args) => ecsd::cli::exec::main(args, &env),
         Command::Image(ImageCommand::Import(args)) => import(&args),
         Command::Image(ImageCommand::Pull(args)) => client_runtime(image_cmd::pull(&args)),
         Command::Image(ImageCommand::Ls(args)) => client_runtime(image_cmd::ls(&args)),

@@ -24,6 +24,8 @@ pub enum Exception {
     UnsupportedFeature,
     AccessDenied,
     Serialization,
+    /// SSM's name for a request that breaks the model's constraints.
+    Validation,
     UnknownOperation,
     Server,
 }
@@ -45,6 +47,7 @@ impl Exception {
             Exception::UnsupportedFeature => "UnsupportedFeatureException",
             Exception::AccessDenied => "AccessDeniedException",
             Exception::Serialization => "SerializationException",
+            Exception::Validation => "ValidationException",
             Exception::UnknownOperation => "UnknownOperationException",
             Exception::Server => "ServerException",
         }

@@ -25,6 +25,7 @@ mod attributes;
 mod clusters;
 mod container_instances;
 pub mod error;
+mod exec;
 mod forward;
 mod pagination;
 mod tags;
@@ -46,11 +47,15 @@ const JSON_1_1: &str = "application/x-amz-json-1.1";
 pub struct Ctx {
     pub store: Arc<Store>,
     pub engine: Arc<Engine>,
+    /// ECS Exec sessions (ExecuteCommand, the data channel, AmazonSSM's session calls).
+    pub exec: Arc<crate::exec::Exec>,
     pub identity: Identity,
     pub clock: Arc<dyn Clock>,
     pub forward: Option<Forwarder>,
     /// Task networks (awsvpc subnets pick one) and host port settings.
     pub network: Arc<crate::network::Settings>,
+    /// The address the API listens on, once bound (ExecuteCommand's streamUrl falls back to it).
+    pub listen_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Ctx {
@@ -147,6 +152,7 @@ operations! {
     blocking DeleteAttributes(shapes::DeleteAttributesRequest) => attributes::delete,
     blocking ListContainerInstances(shapes::ListContainerInstancesRequest) => container_instances::list,
     awaits DescribeContainerInstances(shapes::DescribeContainerInstancesRequest) => container_instances::describe,
+    awaits ExecuteCommand(shapes::ExecuteCommandRequest) => exec::execute_command,
 }
 
 /// Decodes and model-checks a request body. An empty body is an empty object, as AWS
@@ -209,9 +215,13 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| ApiError::new(Exception::Server, format!("ecsd could not encode the response: {e}")))
 }
 
-/// The HTTP router: every ECS call is a POST whose operation is in `X-Amz-Target`.
+/// The HTTP router: every ECS call is a POST whose operation is in `X-Amz-Target`; ECS
+/// Exec's data channel is a websocket under `/v1/data-channel/`.
 pub fn router(ctx: Arc<Ctx>) -> Router {
-    Router::new().fallback(entry).with_state(ctx)
+    Router::new()
+        .route("/v1/data-channel/{session_id}", axum::routing::get(exec::data_channel))
+        .fallback(entry)
+        .with_state(ctx)
 }
 
 async fn entry(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) -> Response {
@@ -220,8 +230,9 @@ async fn entry(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) -> R
     let op = target.strip_prefix(TARGET_PREFIX).unwrap_or(&target).to_owned();
     let span = info_span!("api", op = %op, request_id = %request_id);
     let started = Instant::now();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
     async move {
-        let result = respond(&ctx, &target, &headers, body).await;
+        let result = exec::REQUEST_HOST.scope(host, respond(&ctx, &target, &headers, body)).await;
         let mut response = match result {
             Ok(Reply::Json(bytes)) => {
                 info!(status = 200, ms = started.elapsed().as_millis() as u64, "ok");
@@ -259,6 +270,10 @@ enum Reply {
 }
 
 async fn respond(ctx: &Arc<Ctx>, target: &str, headers: &HeaderMap, body: Body) -> Result<Reply, ApiError> {
+    if let Some(op) = target.strip_prefix(exec::SSM_PREFIX) {
+        let body = read_body(headers, body).await?;
+        return exec::ssm(ctx, op, &body).await.map(Reply::Json);
+    }
     let Some(op) = target.strip_prefix(TARGET_PREFIX) else {
         let message = if target.is_empty() {
             "The request has no X-Amz-Target header: ECS operations are POSTed to / with X-Amz-Target: AmazonEC2ContainerServiceV20141113.<Operation>".to_owned()

@@ -1,7 +1,7 @@
 //! How the API shows a task: the DescribeTasks shape made from the engine's record.
 
 use crate::model::shapes::{
-    Attachment, Attribute, Container, EphemeralStorage, KeyValuePair, NetworkInterface, Task,
+    Attachment, Attribute, Container, EphemeralStorage, KeyValuePair, ManagedAgent, NetworkInterface, Task,
     TaskEphemeralStorage, TaskOverride,
 };
 use crate::model::task::{ContainerRecord, ContainerStatus, EniAttachment, HealthStatus, TaskRecord};
@@ -94,6 +94,17 @@ pub fn task(t: &TaskRecord, cluster_arn: &str, availability_zone: &str) -> Task 
     }
 }
 
+/// ECS Exec's agent in a container of a task run with `enableExecuteCommand`: ecsd serves
+/// it itself, so it is up exactly while the container is (PENDING, RUNNING, STOPPED).
+fn exec_agent(c: &ContainerRecord) -> ManagedAgent {
+    ManagedAgent {
+        name: Some("ExecuteCommandAgent".into()),
+        last_status: Some(c.status.wire().to_owned()),
+        last_started_at: c.started_at,
+        reason: None,
+    }
+}
+
 fn container(t: &TaskRecord, c: &ContainerRecord) -> Container {
     let def = t.effective(&c.name);
     Container {
@@ -125,7 +136,7 @@ fn container(t: &TaskRecord, c: &ContainerRecord) -> Container {
         health_status: Some(
             c.health.as_ref().map_or(HealthStatus::Unknown, |h| h.status).as_str().to_owned(),
         ),
-        managed_agents: None,
+        managed_agents: t.enable_execute_command.then(|| vec![exec_agent(c)]),
         cpu: def.map(|d| d.cpu.to_string()),
         memory: def.and_then(|d| d.memory).map(|m| m.to_string()),
         memory_reservation: def.and_then(|d| d.memory_reservation).map(|m| m.to_string()),

@@ -59,8 +59,8 @@ pub enum Service {
     S3,
     Ecr,
     Logs,
-    /// An upstream ECS (`ECS_ENDPOINT_URL`): task definitions ecsd does not have, and the
-    /// operations it forwards.
+    /// ECS itself: an upstream ECS (`ECS_ENDPOINT_URL`) for task definitions ecsd does not
+    /// have and the operations it forwards; and the ECS API `ecsd exec` calls (normally ecsd's).
     Ecs,
 }
 

@@ -21,6 +21,9 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// The terminal's size from the start.
     pub console_size: Option<ConsoleSize>,
+    /// `NAME=value` pairs added to the container's environment (replacing a variable of the
+    /// same name), e.g. the terminal type of an ECS Exec session.
+    pub env: Vec<String>,
 }
 
 /// Why a command cannot run in a container.
@@ -76,6 +79,10 @@ impl Engine {
             return Err(ExecError::EmptyCommand);
         }
         let mut process = self.process_of(&task, container, &runtime_id);
+        if !request.env.is_empty() {
+            let env = with_env(process.env().clone().unwrap_or_default(), &request.env);
+            process.set_env(Some(env));
+        }
         process.set_args(Some(request.command)).set_terminal(Some(request.tty)).set_console_size(None);
         let spec = ExecSpec {
             process,
@@ -109,6 +116,18 @@ impl Engine {
     }
 }
 
+/// `env` with `extra` set in it: a variable of the same name is replaced, a new one added.
+fn with_env(mut env: Vec<String>, extra: &[String]) -> Vec<String> {
+    for kv in extra {
+        let name = kv.split('=').next().unwrap_or_default();
+        match env.iter_mut().find(|e| e.split('=').next() == Some(name)) {
+            Some(e) => e.clone_from(kv),
+            None => env.push(kv.clone()),
+        }
+    }
+    env
+}
+
 /// The runtime id of `name` when the task and the container run.
 fn running_container(task: &Arc<TaskRecord>, name: &str) -> Result<String, ExecError> {
     if task.last != TaskStatus::Running || task.desired != TaskStatus::Running {
@@ -128,4 +147,19 @@ fn running_container(task: &Arc<TaskRecord>, name: &str) -> Result<String, ExecE
         });
     }
     Ok(c.runtime_id.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_variables_replace_or_join_the_environment() {
+        let env = vec!["PATH=/bin".to_owned(), "TERM=dumb".to_owned(), "TERMINFO=/x".to_owned()];
+        let extra = vec!["TERM=xterm-256color".to_owned(), "LANG=C.UTF-8".to_owned()];
+        assert_eq!(
+            with_env(env, &extra),
+            ["PATH=/bin", "TERM=xterm-256color", "TERMINFO=/x", "LANG=C.UTF-8"].map(String::from).to_vec()
+        );
+    }
 }

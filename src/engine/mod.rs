@@ -549,6 +549,7 @@ impl Engine {
                     task.version += 1;
                     task = (*self.record(task).await?).clone();
                 }
+                self.reap_execs(&task, states).await;
             }
             info!(task = %task.arn, status = task.last.as_str(), "re-adopting task");
             self.supervise(task);
@@ -558,6 +559,28 @@ impl Engine {
             self.resync().await;
         }
         Ok(())
+    }
+
+    /// Ends the exec'd processes (ECS Exec sessions, health checks) an earlier daemon left
+    /// running in a task's containers: their handles died with it. Before the task's
+    /// supervisor starts, so none of this daemon's are among them.
+    async fn reap_execs(&self, task: &TaskRecord, states: &[crate::runtime::ContainerState]) {
+        let running: HashSet<&str> = states
+            .iter()
+            .filter(|s| matches!(s.status, ProcessStatus::Running { .. }))
+            .map(|s| s.id.as_str())
+            .collect();
+        for c in task.containers.iter().filter(|c| running.contains(c.runtime_id.as_str())) {
+            match self.runtime.reap_execs(&c.runtime_id).await {
+                Ok(ids) if !ids.is_empty() => {
+                    info!(task = %task.arn, container = %c.name, execs = ?ids, "ended exec'd processes left by an earlier ecsd")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(task = %task.arn, container = %c.name, error = %e, "cannot look for left-over exec'd processes")
+                }
+            }
+        }
     }
 
     /// Removes STOPPED tasks past the retention, deleted task definitions no task uses, and

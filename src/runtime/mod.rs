@@ -201,6 +201,14 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// end with a timeout, see [`run_to_completion`].
     async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<ExecProcess, RuntimeError>;
 
+    /// Kills and removes the exec'd processes still running in `container_id` that nobody
+    /// holds a handle of (an earlier daemon's, left when it died); returns their ids. A
+    /// runtime whose processes cannot outlive the daemon has none.
+    async fn reap_execs(&self, container_id: &str) -> Result<Vec<String>, RuntimeError> {
+        let _ = container_id;
+        Ok(vec![])
+    }
+
     /// Removes the container's task, the container, its snapshot and lease. Returns the exit
     /// status if the task had exited. Removing what does not exist is not an error; removing
     /// a container whose process runs is `StillRunning`.

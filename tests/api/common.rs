@@ -34,6 +34,7 @@ impl Ecsd {
     }
 
     pub async fn start_with(env: &[(&str, &str)]) -> Ecsd {
+        crate::support::init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let fake = Arc::new(FakeRuntime::default());
         fake.add_image(

@@ -6,6 +6,7 @@ mod attributes;
 mod clusters;
 mod common;
 mod durability;
+mod exec;
 mod images;
 mod networking;
 mod protocol;

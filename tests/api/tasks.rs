@@ -655,6 +655,7 @@ async fn exec_runs_in_a_running_container_as_its_process_and_refuses_otherwise()
         tty: false,
         stdin: false,
         console_size: None,
+        env: vec![],
     };
     wait_status(&e, arn, "RUNNING").await;
     let rt = runtime_id(&t, "app");

@@ -285,6 +285,48 @@ async fn reap(
     debug!(exec = %target.exec_id, "exec'd process cleaned up");
 }
 
+/// What the runc shim says of a process of a container that it exec'd
+/// (`containerd.runc.v1.ProcessDetails`, which containerd-client does not compile).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProcessDetails {
+    #[prost(string, tag = "1")]
+    exec_id: String,
+}
+
+const PROCESS_DETAILS_TYPE_URL: &str = "containerd.runc.v1.ProcessDetails";
+
+/// Kills and deletes every exec'd process still running in container `container_id`:
+/// what an earlier ecsd left when it died without cleaning up. Returns their ids.
+pub(crate) async fn reap_leftovers(conn: &Conn, container_id: &str) -> Result<Vec<String>, RuntimeError> {
+    use prost::Message;
+    let req = api::ListPidsRequest { container_id: container_id.to_owned() };
+    let at = at("list the processes of", "task", container_id);
+    let Some(listed) = conn.call_opt(at, conn.tasks().list_pids(conn.request(req))).await? else {
+        return Ok(vec![]);
+    };
+    let mut reaped = vec![];
+    for info in listed.processes.into_iter().filter_map(|p| p.info) {
+        if !info.type_url.ends_with(PROCESS_DETAILS_TYPE_URL) {
+            continue;
+        }
+        let Ok(details) = ProcessDetails::decode(info.value.as_slice()) else { continue };
+        if details.exec_id.is_empty() {
+            continue;
+        }
+        let target =
+            Target { conn: conn.clone(), container_id: container_id.to_owned(), exec_id: details.exec_id };
+        match target.kill(SIGKILL).await {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
+            Err(e) => warn!(exec = %target.exec_id, error = %e, "cannot kill a left-over exec'd process"),
+        }
+        // Deleting a process that runs fails; give the kill a moment to land.
+        let _ = tokio::time::timeout(KILL_WAIT, target.wait()).await;
+        target.delete().await;
+        reaped.push(target.exec_id);
+    }
+    Ok(reaped)
+}
+
 fn flatten(joined: Result<Result<i32, RuntimeError>, tokio::task::JoinError>) -> Result<i32, RuntimeError> {
     joined.unwrap_or(Err(RuntimeError::Cancelled { operation: "wait for exec'd process" }))
 }

@@ -418,6 +418,10 @@ impl Runtime for ContainerdRuntime {
         exec::start(&self.conn, &self.exec_dir, container_id, spec).await
     }
 
+    async fn reap_execs(&self, container_id: &str) -> Result<Vec<String>, RuntimeError> {
+        exec::reap_leftovers(&self.conn, container_id).await
+    }
+
     async fn remove(&self, id: &str) -> Result<Option<(i32, f64)>, RuntimeError> {
         let tasks = self.conn.tasks();
         let task_at = at("remove task", "task", id);

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod model;
 pub mod network;
 pub mod runtime;
+pub mod scheduler;
 pub mod spec;
 pub mod store;
 

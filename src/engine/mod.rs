@@ -35,6 +35,7 @@ pub mod cgroups;
 mod decide;
 mod exec;
 pub mod failure;
+mod images;
 mod launch;
 pub mod placement;
 mod prepare;

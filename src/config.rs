@@ -114,6 +114,9 @@ Environment:
   ECS_CONTAINER_STOP_TIMEOUT   SIGKILL this long after the stop signal (default 30s)
   ECS_CONTAINER_START_TIMEOUT  how long a container waits for its dependencies (default 3m)
   ECSD_TASK_RETENTION      how long STOPPED tasks stay visible (default 1h)
+  ECSD_SERVICE_STABILIZATION  how long a service task without health checks must run
+                           before it counts as healthy in deployments (default 40s, as ECS)
+  ECSD_SERVICE_RETENTION   how long deleted (INACTIVE) services stay describable (default 1h)
   ECS_ENDPOINT_URL         forward ECS operations ecsd does not implement to this endpoint
   ECSD_LOG_DRIVER          the ecsd binary containerd's shim runs to capture container output
                            (default: this binary)
@@ -192,6 +195,8 @@ pub struct Config {
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
     pub retention: Duration,
+    /// The service scheduler's stabilisation time and INACTIVE retention.
+    pub services: crate::scheduler::SchedulerConfig,
     pub log_format: LogFormat,
     pub log_filter: String,
     /// Task networks and ports.
@@ -304,6 +309,14 @@ impl Config {
         let start_timeout =
             duration("ECS_CONTAINER_START_TIMEOUT", Duration::from_secs(180), Duration::from_secs(1))?;
         let retention = duration("ECSD_TASK_RETENTION", Duration::from_secs(3600), Duration::ZERO)?;
+        let services = crate::scheduler::SchedulerConfig {
+            stabilization: duration("ECSD_SERVICE_STABILIZATION", Duration::from_secs(40), Duration::ZERO)?,
+            inactive_retention: duration(
+                "ECSD_SERVICE_RETENTION",
+                Duration::from_secs(3600),
+                Duration::ZERO,
+            )?,
+        };
 
         let log_filter =
             non_empty("RUST_LOG").or_else(|| non_empty("ECSD_LOG")).unwrap_or_else(|| "info".to_owned());
@@ -341,6 +354,7 @@ impl Config {
             stop_timeout,
             start_timeout,
             retention,
+            services,
             log_format: args.log_format,
             log_filter,
         })

@@ -42,8 +42,8 @@ impl From<crate::engine::EngineError> for ApiError {
     }
 }
 
-/// Resolves the task definition RunTask names: it must be ACTIVE.
-fn definition(ctx: &Ctx, r: &Reader<'_>, reference: &str) -> Result<TaskDefinition, ApiError> {
+/// Resolves the task definition RunTask (or CreateService) names: it must be ACTIVE.
+pub(super) fn definition(ctx: &Ctx, r: &Reader<'_>, reference: &str) -> Result<TaskDefinition, ApiError> {
     let parsed = ctx.identity.task_definition_ref(reference).map_err(|e| match e {
         ArnError::Foreign(_) => ApiError::client("TaskDefinition not found."),
         e => ApiError::client(format!("taskDefinition: {e}")),
@@ -309,6 +309,11 @@ pub fn list(ctx: &Ctx, req: ListTasksRequest) -> Result<ListTasksResponse, ApiEr
     let desired = req.desired_status.clone().unwrap_or_else(|| "RUNNING".to_owned());
     let (cluster, instance_ok) = ctx.store.read(|r| {
         let cluster = active_cluster(ctx, r, req.cluster.as_deref())?;
+        if let Some(service) = &req.service_name
+            && !super::services::known(r, &cluster, service)?
+        {
+            return Err(ApiError::new(Exception::ServiceNotFound, "Service not found."));
+        }
         let ok = match &req.container_instance {
             Some(i) => container_instances::is_ours(ctx, &cluster, i)?,
             None => true,

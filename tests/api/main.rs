@@ -8,6 +8,7 @@ mod common;
 mod durability;
 mod networking;
 mod protocol;
+mod services;
 mod tags;
 mod task_definitions;
 mod tasks;

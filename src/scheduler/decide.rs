@@ -79,6 +79,11 @@ impl TaskState {
         self.last != TaskStatus::Stopped
     }
 
+    /// Whether the task is on its way to STOPPED (or there), with its reason recorded.
+    fn stop_decided(&self) -> bool {
+        !self.is_live() || (self.desired == TaskStatus::Stopped && self.stop_code.is_some())
+    }
+
     /// When it counts as healthy: HEALTHY with health checks, else `stabilization` after
     /// RUNNING. `None`: not RUNNING, or not HEALTHY.
     pub fn healthy_since(&self, t: Timing) -> Option<f64> {
@@ -132,8 +137,10 @@ enum StopKind {
 /// back-off. Stopped tasks the engine no longer keeps are forgotten.
 pub fn account(s: &mut ServiceRecord, tasks: &[TaskState], now: f64, t: Timing) {
     s.handled_stops.retain(|id| tasks.iter().any(|t| &t.id == id));
+    // A stop counts as soon as it is decided (its reason recorded), not once the task has
+    // wound down: the replacement starts then, and must see the back-off.
     let mut stops: Vec<&TaskState> =
-        tasks.iter().filter(|t| !t.is_live() && !s.handled_stops.contains(&t.id)).collect();
+        tasks.iter().filter(|t| t.stop_decided() && !s.handled_stops.contains(&t.id)).collect();
     stops.sort_by(|a, b| a.stopped_at.unwrap_or(now).total_cmp(&b.stopped_at.unwrap_or(now)));
     for task in stops {
         s.handled_stops.insert(task.id.clone());

@@ -758,12 +758,15 @@ impl Run {
                 &sd.deployment_configuration.deployment_circuit_breaker.clone().unwrap_or_default(),
             );
         }
+        // A service deployment counts the failed tasks of its deployment; once it rolls
+        // back, it keeps the count that made it fail.
         let failed: BTreeMap<String, i32> =
             self.rec.deployments.iter().map(|d| (d.service_deployment.clone(), d.failed_tasks)).collect();
         for sd in &mut self.rec.open_deployments {
             if let Some(n) = failed.get(&sd.id)
                 && *n != sd.failure_count
                 && !sd.status.is_finished()
+                && sd.rollback.is_none()
             {
                 sd.failure_count = *n;
             }

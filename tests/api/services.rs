@@ -3,12 +3,17 @@
 //! container (rolling bounds, replacement, scaling, the circuit breaker and its rollback,
 //! back-off, events and their 6-hour repeat, deletion, restarts).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ecs::types::{
-    ContainerDefinition, DesiredStatus, LaunchType, PropagateTags, SchedulingStrategy, Service, Task,
+    ContainerDefinition, DeploymentCircuitBreaker, DeploymentConfiguration, DesiredStatus, HealthCheck,
+    LaunchType, PlacementStrategy, PlacementStrategyType, PropagateTags, SchedulingStrategy, Service,
+    ServiceDeploymentStatus, Task,
 };
+use ecsd::model::task::{TaskRecord, TaskStatus};
+use ecsd::model::time::Clock;
 
 use crate::common::{Ecsd, arn, eventually};
 
@@ -170,4 +175,622 @@ async fn create_service_answers_as_ecs_does_and_the_scheduler_brings_it_to_a_ste
 
 fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}
+
+/// Follows every change of a service's tasks (the engine's events) and keeps the most live
+/// tasks and the fewest healthy ones seen at any change, with healthy = RUNNING, not asked to
+/// stop, and RUNNING for `stabilization` seconds of the daemon's clock.
+struct Bounds {
+    state: Arc<Mutex<BoundsState>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct BoundsState {
+    tasks: BTreeMap<String, Arc<TaskRecord>>,
+    max_live: usize,
+    min_healthy: usize,
+    /// Deployments in the order their first task appeared.
+    order: Vec<(String, String)>,
+}
+
+impl Bounds {
+    fn watch(e: &Ecsd, group: &str, stabilization: f64) -> Bounds {
+        let engine = e.daemon.as_ref().unwrap().engine().clone();
+        let mut rx = engine.subscribe();
+        let mut st = BoundsState { min_healthy: usize::MAX, ..Default::default() };
+        for t in engine.tasks("default", None) {
+            if t.group == group {
+                st.tasks.insert(t.id.clone(), t);
+            }
+        }
+        let state = Arc::new(Mutex::new(st));
+        let clock = e.clock.clone();
+        let group = group.to_owned();
+        let shared = Arc::clone(&state);
+        let handle = tokio::spawn(async move {
+            loop {
+                let event = match rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => panic!("the watch lagged"),
+                    Err(_) => return,
+                };
+                if event.task.group != group {
+                    continue;
+                }
+                let mut st = shared.lock().unwrap();
+                let t = event.task;
+                if !st.tasks.contains_key(&t.id) {
+                    let entry = (t.id.clone(), t.started_by.clone().unwrap_or_default());
+                    st.order.push(entry);
+                }
+                st.tasks.insert(t.id.clone(), t);
+                let now = clock.now();
+                let live = st.tasks.values().filter(|t| t.last != TaskStatus::Stopped).count();
+                let healthy = st
+                    .tasks
+                    .values()
+                    .filter(|t| {
+                        t.last == TaskStatus::Running
+                            && t.desired == TaskStatus::Running
+                            && t.started_at.is_some_and(|s| s + stabilization <= now)
+                    })
+                    .count();
+                st.max_live = st.max_live.max(live);
+                st.min_healthy = st.min_healthy.min(healthy);
+            }
+        });
+        Bounds { state, handle }
+    }
+
+    fn get(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap();
+        (st.max_live, st.min_healthy)
+    }
+}
+
+impl Drop for Bounds {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+async fn create_with(e: &Ecsd, name: &str, td: &str, desired: i32, min: i32, max: i32) -> Service {
+    let out = e
+        .client
+        .create_service()
+        .service_name(name)
+        .task_definition(td)
+        .desired_count(desired)
+        .deployment_configuration(
+            DeploymentConfiguration::builder().minimum_healthy_percent(min).maximum_percent(max).build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.service().unwrap().clone()
+}
+
+async fn update_td(e: &Ecsd, name: &str, td: &str) -> Service {
+    e.client
+        .update_service()
+        .service(name)
+        .task_definition(td)
+        .send()
+        .await
+        .unwrap()
+        .service()
+        .unwrap()
+        .clone()
+}
+
+/// Rolls `desired` tasks from rev 1 to rev 2 at `min`/`max` and returns the most live and
+/// fewest healthy tasks seen during the rollout.
+async fn roll(desired: i32, min: i32, max: i32) -> (usize, usize, Service) {
+    let e = Ecsd::start().await;
+    let v1 = register_web(&e).await;
+    let v2 = register_web(&e).await;
+    create_with(&e, "web", &v1, desired, min, max).await;
+    until(&e, "web", "steady on rev 1", steady).await;
+    let bounds = Bounds::watch(&e, "service:web", 40.0);
+    let s = update_td(&e, "web", &v2).await;
+    assert_eq!(s.deployments().len(), 2, "the UpdateService answer shows the new deployment");
+    let done =
+        until(&e, "web", "steady on rev 2", |s| steady(s) && s.task_definition() == Some(v2.as_str())).await;
+    let running = tasks(&e, "web", DesiredStatus::Running).await;
+    assert_eq!(running.len(), desired as usize);
+    assert!(running.iter().all(|t| t.task_definition_arn() == Some(v2.as_str())));
+    let (max_live, min_healthy) = bounds.get();
+    drop(e);
+    (max_live, min_healthy, done)
+}
+
+#[tokio::test]
+async fn rolling_at_100_200_never_exceeds_twice_the_count_nor_drops_below_it() {
+    let (max_live, min_healthy, s) = roll(4, 100, 200).await;
+    assert!(max_live <= 8, "at most 8 live tasks, saw {max_live}");
+    assert!(max_live > 4, "new tasks start before old ones stop (saw {max_live} live)");
+    assert!(min_healthy >= 4, "never fewer than 4 healthy, saw {min_healthy}");
+    let m = messages(&s);
+    let stopped: usize = m
+        .iter()
+        .filter_map(|m| m.strip_prefix("(service web) has stopped "))
+        .map(|rest| rest.split(' ').next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(stopped, 4, "the 4 old tasks were stopped by the scheduler: {m:#?}");
+}
+
+#[tokio::test]
+async fn rolling_at_50_100_stays_within_the_count_and_keeps_half() {
+    let (max_live, min_healthy, _) = roll(4, 50, 100).await;
+    assert!(max_live <= 4, "at most 4 live tasks, saw {max_live}");
+    assert!(min_healthy >= 2, "never fewer than 2 healthy, saw {min_healthy}");
+}
+
+#[tokio::test]
+async fn rolling_at_0_100_stops_the_old_task_before_starting_the_new_one() {
+    let (max_live, _, _) = roll(1, 0, 100).await;
+    assert_eq!(max_live, 1, "the old task is gone before the new one starts");
+}
+
+#[tokio::test]
+async fn rolling_at_100_100_stalls_and_says_so_once() {
+    let e = Ecsd::start().await;
+    let v1 = register_web(&e).await;
+    let v2 = register_web(&e).await;
+    create_with(&e, "web", &v1, 2, 100, 100).await;
+    until(&e, "web", "steady on rev 1", steady).await;
+    update_td(&e, "web", &v2).await;
+    let stall = "(service web) was unable to stop or start tasks during a deployment because of the service deployment configuration. Update the minimumHealthyPercent or maximumPercent value and try again.";
+    let s = until(&e, "web", "the stall event", |s| messages(s).iter().any(|m| m == stall)).await;
+    assert_eq!(s.deployments().len(), 2);
+    for _ in 0..10 {
+        e.clock.advance(Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = describe(&e, "web").await;
+    assert_eq!(messages(&s).iter().filter(|m| *m == stall).count(), 1, "{:#?}", messages(&s));
+    assert_eq!(s.deployments()[0].running_count(), 0, "nothing of rev 2 started");
+    assert_eq!(s.deployments()[1].running_count(), 2);
+}
+
+#[tokio::test]
+async fn without_health_checks_a_new_task_counts_as_healthy_only_after_the_stabilization_time() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    create(&e, "web", &td, 1).await;
+    until_still(&e, "web", "running", |s| s.running_count() == 1).await;
+    e.clock.advance(Duration::from_secs(39));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = describe(&e, "web").await;
+    assert_eq!(s.deployments()[0].rollout_state().map(|r| r.as_str()), Some("IN_PROGRESS"), "39 s: not yet");
+    e.clock.advance(Duration::from_secs(2));
+    until_still(&e, "web", "completed at 40 s", steady).await;
+}
+
+#[tokio::test]
+async fn the_stabilization_time_is_configurable() {
+    let e = Ecsd::start_with(&[("ECSD_SERVICE_STABILIZATION", "1s")]).await;
+    let td = register_web(&e).await;
+    create(&e, "web", &td, 1).await;
+    until_still(&e, "web", "running", |s| s.running_count() == 1).await;
+    e.clock.advance(Duration::from_secs(1));
+    until_still(&e, "web", "completed after 1 s", steady).await;
+}
+
+#[tokio::test]
+async fn the_steady_state_event_repeats_only_after_six_hours() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    create(&e, "web", &td, 1).await;
+    until(&e, "web", "steady", steady).await;
+    let count =
+        |s: &Service| messages(s).iter().filter(|m| m.ends_with("has reached a steady state.")).count();
+    for _ in 0..5 {
+        e.clock.advance(Duration::from_secs(3600));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(count(&describe(&e, "web").await), 1, "5 hours: once");
+    e.clock.advance(Duration::from_secs(3600));
+    until_still(&e, "web", "the 6-hour repeat", |s| count(s) == 2).await;
+    let s = describe(&e, "web").await;
+    let times: Vec<f64> = s.events().iter().map(|ev| ev.created_at().unwrap().as_secs_f64()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+}
+
+#[tokio::test]
+async fn desired_count_updates_scale_without_a_deployment_and_scale_in_says_why() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    create(&e, "web", &td, 1).await;
+    let s = until(&e, "web", "steady at 1", steady).await;
+    let first = s.deployments()[0].id().unwrap().to_owned();
+    let s = e.client.update_service().service("web").desired_count(3).send().await.unwrap();
+    let s = s.service().unwrap();
+    assert_eq!(s.deployments().len(), 1, "a count change starts no deployment");
+    assert_eq!(s.desired_count(), 3);
+    let s = until(&e, "web", "steady at 3", |s| steady(s) && s.running_count() == 3).await;
+    assert_eq!(s.deployments()[0].id(), Some(first.as_str()));
+    assert!(
+        messages(&s).iter().any(|m| m.starts_with("(service web) has started 2 tasks: ")),
+        "{:#?}",
+        messages(&s)
+    );
+
+    e.client.update_service().service("web").desired_count(0).send().await.unwrap();
+    let s = until(&e, "web", "scaled to 0", |s| s.running_count() == 0 && steady(s)).await;
+    let stop_event = messages(&s).into_iter().find(|m| m.contains("has stopped")).unwrap();
+    assert!(stop_event.starts_with("(service web) has stopped 3 running tasks: (task "), "{stop_event}");
+    let stopped = tasks(&e, "web", DesiredStatus::Stopped).await;
+    assert_eq!(stopped.len(), 3);
+    for t in &stopped {
+        assert_eq!(t.stop_code().map(|c| c.as_str()), Some("ServiceSchedulerInitiated"));
+        assert_eq!(
+            t.stopped_reason(),
+            Some(format!("Scaling activity initiated by (deployment {first})").as_str())
+        );
+        assert!(stop_event.contains(&format!("(task {})", task_id(t))));
+    }
+    e.client.update_service().service("web").desired_count(2).send().await.unwrap();
+    until(&e, "web", "back at 2", |s| steady(s) && s.running_count() == 2).await;
+}
+
+#[tokio::test]
+async fn which_updates_start_a_deployment() {
+    let e = Ecsd::start().await;
+    let v1 = register_web(&e).await;
+    let v2 = register_web(&e).await;
+    create(&e, "web", &v1, 1).await;
+    let s = until(&e, "web", "steady", steady).await;
+    let first = s.deployments()[0].id().unwrap().to_owned();
+    // In place: configuration, placement, grace period, exec, tags settings.
+    let out = e
+        .client
+        .update_service()
+        .service("web")
+        .deployment_configuration(
+            DeploymentConfiguration::builder().minimum_healthy_percent(50).maximum_percent(250).build(),
+        )
+        .placement_strategy(
+            PlacementStrategy::builder().r#type(PlacementStrategyType::Binpack).field("memory").build(),
+        )
+        .health_check_grace_period_seconds(30)
+        .enable_execute_command(true)
+        .propagate_tags(PropagateTags::Service)
+        .enable_ecs_managed_tags(true)
+        .send()
+        .await
+        .unwrap();
+    let s = out.service().unwrap();
+    assert_eq!(s.deployments().len(), 1);
+    assert_eq!(s.deployments()[0].id(), Some(first.as_str()));
+    let dc = s.deployment_configuration().unwrap();
+    assert_eq!((dc.minimum_healthy_percent(), dc.maximum_percent()), (Some(50), Some(250)));
+    assert_eq!(s.health_check_grace_period_seconds(), Some(30));
+    assert!(s.enable_execute_command() && s.enable_ecs_managed_tags());
+    assert_eq!(s.placement_strategy()[0].field(), Some("memory"));
+    // The same task definition again: nothing to deploy.
+    let s = update_td(&e, "web", &v1).await;
+    assert_eq!(s.deployments().len(), 1);
+
+    // A new revision: a new PRIMARY at index 0, the old one ACTIVE and still COMPLETED.
+    let s = update_td(&e, "web", "web").await;
+    assert_eq!(s.task_definition(), Some(v2.as_str()), "a family resolves to its latest ACTIVE revision");
+    assert_eq!(s.deployments().len(), 2);
+    let (new, old) = (&s.deployments()[0], &s.deployments()[1]);
+    assert_eq!((new.status(), old.status()), (Some("PRIMARY"), Some("ACTIVE")));
+    assert_eq!(new.rollout_state().map(|r| r.as_str()), Some("IN_PROGRESS"));
+    assert_eq!(old.id(), Some(first.as_str()));
+    assert_eq!(old.rollout_state().map(|r| r.as_str()), Some("COMPLETED"));
+    assert_eq!(old.rollout_state_reason(), Some(format!("ECS deployment {first} completed.").as_str()));
+    // The in-flight deployment is what ListServiceDeployments shows IN_PROGRESS.
+    let listed = e
+        .client
+        .list_service_deployments()
+        .service("web")
+        .status(ServiceDeploymentStatus::InProgress)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.service_deployments().len(), 1);
+    let sd_arn = listed.service_deployments()[0].service_deployment_arn().unwrap().to_owned();
+    assert_eq!(Some(sd_arn.as_str()), s.current_service_deployment());
+    let s = until(&e, "web", "rolled", |s| steady(s) && s.task_definition() == Some(v2.as_str())).await;
+    let second = s.deployments()[0].id().unwrap().to_owned();
+    let d = e.client.describe_service_deployments().service_deployment_arns(&sd_arn).send().await.unwrap();
+    let sd = &d.service_deployments()[0];
+    assert_eq!(sd.status().map(|s| s.as_str()), Some("SUCCESSFUL"));
+    assert!(sd.finished_at().is_some());
+    assert_eq!(sd.target_service_revision().unwrap().running_task_count(), 1);
+    assert_eq!(sd.source_service_revisions().len(), 1, "rev 1 ran when it started");
+
+    // forceNewDeployment: a new deployment of the same revision, every task replaced.
+    let before: BTreeSet<String> =
+        tasks(&e, "web", DesiredStatus::Running).await.iter().map(task_id).collect();
+    let out = e.client.update_service().service("web").force_new_deployment(true).send().await.unwrap();
+    let s = out.service().unwrap();
+    assert_eq!(s.deployments().len(), 2);
+    assert_ne!(s.deployments()[0].id(), Some(second.as_str()));
+    assert_eq!(s.deployments()[0].task_definition(), Some(v2.as_str()));
+    until(&e, "web", "forced deployment done", |s| {
+        steady(s) && s.deployments()[0].id() != Some(second.as_str())
+    })
+    .await;
+    let after: BTreeSet<String> =
+        tasks(&e, "web", DesiredStatus::Running).await.iter().map(task_id).collect();
+    assert!(before.is_disjoint(&after), "every task was replaced: {before:?} {after:?}");
+}
+
+#[tokio::test]
+async fn a_task_that_exits_or_is_stopped_by_a_user_is_replaced_without_a_stopped_event() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    create(&e, "web", &td, 2).await;
+    until(&e, "web", "steady", steady).await;
+    let running = tasks(&e, "web", DesiredStatus::Running).await;
+    e.fake.exit(running[0].containers()[0].runtime_id().unwrap(), 1).await;
+    e.client.stop_task().task(running[1].task_arn().unwrap()).reason("testing").send().await.unwrap();
+    let gone: BTreeSet<String> = running.iter().map(task_id).collect();
+    e.advancing(STEP, 20, "two replacements running", || async {
+        let now: BTreeSet<String> =
+            tasks(&e, "web", DesiredStatus::Running).await.iter().map(task_id).collect();
+        (now.len() == 2 && now.is_disjoint(&gone)).then_some(())
+    })
+    .await;
+    let s = until(&e, "web", "steady again", steady).await;
+    let started: Vec<String> =
+        messages(&s).into_iter().filter(|m| m.contains("has started 1 tasks")).collect();
+    assert!(!started.is_empty(), "{:#?}", messages(&s));
+    assert!(!messages(&s).iter().any(|m| m.contains("has stopped")), "{:#?}", messages(&s));
+    let user = tasks(&e, "web", DesiredStatus::Stopped).await;
+    let by_user = user.iter().find(|t| task_id(t) == task_id(&running[1])).unwrap();
+    assert_eq!(by_user.stop_code().map(|c| c.as_str()), Some("UserInitiated"));
+    assert_eq!(by_user.stopped_reason(), Some("testing"));
+}
+
+fn health_checked(name: &str) -> ContainerDefinition {
+    ContainerDefinition::builder()
+        .name(name)
+        .image("busybox")
+        .memory(32)
+        .health_check(
+            HealthCheck::builder()
+                .command("CMD-SHELL")
+                .command("true")
+                .interval(5)
+                .retries(1)
+                .timeout(2)
+                .build()
+                .unwrap(),
+        )
+        .build()
+}
+
+#[tokio::test]
+async fn health_checks_decide_health_and_an_unhealthy_task_is_replaced_start_first() {
+    let e = Ecsd::start().await;
+    let td = register(&e, "hc", vec![health_checked("app")]).await;
+    create(&e, "hc", &td, 1).await;
+    let s = until_still(&e, "hc", "running", |s| s.running_count() == 1).await;
+    assert_eq!(
+        s.deployments()[0].rollout_state().map(|r| r.as_str()),
+        Some("IN_PROGRESS"),
+        "UNKNOWN is not healthy"
+    );
+    let s = until(&e, "hc", "steady once HEALTHY", steady).await;
+    let first = tasks(&e, "hc", DesiredStatus::Running).await.remove(0);
+    assert_eq!(first.health_status().map(|h| h.as_str()), Some("HEALTHY"));
+    let n = s.events().len();
+
+    e.fake.set_health(first.containers()[0].runtime_id().unwrap(), 1);
+    let s = until(&e, "hc", "the unhealthy task replaced", |s| {
+        s.running_count() == 1
+            && messages(s).iter().any(|m| m.contains("failed container health checks"))
+            && steady(s)
+    })
+    .await;
+    let m: Vec<String> = messages(&s)[..s.events().len() - n].to_vec();
+    let id = task_id(&first);
+    let started = m
+        .iter()
+        .position(|m| m.ends_with("Amazon ECS replaced 1 tasks due to an unhealthy status."))
+        .unwrap();
+    let failed = m
+        .iter()
+        .position(|m| *m == format!("(service hc) (task {id}) failed container health checks."))
+        .unwrap();
+    let stopped = m
+        .iter()
+        .position(|m| *m == format!("(service hc) has stopped 1 running tasks: (task {id})."))
+        .unwrap();
+    // Newest first: the replacement started before the unhealthy task was stopped.
+    assert!(stopped < failed && failed < started, "{m:#?}");
+    let gone = tasks(&e, "hc", DesiredStatus::Stopped).await;
+    let gone = gone.iter().find(|t| task_id(t) == id).unwrap();
+    assert_eq!(gone.stop_code().map(|c| c.as_str()), Some("ServiceSchedulerInitiated"));
+    assert_eq!(gone.stopped_reason(), Some("Task failed container health checks"));
+}
+
+#[tokio::test]
+async fn tasks_that_never_start_are_retried_with_a_growing_back_off_until_a_new_deployment() {
+    let e = Ecsd::start().await;
+    let bad = register(
+        &e,
+        "bad",
+        vec![ContainerDefinition::builder().name("app").image("nope").memory(32).build()],
+    )
+    .await;
+    create(&e, "bad", &bad, 1).await;
+    let engine = e.daemon.as_ref().unwrap().engine().clone();
+    let of_service = move || -> Vec<Arc<TaskRecord>> {
+        engine.tasks("default", None).into_iter().filter(|t| t.group == "service:bad").collect()
+    };
+    // `n` attempts, all of them failed and stopped (so the clock moves only after each
+    // failure is on record).
+    let failed = |n: usize| {
+        let of_service = of_service.clone();
+        async move {
+            eventually(10, &format!("{n} failed attempts"), || async {
+                let all = of_service();
+                (all.len() == n && all.iter().all(|t| t.last == TaskStatus::Stopped)).then_some(())
+            })
+            .await
+        }
+    };
+    let quiet = || async { tokio::time::sleep(Duration::from_millis(300)).await };
+    // The first failure is retried at once; the second waits 10 s.
+    failed(2).await;
+    quiet().await;
+    assert_eq!(of_service().len(), 2, "no third attempt before the back-off ends");
+    let s = describe(&e, "bad").await;
+    assert!(
+        messages(&s)
+            .contains(&"(service bad) is unable to consistently start tasks successfully.".to_owned())
+    );
+    e.clock.advance(Duration::from_secs(10));
+    failed(3).await;
+    e.clock.advance(Duration::from_secs(10));
+    quiet().await;
+    assert_eq!(of_service().len(), 3, "the third failure waits 20 s");
+    e.clock.advance(Duration::from_secs(10));
+    failed(4).await;
+    for t in of_service() {
+        assert_eq!(t.stop_code, Some(ecsd::model::task::StopCode::TaskFailedToStart));
+    }
+    // Far into the back-off, a new deployment starts at once.
+    let good = register(&e, "bad", vec![container("app")]).await;
+    update_td(&e, "bad", &good).await;
+    until_still(&e, "bad", "the new deployment's task runs at once", |s| s.running_count() == 1).await;
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_fails_a_deployment_and_rolls_back_to_the_last_completed_one() {
+    let e = Ecsd::start().await;
+    let good = register_web(&e).await;
+    let bad = register(
+        &e,
+        "web",
+        vec![ContainerDefinition::builder().name("app").image("nope").memory(32).build()],
+    )
+    .await;
+    e.client
+        .create_service()
+        .service_name("web")
+        .task_definition(&good)
+        .desired_count(3)
+        .deployment_configuration(
+            DeploymentConfiguration::builder()
+                .deployment_circuit_breaker(
+                    DeploymentCircuitBreaker::builder().enable(true).rollback(true).build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let s = until(&e, "web", "steady", steady).await;
+    let first = s.deployments()[0].id().unwrap().to_owned();
+    let s = update_td(&e, "web", &bad).await;
+    let failed = s.deployments()[0].id().unwrap().to_owned();
+    let sd_arn = s.current_service_deployment().unwrap().to_owned();
+    let s = until(&e, "web", "rolled back and steady", |s| {
+        steady(s) && s.deployments()[0].id() != Some(failed.as_str())
+    })
+    .await;
+    assert_eq!(
+        s.task_definition(),
+        Some(good.as_str()),
+        "the service's task definition follows the rollback"
+    );
+    let rollback = s.deployments()[0].id().unwrap().to_owned();
+    assert_ne!(rollback, first, "the rollback is a new deployment");
+    let m = messages(&s);
+    let failed_at = m
+        .iter()
+        .position(|m| {
+            *m == format!("(service web) (deployment {failed}) deployment failed: tasks failed to start.")
+        })
+        .unwrap_or_else(|| panic!("{m:#?}"));
+    let back_at =
+        m.iter().position(|m| *m == format!("(service web) rolling back to deployment {first}.")).unwrap();
+    assert!(back_at < failed_at, "{m:#?}");
+    let running = tasks(&e, "web", DesiredStatus::Running).await;
+    assert_eq!(running.len(), 3);
+    assert!(
+        running
+            .iter()
+            .all(|t| t.task_definition_arn() == Some(good.as_str())
+                && t.started_by() == Some(rollback.as_str()))
+    );
+    let d = e.client.describe_service_deployments().service_deployment_arns(&sd_arn).send().await.unwrap();
+    let sd = &d.service_deployments()[0];
+    assert_eq!(sd.status().map(|s| s.as_str()), Some("ROLLBACK_SUCCESSFUL"));
+    let cb = sd.deployment_circuit_breaker().unwrap();
+    assert_eq!((cb.status().map(|s| s.as_str()), cb.threshold()), (Some("TRIGGERED"), 3));
+    assert!(cb.failure_count() >= 3);
+    assert!(
+        sd.rollback()
+            .unwrap()
+            .service_revision_arn()
+            .unwrap()
+            .starts_with(&arn("service-revision/default/web/"))
+    );
+}
+
+#[tokio::test]
+async fn without_rollback_a_tripped_deployment_stays_failed_and_launches_no_more() {
+    let e = Ecsd::start().await;
+    let good = register_web(&e).await;
+    let bad = register(
+        &e,
+        "web",
+        vec![ContainerDefinition::builder().name("app").image("nope").memory(32).build()],
+    )
+    .await;
+    e.client
+        .create_service()
+        .service_name("web")
+        .task_definition(&good)
+        .desired_count(1)
+        .deployment_configuration(
+            DeploymentConfiguration::builder()
+                .deployment_circuit_breaker(
+                    DeploymentCircuitBreaker::builder().enable(true).rollback(false).build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    until(&e, "web", "steady", steady).await;
+    let s = update_td(&e, "web", &bad).await;
+    let sd_arn = s.current_service_deployment().unwrap().to_owned();
+    // Threshold 3 with desired 1: three failed starts (with the back-off between them).
+    let s = until(&e, "web", "FAILED", |s| {
+        s.deployments()[0].rollout_state().map(|r| r.as_str()) == Some("FAILED")
+    })
+    .await;
+    assert_eq!(s.deployments()[0].failed_tasks(), 3);
+    assert_eq!(
+        s.deployments()[0].rollout_state_reason(),
+        Some("ECS deployment circuit breaker: tasks failed to start.")
+    );
+    assert_eq!(s.deployments().len(), 2, "the old deployment keeps running");
+    assert_eq!(s.deployments()[1].running_count(), 1);
+    let engine = e.daemon.as_ref().unwrap().engine().clone();
+    let count = || {
+        engine
+            .tasks("default", None)
+            .iter()
+            .filter(|t| t.definition.task_definition_arn.as_deref() == Some(bad.as_str()))
+            .count()
+    };
+    let n = count();
+    for _ in 0..10 {
+        e.clock.advance(Duration::from_secs(120));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(), n, "a FAILED deployment starts nothing");
+    let d = e.client.describe_service_deployments().service_deployment_arns(&sd_arn).send().await.unwrap();
+    assert_eq!(d.service_deployments()[0].status().map(|s| s.as_str()), Some("STOPPED"));
 }

@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ecs::types::{
-    ContainerDefinition, DeploymentCircuitBreaker, DeploymentConfiguration, DesiredStatus, HealthCheck,
-    LaunchType, PlacementStrategy, PlacementStrategyType, PropagateTags, SchedulingStrategy, Service,
-    ServiceDeploymentStatus, Task,
+    AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerDefinition, DeploymentCircuitBreaker,
+    DeploymentConfiguration, DesiredStatus, HealthCheck, LaunchType, NetworkConfiguration, NetworkMode,
+    PlacementConstraint, PlacementConstraintType, PlacementStrategy, PlacementStrategyType, PortMapping,
+    PropagateTags, SchedulingStrategy, Service, ServiceDeploymentStatus, ServiceField, Tag, Task,
 };
 use ecsd::model::task::{TaskRecord, TaskStatus};
 use ecsd::model::time::Clock;
 
-use crate::common::{Ecsd, arn, eventually};
+use crate::common::{Ecsd, arn, err, eventually};
 
 /// One step of the daemon's clock while waiting for the scheduler: under the 40 s
 /// stabilisation time, so tests see the states in between.
@@ -793,4 +794,606 @@ async fn without_rollback_a_tripped_deployment_stays_failed_and_launches_no_more
     assert_eq!(count(), n, "a FAILED deployment starts nothing");
     let d = e.client.describe_service_deployments().service_deployment_arns(&sd_arn).send().await.unwrap();
     assert_eq!(d.service_deployments()[0].status().map(|s| s.as_str()), Some("STOPPED"));
+}
+
+#[tokio::test]
+async fn create_service_refuses_what_ecs_refuses_with_its_exception_and_message() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    let awsvpc = e
+        .client
+        .register_task_definition()
+        .family("vpc")
+        .network_mode(NetworkMode::Awsvpc)
+        .container_definitions(container("app"))
+        .send()
+        .await
+        .unwrap();
+    let awsvpc = awsvpc.task_definition().unwrap().task_definition_arn().unwrap().to_owned();
+    let c = &e.client;
+    let cases: Vec<(
+        &str,
+        aws_sdk_ecs::operation::create_service::builders::CreateServiceFluentBuilder,
+        &str,
+        &str,
+    )> = vec![
+        (
+            "awsvpc without a network configuration",
+            c.create_service().service_name("a").task_definition(&awsvpc).desired_count(1),
+            "InvalidParameterException",
+            "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
+        ),
+        (
+            "an unknown cluster",
+            c.create_service().cluster("nope").service_name("a").task_definition(&td).desired_count(1),
+            "ClusterNotFoundException",
+            "Cluster not found.",
+        ),
+        (
+            "an unknown task definition",
+            c.create_service().service_name("a").task_definition("missing:1").desired_count(1),
+            "ClientException",
+            "TaskDefinition not found.",
+        ),
+        (
+            "a daemon with a desired count",
+            c.create_service()
+                .service_name("a")
+                .task_definition(&td)
+                .scheduling_strategy(SchedulingStrategy::Daemon)
+                .desired_count(1),
+            "InvalidParameterException",
+            "The daemon scheduling strategy does not support a desired count for services.",
+        ),
+        (
+            "a daemon above 100 %",
+            c.create_service()
+                .service_name("a")
+                .task_definition(&td)
+                .scheduling_strategy(SchedulingStrategy::Daemon)
+                .deployment_configuration(DeploymentConfiguration::builder().maximum_percent(200).build()),
+            "InvalidParameterException",
+            "The daemon scheduling strategy does not support values above 100 for maximumPercent.",
+        ),
+        (
+            "a launch type and a capacity provider strategy",
+            c.create_service()
+                .service_name("a")
+                .task_definition(&td)
+                .desired_count(1)
+                .launch_type(LaunchType::Ec2)
+                .capacity_provider_strategy(
+                    CapacityProviderStrategyItem::builder().capacity_provider("FARGATE").build().unwrap(),
+                ),
+            "InvalidParameterException",
+            "Specifying both a launch type and capacity provider strategy is not supported.",
+        ),
+        (
+            "a distinctInstance constraint with an expression",
+            c.create_service().service_name("a").task_definition(&td).desired_count(1).placement_constraints(
+                PlacementConstraint::builder()
+                    .r#type(PlacementConstraintType::DistinctInstance)
+                    .expression("attribute:x == y")
+                    .build(),
+            ),
+            "InvalidParameterException",
+            "A placement constraint of type distinctInstance cannot have an expression.",
+        ),
+    ];
+    for (what, call, exception, message) in cases {
+        let (code, msg) = err(call.send().await.unwrap_err());
+        assert_eq!((code.as_str(), msg.as_str()), (exception, message), "{what}");
+    }
+    let (code, msg) = err(c
+        .create_service()
+        .service_name("a")
+        .task_definition(&td)
+        .desired_count(-1)
+        .send()
+        .await
+        .unwrap_err());
+    assert_eq!(code, "InvalidParameterException", "{msg}");
+}
+
+#[tokio::test]
+async fn names_are_unique_while_active_or_draining_and_free_again_once_inactive() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    let first = e
+        .client
+        .create_service()
+        .service_name("web")
+        .task_definition(&td)
+        .desired_count(1)
+        .client_token("token-1")
+        .send()
+        .await
+        .unwrap();
+    let arn_1 = first.service().unwrap().service_arn().unwrap().to_owned();
+    // A retry of the same request with the same token is the same service.
+    let again = e
+        .client
+        .create_service()
+        .service_name("web")
+        .task_definition(&td)
+        .desired_count(1)
+        .client_token("token-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.service().unwrap().created_at(), first.service().unwrap().created_at());
+    let (code, msg) = err(create_err(&e, "web", &td, 2).await);
+    assert_eq!(
+        (code.as_str(), msg.as_str()),
+        ("InvalidParameterException", "Creation of service was not idempotent.")
+    );
+
+    until(&e, "web", "steady", steady).await;
+    let deleted = e.client.delete_service().service("web").force(true).send().await.unwrap();
+    assert_eq!(deleted.service().unwrap().status(), Some("DRAINING"));
+    let (code, msg) = err(create_err(&e, "web", &td, 1).await);
+    assert_eq!(
+        (code.as_str(), msg.as_str()),
+        ("InvalidParameterException", "Unable to Start a service that is still Draining.")
+    );
+    until(&e, "web", "INACTIVE", |s| s.status() == Some("INACTIVE")).await;
+    let fresh = create(&e, "web", &td, 1).await;
+    assert_eq!(fresh.service_arn(), Some(arn_1.as_str()));
+    assert_eq!(fresh.status(), Some("ACTIVE"));
+    assert!(fresh.created_at() > first.service().unwrap().created_at(), "a fresh service");
+    assert!(fresh.events().is_empty());
+    let listed = e.client.list_service_deployments().service("web").send().await.unwrap();
+    assert_eq!(listed.service_deployments().len(), 1, "the old service's deployments are gone");
+}
+
+async fn create_err(
+    e: &Ecsd,
+    name: &str,
+    td: &str,
+    desired: i32,
+) -> aws_sdk_ecs::error::SdkError<
+    aws_sdk_ecs::operation::create_service::CreateServiceError,
+    aws_sdk_ecs::config::http::HttpResponse,
+> {
+    e.client
+        .create_service()
+        .service_name(name)
+        .task_definition(td)
+        .desired_count(desired)
+        .send()
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn delete_service_needs_force_or_zero_then_drains_to_inactive_which_stays_describable() {
+    let e = Ecsd::start_with(&[("ECSD_SERVICE_RETENTION", "2h")]).await;
+    let td = register_web(&e).await;
+    create(&e, "web", &td, 2).await;
+    until(&e, "web", "steady", steady).await;
+    let (code, msg) = err(e.client.delete_service().service("web").send().await.unwrap_err());
+    assert_eq!(
+        (code.as_str(), msg.as_str()),
+        ("InvalidParameterException", "The service cannot be stopped while it is scaled above 0.")
+    );
+    let (code, _) = err(e.client.delete_cluster().cluster("default").send().await.unwrap_err());
+    assert_eq!(code, "ClusterContainsServicesException");
+
+    let out = e.client.delete_service().service("web").force(true).send().await.unwrap();
+    let s = out.service().unwrap();
+    assert_eq!((s.status(), s.desired_count()), (Some("DRAINING"), 0));
+    let listed = e.client.list_services().send().await.unwrap();
+    assert!(listed.service_arns().is_empty(), "DRAINING services are not listed");
+    let (code, msg) =
+        err(e.client.update_service().service("web").desired_count(1).send().await.unwrap_err());
+    assert_eq!((code.as_str(), msg.as_str()), ("ServiceNotActiveException", "Service was not ACTIVE."));
+    let s = until(&e, "web", "INACTIVE", |s| s.status() == Some("INACTIVE")).await;
+    assert_eq!(s.running_count(), 0);
+    let stopped = tasks(&e, "web", DesiredStatus::Stopped).await;
+    assert_eq!(stopped.len(), 2);
+    assert!(stopped.iter().all(|t| t.stop_code().map(|c| c.as_str()) == Some("ServiceSchedulerInitiated")));
+    let c = e.client.describe_clusters().clusters("default").send().await.unwrap();
+    assert_eq!(c.clusters()[0].active_services_count(), 0);
+    let (code, msg) =
+        err(e.client.update_service().service("web").desired_count(1).send().await.unwrap_err());
+    assert_eq!((code.as_str(), msg.as_str()), ("ServiceNotActiveException", "Service was not ACTIVE."));
+
+    // Still describable an hour later; forgotten after the retention time.
+    e.clock.advance(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(describe(&e, "web").await.status(), Some("INACTIVE"));
+    e.clock.advance(Duration::from_secs(3600 + 120));
+    eventually(10, "forgotten", || async {
+        let out = e.client.describe_services().services("web").send().await.unwrap();
+        (out.failures().len() == 1).then_some(())
+    })
+    .await;
+    e.client.delete_cluster().cluster("default").send().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_services_are_not_found_and_describe_reports_them_missing() {
+    let e = Ecsd::start().await;
+    let (code, msg) =
+        err(e.client.update_service().service("nope").desired_count(1).send().await.unwrap_err());
+    assert_eq!((code.as_str(), msg.as_str()), ("ServiceNotFoundException", "Service not found."));
+    let (code, _) = err(e.client.delete_service().service("nope").send().await.unwrap_err());
+    assert_eq!(code, "ServiceNotFoundException");
+    let (code, _) = err(e.client.list_tasks().service_name("nope").send().await.unwrap_err());
+    assert_eq!(code, "ServiceNotFoundException");
+    let out = e
+        .client
+        .describe_services()
+        .services("nope")
+        .services(arn("service/default/gone"))
+        .send()
+        .await
+        .unwrap();
+    assert!(out.services().is_empty());
+    let failures: Vec<(Option<&str>, Option<&str>)> =
+        out.failures().iter().map(|f| (f.arn(), f.reason())).collect();
+    assert_eq!(
+        failures,
+        vec![
+            (Some(arn("service/default/nope").as_str()), Some("MISSING")),
+            (Some(arn("service/default/gone").as_str()), Some("MISSING")),
+        ]
+    );
+    let eleven: Vec<String> = (0..11).map(|i| format!("s{i}")).collect();
+    let (code, _) = err(e.client.describe_services().set_services(Some(eleven)).send().await.unwrap_err());
+    assert_eq!(code, "InvalidParameterException");
+    let out = e.client.list_services_by_namespace().namespace("local").send().await.unwrap();
+    assert!(out.service_arns().is_empty());
+}
+
+#[tokio::test]
+async fn list_services_pages_and_filters() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    for i in 0..12 {
+        create(&e, &format!("s{i:02}"), &td, 0).await;
+    }
+    e.client
+        .create_service()
+        .service_name("daemon")
+        .task_definition(&td)
+        .scheduling_strategy(SchedulingStrategy::Daemon)
+        .send()
+        .await
+        .unwrap();
+    let first = e.client.list_services().send().await.unwrap();
+    assert_eq!(first.service_arns().len(), 10, "10 per page by default");
+    let rest = e.client.list_services().next_token(first.next_token().unwrap()).send().await.unwrap();
+    assert_eq!(rest.service_arns().len(), 3);
+    assert!(rest.next_token().is_none());
+    let all: BTreeSet<&str> =
+        first.service_arns().iter().chain(rest.service_arns()).map(String::as_str).collect();
+    assert_eq!(all.len(), 13);
+    let five = e.client.list_services().max_results(5).send().await.unwrap();
+    assert_eq!(five.service_arns().len(), 5);
+    let daemons =
+        e.client.list_services().scheduling_strategy(SchedulingStrategy::Daemon).send().await.unwrap();
+    assert_eq!(daemons.service_arns(), [arn("service/default/daemon")]);
+    let fargate = e.client.list_services().launch_type(LaunchType::Fargate).send().await.unwrap();
+    assert!(fargate.service_arns().is_empty());
+    let ec2 = e.client.list_services().launch_type(LaunchType::Ec2).max_results(100).send().await.unwrap();
+    assert_eq!(ec2.service_arns().len(), 13);
+    let (code, _) = err(e.client.list_services().max_results(101).send().await.unwrap_err());
+    assert_eq!(code, "InvalidParameterException");
+}
+
+#[tokio::test]
+async fn a_capacity_provider_strategy_means_no_launch_type() {
+    let e = Ecsd::start().await;
+    let out = e
+        .client
+        .register_task_definition()
+        .family("fg")
+        .network_mode(NetworkMode::Awsvpc)
+        .requires_compatibilities(aws_sdk_ecs::types::Compatibility::Fargate)
+        .cpu("256")
+        .memory("512")
+        .container_definitions(container("app"))
+        .send()
+        .await
+        .unwrap();
+    let td = out.task_definition().unwrap().task_definition_arn().unwrap().to_owned();
+    let out = e
+        .client
+        .create_service()
+        .service_name("cp")
+        .task_definition(&td)
+        .desired_count(0)
+        .capacity_provider_strategy(
+            CapacityProviderStrategyItem::builder().capacity_provider("FARGATE").weight(1).build().unwrap(),
+        )
+        .network_configuration(
+            NetworkConfiguration::builder()
+                .awsvpc_configuration(
+                    AwsVpcConfiguration::builder().subnets("subnet-default").build().unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let s = out.service().unwrap();
+    assert!(s.launch_type().is_none());
+    assert_eq!(s.capacity_provider_strategy()[0].capacity_provider(), "FARGATE");
+    assert_eq!(s.platform_version(), Some("LATEST"));
+    let vpc = s.network_configuration().unwrap().awsvpc_configuration().unwrap();
+    assert_eq!(vpc.assign_public_ip().map(|a| a.as_str()), Some("DISABLED"), "defaulted as ECS echoes it");
+    assert!(s.role_arn().unwrap().ends_with(":role/aws-service-role/ecs.amazonaws.com/AWSServiceRoleForECS"));
+}
+
+#[tokio::test]
+async fn tags_managed_and_propagated_reach_new_tasks_and_describe_includes_them_on_request() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    e.client
+        .create_service()
+        .service_name("web")
+        .task_definition(&td)
+        .desired_count(1)
+        .enable_ecs_managed_tags(true)
+        .propagate_tags(PropagateTags::Service)
+        .tags(Tag::builder().key("team").value("a").build())
+        .send()
+        .await
+        .unwrap();
+    let without = describe(&e, "web").await;
+    assert!(without.tags().is_empty(), "no tags without include TAGS");
+    let with = e.client.describe_services().services("web").include(ServiceField::Tags).send().await.unwrap();
+    assert_eq!(with.services()[0].tags()[0].key(), Some("team"));
+    let service_arn = arn("service/default/web");
+    e.client
+        .tag_resource()
+        .resource_arn(&service_arn)
+        .tags(Tag::builder().key("env").value("dev").build())
+        .send()
+        .await
+        .unwrap();
+    let listed = e.client.list_tags_for_resource().resource_arn(&service_arn).send().await.unwrap();
+    assert_eq!(listed.tags().len(), 2);
+    until_still(&e, "web", "the first task", |s| s.running_count() == 1).await;
+    let first = task_id(&tasks(&e, "web", DesiredStatus::Running).await[0]);
+    e.client.update_service().service("web").desired_count(2).send().await.unwrap();
+    until_still(&e, "web", "running", |s| s.running_count() == 2).await;
+    // The second task was launched after the service got its second tag.
+    let t = tasks(&e, "web", DesiredStatus::Running).await.into_iter().find(|t| task_id(t) != first).unwrap();
+    let d = e
+        .client
+        .describe_tasks()
+        .tasks(t.task_arn().unwrap())
+        .include(aws_sdk_ecs::types::TaskField::Tags)
+        .send()
+        .await
+        .unwrap();
+    let tags: BTreeMap<String, String> = d.tasks()[0]
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap_or_default().to_owned()))
+        .collect();
+    assert_eq!(tags.get("aws:ecs:clusterName").map(String::as_str), Some("default"));
+    assert_eq!(tags.get("aws:ecs:serviceName").map(String::as_str), Some("web"));
+    assert_eq!(tags.get("team").map(String::as_str), Some("a"));
+    assert_eq!(tags.get("env").map(String::as_str), Some("dev"));
+}
+
+#[tokio::test]
+async fn list_tasks_by_service_name_lists_only_that_services_tasks() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    create(&e, "a", &td, 2).await;
+    create(&e, "b", &td, 1).await;
+    e.client.run_task().task_definition(&td).send().await.unwrap();
+    until_still(&e, "a", "a running", |s| s.running_count() == 2).await;
+    until_still(&e, "b", "b running", |s| s.running_count() == 1).await;
+    let a = tasks(&e, "a", DesiredStatus::Running).await;
+    assert_eq!(a.len(), 2);
+    assert!(a.iter().all(|t| t.group() == Some("service:a")));
+    let one = e.client.list_tasks().service_name("b").max_results(1).send().await.unwrap();
+    assert_eq!(one.task_arns().len(), 1);
+    assert!(tasks(&e, "a", DesiredStatus::Stopped).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_daemon_service_runs_one_task_here_and_replaces_it_stop_first() {
+    let e = Ecsd::start().await;
+    let v1 = register_web(&e).await;
+    let v2 = register_web(&e).await;
+    let out = e
+        .client
+        .create_service()
+        .service_name("d")
+        .task_definition(&v1)
+        .scheduling_strategy(SchedulingStrategy::Daemon)
+        .send()
+        .await
+        .unwrap();
+    let s = out.service().unwrap();
+    assert_eq!(s.desired_count(), 1, "one container instance: one daemon task");
+    let dc = s.deployment_configuration().unwrap();
+    assert_eq!((dc.maximum_percent(), dc.minimum_healthy_percent()), (Some(100), Some(0)));
+    until(&e, "d", "steady", steady).await;
+    let (code, _) = err(e.client.update_service().service("d").desired_count(2).send().await.unwrap_err());
+    assert_eq!(code, "InvalidParameterException");
+    let bounds = Bounds::watch(&e, "service:d", 40.0);
+    update_td(&e, "d", &v2).await;
+    until(&e, "d", "rolled", |s| steady(s) && s.task_definition() == Some(v2.as_str())).await;
+    assert_eq!(bounds.get().0, 1, "the old task stops before the new one starts");
+}
+
+#[tokio::test]
+async fn distinct_instance_places_one_task_and_says_why_not_more() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    let out = e
+        .client
+        .create_service()
+        .service_name("one")
+        .task_definition(&td)
+        .desired_count(2)
+        .placement_constraints(
+            PlacementConstraint::builder().r#type(PlacementConstraintType::DistinctInstance).build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.service().unwrap().placement_constraints()[0].r#type(),
+        Some(&PlacementConstraintType::DistinctInstance)
+    );
+    let s = until(&e, "one", "the placement event", |s| {
+        s.running_count() == 1
+            && messages(s).iter().any(|m| m.starts_with("(service one) was unable to place a task because no container instance met all of its requirements."))
+    })
+    .await;
+    assert_eq!(s.running_count(), 1);
+    let placement = messages(&s).into_iter().filter(|m| m.contains("unable to place")).count();
+    for _ in 0..5 {
+        e.clock.advance(Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = describe(&e, "one").await;
+    assert_eq!(
+        messages(&s).into_iter().filter(|m| m.contains("unable to place")).count(),
+        placement,
+        "said once"
+    );
+    assert_eq!(s.running_count(), 1);
+}
+
+#[tokio::test]
+async fn a_fixed_host_port_cannot_roll_at_100_200_on_one_host() {
+    let e = Ecsd::start().await;
+    let web = |family: &'static str| {
+        e.client
+            .register_task_definition()
+            .family(family)
+            .network_mode(NetworkMode::Bridge)
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("app")
+                    .image("busybox")
+                    .memory(32)
+                    .port_mappings(PortMapping::builder().container_port(80).host_port(18080).build())
+                    .build(),
+            )
+            .send()
+    };
+    let v1 = web("port").await.unwrap().task_definition().unwrap().task_definition_arn().unwrap().to_owned();
+    let v2 = web("port").await.unwrap().task_definition().unwrap().task_definition_arn().unwrap().to_owned();
+    create(&e, "port", &v1, 1).await;
+    until(&e, "port", "steady", steady).await;
+    update_td(&e, "port", &v2).await;
+    let s = until(&e, "port", "the port event", |s| {
+        messages(s).iter().any(|m| m.ends_with("is already using a port required by your task. For more information, see the Troubleshooting section of the Amazon ECS Developer Guide."))
+    })
+    .await;
+    assert_eq!(s.deployments().len(), 2);
+    assert_eq!(s.deployments()[1].running_count(), 1, "the old task keeps running");
+}
+
+#[tokio::test]
+async fn tasks_that_crash_after_running_are_replaced_at_once() {
+    let e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    create(&e, "web", &td, 1).await;
+    for round in 0..4 {
+        let t = eventually(10, "a running task", || async {
+            let t = tasks(&e, "web", DesiredStatus::Running).await;
+            t.into_iter().find(|t| t.last_status() == Some("RUNNING"))
+        })
+        .await;
+        e.fake.exit(t.containers()[0].runtime_id().unwrap(), 1).await;
+        // No clock movement: the replacement must not wait.
+        eventually(10, &format!("replacement {round}"), || async {
+            let now = tasks(&e, "web", DesiredStatus::Running).await;
+            now.iter().any(|n| task_id(n) != task_id(&t)).then_some(())
+        })
+        .await;
+    }
+    let s = describe(&e, "web").await;
+    assert!(!messages(&s).iter().any(|m| m.contains("unable to consistently start")), "{:#?}", messages(&s));
+}
+
+#[tokio::test]
+async fn stop_service_deployment_rolls_back_to_the_previous_revision() {
+    let e = Ecsd::start().await;
+    let v1 = register_web(&e).await;
+    let v2 = register_web(&e).await;
+    create(&e, "web", &v1, 1).await;
+    until(&e, "web", "steady", steady).await;
+    let s = update_td(&e, "web", &v2).await;
+    let sd = s.current_service_deployment().unwrap().to_owned();
+    let out = e
+        .client
+        .stop_service_deployment()
+        .service_deployment_arn(&sd)
+        .stop_type(aws_sdk_ecs::types::StopServiceDeploymentStopType::Rollback)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.service_deployment_arn(), Some(sd.as_str()));
+    let s = until(&e, "web", "rolled back", |s| steady(s) && s.task_definition() == Some(v1.as_str())).await;
+    assert_eq!(s.deployments()[0].task_definition(), Some(v1.as_str()));
+    let d = e.client.describe_service_deployments().service_deployment_arns(&sd).send().await.unwrap();
+    assert_eq!(d.service_deployments()[0].status().map(|s| s.as_str()), Some("ROLLBACK_SUCCESSFUL"));
+    let (code, _) =
+        err(e.client.stop_service_deployment().service_deployment_arn(&sd).send().await.unwrap_err());
+    assert_eq!(code, "ConflictException");
+    let missing = arn("service-deployment/default/web/nope");
+    let (code, _) =
+        err(e.client.stop_service_deployment().service_deployment_arn(&missing).send().await.unwrap_err());
+    assert_eq!(code, "ServiceDeploymentNotFoundException");
+    let d = e.client.describe_service_deployments().service_deployment_arns(&missing).send().await.unwrap();
+    assert_eq!(d.failures()[0].reason(), Some("MISSING"));
+    // The revisions are describable.
+    let rev = s.current_service_revisions()[0].arn().unwrap().to_owned();
+    let r = e
+        .client
+        .describe_service_revisions()
+        .service_revision_arns(&rev)
+        .service_revision_arns(arn("service-revision/default/web/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.service_revisions()[0].task_definition(), Some(v1.as_str()));
+    assert_eq!(r.service_revisions()[0].container_images()[0].container_name(), Some("app"));
+    assert_eq!(r.failures()[0].reason(), Some("MISSING"));
+}
+
+#[tokio::test]
+async fn after_a_restart_services_resume_without_new_deployments_or_duplicate_tasks() {
+    let mut e = Ecsd::start().await;
+    let v1 = register_web(&e).await;
+    let v2 = register_web(&e).await;
+    create(&e, "web", &v1, 3).await;
+    until(&e, "web", "steady", steady).await;
+    let s = update_td(&e, "web", &v2).await;
+    let ids: Vec<String> = s.deployments().iter().map(|d| d.id().unwrap().to_owned()).collect();
+    until_still(&e, "web", "new tasks started", |s| s.deployments()[0].running_count() == 3).await;
+    e.restart().await;
+    let s = describe(&e, "web").await;
+    let after: Vec<String> = s.deployments().iter().map(|d| d.id().unwrap().to_owned()).collect();
+    assert_eq!(after, ids, "no spurious deployment");
+    let bounds = Bounds::watch(&e, "service:web", 40.0);
+    let s =
+        until(&e, "web", "steady on rev 2", |s| steady(s) && s.task_definition() == Some(v2.as_str())).await;
+    assert_eq!(s.deployments()[0].id(), Some(ids[0].as_str()));
+    assert!(bounds.get().0 <= 6);
+    assert_eq!(tasks(&e, "web", DesiredStatus::Running).await.len(), 3, "no duplicates");
+
+    // A task lost with the runtime while ecsd was down is STOPPED and replaced.
+    let lost = tasks(&e, "web", DesiredStatus::Running).await.remove(0);
+    e.daemon.take().unwrap().shutdown().await.unwrap();
+    e.fake.forget(lost.containers()[0].runtime_id().unwrap());
+    e.restart().await;
+    e.advancing(STEP, 20, "the lost task replaced", || async {
+        let running = tasks(&e, "web", DesiredStatus::Running).await;
+        (running.len() == 3 && running.iter().all(|t| task_id(t) != task_id(&lost))).then_some(())
+    })
+    .await;
+    assert_eq!(describe(&e, "web").await.deployments().len(), 1);
 }

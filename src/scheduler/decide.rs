@@ -334,7 +334,9 @@ pub fn plan(s: &ServiceRecord, tasks: &[TaskState], now: f64, t: Timing) -> Plan
             plan.wake_at = earliest(plan.wake_at, started + grace);
         }
     }
-    if primary.rollout_state == RolloutState::Failed {
+    // A FAILED deployment starts nothing and leaves the older one running, until the
+    // service is deleted and drains.
+    if primary.rollout_state == RolloutState::Failed && s.status == ServiceStatus::Active {
         return plan;
     }
     let in_primary = |task: &&&TaskState| task.deployment == primary.id;
@@ -356,7 +358,7 @@ pub fn plan(s: &ServiceRecord, tasks: &[TaskState], now: f64, t: Timing) -> Plan
     // Starts.
     let room = max.saturating_sub(live.len());
     let need = desired.saturating_sub(wanted_primary.len());
-    if need > 0 {
+    if need > 0 && primary.rollout_state != RolloutState::Failed {
         match s.backoff.not_before {
             Some(nb) if nb > now => {
                 plan.throttled = true;
@@ -774,6 +776,16 @@ mod tests {
         s.deployments[0].rollout_state = RolloutState::Failed;
         let p = plan(&s, &[task("o0", &old, "healthy"), task("o1", &old, "healthy")], NOW, T);
         assert_eq!((p.start, p.stop.len(), p.stalled), (0, 0, false));
+    }
+
+    #[test]
+    fn a_draining_service_stops_everything_even_behind_a_failed_deployment() {
+        let (mut s, old, new) = rolled(service(2, 100, 200));
+        s.deployments[0].rollout_state = RolloutState::Failed;
+        s.status = ServiceStatus::Draining;
+        let tasks = [task("o0", &old, "healthy"), task("o1", &old, "healthy"), task("n0", &new, "pending")];
+        let p = plan(&s, &tasks, NOW, T);
+        assert_eq!((p.start, stops(&p).len()), (0, 3));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub enum Command {
     /// Work with images in containerd.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Show a cluster's services: counts per deployment and the last event.
+    Services(ServicesArgs),
     /// The logging driver containerd's shim runs for each container (not for people).
     #[command(hide = true)]
     LogDriver(crate::runtime::logs::LogDriverArgs),
@@ -82,6 +84,49 @@ pub struct LogsArgs {
     /// ecsd's data dir (env ECSD_DATA_DIR). [default: as for `ecsd serve`]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+}
+
+/// Arguments of `ecsd services`.
+#[derive(Debug, Clone, Default, Args)]
+#[command(after_help = "\
+Examples:
+  ecsd services                      every ACTIVE service of the default cluster
+  ecsd services --cluster prod web   one service
+  ecsd services --output json        as DescribeServices answers
+
+The endpoint is --endpoint-url, else AWS_ENDPOINT_URL_ECS, else AWS_ENDPOINT_URL, else
+http://127.0.0.1:8000.")]
+pub struct ServicesArgs {
+    /// Only these services (names or ARNs). [default: every ACTIVE service]
+    pub services: Vec<String>,
+    /// The cluster (name or ARN). [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The ECS endpoint: ecsd's API.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// table, or json (DescribeServices' answer).
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+}
+
+impl ServicesArgs {
+    /// The endpoint to ask: the flag, else the variables the AWS SDKs read, else ecsd's
+    /// default address.
+    pub fn endpoint(&self, env: &dyn Fn(&str) -> Option<String>) -> String {
+        self.endpoint_url
+            .clone()
+            .or_else(|| env("AWS_ENDPOINT_URL_ECS").filter(|v| !v.is_empty()))
+            .or_else(|| env("AWS_ENDPOINT_URL").filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
+    }
 }
 
 /// Arguments of `ecsd image import`.

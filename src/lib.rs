@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 pub mod api;
 pub mod aws;
+pub mod cli;
 pub mod config;
 pub mod endpoints;
 pub mod engine;

@@ -4,7 +4,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ecsd::config::{Cli, Command, Config, ImageCommand, ImportArgs, LogFormat, LogsArgs, ServeArgs};
+use ecsd::config::{
+    Cli, Command, Config, ImageCommand, ImportArgs, LogFormat, LogsArgs, OutputFormat, ServeArgs,
+    ServicesArgs,
+};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -14,6 +17,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Logs(args) => logs(&args),
         Command::Image(ImageCommand::Import(args)) => import(&args),
+        Command::Services(args) => services(&args),
         Command::LogDriver(args) => ecsd::runtime::logs::run_log_driver(args),
     }
 }
@@ -121,6 +125,43 @@ fn import(args: &ImportArgs) -> ExitCode {
             }
         }
     })
+}
+
+fn services(args: &ServicesArgs) -> ExitCode {
+    use ecsd::cli::services::{Query, fetch, json, table};
+    let query = Query {
+        endpoint: args.endpoint(&env),
+        cluster: args.cluster.clone(),
+        services: args.services.clone(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ecsd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fetch(&query)) {
+        Ok(services) => {
+            let text = match args.output {
+                OutputFormat::Table => table(&services),
+                OutputFormat::Json => json(&services) + "\n",
+            };
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ecsd: cannot write the output: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("ecsd: {}", ecsd::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {

@@ -1397,3 +1397,31 @@ async fn after_a_restart_services_resume_without_new_deployments_or_duplicate_ta
     .await;
     assert_eq!(describe(&e, "web").await.deployments().len(), 1);
 }
+
+#[tokio::test]
+async fn ecsd_services_shows_each_deployment_and_the_last_event() {
+    use ecsd::cli::services::{Query, fetch, json, table};
+    let e = Ecsd::start().await;
+    let v1 = register_web(&e).await;
+    let v2 = register_web(&e).await;
+    create(&e, "web", &v1, 2).await;
+    until(&e, "web", "steady", steady).await;
+    update_td(&e, "web", &v2).await;
+    until_still(&e, "web", "both deployments running", |s| s.running_count() == 4).await;
+    let q = Query { endpoint: e.url.clone(), cluster: None, services: vec![] };
+    let services = fetch(&q).await.unwrap();
+    let t = table(&services);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(lines[1].starts_with("web "), "{t}");
+    assert!(lines[1].contains(" web:2 ") && lines[1].contains("has started 2 tasks"), "{t}");
+    assert!(
+        lines[2].starts_with("  PRIMARY ecs-svc/") && lines[2].contains("web:2  desired 2 running 2"),
+        "{t}"
+    );
+    assert!(lines[3].starts_with("  ACTIVE  ecs-svc/") && lines[3].ends_with("COMPLETED"), "{t}");
+    let j: serde_json::Value = serde_json::from_str(&json(&services)).unwrap();
+    assert_eq!(j["services"][0]["deployments"].as_array().unwrap().len(), 2);
+    let missing = Query { endpoint: e.url.clone(), cluster: Some("nope".into()), services: vec![] };
+    let err = fetch(&missing).await.unwrap_err();
+    assert_eq!(err.to_string(), "ClusterNotFoundException: Cluster not found.");
+}

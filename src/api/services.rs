@@ -161,7 +161,10 @@ fn deployment_view(s: &ServiceRecord, d: &DeploymentRecord, counts: &Counts) -> 
 
 /// The service as DescribeServices shows it: the record, with counts from its tasks now.
 pub fn view(ctx: &Ctx, s: &ServiceRecord, tags: Option<Vec<Tag>>) -> Service {
-    let tasks = service_tasks(ctx, s);
+    view_of(ctx, s, tags, &service_tasks(ctx, s))
+}
+
+fn view_of(ctx: &Ctx, s: &ServiceRecord, tags: Option<Vec<Tag>>, tasks: &[Arc<TaskRecord>]) -> Service {
     let counts = Counts::of(tasks.iter().map(|t| t.as_ref()));
     let revision_arn = |id: &str| ctx.identity.service_revision_arn(&s.cluster, &s.name, id);
     let mut revisions: Vec<ServiceCurrentRevisionSummary> = vec![];
@@ -410,8 +413,11 @@ pub async fn create(ctx: &Arc<Ctx>, req: CreateServiceRequest) -> Result<CreateS
     check_launch(ctx, &cluster, &td, network_configuration, &first.task_launch_type())?;
     let first = rec.revision(ctx.now());
     service::start_deployment(&mut rec, first, None, vec![], ctx.now());
-    let (rec, _) = ctx.scheduler.create(rec, tags.clone()).await?;
-    let mut wire = view(ctx, &rec, Some(tags));
+    let (rec, created) = ctx.scheduler.create(rec, tags.clone()).await?;
+    // A new service answers as ECS's does, before its scheduler has started anything (its
+    // worker may have launched tasks by now); a retried creation shows what runs.
+    let tasks = if created { vec![] } else { service_tasks(ctx, &rec) };
+    let mut wire = view_of(ctx, &rec, Some(tags), &tasks);
     if wire.tags.as_ref().is_some_and(|t| t.is_empty()) {
         wire.tags = None;
     }

@@ -147,8 +147,14 @@ call "create-service" create-service --service-name web --task-definition e2e-sv
     and .service.launchType == \"EC2\" and .service.schedulingStrategy == \"REPLICA\""
 
 waiter "wait services-stable after create-service" 0 services-stable --services web
-call "describe-services" describe-services --services web &&
-  check "steady: 2 running, the deployment COMPLETED, the steady-state event" "$out" "
+# The deployment turns COMPLETED once its tasks are healthy (RUNNING for the stabilisation
+# time), which may be a moment after the waiter's condition holds, as on ECS.
+deadline=$((SECONDS + 60))
+while call "describe-services" describe-services --services web; do
+  [[ $(jq -r '.services[0].deployments[0].rolloutState' <<<"$out") == COMPLETED || $SECONDS -gt $deadline ]] && break
+  sleep 0.5
+done
+check "steady: 2 running, the deployment COMPLETED, the steady-state event" "$out" "
     .services[0].runningCount == 2 and (.services[0].deployments | length) == 1
     and .services[0].deployments[0].rolloutState == \"COMPLETED\"
     and .services[0].events[0].message == \"(service web) has reached a steady state.\""

@@ -6,6 +6,7 @@
 //! 169.254.170.2 is made inside a task's namespace (`ip netns exec`), never from the host's.
 
 mod harness;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -8,6 +8,7 @@
 //! between the host and namespaces these tests create.
 
 mod harness;
+mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -362,4 +363,237 @@ async fn a_task_that_ends_while_ecsd_is_killed_is_torn_down_at_restart() {
     let nat = run_cmd("iptables-save", &["-t", "nat"]).await;
     assert!(!nat.contains(&format!("--dport {port} ")), "no DNAT rule left for {port}");
     e.finish().await;
+}
+
+/// A task network of a test's own, straight on the host without an ecsd: network
+/// `10.225.<k>.0/24` with DNS on bridge `ecsdv<k>`, namespaces `ecsd-nv<k>-<random>-…`,
+/// state under a temporary directory, host ports `44<k>00`–`44<k>99`.
+struct Direct {
+    net: std::sync::Arc<ecsd::network::Netavark>,
+    dir: tempfile::TempDir,
+    prefix: String,
+    k: u16,
+}
+
+impl Direct {
+    fn new(k: u16) -> Direct {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ecsd::network::Settings {
+            networks: vec![
+                ecsd::network::NetworkDef::new(
+                    "default",
+                    &format!("10.225.{k}.0/24"),
+                    Some(&format!("ecsdv{k}")),
+                    true,
+                )
+                .unwrap(),
+            ],
+            ..ecsd::network::Settings::default()
+        };
+        let prefix = format!("ecsd-nv{k}-{}-", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let namespaces = ecsd::network::Namespaces::new(&prefix);
+        let net = ecsd::network::Netavark::new(settings, namespaces, dir.path()).unwrap();
+        Direct { net: std::sync::Arc::new(net), dir, prefix, k }
+    }
+
+    /// One sandbox on the network, publishing host port `44<k>00 + i` (TCP, to port 80).
+    fn spec(&self, i: u16) -> Vec<ecsd::network::SandboxSpec> {
+        vec![ecsd::network::SandboxSpec {
+            container: None,
+            attach: Some(ecsd::network::Attach {
+                network: "default".into(),
+                aliases: vec![],
+                dns_domain: "ec2.internal".into(),
+                ports: vec![ecsd::network::PortMap {
+                    host_port: 44000 + 100 * self.k + i,
+                    container_port: 80,
+                    range: 1,
+                    protocol: ecsd::network::Protocol::Tcp,
+                }],
+            }),
+        }]
+    }
+
+    /// What the network has on the host, as [`footprint`] counts an ecsd's.
+    async fn footprint(&self) -> BTreeMap<&'static str, usize> {
+        let k = self.k;
+        let bridge = format!("ecsdv{k}");
+        let links = run_cmd("ip", &["-o", "link", "show"]).await;
+        let rules = run_cmd("iptables-save", &[]).await;
+        let ports = format!("--dport 44{k}");
+        let ours = |l: &&str| {
+            l.starts_with('-')
+                && (l.contains(&format!("10.225.{k}.")) || l.contains(&bridge) || l.contains(&ports))
+        };
+        let files = |dir: std::path::PathBuf, skip: &str| {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|f| f.file_type().is_ok_and(|t| t.is_file()))
+                        .filter(|f| !f.file_name().to_string_lossy().ends_with(skip))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        let namespaces = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&self.prefix)).count()
+            })
+            .unwrap_or(0);
+        BTreeMap::from([
+            ("namespaces", namespaces),
+            (
+                "interfaces on the bridge",
+                links.lines().filter(|l| l.contains(&format!("master {bridge} "))).count(),
+            ),
+            ("bridge", links.lines().filter(|l| l.contains(&format!(": {bridge}:"))).count()),
+            ("rules", rules.lines().filter(ours).count()),
+            ("addresses", files(self.dir.path().to_owned(), ".lock")),
+            ("dns records", files(self.dir.path().join("netavark/aardvark-dns"), "aardvark.pid")),
+        ])
+    }
+
+    /// Waits until the host holds what it held at `baseline` and nothing is listed.
+    async fn back_to(&self, baseline: &BTreeMap<&'static str, usize>) {
+        let mut last = BTreeMap::new();
+        let settled = tokio::time::timeout(Duration::from_secs(WAIT), async {
+            loop {
+                last = self.footprint().await;
+                let listed = ecsd::network::Network::list(&*self.net).await.unwrap();
+                if &last == baseline && listed.is_empty() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(settled.is_ok(), "the host never went back to {baseline:?}; it holds {last:?}");
+    }
+}
+
+impl Drop for Direct {
+    /// After a failed test: removes what it left (a passing test has removed everything;
+    /// an aardvark-dns kept up by a DNS record left would outlive the test). Then the
+    /// isolation rule ecsd added for this test's bridge (other ecsds' stay).
+    fn drop(&mut self) {
+        let net = self.net.clone();
+        let _ = std::thread::spawn(move || {
+            use ecsd::network::Network;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                for id in net.list().await.unwrap_or_default() {
+                    let _ = net.remove(&id).await;
+                }
+            })
+        })
+        .join();
+        let bridge = format!("ecsdv{}", self.k);
+        let _ = std::process::Command::new("iptables")
+            .args([
+                "-w",
+                "30",
+                "-t",
+                "mangle",
+                "-D",
+                "ECSD-ISOLATION",
+                "-i",
+                &bridge,
+                "-o",
+                &bridge,
+                "-j",
+                "RETURN",
+            ])
+            .output();
+    }
+}
+
+fn new_task_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and netavark"]
+async fn cancelled_creates_and_racing_removals_leave_nothing_on_the_host() {
+    use ecsd::network::Network;
+    let d = Direct::new(0);
+    // The first sandbox on a network makes the host-wide parts that stay: count from after it.
+    let warm = new_task_id();
+    d.net.create(&warm, &d.spec(0)).await.unwrap();
+    d.net.remove(&warm).await.unwrap();
+    let baseline = d.footprint().await;
+
+    // Positive control: a sandbox shows on the host in each count.
+    let kept = new_task_id();
+    let started = std::time::Instant::now();
+    d.net.create(&kept, &d.spec(1)).await.unwrap();
+    // How long a create takes on this machine now: the cut points below spread over it, so a
+    // loaded machine cuts as many creates at each point as a quiet one.
+    let takes = started.elapsed();
+    let one = d.footprint().await;
+    for what in ["namespaces", "interfaces on the bridge", "bridge", "addresses", "dns records"] {
+        assert_eq!(one[what], baseline[what] + 1, "{what}: {one:?}");
+    }
+    assert!(one["rules"] > baseline["rules"], "{one:?}");
+    d.net.remove(&kept).await.unwrap();
+    assert_eq!(d.footprint().await, baseline);
+
+    // Creates cut short at every point from before netavark runs to after it is done (the
+    // last one is never cut), each raced by two removals of the same task.
+    let (mut cut, mut finished) = (0, 0);
+    let mut ids = vec![];
+    for i in 0..40u16 {
+        let id = new_task_id();
+        let spec = d.spec(2 + i);
+        let limit = if i == 39 { Duration::from_secs(600) } else { takes * u32::from(i) * 3 / 2 / 39 };
+        let creating = tokio::time::timeout(limit, d.net.create(&id, &spec));
+        let (created, r1, r2) = tokio::join!(creating, d.net.remove(&id), d.net.remove(&id));
+        match created {
+            Err(_) => cut += 1,
+            Ok(created) => {
+                created.unwrap();
+                finished += 1;
+            }
+        }
+        r1.unwrap();
+        r2.unwrap();
+        ids.push(id);
+    }
+    eprintln!("{cut} creates cut short, {finished} finished");
+    assert!(cut > 0 && finished > 0, "both kinds happened: {cut} cut, {finished} finished");
+    // A finished create that won its turn after both removals keeps its network: remove those.
+    for id in &ids {
+        d.net.remove(id).await.unwrap();
+    }
+    d.back_to(&baseline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and netavark"]
+async fn a_namespace_deleted_behind_ecsds_back_is_still_torn_down() {
+    use ecsd::network::Network;
+    let d = Direct::new(1);
+    let warm = new_task_id();
+    d.net.create(&warm, &d.spec(0)).await.unwrap();
+    d.net.remove(&warm).await.unwrap();
+    let baseline = d.footprint().await;
+
+    let id = new_task_id();
+    d.net.create(&id, &d.spec(1)).await.unwrap();
+    run_cmd("ip", &["netns", "delete", &format!("{}{id}", d.prefix)]).await;
+    // The interface goes with the namespace (the kernel destroys it a moment later); the
+    // rules, the DNS records, the address and the bridge (now without members) do not.
+    let left = eventually(WAIT, "the interface to go with its namespace", || async {
+        let left = d.footprint().await;
+        (left["interfaces on the bridge"] == 0).then_some(left)
+    })
+    .await;
+    assert_eq!((left["namespaces"], left["interfaces on the bridge"]), (0, 0), "{left:?}");
+    assert_eq!((left["bridge"], left["addresses"], left["dns records"]), (1, 1, 1), "{left:?}");
+    assert!(left["rules"] > baseline["rules"], "{left:?}");
+    assert_eq!(d.net.list().await.unwrap(), vec![id.clone()]);
+
+    d.net.remove(&id).await.unwrap();
+    assert_eq!(d.footprint().await, baseline);
+    assert_eq!(d.net.list().await.unwrap(), Vec::<String>::new());
 }

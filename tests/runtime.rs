@@ -6,6 +6,10 @@
 //! All tests of one run share a containerd namespace, `ecsd-test-PID`; the image is imported
 //! into it once. The restart test stops and starts that containerd, so it runs alone.
 
+mod support;
+
+use support::{eventually, image_tar, socket};
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -26,26 +30,6 @@ static CONTAINERD: RwLock<()> = RwLock::const_new(());
 static IMPORTED: OnceCell<Vec<String>> = OnceCell::const_new();
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
-
-fn socket() -> PathBuf {
-    match std::env::var_os("ECSD_TEST_CONTAINERD") {
-        Some(s) => PathBuf::from(s),
-        None => panic!(
-            "ECSD_TEST_CONTAINERD is not set: start a private containerd with `hack/containerd start DIR` \
-             and export ECSD_TEST_CONTAINERD=DIR/containerd.sock (hack/test does this for the root tier)"
-        ),
-    }
-}
-
-fn image_tar() -> PathBuf {
-    match std::env::var_os("ECSD_TEST_IMAGE") {
-        Some(s) => PathBuf::from(s),
-        None => panic!(
-            "ECSD_TEST_IMAGE is not set: build the image with `hack/build-test-image` and export \
-             ECSD_TEST_IMAGE=target/test-images/busybox.tar (hack/test does this for the root tier)"
-        ),
-    }
-}
 
 fn namespace() -> String {
     format!("ecsd-test-{}", std::process::id())
@@ -191,17 +175,6 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn logs_of(dir: &Path) -> String {
     let mut out = Vec::new();
     let _ = read_logs(dir, false, &mut out);
@@ -305,7 +278,7 @@ async fn exit_code_and_logs() {
     assert!((now - at).abs() < 60.0, "exit time {at} is not now ({now})");
 
     let dir = env.log_dir(&id);
-    let text = eventually("both lines in the log", Duration::from_secs(10), || {
+    let text = eventually(10, "both lines in the log", || async {
         let t = logs_of(&dir);
         (t.contains("hi\n") && t.contains("oops\n")).then_some(t)
     })
@@ -327,9 +300,11 @@ async fn signals_stop_containers() {
     let mut env = Env::new().await;
     // A shell that handles SIGTERM exits 143 ...
     let trap = short_id("trap");
-    env.run(&trap, &["sh", "-c", "trap 'exit 143' TERM; sleep 1000 & wait"], &labels(&[])).await;
-    // ... after the trap is installed.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.run(&trap, &["sh", "-c", "trap 'exit 143' TERM; echo trapped; sleep 1000 & wait"], &labels(&[]))
+        .await;
+    // ... once the trap is installed, which it says.
+    let dir = env.log_dir(&trap);
+    eventually(20, "the trap installed", || async { logs_of(&dir).contains("trapped").then_some(()) }).await;
     env.rt.signal(&trap, 15).await.unwrap();
     assert_eq!(env.wait_exit(&trap).await.0, 143);
     env.rt.remove(&trap).await.unwrap();
@@ -856,15 +831,13 @@ async fn logs_are_complete_rotated_and_outlive_the_runtime() {
         other.start(&ticker).await.unwrap();
     }
     let dir = env.log_dir(&ticker);
-    let before = eventually("ticks", Duration::from_secs(10), || {
+    let before = eventually(10, "ticks", || async {
         let n = logs_of(&dir).lines().count();
         (n > 0).then_some(n)
     })
     .await;
-    eventually("more ticks", Duration::from_secs(10), || {
-        (logs_of(&dir).lines().count() > before + 5).then_some(())
-    })
-    .await;
+    eventually(10, "more ticks", || async { (logs_of(&dir).lines().count() > before + 5).then_some(()) })
+        .await;
     env.kill_and_remove(&ticker).await;
 }
 
@@ -997,7 +970,7 @@ async fn stop_containerd(dir: &Path) {
     let pid: i32 = std::fs::read_to_string(dir.join("containerd.pid")).unwrap().trim().parse().unwrap();
     let pid = rustix::process::Pid::from_raw(pid).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    eventually("containerd to exit", Duration::from_secs(15), || {
+    eventually(15, "containerd to exit", || async {
         let state =
             std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
         // Gone, or a zombie waiting for a parent that is not us.
@@ -1032,7 +1005,13 @@ async fn events_survive_a_containerd_restart() {
     // The container outlives containerd (its shim does); it exits while nobody listens.
     let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(20, "the container's process to end", || async {
+        let state =
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
+        (state.is_empty() || state.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+            .then_some(())
+    })
+    .await;
 
     start_containerd(&dir);
     let back = Instant::now();

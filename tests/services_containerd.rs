@@ -9,6 +9,7 @@
 //! service's tasks every 100 ms and keeps the most live and the fewest healthy tasks it saw.
 
 mod harness;
+mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

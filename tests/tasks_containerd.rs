@@ -15,6 +15,7 @@
 //! after the other, so the two files never share the containerd at the same moment.)
 
 mod harness;
+mod support;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;

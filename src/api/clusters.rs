@@ -359,6 +359,14 @@ pub fn delete(ctx: &Ctx, req: DeleteClusterRequest) -> Result<DeleteClusterRespo
     Ok(DeleteClusterResponse { cluster: Some(cluster) })
 }
 
+/// Whether an ACTIVE cluster of this name exists, from the store's memory when it can.
+pub async fn is_active(ctx: &std::sync::Arc<Ctx>, name: &str) -> Result<bool, ApiError> {
+    let Some(raw) = super::cached(ctx, CLUSTERS, name).await? else { return Ok(false) };
+    let c: Cluster = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::new(Exception::Server, format!("cluster {name} cannot be read: {e}")))?;
+    Ok(c.status.as_deref() == Some(ACTIVE))
+}
+
 /// Whether an ACTIVE cluster of this name exists (for tagging).
 pub fn exists(r: &Reader<'_>, name: &str) -> Result<bool, StoreError> {
     Ok(r.get(CLUSTERS, name)?.is_some_and(|c| c.status.as_deref() == Some(ACTIVE)))

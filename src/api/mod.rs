@@ -64,7 +64,9 @@ impl Ctx {
 
 /// Declares the implemented operations once: the typed request enum, its parser and the
 /// dispatch to handlers all come from this list. `blocking` handlers are synchronous store
-/// work run on the blocking pool; `awaits` handlers are async (they talk to the engine).
+/// work run on the blocking pool; `awaits` handlers are async (they talk to the engine);
+/// `encoded` handlers are async and answer bytes they encoded themselves (hot reads served
+/// from memory, spliced from stored JSON).
 macro_rules! operations {
     ($($kind:ident $op:ident($req:ty) => $handler:path),* $(,)?) => {
         /// A parsed, model-checked request for one implemented operation.
@@ -113,6 +115,9 @@ macro_rules! call {
     (awaits, $ctx:expr, $r:expr, $h:path) => {
         encode(&$h($ctx, $r).await?)
     };
+    (encoded, $ctx:expr, $r:expr, $h:path) => {
+        $h($ctx, $r).await
+    };
 }
 
 operations! {
@@ -123,7 +128,7 @@ operations! {
     blocking UpdateClusterSettings(shapes::UpdateClusterSettingsRequest) => clusters::update_settings,
     blocking DeleteCluster(shapes::DeleteClusterRequest) => clusters::delete,
     blocking RegisterTaskDefinition(shapes::RegisterTaskDefinitionRequest) => task_definitions::register,
-    blocking DescribeTaskDefinition(shapes::DescribeTaskDefinitionRequest) => task_definitions::describe,
+    encoded DescribeTaskDefinition(shapes::DescribeTaskDefinitionRequest) => task_definitions::describe,
     blocking ListTaskDefinitions(shapes::ListTaskDefinitionsRequest) => task_definitions::list,
     blocking ListTaskDefinitionFamilies(shapes::ListTaskDefinitionFamiliesRequest) => task_definitions::list_families,
     blocking DeregisterTaskDefinition(shapes::DeregisterTaskDefinitionRequest) => task_definitions::deregister,
@@ -138,7 +143,7 @@ operations! {
     awaits RunTask(shapes::RunTaskRequest) => tasks::run,
     awaits StartTask(shapes::StartTaskRequest) => tasks::start,
     awaits StopTask(shapes::StopTaskRequest) => tasks::stop,
-    blocking DescribeTasks(shapes::DescribeTasksRequest) => tasks::describe,
+    encoded DescribeTasks(shapes::DescribeTasksRequest) => tasks::describe,
     blocking ListTasks(shapes::ListTasksRequest) => tasks::list,
     blocking PutAttributes(shapes::PutAttributesRequest) => attributes::put,
     blocking ListAttributes(shapes::ListAttributesRequest) => attributes::list,
@@ -182,6 +187,34 @@ fn decode<T: DeserializeOwned + Check>(body: &[u8]) -> Result<T, ApiError> {
         )));
     }
     Ok(value)
+}
+
+/// A record of a cached table: from memory when the store has it there, else read on the
+/// blocking pool, so a hot read never waits on a transaction.
+async fn cached<V: 'static>(
+    ctx: &Arc<Ctx>,
+    table: crate::store::Table<V>,
+    key: &str,
+) -> Result<Option<Arc<[u8]>>, ApiError> {
+    if let Some(hit) = ctx.store.cached_raw(table, key) {
+        return Ok(hit);
+    }
+    let (store, key) = (Arc::clone(&ctx.store), key.to_owned());
+    tokio::task::spawn_blocking(move || store.get_raw(table, &key))
+        .await
+        .map_err(|e| ApiError::new(Exception::Server, format!("the read failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// Runs store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    f: impl FnOnce(&Ctx) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let ctx = Arc::clone(ctx);
+    tokio::task::spawn_blocking(move || f(&ctx))
+        .await
+        .map_err(|e| ApiError::new(Exception::Server, format!("the handler failed: {e}")))?
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {

@@ -3,12 +3,14 @@
 
 use std::ops::Bound;
 
+use std::sync::Arc;
+
 use super::pagination::Page;
 use super::{ApiError, Ctx};
 use crate::model::arn::{ArnError, TaskDefinitionRef};
 use crate::model::shapes::{
     DeleteTaskDefinitionsRequest, DeleteTaskDefinitionsResponse, DeregisterTaskDefinitionRequest,
-    DeregisterTaskDefinitionResponse, DescribeTaskDefinitionRequest, DescribeTaskDefinitionResponse, Failure,
+    DeregisterTaskDefinitionResponse, DescribeTaskDefinitionRequest, Failure,
     ListTaskDefinitionFamiliesRequest, ListTaskDefinitionFamiliesResponse, ListTaskDefinitionsRequest,
     ListTaskDefinitionsResponse, RegisterTaskDefinitionRequest, RegisterTaskDefinitionResponse,
     TaskDefinition,
@@ -79,33 +81,41 @@ pub(super) fn latest_active(r: &Reader<'_>, family: &str) -> Result<Option<TaskD
     Ok(found)
 }
 
-fn resolve(r: &Reader<'_>, reference: &TaskDefinitionRef) -> Result<Option<TaskDefinition>, StoreError> {
-    match reference.revision {
-        Some(rev) => r.get(TASK_DEFINITIONS, &task_definition_key(&reference.family, rev)),
-        None => latest_active(r, &reference.family),
-    }
-}
-
-pub fn describe(
-    ctx: &Ctx,
-    req: DescribeTaskDefinitionRequest,
-) -> Result<DescribeTaskDefinitionResponse, ApiError> {
+/// DescribeTaskDefinition, the hottest read: the stored JSON of the revision (and of its
+/// tags) goes into the answer as it is, from memory when it was read before.
+pub async fn describe(ctx: &Arc<Ctx>, req: DescribeTaskDefinitionRequest) -> Result<Vec<u8>, ApiError> {
     let reference = parse_ref(ctx, req.task_definition.as_deref().unwrap_or_default())?;
     let with_tags = req.include.as_deref().unwrap_or_default().iter().any(|i| i == "TAGS");
-    ctx.store.read(|r| {
-        let td = resolve(r, &reference)?.ok_or_else(|| match reference.revision {
-            Some(_) => ApiError::client(format!("{NOT_FOUND} Revision {reference} does not exist.")),
-            None => {
-                ApiError::client(format!("{NOT_FOUND} Family '{}' has no ACTIVE revision.", reference.family))
-            }
-        })?;
-        let tags = if with_tags {
-            Some(r.get(TAGS, td.task_definition_arn.as_deref().unwrap_or_default())?.unwrap_or_default())
-        } else {
-            None
-        };
-        Ok(DescribeTaskDefinitionResponse { task_definition: Some(td), tags })
-    })
+    let revision = match reference.revision {
+        Some(rev) => rev,
+        None => {
+            let family = reference.family.clone();
+            let latest =
+                super::blocking(ctx, move |ctx| Ok(ctx.store.read(|r| latest_active(r, &family))?)).await?;
+            let Some(td) = latest else {
+                return Err(ApiError::client(format!(
+                    "{NOT_FOUND} Family '{}' has no ACTIVE revision.",
+                    reference.family
+                )));
+            };
+            td.revision
+        }
+    };
+    let key = task_definition_key(&reference.family, revision);
+    let Some(td) = super::cached(ctx, TASK_DEFINITIONS, &key).await? else {
+        return Err(ApiError::client(format!("{NOT_FOUND} Revision {reference} does not exist.")));
+    };
+    let mut out = Vec::with_capacity(td.len() + 32);
+    out.extend_from_slice(b"{\"taskDefinition\":");
+    out.extend_from_slice(&td);
+    if with_tags {
+        let arn = ctx.identity.task_definition_arn(&reference.family, revision);
+        let tags = super::cached(ctx, TAGS, &arn).await?;
+        out.extend_from_slice(b",\"tags\":");
+        out.extend_from_slice(tags.as_deref().unwrap_or(b"[]"));
+    }
+    out.push(b'}');
+    Ok(out)
 }
 
 pub fn list(ctx: &Ctx, req: ListTaskDefinitionsRequest) -> Result<ListTaskDefinitionsResponse, ApiError> {

@@ -105,8 +105,9 @@ fn check_tags(tags: Option<&[Tag]>) -> Result<Vec<Tag>, ApiError> {
     Ok(t)
 }
 
-/// What RunTask and StartTask share: an ACTIVE cluster, an ACTIVE task definition, the
-/// request's tags (with the definition's when `propagateTags` asks), and the engine's checks.
+/// What RunTask and StartTask share: an ACTIVE cluster, an ACTIVE task definition and the
+/// request's tags (with the definition's when `propagateTags` asks). The engine checks the
+/// rest (network configuration, overrides) when it launches.
 struct Request<'a> {
     cluster: Option<&'a str>,
     task_definition: Option<&'a str>,
@@ -144,7 +145,6 @@ fn resolve(ctx: &Ctx, req: Request<'_>) -> Result<LaunchSpec, ApiError> {
         enable_execute_command: req.enable_execute_command,
         network_configuration: req.network_configuration,
     };
-    ctx.engine.check_launch(&spec)?;
     Ok(spec)
 }
 
@@ -258,7 +258,9 @@ pub async fn stop(ctx: &Arc<Ctx>, req: StopTaskRequest) -> Result<StopTaskRespon
     Ok(StopTaskResponse { task: Some(wire) })
 }
 
-pub fn describe(ctx: &Ctx, req: DescribeTasksRequest) -> Result<DescribeTasksResponse, ApiError> {
+/// DescribeTasks, a hot read: tasks from the engine's view, the cluster and tags from the
+/// store's memory, nothing on the blocking pool once those were read.
+pub async fn describe(ctx: &Arc<Ctx>, req: DescribeTasksRequest) -> Result<Vec<u8>, ApiError> {
     let refs = req.tasks.unwrap_or_default();
     if refs.is_empty() || refs.len() > 100 {
         return Err(ApiError::invalid_parameter(format!(
@@ -267,33 +269,44 @@ pub fn describe(ctx: &Ctx, req: DescribeTasksRequest) -> Result<DescribeTasksRes
         )));
     }
     let with_tags = req.include.as_deref().unwrap_or_default().iter().any(|i| i == "TAGS");
-    ctx.store.read(|r| {
-        let cluster = active_cluster(ctx, r, req.cluster.as_deref())?;
-        let cluster_arn = ctx.identity.cluster_arn(&cluster);
-        let az = ctx.engine.availability_zone();
-        let mut tasks = vec![];
-        let mut failures = vec![];
-        for reference in refs {
-            match find(ctx, &cluster, &reference) {
-                Some(t) => {
-                    let mut wire = view::task(&t, &cluster_arn, &az);
-                    if with_tags {
-                        wire.tags = Some(r.get(TAGS, &t.arn)?.unwrap_or_default());
-                    }
-                    tasks.push(wire);
-                }
-                None => {
-                    let arn = if reference.starts_with("arn:") {
-                        reference
-                    } else {
-                        ctx.identity.task_arn(&cluster, &reference)
+    let cluster = cluster_name(ctx, req.cluster.as_deref())?;
+    if !clusters::is_active(ctx, &cluster).await? {
+        return Err(ApiError::cluster_not_found());
+    }
+    let cluster_arn = ctx.identity.cluster_arn(&cluster);
+    let az = ctx.engine.availability_zone();
+    let mut tasks = vec![];
+    let mut failures = vec![];
+    for reference in refs {
+        match find(ctx, &cluster, &reference) {
+            Some(t) => {
+                let mut wire = view::task(&t, &cluster_arn, &az);
+                if with_tags {
+                    let raw = super::cached(ctx, TAGS, &t.arn).await?;
+                    let tags: Vec<Tag> = match raw {
+                        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                            ApiError::new(
+                                Exception::Server,
+                                format!("the tags of {} cannot be read: {e}", t.arn),
+                            )
+                        })?,
+                        None => vec![],
                     };
-                    failures.push(Failure { arn: Some(arn), reason: Some("MISSING".into()), detail: None });
+                    wire.tags = Some(tags);
                 }
+                tasks.push(wire);
+            }
+            None => {
+                let arn = if reference.starts_with("arn:") {
+                    reference
+                } else {
+                    ctx.identity.task_arn(&cluster, &reference)
+                };
+                failures.push(Failure { arn: Some(arn), reason: Some("MISSING".into()), detail: None });
             }
         }
-        Ok(DescribeTasksResponse { tasks: Some(tasks), failures: Some(failures) })
-    })
+    }
+    super::encode(&DescribeTasksResponse { tasks: Some(tasks), failures: Some(failures) })
 }
 
 pub fn list(ctx: &Ctx, req: ListTasksRequest) -> Result<ListTasksResponse, ApiError> {

@@ -254,7 +254,8 @@ impl Engine {
         self.cfg.endpoints.shutdown();
     }
 
-    /// Checks a launch as ECS does before placing anything.
+    /// Checks a launch as ECS does before placing anything (what [`Engine::launch`] checks
+    /// first), for callers that validate a request before they launch from it (CreateService).
     pub fn check_launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError> {
         launch::check(spec, &self.cfg.network).map(|_| ())
     }
@@ -357,7 +358,7 @@ impl Engine {
 
     /// Whether the runtime answers now; launches are refused (`AGENT`) when it does not.
     pub async fn runtime_ready(&self) -> Result<(), RuntimeError> {
-        self.runtime.list().await.map(|_| ())
+        self.runtime.ping().await
     }
 
     /// Records a change of a task durably, then shows it.

@@ -770,8 +770,16 @@ impl Supervisor {
                     self.dirty = true;
                 }
             }
+            Err(e) if e.is_transient() => {
+                warn!(error = %crate::error_chain(&e), "cannot release the task's network yet; trying again");
+                released = false;
+            }
+            // Still tried again (the task holds it until then), but someone must act first.
             Err(e) => {
-                warn!(error = %crate::error_chain(&e), "cannot release the task's network; trying again");
+                tracing::error!(
+                    error = %crate::error_chain(&e),
+                    "cannot release the task's network without help; it stays DEPROVISIONING"
+                );
                 released = false;
             }
         }

@@ -3,8 +3,11 @@
 //!
 //! This module knows nothing of ECS wire types; the engine asks for a namespace per task.
 
+use std::ffi::OsStr;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -14,6 +17,9 @@ use tokio::process::Command;
 pub mod fake;
 mod netavark;
 pub mod settings;
+#[cfg(test)]
+mod sim;
+mod task_locks;
 
 pub use netavark::Netavark;
 
@@ -21,26 +27,6 @@ pub use settings::{NetworkDef, Settings, SettingsError};
 
 /// The search domain aardvark-dns answers task names in (netavark's default).
 pub const DNS_DOMAIN: &str = "dns.podman";
-
-/// How a task is networked, from the task definition's `networkMode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Awsvpc,
-    Bridge,
-    Host,
-    None,
-}
-
-impl Mode {
-    pub fn parse(network_mode: Option<&str>) -> Mode {
-        match network_mode {
-            Some("awsvpc") => Mode::Awsvpc,
-            Some("host") => Mode::Host,
-            Some("none") => Mode::None,
-            _ => Mode::Bridge,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +101,8 @@ pub enum NetworkError {
     Spawn { command: String, source: std::io::Error },
     #[error("{command} failed: {stderr}")]
     Command { command: String, stderr: String },
+    #[error("{command} did not finish within {after:?} and was killed")]
+    Timeout { command: String, after: Duration },
     #[error("no network named '{0}' is configured")]
     UnknownNetwork(String),
     #[error("network '{network}' ({subnet}) has no free address left")]
@@ -125,20 +113,136 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
+    /// A teardown that could not release everything; what it names stays recorded, and the
+    /// next [`Network::remove`] of the task carries on from there.
+    #[error("the network of task {task_id} still holds {}", list(held))]
+    StillHeld {
+        task_id: String,
+        held: Vec<Held>,
+        /// Why (the first failure met).
+        #[source]
+        cause: Option<Box<NetworkError>>,
+    },
+    /// The operation was cut short because the runtime is shutting down; what it made is
+    /// recorded and removed by the next start.
+    #[error("the network operation was interrupted: ecsd is shutting down")]
+    Interrupted,
+}
+
+impl NetworkError {
+    /// Whether the same call can succeed later without anyone changing the host or the
+    /// configuration: a tool failing or timing out under load, a lock held elsewhere, a
+    /// full subnet. Not transient: a tool that is missing or not allowed to run, a state
+    /// directory that cannot be written, a network that is not configured. A
+    /// [`NetworkError::StillHeld`] is as transient as its cause.
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind::{NotFound, PermissionDenied, ReadOnlyFilesystem};
+        match self {
+            NetworkError::Spawn { source, .. } => !matches!(source.kind(), NotFound | PermissionDenied),
+            NetworkError::Command { .. } | NetworkError::Timeout { .. } | NetworkError::Exhausted { .. } => {
+                true
+            }
+            NetworkError::UnknownNetwork(_) => false,
+            NetworkError::State { source, .. } => {
+                !matches!(source.kind(), PermissionDenied | ReadOnlyFilesystem)
+            }
+            NetworkError::StillHeld { cause, .. } => cause.as_ref().is_none_or(|c| c.is_transient()),
+            NetworkError::Interrupted => true,
+        }
+    }
+}
+
+/// Something of a task's network that a teardown has not released yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// A network namespace (`/run/netns/…`).
+    Namespace(PathBuf),
+    /// A sandbox's `eth0`, whose peer is on the network's bridge.
+    Interface { sandbox: String, network: String },
+    /// An address, taken as long as the sandbox's state file exists.
+    Address { network: String, address: Ipv4Addr },
+    /// A sandbox's name records in aardvark-dns.
+    DnsRecords { sandbox: String, network: String },
+    /// netavark's port-forwarding rules for a sandbox.
+    FirewallRules { sandbox: String, count: usize },
+    /// A network's bridge (and with it the network's own firewall rules) with no sandbox
+    /// left on it, which the teardown of the last one removes.
+    Bridge { network: String, bridge: String },
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Held::Namespace(path) => write!(f, "namespace {}", path.display()),
+            Held::Interface { sandbox, network } => {
+                write!(f, "interface eth0 of sandbox {sandbox} on network '{network}'")
+            }
+            Held::Address { network, address } => write!(f, "address {address} on network '{network}'"),
+            Held::DnsRecords { sandbox, network } => {
+                write!(f, "DNS records of sandbox {sandbox} on network '{network}'")
+            }
+            Held::FirewallRules { sandbox, count } => {
+                write!(f, "{count} port-forwarding rule(s) of sandbox {sandbox}")
+            }
+            Held::Bridge { network, bridge } => {
+                write!(f, "bridge {bridge} of network '{network}', with no sandbox left on it")
+            }
+        }
+    }
+}
+
+fn list(held: &[Held]) -> String {
+    held.iter().map(Held::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// The network side of a task's lifecycle.
+///
+/// Both calls are safe to make concurrently and repeatedly for one task (they take turns),
+/// and both run to their end even when the caller stops waiting: a `create` whose caller
+/// went away is undone, unless a newer `create` of the task came meanwhile.
 #[async_trait]
 pub trait Network: Send + Sync + std::fmt::Debug + 'static {
     /// Makes the task's sandboxes (namespace with loopback up and 169.254.170.2 on it, plus the
-    /// interface and published ports asked for). All or nothing: on error nothing is left.
+    /// interface and published ports asked for). All or nothing: on error nothing is left
+    /// (or, if undoing failed too, what is left is listed by [`Network::list`]).
     /// Host mode asks for no sandbox.
     async fn create(&self, task_id: &str, sandboxes: &[SandboxSpec]) -> Result<Vec<Sandbox>, NetworkError>;
     /// Removes whatever `create` made for the task, releasing its addresses and ports.
-    /// Removing what is gone succeeds.
+    /// Removing what is gone succeeds; a removal that stopped half-way (an error, a crash)
+    /// is finished by the next call. Fails with [`NetworkError::StillHeld`], naming what
+    /// is left, only when something is still held (or [`NetworkError::State`] when the
+    /// state directory cannot be read).
     async fn remove(&self, task_id: &str) -> Result<(), NetworkError>;
     /// The task ids that hold anything now (to find leaks after a crash).
     async fn list(&self) -> Result<Vec<String>, NetworkError>;
+}
+
+/// Runs the network tools (`ip`, `iptables`, `iptables-save`, netavark). [`Processes`]
+/// spawns them; unit tests pass a simulated host.
+#[async_trait]
+pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
+    /// Runs `program` to its end with `input` on its stdin; returns its stdout. A failure
+    /// names the command and carries what the tool said.
+    async fn run(
+        &self,
+        program: &OsStr,
+        args: &[&OsStr],
+        input: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NetworkError>;
+}
+
+/// The real [`Runner`]: child processes, each killed when it outlives `timeout` (or when
+/// the call is dropped).
+#[derive(Debug, Clone)]
+pub struct Processes {
+    pub timeout: Duration,
+}
+
+impl Default for Processes {
+    fn default() -> Self {
+        // netavark takes ~40 ms; a loaded host and the xtables lock make it seconds.
+        Processes { timeout: Duration::from_secs(60) }
+    }
 }
 
 /// Named network namespaces under `/run/netns`, made with iproute2, so `ip netns` shows them
@@ -147,12 +251,78 @@ pub trait Network: Send + Sync + std::fmt::Debug + 'static {
 pub struct Namespaces {
     prefix: String,
     dir: PathBuf,
+    runner: Arc<dyn Runner>,
+}
+
+/// Where the task endpoints listen inside a namespace (the ECS agent's port).
+pub const ENDPOINTS_PORT: u16 = 51679;
+
+/// How long an `iptables` waits for the host-wide xtables lock, which netavark's own
+/// `iptables --wait` calls hold in turns on a busy host.
+const XTABLES_WAIT_SECS: &str = "30";
+
+#[async_trait]
+impl Runner for Processes {
+    async fn run(
+        &self,
+        program: &OsStr,
+        args: &[&OsStr],
+        input: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NetworkError> {
+        use tokio::io::AsyncWriteExt;
+        let command = std::iter::once(program)
+            .chain(args.iter().copied())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let spawn_err = |source| NetworkError::Spawn { command: command.clone(), source };
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(spawn_err)?;
+        let finished = tokio::time::timeout(self.timeout, async {
+            if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+                stdin.write_all(input).await?;
+            }
+            child.wait_with_output().await
+        })
+        .await;
+        let out = match finished {
+            Ok(out) => out.map_err(spawn_err)?,
+            // Dropping the child killed it.
+            Err(_) => return Err(NetworkError::Timeout { command, after: self.timeout }),
+        };
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        let said = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| {
+                format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout))
+            });
+        Err(NetworkError::Command { command, stderr: said.trim().to_owned() })
+    }
 }
 
 impl Namespaces {
     /// `prefix` names this daemon's namespaces (`<prefix><task id>`).
     pub fn new(prefix: &str) -> Namespaces {
-        Namespaces { prefix: prefix.to_owned(), dir: PathBuf::from("/run/netns") }
+        Namespaces::with_runner(prefix, Path::new("/run/netns"), Arc::new(Processes::default()))
+    }
+
+    /// Namespaces made through `runner`, whose `ip netns` keeps them in `dir` (tests pass a
+    /// simulated host and a temporary directory).
+    pub fn with_runner(prefix: &str, dir: &Path, runner: Arc<dyn Runner>) -> Namespaces {
+        Namespaces { prefix: prefix.to_owned(), dir: dir.to_owned(), runner }
+    }
+
+    pub(crate) fn runner(&self) -> &Arc<dyn Runner> {
+        &self.runner
     }
 
     fn name(&self, task_id: &str) -> String {
@@ -162,109 +332,87 @@ impl Namespaces {
     pub fn path(&self, task_id: &str) -> PathBuf {
         self.dir.join(self.name(task_id))
     }
-}
 
-/// Where the task endpoints listen inside a namespace (the ECS agent's port).
-pub const ENDPOINTS_PORT: u16 = 51679;
-
-/// Forwards 169.254.170.2:80 to 169.254.170.2:ENDPOINTS_PORT inside the namespace.
-async fn redirect_endpoints(netns: &str) -> Result<(), NetworkError> {
-    let port = ENDPOINTS_PORT.to_string();
-    let to = format!("169.254.170.2:{port}");
-    let args = [
-        "netns",
-        "exec",
-        netns,
-        "iptables",
-        "-w",
-        "5",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-d",
-        "169.254.170.2/32",
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &to,
-    ];
-    ip(&args).await
-}
-
-/// Runs a network tool to its end, with `input` on its stdin; returns its stdout. A failure
-/// names the command and carries what the tool said (netavark's `{"error": …}`, else stderr).
-pub(crate) async fn run<S: AsRef<std::ffi::OsStr>>(
-    program: S,
-    args: &[S],
-    input: Option<&[u8]>,
-) -> Result<Vec<u8>, NetworkError> {
-    use tokio::io::AsyncWriteExt;
-    let command = std::iter::once(&program)
-        .chain(args)
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let spawn_err = |source| NetworkError::Spawn { command: command.clone(), source };
-    let mut child = Command::new(&program)
-        .args(args)
-        .stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(spawn_err)?;
-    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
-        stdin.write_all(input).await.map_err(spawn_err)?;
+    async fn ip(&self, args: &[&str]) -> Result<Vec<u8>, NetworkError> {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        self.runner.run(OsStr::new("ip"), &args, None).await
     }
-    let out = child.wait_with_output().await.map_err(spawn_err)?;
-    if out.status.success() {
-        return Ok(out.stdout);
+
+    /// Runs `ip -n NETNS -batch -` with the commands on stdin: one process for several changes.
+    async fn ip_batch(&self, netns: &str, commands: &str) -> Result<(), NetworkError> {
+        let args: Vec<&OsStr> = ["-n", netns, "-batch", "-"].into_iter().map(OsStr::new).collect();
+        self.runner.run(OsStr::new("ip"), &args, Some(commands.as_bytes())).await.map(drop)
     }
-    let said = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| {
-            format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout))
-        });
-    Err(NetworkError::Command { command, stderr: said.trim().to_owned() })
-}
 
-async fn ip(args: &[&str]) -> Result<(), NetworkError> {
-    run("ip", args, None).await.map(drop)
-}
+    /// Forwards 169.254.170.2:80 to 169.254.170.2:ENDPOINTS_PORT inside the namespace.
+    async fn redirect_endpoints(&self, netns: &str) -> Result<(), NetworkError> {
+        let to = format!("169.254.170.2:{ENDPOINTS_PORT}");
+        let args = [
+            "netns",
+            "exec",
+            netns,
+            "iptables",
+            "-w",
+            XTABLES_WAIT_SECS,
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            "169.254.170.2/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ];
+        self.ip(&args).await.map(drop)
+    }
 
-/// Runs `ip -n NETNS -batch -` with the commands on stdin: one process for several changes.
-async fn ip_batch(netns: &str, commands: &str) -> Result<(), NetworkError> {
-    run("ip", &["-n", netns, "-batch", "-"], Some(commands.as_bytes())).await.map(drop)
-}
-
-impl Namespaces {
     /// Creates the namespace `<prefix><key>` with loopback up and 169.254.170.2 on it (where
     /// the task's metadata and credentials endpoints listen), and returns its path.
     pub async fn add(&self, key: &str) -> Result<PathBuf, NetworkError> {
         let name = self.name(key);
         let path = self.path(key);
         if !path.exists() {
-            ip(&["netns", "add", &name]).await?;
+            self.ip(&["netns", "add", &name]).await?;
         }
-        let setup = ip_batch(&name, "link set lo up\naddr replace 169.254.170.2/32 dev lo\n").await;
+        let setup = self.ip_batch(&name, "link set lo up\naddr replace 169.254.170.2/32 dev lo\n").await;
         // The endpoints listen on ENDPOINTS_PORT, and 169.254.170.2:80 is forwarded there inside
         // the namespace: a listener on port 80 itself would keep the task's own servers from
         // binding 0.0.0.0:80. (ECS reserves the agent's port 51679 the same way.)
         let setup = match setup {
-            Ok(()) => redirect_endpoints(&name).await,
+            Ok(()) => self.redirect_endpoints(&name).await,
             Err(e) => Err(e),
         };
         if let Err(e) = setup {
-            let _ = ip(&["netns", "delete", &name]).await;
+            // If this fails too, the namespace is listed and the next removal takes it.
+            let _ = self.ip(&["netns", "delete", &name]).await;
             return Err(e);
         }
         Ok(path)
+    }
+
+    /// Creates the namespace `<prefix><key>` and nothing in it (where netavark can tear down
+    /// what a sandbox whose namespace is gone left on the host).
+    pub(crate) async fn add_empty(&self, key: &str) -> Result<PathBuf, NetworkError> {
+        if !self.path(key).exists() {
+            self.ip(&["netns", "add", &self.name(key)]).await?;
+        }
+        Ok(self.path(key))
+    }
+
+    /// Adds a veth pair `eth0`/`eth0-gone` inside the namespace `<prefix><key>`: a stand-in
+    /// for a sandbox interface that went with its namespace, for netavark's teardown, which
+    /// removes the bridge and the network's rules only after it has deleted an `eth0`.
+    pub(crate) async fn add_stand_in(&self, key: &str) -> Result<(), NetworkError> {
+        let name = self.name(key);
+        self.ip(&["-n", &name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-gone"])
+            .await
+            .map(drop)
     }
 
     /// Deletes the namespace `<prefix><key>`; deleting what is gone succeeds.
@@ -272,7 +420,21 @@ impl Namespaces {
         if !self.path(key).exists() {
             return Ok(());
         }
-        ip(&["netns", "delete", &self.name(key)]).await
+        self.ip(&["netns", "delete", &self.name(key)]).await.map(drop)
+    }
+
+    /// Whether the namespace `<prefix><key>` has an interface `ifname`.
+    pub(crate) async fn has_link(&self, key: &str, ifname: &str) -> Result<bool, NetworkError> {
+        #[derive(Deserialize)]
+        struct Link {
+            ifname: String,
+        }
+        let out = self.ip(&["-n", &self.name(key), "-j", "link", "show"]).await?;
+        let links: Vec<Link> = serde_json::from_slice(&out).map_err(|e| NetworkError::Command {
+            command: format!("ip -n {} -j link show", self.name(key)),
+            stderr: format!("unexpected answer ({e}): {}", String::from_utf8_lossy(&out)),
+        })?;
+        Ok(links.iter().any(|l| l.ifname == ifname))
     }
 
     /// The keys (`<task id>` or `<task id>-<n>`) of this daemon's namespaces.
@@ -281,7 +443,10 @@ impl Namespaces {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
             Err(source) => {
-                return Err(NetworkError::Spawn { command: format!("read {}", self.dir.display()), source });
+                return Err(NetworkError::State {
+                    what: format!("cannot read {}", self.dir.display()),
+                    source,
+                });
             }
         };
         Ok(entries

@@ -6,31 +6,50 @@
 //! (`<state dir>/<namespace>.json`, written and synced before netavark runs) holding the
 //! options it was set up with: the address is taken exactly as long as that file exists,
 //! and teardown, also after a crash, replays the same options.
+//!
+//! Teardown is resumable. A sandbox's state file goes only once netavark's part (interface,
+//! port forwarding, DNS records) is verified gone, and its namespace only after that, so
+//! whatever a failed or interrupted teardown left is found and finished by the next one.
+//! netavark 1.4's own exit status is not the judge: its teardown is not idempotent (a
+//! second run fails on what the first removed) and it fails after releasing everything
+//! when aardvark-dns has just exited (`aardvark pid not found`), so when it fails, ecsd
+//! looks at what is really left.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::settings::BRIDGE_PREFIX;
+use super::task_locks::{TaskLocks, Ticket};
 use super::{
-    Attach, Interface, Namespaces, Network, NetworkDef, NetworkError, PortMap, Sandbox, SandboxSpec,
-    Settings, key_of, private_dns_name, task_of,
+    Attach, Held, Interface, Namespaces, Network, NetworkDef, NetworkError, PortMap, Runner, Sandbox,
+    SandboxSpec, Settings, key_of, private_dns_name, task_of,
 };
 
 /// The mangle-table chain that keeps ecsd's networks apart (netavark 1.4 does not).
 const ISOLATION_CHAIN: &str = "ECSD-ISOLATION";
 
+/// netavark teardowns of one sandbox before a removal gives up and reports what is held.
+const TEARDOWN_ATTEMPTS: u32 = 3;
+
 #[derive(Debug)]
 pub struct Netavark {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     settings: Settings,
     namespaces: Namespaces,
+    runner: Arc<dyn Runner>,
     /// Sandbox state files.
     state_dir: PathBuf,
     /// netavark's `--config` directory (aardvark-dns's records and pid file).
@@ -39,6 +58,11 @@ pub struct Netavark {
     /// netavark runs one at a time, as Podman serializes it: concurrent runs race on the
     /// firewall chains they share.
     serial: tokio::sync::Mutex<bool>,
+    tasks: TaskLocks,
+    /// Pause between teardown attempts (grows with each attempt).
+    retry_pause: Duration,
+    /// The host's interfaces (`/sys/class/net`): a bridge's members are `<bridge>/brif/*`.
+    sys_class_net: PathBuf,
 }
 
 /// Addresses in use per network, and where the next search starts, so a released address
@@ -142,12 +166,44 @@ struct NvInterface {
     mac_address: String,
 }
 
+/// What the state file of a sandbox says.
+enum Recorded {
+    /// No state file: the sandbox has no interface (or never got one).
+    Nothing,
+    Sandbox(Box<SandboxState>),
+    /// A file that does not parse (the writes are atomic, so only damage does this).
+    Unreadable,
+}
+
+/// What one sandbox's teardown could not release yet, and why.
+#[derive(Debug)]
+struct Unmade {
+    held: Vec<Held>,
+    cause: Option<NetworkError>,
+}
+
 impl Netavark {
     /// Loads the addresses held by existing sandboxes from `state_dir`.
     pub fn new(
         settings: Settings,
         namespaces: Namespaces,
         state_dir: &Path,
+    ) -> Result<Netavark, NetworkError> {
+        Netavark::build(
+            settings,
+            namespaces,
+            state_dir,
+            Path::new("/sys/class/net"),
+            Duration::from_millis(200),
+        )
+    }
+
+    fn build(
+        settings: Settings,
+        namespaces: Namespaces,
+        state_dir: &Path,
+        sys_class_net: &Path,
+        retry_pause: Duration,
     ) -> Result<Netavark, NetworkError> {
         let state = |what: String| move |source| NetworkError::State { what, source };
         std::fs::create_dir_all(state_dir)
@@ -157,24 +213,44 @@ impl Netavark {
         // after it has made the interface.
         std::fs::create_dir_all(config_dir.join("aardvark-dns"))
             .map_err(state(format!("cannot create {}", config_dir.display())))?;
-        let net = Netavark {
+        let inner = Inner {
             settings,
+            runner: namespaces.runner().clone(),
             namespaces,
             state_dir: state_dir.to_owned(),
             config_dir,
             ipam: Mutex::new(Ipam::default()),
             serial: tokio::sync::Mutex::new(false),
+            tasks: TaskLocks::default(),
+            retry_pause,
+            sys_class_net: sys_class_net.to_owned(),
         };
-        let mut ipam = net.ipam.lock().unwrap_or_else(|e| e.into_inner());
-        for s in net.states()? {
+        inner.remove_unfinished_writes();
+        let mut ipam = inner.ipam.lock().unwrap_or_else(|e| e.into_inner());
+        for s in inner.states()? {
             ipam.used.entry(s.network.clone()).or_default().insert(s.address);
         }
         drop(ipam);
-        Ok(net)
+        Ok(Netavark { inner: Arc::new(inner) })
     }
+}
 
+impl Inner {
     fn state_path(&self, key: &str) -> PathBuf {
         self.state_dir.join(format!("{key}.json"))
+    }
+
+    /// A crash between writing a state file and renaming it into place leaves a `.tmp`
+    /// that holds nothing (netavark runs only after the rename).
+    fn remove_unfinished_writes(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.state_dir) else { return };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|x| x == "tmp")
+                && let Err(e) = std::fs::remove_file(&path)
+            {
+                warn!(file = %path.display(), error = %e, "cannot remove an unfinished network state file");
+            }
+        }
     }
 
     /// Every sandbox state file (unreadable ones are reported and skipped).
@@ -202,6 +278,24 @@ impl Netavark {
         Ok(out)
     }
 
+    fn read_state(&self, key: &str) -> Result<Recorded, NetworkError> {
+        let path = self.state_path(key);
+        match std::fs::read(&path) {
+            Ok(b) => match serde_json::from_slice::<SandboxState>(&b) {
+                Ok(s) => Ok(Recorded::Sandbox(Box::new(s))),
+                Err(e) => {
+                    error!(file = %path.display(), error = %e, "a network state file does not parse; \
+                           its sandbox is removed without netavark");
+                    Ok(Recorded::Unreadable)
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Recorded::Nothing),
+            Err(source) => {
+                Err(NetworkError::State { what: format!("cannot read {}", path.display()), source })
+            }
+        }
+    }
+
     /// The sandboxes that exist: namespaces, and state files (named `<key>.json`, so this
     /// reads no file).
     fn sandbox_keys(&self) -> Result<BTreeSet<String>, NetworkError> {
@@ -221,11 +315,16 @@ impl Netavark {
         let path = self.state_path(&s.key);
         let err = |source| NetworkError::State { what: format!("cannot write {}", path.display()), source };
         let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&serde_json::to_vec(s).expect("serializable")).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)?;
-        Ok(())
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(s).expect("serializable"))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(err)
     }
 
     /// Makes one sandbox; on error, whatever it made is undone.
@@ -238,8 +337,10 @@ impl Netavark {
         match self.attach(&key, &netns, attach).await {
             Ok(iface) => Ok(Sandbox { container: spec.container, netns, iface: Some(iface) }),
             Err(e) => {
-                if let Err(e) = self.unmake(&key).await {
-                    warn!(sandbox = %key, error = %crate::error_chain(&e), "cannot undo a failed network setup");
+                if let Err(undo) = self.unmake(&key).await {
+                    let error = undo.cause.as_ref().map(|c| crate::error_chain(c)).unwrap_or_default();
+                    let held = super::list(&undo.held);
+                    warn!(sandbox = %key, %held, %error, "cannot undo a failed network setup yet");
                 }
                 Err(e)
             }
@@ -290,44 +391,184 @@ impl Netavark {
         Ok(Interface { network: net.name.clone(), address, mac, private_dns_name: dns_name })
     }
 
-    /// Undoes a sandbox: netavark teardown with the options it was set up with, the
-    /// namespace, then the state file, which releases the address.
-    async fn unmake(&self, key: &str) -> Result<(), NetworkError> {
-        let path = self.state_path(key);
-        let state = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice::<SandboxState>(&b).ok(),
-            Err(_) => None,
-        };
-        let netns = self.namespaces.path(key);
-        let mut first_error = None;
-        if let Some(state) = &state {
-            if netns.exists() {
-                if let Err(e) = self.netavark("teardown", &netns, &state.options).await {
-                    first_error = Some(e);
-                }
-            } else {
-                // The namespace went with a reboot, and the interfaces and rules with it.
-                debug!(sandbox = %key, "namespace gone; nothing for netavark to tear down");
-            }
+    /// Undoes a sandbox, in the order that keeps a half-done teardown resumable: netavark's
+    /// part (until verified gone), then the state file, which releases the address, then
+    /// the namespace.
+    async fn unmake(&self, key: &str) -> Result<(), Unmade> {
+        let recorded =
+            self.read_state(key).map_err(|e| Unmade { held: self.namespace_held(key), cause: Some(e) })?;
+        if let Recorded::Sandbox(state) = &recorded {
+            self.release_from_netavark(key, state).await?;
+            self.forget(state)?;
         }
         if let Err(e) = self.namespaces.delete(key).await {
-            first_error.get_or_insert(e);
+            return Err(Unmade { held: self.namespace_held(key), cause: Some(e) });
         }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        if let Some(state) = state {
+        if let Recorded::Unreadable = recorded {
+            let path = self.state_path(key);
             if let Err(source) = std::fs::remove_file(&path)
                 && source.kind() != std::io::ErrorKind::NotFound
             {
-                return Err(NetworkError::State {
-                    what: format!("cannot remove {}", path.display()),
-                    source,
-                });
+                let what = format!("cannot remove {}", path.display());
+                return Err(Unmade { held: vec![], cause: Some(NetworkError::State { what, source }) });
             }
-            self.ipam.lock().unwrap_or_else(|e| e.into_inner()).release(&state.network, state.address);
         }
         Ok(())
+    }
+
+    /// Runs netavark's teardown until nothing it set up for the sandbox is left (netavark
+    /// needs the namespace to reach its firewall and DNS steps: one that is gone is made
+    /// again, empty, for it).
+    async fn release_from_netavark(&self, key: &str, state: &SandboxState) -> Result<(), Unmade> {
+        let netns = self.namespaces.path(key);
+        let mut cause = None;
+        for attempt in 1..=TEARDOWN_ATTEMPTS {
+            if netns.exists() {
+                match self.netavark("teardown", &netns, &state.options).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => {
+                        debug!(sandbox = %key, attempt, error = %crate::error_chain(&e),
+                               "netavark teardown failed; looking at what is left");
+                        cause = Some(e);
+                    }
+                }
+            }
+            let left = match self.left_behind(key, state).await {
+                Ok(left) => left,
+                // Cannot tell: everything counts as held.
+                Err(e) => return Err(self.held_with(key, state, vec![], Some(e))),
+            };
+            if left.is_empty() {
+                return Ok(());
+            }
+            if attempt == TEARDOWN_ATTEMPTS {
+                return Err(self.held_with(key, state, left, cause));
+            }
+            // netavark tears down only through a namespace it can open, and a complete
+            // teardown (the bridge and the network's rules, after the last sandbox) only
+            // once it has deleted an eth0: give it both.
+            let lost = !netns.exists();
+            let mut ready = if lost { self.namespaces.add_empty(key).await.map(drop) } else { Ok(()) };
+            if ready.is_ok() && !left.iter().any(|h| matches!(h, Held::Interface { .. })) {
+                ready = self.namespaces.add_stand_in(key).await;
+            }
+            if let Err(e) = ready {
+                return Err(self.held_with(key, state, left, Some(e)));
+            }
+            if !lost {
+                tokio::time::sleep(self.retry_pause * attempt).await;
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// What netavark set up for the sandbox that is still there: its interface, its DNS
+    /// records, its port-forwarding rules, and its network's bridge when nothing is on it
+    /// any more (netavark removes that, and the network's rules, with the last member).
+    async fn left_behind(&self, key: &str, state: &SandboxState) -> Result<Vec<Held>, NetworkError> {
+        let mut left = vec![];
+        if self.namespaces.path(key).exists() && self.namespaces.has_link(key, "eth0").await? {
+            left.push(Held::Interface { sandbox: key.to_owned(), network: state.network.clone() });
+        }
+        let cid = &state.options.container_id;
+        for (name, net) in &state.options.network_info {
+            if !net.dns_enabled {
+                continue;
+            }
+            let path = self.config_dir.join("aardvark-dns").join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(records) if records.lines().any(|l| l.contains(cid.as_str())) => {
+                    left.push(Held::DnsRecords { sandbox: key.to_owned(), network: state.network.clone() })
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(NetworkError::State {
+                        what: format!("cannot read {}", path.display()),
+                        source,
+                    });
+                }
+            }
+        }
+        if !state.options.port_mappings.is_empty() {
+            let rules = self.run(OsStr::new("iptables-save"), &["-t", "nat"], None).await?;
+            let (by_id, by_target) = (format!("id: {cid}"), format!("--to-destination {}:", state.address));
+            let count = String::from_utf8_lossy(&rules)
+                .lines()
+                .filter(|l| l.starts_with("-A ") && (l.contains(&by_id) || l.contains(&by_target)))
+                .count();
+            if count > 0 {
+                left.push(Held::FirewallRules { sandbox: key.to_owned(), count });
+            }
+        }
+        if let Some(net) = self.settings.network(&state.network)
+            && self.abandoned(net).await?
+        {
+            left.push(Held::Bridge { network: net.name.clone(), bridge: net.bridge.clone() });
+        }
+        Ok(left)
+    }
+
+    /// Whether `net`'s bridge exists with no member. Looked at between netavark runs: in
+    /// one, a bridge is memberless for a moment (made before the first veth joins it,
+    /// deleted after the last leaves). A sandbox on its way onto it is harmless: its setup
+    /// comes after this teardown, and makes the bridge again.
+    async fn abandoned(&self, net: &NetworkDef) -> Result<bool, NetworkError> {
+        let _between = self.serial.lock().await;
+        let members = self.sys_class_net.join(&net.bridge).join("brif");
+        match std::fs::read_dir(&members) {
+            Ok(mut entries) => Ok(entries.next().is_none()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => {
+                Err(NetworkError::State { what: format!("cannot read {}", members.display()), source })
+            }
+        }
+    }
+
+    /// `left`, plus the address (its state file stays) and the namespace if it exists.
+    fn held_with(
+        &self,
+        key: &str,
+        state: &SandboxState,
+        mut left: Vec<Held>,
+        cause: Option<NetworkError>,
+    ) -> Unmade {
+        left.push(Held::Address { network: state.network.clone(), address: state.address });
+        left.extend(self.namespace_held(key));
+        Unmade { held: left, cause }
+    }
+
+    fn namespace_held(&self, key: &str) -> Vec<Held> {
+        let path = self.namespaces.path(key);
+        if path.exists() { vec![Held::Namespace(path)] } else { vec![] }
+    }
+
+    /// Removes the state file, which releases the address.
+    fn forget(&self, state: &SandboxState) -> Result<(), Unmade> {
+        let path = self.state_path(&state.key);
+        if let Err(source) = std::fs::remove_file(&path)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            let what = format!("cannot remove {}", path.display());
+            return Err(self.held_with(
+                &state.key,
+                state,
+                vec![],
+                Some(NetworkError::State { what, source }),
+            ));
+        }
+        self.ipam.lock().unwrap_or_else(|e| e.into_inner()).release(&state.network, state.address);
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        program: &OsStr,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NetworkError> {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        self.runner.run(program, &args, input).await
     }
 
     async fn netavark(
@@ -350,40 +591,118 @@ impl Netavark {
             netns.as_os_str(),
         ];
         let input = serde_json::to_vec(options).expect("serializable");
-        super::run(self.settings.netavark.as_os_str(), &args, Some(&input)).await
+        self.runner.run(self.settings.netavark.as_os_str(), &args, Some(&input)).await
     }
 
     /// Traffic between two ecsd networks is dropped; within one it passes. The rules match
     /// bridge names (`-i ecsd+ -o ecsd+`), so they hold for networks made later too, and
     /// adding them is idempotent, so several ecsds on a host share them.
     async fn ensure_isolation(&self) -> Result<(), NetworkError> {
-        let t = ["-w", "5", "-t", "mangle"];
-        if iptables(&[&t[..], &["-n", "-L", ISOLATION_CHAIN]].concat()).await.is_err() {
+        let t = ["-w", super::XTABLES_WAIT_SECS, "-t", "mangle"];
+        if self.iptables(&[&t[..], &["-n", "-L", ISOLATION_CHAIN]].concat()).await.is_err() {
             // Another ecsd may make it at the same moment; the check below settles it.
-            let _ = iptables(&[&t[..], &["-N", ISOLATION_CHAIN]].concat()).await;
+            let _ = self.iptables(&[&t[..], &["-N", ISOLATION_CHAIN]].concat()).await;
         }
         let jump = ["FORWARD", "-j", ISOLATION_CHAIN];
-        if iptables(&[&t[..], &["-C"], &jump[..]].concat()).await.is_err() {
-            iptables(&[&t[..], &["-I"], &jump[..]].concat()).await?;
+        if self.iptables(&[&t[..], &["-C"], &jump[..]].concat()).await.is_err() {
+            self.iptables(&[&t[..], &["-I"], &jump[..]].concat()).await?;
         }
         let any = format!("{BRIDGE_PREFIX}+");
         let drop = ["-i", any.as_str(), "-o", any.as_str(), "-j", "DROP"];
         for net in &self.settings.networks {
             let same =
                 [ISOLATION_CHAIN, "-i", net.bridge.as_str(), "-o", net.bridge.as_str(), "-j", "RETURN"];
-            if iptables(&[&t[..], &["-C"], &same[..]].concat()).await.is_err() {
-                iptables(&[&t[..], &["-I"], &same[..]].concat()).await?;
+            if self.iptables(&[&t[..], &["-C"], &same[..]].concat()).await.is_err() {
+                self.iptables(&[&t[..], &["-I"], &same[..]].concat()).await?;
             }
         }
-        if iptables(&[&t[..], &["-C", ISOLATION_CHAIN], &drop[..]].concat()).await.is_err() {
-            iptables(&[&t[..], &["-A", ISOLATION_CHAIN], &drop[..]].concat()).await?;
+        if self.iptables(&[&t[..], &["-C", ISOLATION_CHAIN], &drop[..]].concat()).await.is_err() {
+            self.iptables(&[&t[..], &["-A", ISOLATION_CHAIN], &drop[..]].concat()).await?;
         }
         Ok(())
     }
+
+    async fn iptables(&self, args: &[&str]) -> Result<(), NetworkError> {
+        self.run(OsStr::new("iptables"), args, None).await.map(drop)
+    }
+
+    /// Called on the task's turn.
+    async fn create(&self, task_id: &str, sandboxes: &[SandboxSpec]) -> Result<Vec<Sandbox>, NetworkError> {
+        // A second attempt (a restarted engine) starts from nothing.
+        self.remove(task_id).await?;
+        let mut made = Vec::with_capacity(sandboxes.len());
+        for spec in sandboxes {
+            match self.make(task_id, spec).await {
+                Ok(sb) => made.push(sb),
+                Err(e) => {
+                    if let Err(e) = self.remove(task_id).await {
+                        warn!(task = %task_id, error = %crate::error_chain(&e), "cannot undo a failed network setup yet");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Called on the task's turn.
+    async fn remove(&self, task_id: &str) -> Result<(), NetworkError> {
+        let keys = self.sandbox_keys()?.into_iter().filter(|k| task_of(k) == Some(task_id));
+        let mut held = vec![];
+        let mut cause = None;
+        for key in keys {
+            if let Err(u) = self.unmake(&key).await {
+                held.extend(u.held);
+                if let Some(c) = u.cause {
+                    cause.get_or_insert(c);
+                }
+            }
+        }
+        match (held.is_empty(), cause) {
+            (true, None) => Ok(()),
+            (true, Some(cause)) => Err(cause),
+            (false, cause) => {
+                Err(NetworkError::StillHeld { task_id: task_id.to_owned(), held, cause: cause.map(Box::new) })
+            }
+        }
+    }
 }
 
-async fn iptables(args: &[&str]) -> Result<(), NetworkError> {
-    super::run("iptables", args, None).await.map(drop)
+/// Removes what a create made when its caller stopped waiting for it, on the task's turn
+/// after that create, unless a newer create of the task came meanwhile (it starts by
+/// removing what the old one left).
+struct UndoCreate {
+    armed: Option<(Arc<Inner>, Ticket)>,
+    number: u64,
+    task_id: String,
+}
+
+impl Drop for UndoCreate {
+    fn drop(&mut self) {
+        let Some((inner, ticket)) = self.armed.take() else { return };
+        let (number, task_id) = (self.number, std::mem::take(&mut self.task_id));
+        // Without a runtime (shutting down) the state files stay, and the next start removes them.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let _turn = ticket.turn().await;
+            if ticket.latest_create() != number {
+                return;
+            }
+            match inner.remove(&task_id).await {
+                Ok(()) => debug!(task = %task_id, "removed the network of a cancelled create"),
+                Err(e) => warn!(task = %task_id, error = %crate::error_chain(&e),
+                                "cannot remove the network of a cancelled create yet"),
+            }
+        });
+    }
+}
+
+fn joined<T>(joined: Result<Result<T, NetworkError>, tokio::task::JoinError>) -> Result<T, NetworkError> {
+    match joined {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(NetworkError::Interrupted),
+    }
 }
 
 /// netavark's container id (it names firewall rules and DNS records after it): 64 hex
@@ -429,48 +748,491 @@ fn nv_network(net: &NetworkDef) -> NvNetwork {
     }
 }
 
+/// Each operation runs in a task of its own on the task's turn, so it finishes even when
+/// its caller is dropped half-way (a dropped create is then undone: see [`UndoCreate`]).
 #[async_trait]
 impl Network for Netavark {
     async fn create(&self, task_id: &str, sandboxes: &[SandboxSpec]) -> Result<Vec<Sandbox>, NetworkError> {
-        // A second attempt (a restarted engine) starts from nothing.
-        self.remove(task_id).await?;
-        let mut made = Vec::with_capacity(sandboxes.len());
-        for spec in sandboxes {
-            match self.make(task_id, spec).await {
-                Ok(sb) => made.push(sb),
-                Err(e) => {
-                    if let Err(e) = self.remove(task_id).await {
-                        warn!(task = %task_id, error = %crate::error_chain(&e), "cannot undo a failed network setup");
-                    }
-                    return Err(e);
-                }
-            }
+        let ticket = self.inner.tasks.ticket(task_id);
+        let number = ticket.count_create();
+        let mut undo = UndoCreate {
+            armed: Some((self.inner.clone(), self.inner.tasks.ticket(task_id))),
+            number,
+            task_id: task_id.to_owned(),
+        };
+        let (inner, id, specs) = (self.inner.clone(), task_id.to_owned(), sandboxes.to_vec());
+        let result = tokio::spawn(async move {
+            let _turn = ticket.turn().await;
+            inner.create(&id, &specs).await
+        })
+        .await;
+        if result.is_ok() {
+            undo.armed = None;
         }
-        Ok(made)
+        joined(result)
     }
 
     async fn remove(&self, task_id: &str) -> Result<(), NetworkError> {
-        let keys = self.sandbox_keys()?.into_iter().filter(|k| task_of(k) == Some(task_id));
-        let mut first_error = None;
-        for key in keys {
-            if let Err(e) = self.unmake(&key).await {
-                warn!(sandbox = %key, error = %crate::error_chain(&e), "cannot remove a task sandbox");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        let ticket = self.inner.tasks.ticket(task_id);
+        let (inner, id) = (self.inner.clone(), task_id.to_owned());
+        joined(
+            tokio::spawn(async move {
+                let _turn = ticket.turn().await;
+                inner.remove(&id).await
+            })
+            .await,
+        )
     }
 
     async fn list(&self) -> Result<Vec<String>, NetworkError> {
         let ids: BTreeSet<String> =
-            self.sandbox_keys()?.iter().filter_map(|k| task_of(k)).map(str::to_owned).collect();
+            self.inner.sandbox_keys()?.iter().filter_map(|k| task_of(k)).map(str::to_owned).collect();
         Ok(ids.into_iter().collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::sim::{Fault, Op, Sim};
+    use super::super::{Processes, Protocol};
     use super::*;
+
+    /// A [`Netavark`] on a simulated host, in a temporary directory.
+    struct Host {
+        dir: tempfile::TempDir,
+        sim: Arc<Sim>,
+        net: Netavark,
+    }
+
+    fn host() -> Host {
+        host_with(true)
+    }
+
+    fn host_with(dns: bool) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Sim::new(dir.path());
+        let settings = Settings {
+            networks: vec![NetworkDef::new("default", "10.9.0.0/24", Some("ecsdt9"), dns).unwrap()],
+            netavark: PathBuf::from("/sim/netavark"),
+            ..Settings::default()
+        };
+        let namespaces = Namespaces::with_runner("ecsd-t-", &sim.netns_dir, sim.clone());
+        let state_dir = dir.path().join("network");
+        let net = Netavark::build(settings, namespaces, &state_dir, &sim.sys_dir, Duration::from_millis(1))
+            .unwrap();
+        Host { dir, sim, net }
+    }
+
+    fn task(n: u32) -> String {
+        format!("{n:032x}")
+    }
+
+    fn attach(ports: bool) -> Option<Attach> {
+        Some(Attach {
+            network: "default".into(),
+            aliases: vec![],
+            dns_domain: "ec2.internal".into(),
+            ports: if ports {
+                vec![PortMap { host_port: 43000, container_port: 80, range: 1, protocol: Protocol::Tcp }]
+            } else {
+                vec![]
+            },
+        })
+    }
+
+    /// One awsvpc-style sandbox with a published port.
+    fn one() -> Vec<SandboxSpec> {
+        vec![SandboxSpec { container: None, attach: attach(true) }]
+    }
+
+    /// Two bridge-mode sandboxes.
+    fn two() -> Vec<SandboxSpec> {
+        vec![
+            SandboxSpec { container: Some(0), attach: attach(true) },
+            SandboxSpec { container: Some(1), attach: attach(false) },
+        ]
+    }
+
+    impl Host {
+        /// What the network holds on the host, by kind.
+        fn left(&self) -> BTreeMap<&'static str, usize> {
+            let files = |dir: &Path, skip: &str| {
+                std::fs::read_dir(dir)
+                    .unwrap()
+                    .flatten()
+                    .filter(|e| {
+                        e.file_type().unwrap().is_file() && !e.file_name().to_string_lossy().contains(skip)
+                    })
+                    .count()
+            };
+            let inner = &self.net.inner;
+            let used = inner.ipam.lock().unwrap().used.values().map(BTreeSet::len).sum();
+            BTreeMap::from([
+                ("namespaces", self.sim.namespaces().len()),
+                ("interfaces", self.sim.interfaces()),
+                ("rules", self.sim.rules()),
+                ("bridges", self.sim.bridges()),
+                ("network rules", self.sim.network_rules()),
+                ("dns record files", files(&inner.config_dir.join("aardvark-dns"), "aardvark.pid")),
+                ("state files", files(&inner.state_dir, ".lock")),
+                ("addresses", used),
+            ])
+        }
+
+        fn nothing_left(&self) -> BTreeMap<&'static str, usize> {
+            self.left().into_keys().map(|k| (k, 0)).collect()
+        }
+
+        /// Waits (up to 10 s) until no operation of any task is pending.
+        async fn settled(&self) {
+            wait_until("no network operation pending", || self.net.inner.tasks.len() == 0).await;
+        }
+    }
+
+    async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn held_of(e: &NetworkError) -> &[Held] {
+        match e {
+            NetworkError::StillHeld { held, .. } => held,
+            other => panic!("expected StillHeld, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_teardown_that_fails_after_releasing_everything_still_frees_the_address() {
+        let h = host();
+        h.net.create(&task(1), &one()).await.unwrap();
+        let made = h.left();
+        assert!(made.values().all(|n| *n > 0), "the sandbox holds one of each: {made:?}");
+        // netavark 1.4 when aardvark-dns has just exited: all released, then an error.
+        h.sim.fail(Op::Teardown, Fault::AardvarkGone, 1);
+        h.net.remove(&task(1)).await.unwrap();
+        assert_eq!(h.left(), h.nothing_left());
+        assert_eq!(h.sim.calls("netavark teardown"), 1, "nothing was left to tear down again");
+        assert_eq!(h.net.list().await.unwrap(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_teardown_that_leaves_rules_says_what_is_held_and_the_next_removal_finishes_it() {
+        let h = host();
+        let made = h.net.create(&task(2), &one()).await.unwrap();
+        let address = made[0].iface.as_ref().unwrap().address;
+        h.sim.fail(Op::Teardown, Fault::FirewallFails, TEARDOWN_ATTEMPTS as usize);
+        let e = h.net.remove(&task(2)).await.unwrap_err();
+        let key = task(2);
+        let netns = h.dir.path().join("netns").join(format!("ecsd-t-{key}"));
+        assert_eq!(
+            held_of(&e),
+            [
+                Held::FirewallRules { sandbox: key.clone(), count: 2 },
+                Held::Address { network: "default".into(), address },
+                Held::Namespace(netns.clone()),
+            ]
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the network of task {key} still holds 2 port-forwarding rule(s) of sandbox {key}, \
+                 address {address} on network 'default', namespace {}",
+                netns.display()
+            )
+        );
+        assert!(
+            crate::error_chain(&e).contains("Resource temporarily unavailable"),
+            "{}",
+            crate::error_chain(&e)
+        );
+        assert!(e.is_transient());
+        assert_eq!(h.sim.calls("netavark teardown"), TEARDOWN_ATTEMPTS as usize);
+        // Held stays recorded and listed: the state file, the namespace, the address.
+        assert_eq!((h.left()["state files"], h.left()["namespaces"], h.left()["addresses"]), (1, 1, 1));
+        assert_eq!(h.net.list().await.unwrap(), vec![key.clone()]);
+        // netavark removed the bridge in its first run, but not the network's own rules:
+        // its complete teardown does not resume. They stay only until the network's next
+        // last sandbox goes (setup reuses them, teardown removes them).
+        assert_eq!((h.left()["bridges"], h.left()["network rules"]), (0, 3));
+        // The address is not handed out meanwhile.
+        let other = h.net.create(&task(3), &one()).await.unwrap();
+        assert_ne!(other[0].iface.as_ref().unwrap().address, address);
+        h.net.remove(&task(3)).await.unwrap();
+        assert_eq!((h.left()["bridges"], h.left()["network rules"]), (0, 0));
+
+        h.net.remove(&key).await.unwrap();
+        assert_eq!(h.left(), h.nothing_left());
+    }
+
+    #[tokio::test]
+    async fn a_namespace_lost_before_teardown_is_made_again_for_netavark() {
+        let h = host();
+        h.net.create(&task(4), &one()).await.unwrap();
+        h.sim.lose_namespace(&format!("ecsd-t-{}", task(4)));
+        assert_eq!(
+            (h.left()["rules"], h.left()["dns record files"]),
+            (2, 1),
+            "rules and records stay on the host"
+        );
+        h.net.remove(&task(4)).await.unwrap();
+        assert_eq!(h.left(), h.nothing_left());
+        assert_eq!(h.sim.calls("netavark teardown"), 1);
+        assert_eq!(
+            h.sim.calls(&format!("ip -n ecsd-t-{} link add eth0", task(4))),
+            1,
+            "with a stand-in eth0"
+        );
+
+        // A sandbox whose namespace is gone and whose netavark part was torn down (a crash
+        // between the two): no netavark run, no namespace made again.
+        h.net.create(&task(5), &one()).await.unwrap();
+        let state = h.net.inner.state_path(&task(5));
+        let saved = std::fs::read(&state).unwrap();
+        h.net.remove(&task(5)).await.unwrap();
+        std::fs::write(&state, saved).unwrap();
+        let adds = h.sim.calls("ip netns add");
+        h.net.remove(&task(5)).await.unwrap();
+        assert_eq!(h.left()["state files"], 0);
+        assert_eq!((h.sim.calls("netavark teardown"), h.sim.calls("ip netns add")), (2, adds));
+    }
+
+    #[tokio::test]
+    async fn the_last_sandbox_whose_namespace_was_lost_still_takes_its_bridge_along() {
+        // No DNS, no published port: nothing of the sandbox itself stays on the host
+        // once its namespace is gone, only the network's bridge and rules.
+        let h = host_with(false);
+        let plain = [SandboxSpec { container: None, attach: attach(false) }];
+        h.net.create(&task(20), &plain).await.unwrap();
+        h.net.create(&task(21), &plain).await.unwrap();
+        h.sim.lose_namespace(&format!("ecsd-t-{}", task(20)));
+        // Another sandbox is on the network: its bridge stays.
+        h.net.remove(&task(20)).await.unwrap();
+        assert_eq!((h.left()["bridges"], h.left()["network rules"], h.left()["state files"]), (1, 3, 1));
+        assert_eq!(h.sim.calls("netavark teardown"), 0);
+
+        h.sim.lose_namespace(&format!("ecsd-t-{}", task(21)));
+        h.net.remove(&task(21)).await.unwrap();
+        assert_eq!(h.left(), h.nothing_left());
+        assert_eq!(h.sim.calls("netavark teardown"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_namespace_that_cannot_be_deleted_is_deleted_by_the_next_removal() {
+        let h = host();
+        h.net.create(&task(6), &one()).await.unwrap();
+        h.sim.fail(Op::NetnsDelete, Fault::FailsAtOnce, 1);
+        let e = h.net.remove(&task(6)).await.unwrap_err();
+        assert!(matches!(held_of(&e), [Held::Namespace(_)]), "{e}");
+        assert_eq!((h.left()["addresses"], h.left()["state files"]), (0, 0), "the address is free already");
+        assert_eq!(h.net.list().await.unwrap(), vec![task(6)]);
+        h.net.remove(&task(6)).await.unwrap();
+        assert_eq!(h.left(), h.nothing_left());
+    }
+
+    #[tokio::test]
+    async fn when_what_is_left_cannot_be_checked_everything_counts_as_held() {
+        let h = host();
+        h.net.create(&task(7), &one()).await.unwrap();
+        h.sim.fail(Op::Teardown, Fault::FailsAtOnce, 1);
+        h.sim.fail(Op::IptablesSave, Fault::FailsAtOnce, 1);
+        let e = h.net.remove(&task(7)).await.unwrap_err();
+        let held = held_of(&e);
+        assert!(matches!(held, [Held::Address { .. }, Held::Namespace(_)]), "{held:?}");
+        assert!(crate::error_chain(&e).contains("cannot lock"), "{}", crate::error_chain(&e));
+        h.net.remove(&task(7)).await.unwrap();
+        assert_eq!(h.left(), h.nothing_left());
+    }
+
+    #[tokio::test]
+    async fn concurrent_removals_of_a_task_take_turns_and_tear_down_once() {
+        let h = host();
+        h.net.create(&task(8), &two()).await.unwrap();
+        let id = task(8);
+        let (a, b, c) = tokio::join!(h.net.remove(&id), h.net.remove(&id), h.net.remove(&id));
+        for r in [a, b, c] {
+            r.unwrap();
+        }
+        assert_eq!(h.left(), h.nothing_left());
+        assert_eq!(h.sim.calls("netavark teardown"), 2, "one per sandbox");
+        h.settled().await;
+    }
+
+    #[tokio::test]
+    async fn a_setup_that_fails_half_way_leaves_nothing() {
+        let h = host();
+        h.sim.fail(Op::Setup, Fault::SetupFailsHalfWay, 1);
+        let e = h.net.create(&task(9), &one()).await.unwrap_err();
+        assert!(matches!(e, NetworkError::Command { .. }), "{e:?}");
+        assert_eq!(h.left(), h.nothing_left());
+        // The second of two sandboxes fails: the first goes too.
+        h.sim.fail(Op::Setup, Fault::Works, 1);
+        h.sim.fail(Op::Setup, Fault::FailsAtOnce, 1);
+        h.net.create(&task(10), &two()).await.unwrap_err();
+        assert_eq!(h.sim.calls("netavark setup"), 3);
+        assert_eq!(h.left(), h.nothing_left());
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_caller_went_away_is_undone() {
+        let h = host();
+        // Positive control: a create whose caller waits keeps what it made.
+        h.sim.fail(Op::Setup, Fault::Stall, 1);
+        let (id, specs) = (task(11), one());
+        let (created, ()) = tokio::join!(h.net.create(&id, &specs), async {
+            h.sim.stalled.notified().await;
+            h.sim.release();
+        });
+        created.unwrap();
+        assert_eq!(h.left()["state files"], 1);
+        h.net.remove(&task(11)).await.unwrap();
+
+        h.sim.fail(Op::Setup, Fault::Stall, 1);
+        let caller = {
+            let net = Netavark { inner: h.net.inner.clone() };
+            tokio::spawn(async move { net.create(&task(12), &one()).await })
+        };
+        h.sim.stalled.notified().await;
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        h.sim.release();
+        h.settled().await;
+        assert_eq!(h.left(), h.nothing_left());
+    }
+
+    #[tokio::test]
+    async fn a_newer_create_is_not_undone_for_an_older_cancelled_one() {
+        let h = host();
+        h.sim.fail(Op::Setup, Fault::Stall, 1);
+        let spawn_create = || {
+            let net = Netavark { inner: h.net.inner.clone() };
+            tokio::spawn(async move { net.create(&task(13), &one()).await })
+        };
+        let older = spawn_create();
+        h.sim.stalled.notified().await;
+        // The newer create waits for its turn before the older one's caller goes away, so
+        // the undo of the older comes after it.
+        let newer = spawn_create();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        older.abort();
+        assert!(older.await.unwrap_err().is_cancelled());
+        h.sim.release();
+        let made = newer.await.unwrap().unwrap();
+        h.settled().await;
+        let left = h.left();
+        assert_eq!(
+            (left["namespaces"], left["state files"], left["addresses"], left["rules"]),
+            (1, 1, 1, 2),
+            "{left:?}"
+        );
+        assert!(made[0].netns.exists());
+        h.net.remove(&task(13)).await.unwrap();
+        assert_eq!(h.left(), h.nothing_left());
+    }
+
+    #[tokio::test]
+    async fn a_removal_during_a_create_waits_for_it_and_then_removes_everything() {
+        let h = host();
+        h.sim.fail(Op::NetnsAdd, Fault::Stall, 1);
+        let creating = {
+            let net = Netavark { inner: h.net.inner.clone() };
+            tokio::spawn(async move { net.create(&task(14), &one()).await })
+        };
+        h.sim.stalled.notified().await;
+        let removing = {
+            let net = Netavark { inner: h.net.inner.clone() };
+            tokio::spawn(async move { net.remove(&task(14)).await })
+        };
+        // (The test runtime has one thread: yielding lets the removal run as far as it can.)
+        let calls = h.sim.calls("");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(h.sim.calls(""), calls, "the removal waits for the create's turn to end");
+        h.sim.release();
+        creating.await.unwrap().unwrap();
+        removing.await.unwrap().unwrap();
+        assert_eq!(h.left(), h.nothing_left());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_state_file_does_not_block_removal() {
+        let h = host();
+        h.net.create(&task(15), &[SandboxSpec { container: None, attach: None }]).await.unwrap();
+        std::fs::write(h.net.inner.state_path(&task(15)), b"{not json").unwrap();
+        assert_eq!(h.net.list().await.unwrap(), vec![task(15)]);
+        h.net.remove(&task(15)).await.unwrap();
+        assert_eq!(h.left(), h.nothing_left());
+    }
+
+    #[tokio::test]
+    async fn unfinished_state_writes_are_cleared_at_start() {
+        let h = host();
+        let tmp = h.net.inner.state_dir.join(format!("{}.json.tmp", task(16)));
+        std::fs::write(&tmp, b"{").unwrap();
+        let again = Netavark::build(
+            h.net.inner.settings.clone(),
+            h.net.inner.namespaces.clone(),
+            &h.net.inner.state_dir,
+            &h.sim.sys_dir,
+            Duration::from_millis(1),
+        )
+        .unwrap();
+        assert!(!tmp.exists());
+        assert_eq!(again.list().await.unwrap(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn addresses_held_at_start_are_not_handed_out_again() {
+        let h = host();
+        let made = h.net.create(&task(17), &one()).await.unwrap();
+        let again = Netavark::build(
+            h.net.inner.settings.clone(),
+            h.net.inner.namespaces.clone(),
+            &h.net.inner.state_dir,
+            &h.sim.sys_dir,
+            Duration::from_millis(1),
+        )
+        .unwrap();
+        let used = &again.inner.ipam.lock().unwrap().used;
+        assert_eq!(used["default"], BTreeSet::from([made[0].iface.as_ref().unwrap().address]));
+    }
+
+    #[tokio::test]
+    async fn processes_that_outlive_the_timeout_are_killed() {
+        let quick = Processes { timeout: Duration::from_millis(200) };
+        quick.run(OsStr::new("true"), &[], None).await.unwrap();
+        let started = std::time::Instant::now();
+        let e = quick.run(OsStr::new("sleep"), &[OsStr::new("30")], None).await.unwrap_err();
+        assert!(matches!(e, NetworkError::Timeout { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "sleep 30 did not finish within 200ms and was killed");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn which_errors_are_worth_retrying() {
+        let io = |kind| std::io::Error::from(kind);
+        let spawn = |kind| NetworkError::Spawn { command: "netavark".into(), source: io(kind) };
+        let held = |cause: NetworkError| NetworkError::StillHeld {
+            task_id: "t".into(),
+            held: vec![Held::Namespace("/run/netns/x".into())],
+            cause: Some(Box::new(cause)),
+        };
+        let command = NetworkError::Command { command: "iptables".into(), stderr: "lock".into() };
+        assert!(!spawn(std::io::ErrorKind::NotFound).is_transient(), "a missing tool stays missing");
+        assert!(!held(spawn(std::io::ErrorKind::PermissionDenied)).is_transient());
+        assert!(spawn(std::io::ErrorKind::WouldBlock).is_transient(), "EAGAIN under load");
+        assert!(held(command).is_transient());
+        assert!(!NetworkError::UnknownNetwork("x".into()).is_transient());
+        let state = |kind| NetworkError::State { what: "cannot remove x".into(), source: io(kind) };
+        assert!(!state(std::io::ErrorKind::ReadOnlyFilesystem).is_transient());
+        assert!(state(std::io::ErrorKind::Interrupted).is_transient());
+    }
 
     #[test]
     fn ipam_skips_reserved_addresses_and_does_not_reuse_at_once() {

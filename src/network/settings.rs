@@ -1,6 +1,7 @@
 //! The task networks ecsd offers, and how ports are handed out: from the config file's
 //! `[networks.NAME]` and `[tasks]` tables, with a built-in default network.
 
+use crate::model::network::PortRange;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -236,7 +237,9 @@ impl Settings {
             .or_else(|| file.tasks.dynamic_host_ports.clone().map(|v| ("tasks.dynamic_host_ports", v)))
         {
             None => defaults.dynamic_ports,
-            Some((name, v)) => parse_port_range(&v).map_err(|r| err(name, r))?,
+            Some((name, v)) => PortRange::parse(&v)
+                .map(PortRange::ports)
+                .map_err(|e| err(name, format!("{e}, such as 49153-65535")))?,
         };
         let reserved_ports = match env("ECS_RESERVED_PORTS") {
             Some(v) => serde_json::from_str::<Vec<u16>>(&v).map_err(|_| {
@@ -280,18 +283,6 @@ impl Settings {
     pub fn network_for_subnet(&self, id: &str) -> Option<&NetworkDef> {
         self.networks.iter().find(|n| n.matches_subnet(id))
     }
-}
-
-/// `49153-65535`.
-pub fn parse_port_range(v: &str) -> Result<RangeInclusive<u16>, String> {
-    let bad = || format!("'{v}' is not a port range such as 49153-65535");
-    let (a, b) = v.split_once('-').ok_or_else(bad)?;
-    let a: u16 = a.trim().parse().map_err(|_| bad())?;
-    let b: u16 = b.trim().parse().map_err(|_| bad())?;
-    if a == 0 || a > b {
-        return Err(bad());
-    }
-    Ok(a..=b)
 }
 
 #[cfg(test)]

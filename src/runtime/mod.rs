@@ -144,6 +144,12 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Every container of the runtime's namespace with its labels and process status.
     async fn list(&self) -> Result<Vec<ContainerState>, RuntimeError>;
 
+    /// Whether the runtime answers now, as cheaply as it can tell (containerd: its version,
+    /// not a listing, which asks every shim for its state).
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.list().await.map(|_| ())
+    }
+
     /// The stream of exits. Called once; the runtime keeps it alive across reconnections.
     fn events(&self) -> mpsc::Receiver<Event>;
 }

@@ -26,6 +26,7 @@ use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod cache;
 pub mod records;
 
 type Raw = TableDefinition<'static, &'static str, &'static [u8]>;
@@ -34,12 +35,19 @@ type Raw = TableDefinition<'static, &'static str, &'static [u8]>;
 #[derive(Debug)]
 pub struct Table<V> {
     name: &'static str,
+    /// Its records are kept in the read cache ([`Store::get_raw`]).
+    cached: bool,
     _v: PhantomData<fn() -> V>,
 }
 
 impl<V> Table<V> {
     pub const fn new(name: &'static str) -> Self {
-        Table { name, _v: PhantomData }
+        Table { name, cached: false, _v: PhantomData }
+    }
+
+    /// A table whose hot records are served from memory by [`Store::get_raw`].
+    pub const fn cached(name: &'static str) -> Self {
+        Table { name, cached: true, _v: PhantomData }
     }
 
     fn def(&self) -> Raw {
@@ -110,6 +118,7 @@ struct Open {
 pub struct Store {
     open: RwLock<Option<Open>>,
     sync: Arc<Sync>,
+    cache: cache::Cache,
     durable_rx: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -151,6 +160,7 @@ impl Store {
         Ok(Store {
             open: RwLock::new(Some(Open { db, _lock: lock, syncer: Some(syncer) })),
             sync,
+            cache: cache::Cache::default(),
             durable_rx,
         })
     }
@@ -188,6 +198,37 @@ impl Store {
         // Transactions of callers that were mid-way hold the database until they end; the lock
         // file goes with `open` now, the database file with its last user.
         drop(open);
+    }
+
+    /// The stored JSON of one record of a cached table, from memory when it was read before
+    /// and not written since. Blocks on a miss (a store read).
+    pub fn get_raw<V>(&self, table: Table<V>, key: &str) -> Result<Option<Arc<[u8]>>, StoreError> {
+        if let Some(hit) = self.cached_raw(table, key) {
+            return Ok(hit);
+        }
+        let seen = self.sync.committed.load(Ordering::SeqCst);
+        let tx = self.db()?.begin_read().map_err(db_err)?;
+        let t = tx.open_table(table.def()).map_err(db_err)?;
+        let value: Option<Arc<[u8]>> = t.get(key).map_err(db_err)?.map(|v| Arc::from(v.value()));
+        if table.cached {
+            self.cache.fill(table.name, key, seen, self.sync.committed.load(Ordering::SeqCst), value.clone());
+        }
+        Ok(value)
+    }
+
+    /// [`Store::get_raw`] when memory has the answer, without touching the database: `None`
+    /// when it does not know.
+    pub fn cached_raw<V>(&self, table: Table<V>, key: &str) -> Option<Option<Arc<[u8]>>> {
+        if table.cached { self.cache.get(table.name, key) } else { None }
+    }
+
+    /// One record of a cached table, decoded; see [`Store::get_raw`].
+    pub fn get_cached<V: DeserializeOwned>(
+        &self,
+        table: Table<V>,
+        key: &str,
+    ) -> Result<Option<V>, StoreError> {
+        self.get_raw(table, key)?.map(|bytes| decode(table.name, key, &bytes)).transpose()
     }
 
     /// Runs `f` on a consistent snapshot.
@@ -228,11 +269,16 @@ impl Store {
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(db_err)?;
         tx.set_durability(Durability::None).map_err(|e| StoreError::Sync(e.to_string()))?;
-        let out = f(&Writer { tx: &tx })?;
+        let writer = Writer { tx: &tx, touched: std::cell::RefCell::new(vec![]) };
+        let out = f(&writer)?;
+        let touched = writer.touched.take();
         tx.commit().map_err(db_err)?;
         // Numbered after the commit, so the syncer's durable commit, which starts after it
         // reads the number, always includes every commit up to that number.
         let seq = self.sync.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        if !touched.is_empty() {
+            self.cache.invalidate(seq, touched);
+        }
         let mut st = self.sync.state.lock().unwrap_or_else(|e| e.into_inner());
         st.wanted = st.wanted.max(seq);
         drop(st);
@@ -333,6 +379,8 @@ impl std::fmt::Debug for Reader<'_> {
 /// Read and write access inside one write transaction.
 pub struct Writer<'a> {
     tx: &'a redb::WriteTransaction,
+    /// The keys of cached tables this transaction wrote.
+    touched: std::cell::RefCell<Vec<(&'static str, String)>>,
 }
 
 impl std::fmt::Debug for Writer<'_> {
@@ -451,13 +499,21 @@ impl Writer<'_> {
         })?;
         let mut t = self.tx.open_table(table.def()).map_err(db_err)?;
         t.insert(key, bytes.as_slice()).map_err(db_err)?;
+        self.touch(table, key);
         Ok(())
     }
 
     pub fn delete<V>(&self, table: Table<V>, key: &str) -> Result<bool, StoreError> {
         let mut t = self.tx.open_table(table.def()).map_err(db_err)?;
         let existed = t.remove(key).map_err(db_err)?.is_some();
+        self.touch(table, key);
         Ok(existed)
+    }
+
+    fn touch<V>(&self, table: Table<V>, key: &str) {
+        if table.cached {
+            self.touched.borrow_mut().push((table.name, key.to_owned()));
+        }
     }
 }
 

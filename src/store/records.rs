@@ -11,13 +11,13 @@ use crate::model::shapes::{Cluster, Setting, Tag, TaskDefinition};
 use crate::model::task::TaskRecord;
 
 /// Clusters by name. Counts that derive from tasks and services are not stored here.
-pub const CLUSTERS: Table<Cluster> = Table::new("clusters");
+pub const CLUSTERS: Table<Cluster> = Table::cached("clusters");
 /// Task definitions by [`task_definition_key`].
-pub const TASK_DEFINITIONS: Table<TaskDefinition> = Table::new("task_definitions");
+pub const TASK_DEFINITIONS: Table<TaskDefinition> = Table::cached("task_definitions");
 /// Per family bookkeeping, by family name.
 pub const FAMILIES: Table<Family> = Table::new("families");
 /// Tags by resource ARN.
-pub const TAGS: Table<Vec<Tag>> = Table::new("tags");
+pub const TAGS: Table<Vec<Tag>> = Table::cached("tags");
 /// Account settings by [`setting_key`].
 pub const ACCOUNT_SETTINGS: Table<Setting> = Table::new("account_settings");
 

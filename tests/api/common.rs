@@ -1,14 +1,11 @@
 //! Starting ecsd for a test and talking to it.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ecs::Client;
-use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use ecsd::Daemon;
-use ecsd::config::{Config, ServeArgs};
 use ecsd::model::time::{Clock, ManualClock, SystemClock};
 use ecsd::network::fake::FakeNetwork;
 use ecsd::runtime::ImageConfig;
@@ -29,26 +26,7 @@ pub struct Ecsd {
     env: Vec<(String, String)>,
 }
 
-pub fn config(dir: &Path, extra: &[(&str, &str)]) -> Config {
-    let args = ServeArgs {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(dir.to_owned()),
-        ..ServeArgs::default()
-    };
-    let vars: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    Config::resolve(&args, &|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())).expect("config")
-}
-
-pub fn client(url: &str) -> Client {
-    let conf = aws_sdk_ecs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-        .endpoint_url(url)
-        .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
-}
+pub use crate::support::{client, config, eventually};
 
 impl Ecsd {
     pub async fn start() -> Ecsd {
@@ -109,24 +87,6 @@ impl Ecsd {
             f()
         })
         .await
-    }
-}
-
-/// Polls `f` until it returns `Some`, for up to `secs` seconds.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {secs}s waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

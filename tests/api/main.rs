@@ -9,6 +9,8 @@ mod durability;
 mod networking;
 mod protocol;
 mod services;
+#[path = "../support/mod.rs"]
+mod support;
 mod tags;
 mod task_definitions;
 mod tasks;

@@ -4,10 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::Client;
-use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ecs::types::{
     ContainerCondition, ContainerDefinition, ContainerDependency, DesiredStatus, HostVolumeProperties,
     MountPoint, Task, Volume, builders::ContainerDefinitionBuilder,
@@ -32,62 +30,7 @@ pub const SIGUSR1: u32 = 10;
 /// Generous bound for a task to reach a status on a loaded 2-core machine.
 pub const WAIT: u64 = 60;
 
-pub fn socket() -> PathBuf {
-    match std::env::var_os("ECSD_TEST_CONTAINERD") {
-        Some(s) => PathBuf::from(s),
-        None => panic!(
-            "ECSD_TEST_CONTAINERD is not set: start a private containerd with `hack/containerd start DIR` \
-             and export ECSD_TEST_CONTAINERD=DIR/containerd.sock (hack/test does this for the root tier)"
-        ),
-    }
-}
-
-pub fn image_tar() -> PathBuf {
-    match std::env::var_os("ECSD_TEST_IMAGE") {
-        Some(s) => PathBuf::from(s),
-        None => panic!(
-            "ECSD_TEST_IMAGE is not set: build the image with `hack/build-test-image` and export \
-             ECSD_TEST_IMAGE=target/test-images/busybox.tar (hack/test does this for the root tier)"
-        ),
-    }
-}
-
-/// `RUST_LOG=ecsd=debug` shows the in-process daemon's logs with the test's output.
-pub fn init_tracing() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-pub fn client(url: &str) -> Client {
-    let conf = aws_sdk_ecs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-        .endpoint_url(url)
-        .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
-}
-
-/// Polls `f` every 5 ms until it returns `Some`, for up to `secs` seconds.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+pub use crate::support::{client, eventually, image_tar, init_tracing, socket};
 
 /// Runs a command to completion and returns its stdout; panics (with stderr) when it fails.
 pub async fn run_cmd(program: &str, args: &[&str]) -> String {
@@ -183,8 +126,16 @@ impl Ecsd {
     /// `[networks.NAME]` tables of `more_networks` (TOML, where `{n}` stands for `<n>`).
     pub async fn start_with_networks(env: &[(&str, &str)], more_networks: &str) -> Ecsd {
         init_tracing();
-        let n = NEXT_NETWORK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        assert!(n < 250, "out of test networks");
+        // A bridge of that name on the host (another run's leftover) would share the subnet:
+        // take the next free one, so this test checks only what it made itself.
+        let n = loop {
+            let n = NEXT_NETWORK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            assert!(n < 250, "out of test networks");
+            if !Path::new(&format!("/sys/class/net/ecsdt{n}")).exists() {
+                break n;
+            }
+            eprintln!("warning: bridge ecsdt{n} exists already (a leftover of another run); not using it");
+        };
         let namespace = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let names = ecsd::runtime::import::import(&socket(), &namespace, &image_tar())
             .await
@@ -244,18 +195,14 @@ impl Ecsd {
 
     pub fn config(&self) -> Config {
         let args = ServeArgs {
-            listen: Some("127.0.0.1:0".into()),
-            data_dir: Some(self.data.path().to_owned()),
             containerd_address: Some(socket()),
             namespace: Some(self.namespace.clone()),
             ..ServeArgs::default()
         };
         // The shim runs the log driver from the ecsd binary, not from this test binary.
-        let log_driver = ("ECSD_LOG_DRIVER".to_owned(), env!("CARGO_BIN_EXE_ecsd").to_owned());
-        let vars: Vec<(String, String)> =
-            self.env.iter().cloned().chain(std::iter::once(log_driver)).collect();
-        Config::resolve(&args, &|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
-            .expect("config")
+        let mut vars: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        vars.push(("ECSD_LOG_DRIVER", env!("CARGO_BIN_EXE_ecsd")));
+        crate::support::config_with(args, self.data.path(), &vars)
     }
 
     /// Starts a daemon on the data dir (again, after [`Ecsd::down`]).

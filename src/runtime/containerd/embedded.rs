@@ -284,7 +284,12 @@ async fn create_namespace(address: &Path, namespace: &str) {
         namespace: Some(api::Namespace { name: namespace.to_owned(), labels: Default::default() }),
     };
     match conn
-        .raw(at("create namespace", "namespace", namespace), PROBE_TIMEOUT, conn.namespaces().create(req))
+        // With the namespace header too: containerd publishes the creation as an event of it.
+        .raw(
+            at("create namespace", "namespace", namespace),
+            PROBE_TIMEOUT,
+            conn.namespaces().create(conn.request(req)),
+        )
         .await
     {
         Ok(Ok(_)) => {}

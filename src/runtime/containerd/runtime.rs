@@ -407,6 +407,10 @@ impl Runtime for ContainerdRuntime {
             .collect())
     }
 
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.conn.server_version().await.map(|_| ())
+    }
+
     fn events(&self) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel(EVENTS_BUFFER);
         match tokio::runtime::Handle::try_current() {

@@ -1,0 +1,86 @@
+//! What every integration test of ecsd shares: an SDK client for a daemon, the daemon's
+//! config for a test, waiting for a condition instead of sleeping, and where the root tier's
+//! private containerd and test image are. Each test crate includes it with `mod support;`
+//! (the API tests with a `#[path]`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_ecs::Client;
+use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
+use ecsd::config::{Config, ServeArgs};
+
+/// An SDK client for the ecsd at `url`, with any credentials (ecsd does not check them) and
+/// no retries, so a test sees every answer as it is.
+pub fn client(url: &str) -> Client {
+    let conf = aws_sdk_ecs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .endpoint_url(url)
+        .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
+        .build();
+    Client::from_conf(conf)
+}
+
+/// A daemon config for a test: a free port, `dir` as the data dir, and `extra` as the only
+/// environment it sees.
+pub fn config(dir: &Path, extra: &[(&str, &str)]) -> Config {
+    config_with(ServeArgs::default(), dir, extra)
+}
+
+/// [`config`] starting from `args` (a containerd address, a namespace...).
+pub fn config_with(args: ServeArgs, dir: &Path, extra: &[(&str, &str)]) -> Config {
+    let args = ServeArgs { listen: Some("127.0.0.1:0".into()), data_dir: Some(dir.to_owned()), ..args };
+    let vars: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::resolve(&args, &|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())).expect("config")
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, for up to `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `RUST_LOG=ecsd=debug` shows an in-process daemon's logs with the test's output.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// The root tier's private containerd (`hack/containerd start DIR`).
+pub fn socket() -> PathBuf {
+    match std::env::var_os("ECSD_TEST_CONTAINERD") {
+        Some(s) => PathBuf::from(s),
+        None => panic!(
+            "ECSD_TEST_CONTAINERD is not set: start a private containerd with `hack/containerd start DIR` \
+             and export ECSD_TEST_CONTAINERD=DIR/containerd.sock (hack/test does this for the root tier)"
+        ),
+    }
+}
+
+/// The test image `hack/build-test-image` builds.
+pub fn image_tar() -> PathBuf {
+    match std::env::var_os("ECSD_TEST_IMAGE") {
+        Some(s) => PathBuf::from(s),
+        None => panic!(
+            "ECSD_TEST_IMAGE is not set: build the image with `hack/build-test-image` and export \
+             ECSD_TEST_IMAGE=target/test-images/busybox.tar (hack/test does this for the root tier)"
+        ),
+    }
+}

@@ -8,7 +8,7 @@
 use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 
-use super::pagination::{Page, decode_token, encode_token};
+use super::pagination::{Page, after_token, encode_token};
 use super::{ApiError, Ctx, Exception, cluster_name, clusters, tasks};
 use crate::engine::{LaunchSpec, check_launch_type};
 use crate::model::arn::{ArnError, ResourceArn};
@@ -641,14 +641,7 @@ pub fn list_deployments(
             )));
         }
     };
-    let after = match req.next_token.as_deref() {
-        None | Some("") => None,
-        Some(t) => Some(decode_token(t).ok_or_else(|| {
-            ApiError::invalid_parameter(
-                "The nextToken is not valid: pass the nextToken of the previous response unchanged",
-            )
-        })?),
-    };
+    let after = after_token(req.next_token.as_deref())?;
     let statuses: Vec<ServiceDeploymentStatus> = req
         .status
         .as_deref()

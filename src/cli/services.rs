@@ -138,19 +138,9 @@ fn short_td(arn: &str) -> &str {
 
 /// A timestamp as `YYYY-MM-DD HH:MM:SS` (UTC).
 fn timestamp(secs: f64) -> String {
-    let s = secs.max(0.0) as i64;
-    let (days, rem) = (s.div_euclid(86_400), s.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0.0) as u64);
+    let iso = crate::runtime::logs::format_rfc3339(at, false);
+    iso.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
 /// The services as a table: one line per service, one indented line per deployment.

@@ -272,6 +272,31 @@ async fn create_with(e: &Ecsd, name: &str, td: &str, desired: i32, min: i32, max
     out.service().unwrap().clone()
 }
 
+/// Registers a good revision of `web` and a bad one (an image that does not exist), and
+/// creates the service `web` on the good one with the circuit breaker on; answers both ARNs.
+async fn breaker_service(e: &Ecsd, desired: i32, rollback: bool) -> (String, String) {
+    let good = register_web(e).await;
+    let bad =
+        register(e, "web", vec![ContainerDefinition::builder().name("app").image("nope").memory(32).build()])
+            .await;
+    e.client
+        .create_service()
+        .service_name("web")
+        .task_definition(&good)
+        .desired_count(desired)
+        .deployment_configuration(
+            DeploymentConfiguration::builder()
+                .deployment_circuit_breaker(
+                    DeploymentCircuitBreaker::builder().enable(true).rollback(rollback).build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    (good, bad)
+}
+
 async fn update_td(e: &Ecsd, name: &str, td: &str) -> Service {
     e.client
         .update_service()
@@ -667,28 +692,7 @@ async fn tasks_that_never_start_are_retried_with_a_growing_back_off_until_a_new_
 #[tokio::test]
 async fn the_circuit_breaker_fails_a_deployment_and_rolls_back_to_the_last_completed_one() {
     let e = Ecsd::start().await;
-    let good = register_web(&e).await;
-    let bad = register(
-        &e,
-        "web",
-        vec![ContainerDefinition::builder().name("app").image("nope").memory(32).build()],
-    )
-    .await;
-    e.client
-        .create_service()
-        .service_name("web")
-        .task_definition(&good)
-        .desired_count(3)
-        .deployment_configuration(
-            DeploymentConfiguration::builder()
-                .deployment_circuit_breaker(
-                    DeploymentCircuitBreaker::builder().enable(true).rollback(true).build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let (good, bad) = breaker_service(&e, 3, true).await;
     let s = until(&e, "web", "steady", steady).await;
     let first = s.deployments()[0].id().unwrap().to_owned();
     let s = update_td(&e, "web", &bad).await;
@@ -741,28 +745,7 @@ async fn the_circuit_breaker_fails_a_deployment_and_rolls_back_to_the_last_compl
 #[tokio::test]
 async fn without_rollback_a_tripped_deployment_stays_failed_and_launches_no_more() {
     let e = Ecsd::start().await;
-    let good = register_web(&e).await;
-    let bad = register(
-        &e,
-        "web",
-        vec![ContainerDefinition::builder().name("app").image("nope").memory(32).build()],
-    )
-    .await;
-    e.client
-        .create_service()
-        .service_name("web")
-        .task_definition(&good)
-        .desired_count(1)
-        .deployment_configuration(
-            DeploymentConfiguration::builder()
-                .deployment_circuit_breaker(
-                    DeploymentCircuitBreaker::builder().enable(true).rollback(false).build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let (_, bad) = breaker_service(&e, 1, false).await;
     until(&e, "web", "steady", steady).await;
     let s = update_td(&e, "web", &bad).await;
     let sd_arn = s.current_service_deployment().unwrap().to_owned();

@@ -14,7 +14,9 @@ export ECSD_ROOT
 # the tasks' network namespaces; busybox-static is what hack/build-test-image puts in the test
 # image; tini is the init of containers with initProcessEnabled; netavark, aardvark-dns and
 # iptables give tasks their interfaces, published ports and name resolution (Debian's netavark
-# 1.4 drives iptables); podman is what hack/bench-run compares awsvpc task starts with.
+# 1.4 drives iptables); podman is what hack/bench-run compares awsvpc task starts with;
+# docker-registry, skopeo and apache2-utils (htpasswd) make the registry lab of the pull tests
+# (hack/registry).
 ECSD_APT_PACKAGES=(
   ca-certificates curl jq
   python3 python3-venv
@@ -25,6 +27,7 @@ ECSD_APT_PACKAGES=(
   tini
   netavark aardvark-dns iptables
   podman
+  docker-registry skopeo apache2-utils
 )
 
 # The Python tools of the end-to-end tier and the benchmark, pinned to versions known to work

@@ -69,6 +69,70 @@ pub enum ImageCommand {
     /// Import an OCI image layout tar or a `docker save` tar into ecsd's containerd
     /// namespace, unpacked and ready for tasks.
     Import(ImportArgs),
+    /// Pull an image from its registry into ecsd's containerd namespace, unpacked and ready
+    /// for tasks, with the credentials a task would use (docker config, ECS_ENGINE_AUTH_DATA,
+    /// ECR with ecsd's own AWS identity).
+    Pull(PullArgs),
+    /// List the images of ecsd's containerd namespace.
+    Ls(LsArgs),
+    /// Remove images (refused while a container uses one).
+    Rm(RmArgs),
+}
+
+/// Where an image subcommand finds containerd: as `ecsd serve` does.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ContainerdArgs {
+    /// containerd's socket (env ECSD_CONTAINERD_ADDRESS); when nothing answers there, the
+    /// embedded containerd of the data dir is used. [default: /run/containerd/containerd.sock]
+    #[arg(long, value_name = "PATH")]
+    pub containerd_address: Option<PathBuf>,
+    /// containerd namespace (env ECSD_NAMESPACE). [default: ecs]
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
+    /// ecsd's data dir (env ECSD_DATA_DIR), to find an embedded containerd.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Arguments of `ecsd image pull`.
+#[derive(Debug, Clone, Args)]
+pub struct PullArgs {
+    /// The image, as a task definition names it (`busybox`, `127.0.0.1:5000/app:1`).
+    pub reference: String,
+    /// The platform to pull, `linux/amd64` or `linux/arm64[/v8]` [default: this host's];
+    /// only this host's is unpacked.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+}
+
+/// Arguments of `ecsd image ls`.
+#[derive(Debug, Clone, Args)]
+pub struct LsArgs {
+    /// `table` or `json`.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+}
+
+/// Arguments of `ecsd image rm`.
+#[derive(Debug, Clone, Args)]
+pub struct RmArgs {
+    /// The images to remove.
+    #[arg(required = true)]
+    pub references: Vec<String>,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+}
+
+/// How a listing command prints: a table for people, or JSON for scripts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
 }
 
 /// Arguments of `ecsd logs`.
@@ -108,13 +172,6 @@ pub struct ServicesArgs {
     /// table, or json (DescribeServices' answer).
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    #[default]
-    Table,
-    Json,
 }
 
 impl ServicesArgs {
@@ -185,7 +242,22 @@ Environment:
   ECS_DYNAMIC_HOST_PORT_RANGE  dynamic host ports for bridge mode (default 49153-65535)
   ECS_RESERVED_PORTS       host ports never handed out (default [22, 2375, 2376, 51678, 51679])
   ECSD_NETAVARK, ECSD_AARDVARK_DNS  the netavark and aardvark-dns binaries
-                           (default /usr/lib/podman/netavark, /usr/lib/podman/aardvark-dns)")]
+                           (default /usr/lib/podman/netavark, /usr/lib/podman/aardvark-dns)
+  ECS_IMAGE_PULL_BEHAVIOR  default, always, once or prefer-cached (default default)
+  ECS_IMAGE_PULL_TIMEOUT, ECS_IMAGE_PULL_INACTIVITY_TIMEOUT, ECS_MANIFEST_PULL_TIMEOUT
+                           a whole pull (2h), a stalled download (1m), a manifest (1m)
+  ECSD_INSECURE_REGISTRIES host[:port] list reached without TLS checks or over HTTP
+                           (loopback registries always are)
+  ECSD_REGISTRY_MIRRORS    URLs tried before Docker Hub
+  ECSD_MAX_CONCURRENT_DOWNLOADS  layers of one image downloaded at once (default 3)
+  ECS_ENGINE_AUTH_TYPE, ECS_ENGINE_AUTH_DATA  registry credentials (docker or dockercfg)
+  DOCKER_CONFIG            docker config dir with auths and credential helpers (~/.docker)
+  ECSD_ECR_REGISTRIES      registries (host[:port] list, or *) authenticated through ECR
+                           besides *.dkr.ecr.*.amazonaws.com
+  ECS_DISABLE_IMAGE_CLEANUP, ECS_IMAGE_CLEANUP_INTERVAL, ECS_IMAGE_MINIMUM_CLEANUP_AGE,
+  ECS_NUM_IMAGES_DELETE_PER_CYCLE, ECS_EXCLUDE_UNTRACKED_IMAGE,
+  ECS_ENABLE_UNTRACKED_IMAGE_CLEANUP, NON_ECS_IMAGE_MINIMUM_CLEANUP_AGE
+                           image cleanup, as the ECS agent's (30m, 1h, 5, none, false, 1h)")]
 pub struct ServeArgs {
     /// Address to serve the ECS API on; port 0 picks a free port. The bound address is
     /// printed as `ecsd listening on http://ADDR`. [default: 127.0.0.1:8000]
@@ -253,6 +325,8 @@ pub struct Config {
     pub aws: crate::aws::Settings,
     /// How task roles get their credentials (STS, or static keys offline).
     pub credentials: CredentialSettings,
+    /// Pulls (behaviour, registries, credentials) and image cleanup.
+    pub images: crate::engine::images::ImageSettings,
 }
 
 /// A value that cannot be used, reported as `NAME=value: reason`.
@@ -382,12 +456,14 @@ impl Config {
         };
 
         let (aws, credentials) = resolve_aws(env, &region)?;
+        let images = resolve_images(env, aws.endpoints.get(Service::Ecr).is_some())?;
 
         Ok(Config {
             network,
             metadata_rps,
             aws,
             credentials,
+            images,
             listen,
             data_dir,
             identity: Identity { region, account },
@@ -407,6 +483,124 @@ impl Config {
 }
 
 /// ecsd's AWS settings and how task roles get their keys.
+/// `ECS_IMAGE_*`, `ECS_ENGINE_AUTH_*`, the docker config and ecsd's registry settings, as
+/// the agent reads its variables (an unknown pull behaviour is `default`, intervals below
+/// the agent's floors are raised to them).
+fn resolve_images(
+    env: &dyn Fn(&str) -> Option<String>,
+    ecr_endpoint: bool,
+) -> Result<crate::engine::images::ImageSettings, ConfigError> {
+    use crate::engine::images::{CleanupSettings, ImageSettings, PullBehavior};
+    use crate::runtime::registry::RegistrySettings;
+    use crate::runtime::registry::credentials::EngineAuth;
+    let get = |k: &str| env(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let bad = |name: &str, value: &str, reason: &str| ConfigError {
+        name: name.into(),
+        value: value.into(),
+        reason: reason.into(),
+    };
+    let duration = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
+        match get(name) {
+            None => Ok(default),
+            Some(v) => {
+                parse_duration(&v).ok_or_else(|| bad(name, &v, "not a duration such as 30s, 2m or 1h30m"))
+            }
+        }
+    };
+    let flag = |name: &str| -> Result<bool, ConfigError> {
+        match get(name).as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(v) => Err(bad(name, v, "expected true or false")),
+        }
+    };
+    let list = |name: &str| -> Vec<String> {
+        get(name)
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    };
+    let defaults = RegistrySettings::default();
+    let mut registry = RegistrySettings {
+        insecure: list("ECSD_INSECURE_REGISTRIES"),
+        mirrors: list("ECSD_REGISTRY_MIRRORS"),
+        pull_timeout: duration("ECS_IMAGE_PULL_TIMEOUT", defaults.pull_timeout)?,
+        // The agent's floors: 1 minute of inactivity, 30 s for the manifest.
+        inactivity_timeout: duration("ECS_IMAGE_PULL_INACTIVITY_TIMEOUT", defaults.inactivity_timeout)?
+            .max(Duration::from_secs(60)),
+        request_timeout: duration("ECS_MANIFEST_PULL_TIMEOUT", defaults.request_timeout)?
+            .max(Duration::from_secs(30)),
+        ..defaults
+    };
+    if registry.pull_timeout.is_zero() {
+        return Err(bad("ECS_IMAGE_PULL_TIMEOUT", "0", "must be more than 0"));
+    }
+    for m in &registry.mirrors {
+        if !(m.starts_with("http://") || m.starts_with("https://")) {
+            return Err(bad("ECSD_REGISTRY_MIRRORS", m, "each mirror is an http:// or https:// URL"));
+        }
+    }
+    for r in &registry.insecure {
+        if r.contains("://") || r.contains('/') {
+            return Err(bad(
+                "ECSD_INSECURE_REGISTRIES",
+                r,
+                "each entry is a registry host[:port], without scheme or path",
+            ));
+        }
+    }
+    if let Some(v) = get("ECSD_MAX_CONCURRENT_DOWNLOADS") {
+        registry.max_concurrent_downloads = v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=32).contains(n))
+            .ok_or_else(|| bad("ECSD_MAX_CONCURRENT_DOWNLOADS", &v, "a number from 1 to 32"))?;
+    }
+    let engine_auth =
+        match (get("ECS_ENGINE_AUTH_TYPE"), env("ECS_ENGINE_AUTH_DATA").filter(|v| !v.trim().is_empty())) {
+            (Some(kind), Some(data)) => EngineAuth::parse(&kind, &data).map_err(|e| ConfigError {
+                name: "ECS_ENGINE_AUTH_DATA".into(),
+                // Never the value: it holds passwords.
+                value: "(hidden)".into(),
+                reason: e.to_string(),
+            })?,
+            _ => EngineAuth::default(),
+        };
+    let docker_config = get("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| get("HOME").map(|h| PathBuf::from(h).join(".docker")));
+    let cleanup_defaults = CleanupSettings::default();
+    let interval = duration("ECS_IMAGE_CLEANUP_INTERVAL", cleanup_defaults.interval)?;
+    let per_cycle = match get("ECS_NUM_IMAGES_DELETE_PER_CYCLE") {
+        None => cleanup_defaults.per_cycle,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= 1 => n as usize,
+            Ok(_) => cleanup_defaults.per_cycle,
+            Err(_) => return Err(bad("ECS_NUM_IMAGES_DELETE_PER_CYCLE", &v, "not a number")),
+        },
+    };
+    let cleanup = CleanupSettings {
+        enabled: !flag("ECS_DISABLE_IMAGE_CLEANUP")?,
+        interval: if interval < Duration::from_secs(600) { cleanup_defaults.interval } else { interval },
+        minimum_age: duration("ECS_IMAGE_MINIMUM_CLEANUP_AGE", cleanup_defaults.minimum_age)?,
+        per_cycle,
+        exclude: list("ECS_EXCLUDE_UNTRACKED_IMAGE"),
+        untracked: flag("ECS_ENABLE_UNTRACKED_IMAGE_CLEANUP")?,
+        untracked_minimum_age: duration(
+            "NON_ECS_IMAGE_MINIMUM_CLEANUP_AGE",
+            cleanup_defaults.untracked_minimum_age,
+        )?,
+    };
+    Ok(ImageSettings {
+        pull_behavior: get("ECS_IMAGE_PULL_BEHAVIOR").map(|v| PullBehavior::parse(&v)).unwrap_or_default(),
+        registry,
+        engine_auth,
+        docker_config,
+        ecr_registries: list("ECSD_ECR_REGISTRIES"),
+        ecr_endpoint_configured: ecr_endpoint,
+        cleanup,
+    })
+}
+
 fn resolve_aws(
     env: &dyn Fn(&str) -> Option<String>,
     region: &str,
@@ -739,6 +933,49 @@ mod tests {
         assert_eq!(
             err(&[("ECSD_STATIC_SESSION_TOKEN", "very-token")]),
             "ECSD_STATIC_ACCESS_KEY_ID=: required when ECSD_STATIC_SESSION_TOKEN is set"
+        );
+    }
+
+    #[test]
+    fn image_settings_follow_the_agent() {
+        use crate::engine::images::PullBehavior;
+        let c = resolve(ServeArgs::default(), &[("HOME", "/home/u")]).unwrap();
+        assert_eq!(c.images.pull_behavior, PullBehavior::Default);
+        assert_eq!(c.images.registry.pull_timeout, Duration::from_secs(7200));
+        assert_eq!(c.images.cleanup.interval, Duration::from_secs(1800));
+        assert_eq!(c.images.docker_config, Some(PathBuf::from("/home/u/.docker")));
+        let c = resolve(
+            ServeArgs::default(),
+            &[
+                ("ECS_IMAGE_PULL_BEHAVIOR", "prefer-cached"),
+                ("ECS_IMAGE_PULL_INACTIVITY_TIMEOUT", "5s"),
+                ("ECS_IMAGE_CLEANUP_INTERVAL", "5m"),
+                ("ECS_NUM_IMAGES_DELETE_PER_CYCLE", "0"),
+                ("ECSD_INSECURE_REGISTRIES", "reg.local:5000, other.local"),
+                ("DOCKER_CONFIG", "/etc/docker-cfg"),
+                ("ECS_ENGINE_AUTH_TYPE", "docker"),
+                ("ECS_ENGINE_AUTH_DATA", r#"{"reg.local:5000":{"username":"u","password":"p"}}"#),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.images.pull_behavior, PullBehavior::PreferCached);
+        assert_eq!(c.images.registry.inactivity_timeout, Duration::from_secs(60));
+        assert_eq!(c.images.cleanup.interval, Duration::from_secs(1800));
+        assert_eq!(c.images.cleanup.per_cycle, 5);
+        assert_eq!(c.images.registry.insecure, vec!["reg.local:5000", "other.local"]);
+        assert_eq!(c.images.docker_config, Some(PathBuf::from("/etc/docker-cfg")));
+        assert!(!c.images.engine_auth.is_empty());
+        let e = resolve(
+            ServeArgs::default(),
+            &[("ECS_ENGINE_AUTH_TYPE", "docker"), ("ECS_ENGINE_AUTH_DATA", "{\"r\": s3cret")],
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "ECS_ENGINE_AUTH_DATA");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let e = resolve(ServeArgs::default(), &[("ECSD_REGISTRY_MIRRORS", "mirror.local")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ECSD_REGISTRY_MIRRORS=mirror.local: each mirror is an http:// or https:// URL"
         );
     }
 

@@ -142,8 +142,9 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     if let Some(program) = &config.log_driver {
         options.log_driver = program.clone();
     }
-    let runtime =
-        runtime::ContainerdRuntime::new(options).map_err(|source| StartError::Runtime { source })?;
+    let runtime = runtime::ContainerdRuntime::new(options)
+        .map_err(|source| StartError::Runtime { source })?
+        .with_registry(config.images.registry.clone());
     let os = Os {
         cgroups: Some(engine::cgroups::Cgroups::new(std::path::Path::new("/sys/fs/cgroup"))),
         init: ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists()),
@@ -231,6 +232,7 @@ async fn serve(
                 cgroup_root: PathBuf::from("/sys/fs/cgroup"),
                 host_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 51679)),
             }),
+            images: config.images.clone(),
         },
         Arc::clone(&store),
         runtime,

@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+mod image_cmd;
+
 use clap::Parser;
 use ecsd::config::{
     Cli, Command, Config, ImageCommand, ImportArgs, LogFormat, LogsArgs, OutputFormat, ServeArgs,
@@ -17,8 +19,22 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Logs(args) => logs(&args),
         Command::Image(ImageCommand::Import(args)) => import(&args),
+        Command::Image(ImageCommand::Pull(args)) => client_runtime(image_cmd::pull(&args)),
+        Command::Image(ImageCommand::Ls(args)) => client_runtime(image_cmd::ls(&args)),
+        Command::Image(ImageCommand::Rm(args)) => client_runtime(image_cmd::rm(&args)),
         Command::Services(args) => services(&args),
         Command::LogDriver(args) => ecsd::runtime::logs::run_log_driver(args),
+    }
+}
+
+/// Runs a client subcommand on a small async runtime.
+fn client_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r.block_on(fut),
+        Err(e) => {
+            eprintln!("ecsd: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -128,20 +144,17 @@ fn import(args: &ImportArgs) -> ExitCode {
 }
 
 fn services(args: &ServicesArgs) -> ExitCode {
+    client_runtime(services_output(args))
+}
+
+async fn services_output(args: &ServicesArgs) -> ExitCode {
     use ecsd::cli::services::{Query, fetch, json, table};
     let query = Query {
         endpoint: args.endpoint(&env),
         cluster: args.cluster.clone(),
         services: args.services.clone(),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ecsd: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(fetch(&query)) {
+    match fetch(&query).await {
         Ok(services) => {
             let text = match args.output {
                 OutputFormat::Table => table(&services),

@@ -4,8 +4,8 @@
 //! limits) and one HTTP client with bounded time (connect and total timeouts) and bounded
 //! answers. A [`Client`] is that plus the keys to sign with and a region; each operation
 //! is one small method on it, built on two generic calls:
-//! [`Client::json`] (AWS JSON 1.1 with `X-Amz-Target`: Secrets Manager, SSM, and next ECR
-//! and CloudWatch Logs) and [`Client::query`] (the Query protocol: STS, and next IAM).
+//! [`Client::json`] (AWS JSON 1.1 with `X-Amz-Target`: Secrets Manager, SSM, ECR, and next
+//! CloudWatch Logs) and [`Client::query`] (the Query protocol: STS, and next IAM).
 //! S3's GetObject is the one REST call.
 //!
 //! Endpoints are resolved here, per [`Service`]: the configured URL (which `config` reads
@@ -18,6 +18,7 @@
 //! It must not put a key, a token, a signed header or a request body in an error or a
 //! log line.
 
+mod ecr;
 mod error;
 mod identity;
 mod s3;
@@ -34,6 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
+pub use ecr::EcrLogin;
 pub use error::{AwsError, Malformed, SigningFailure};
 pub use identity::{IssuedKeys, Keys, OwnIdentity};
 pub use secretsmanager::SecretValue;

@@ -162,6 +162,36 @@ async fn a_json_call_is_signed_and_its_answer_read() {
 }
 
 #[tokio::test]
+async fn ecr_logins_are_decoded_and_never_shown() {
+    // base64("AWS:ecr-password")
+    let (endpoint, seen) = scripted(vec![answer(
+        "200 OK",
+        "application/x-amz-json-1.1",
+        r#"{"authorizationData":[{"authorizationToken":"QVdTOmVjci1wYXNzd29yZA==","expiresAt":1700000000.5,
+            "proxyEndpoint":"https://123456789012.dkr.ecr.eu-west-1.amazonaws.com"}]}"#,
+    )])
+    .await;
+    let login = client(&endpoint, fast()).get_authorization_token(Some("123456789012")).await.unwrap();
+    assert_eq!((login.username.as_str(), login.password.as_str()), ("AWS", "ecr-password"));
+    assert_eq!(login.expires_at, std::time::UNIX_EPOCH + Duration::from_secs_f64(1700000000.5));
+    assert!(!format!("{login:?}").contains("ecr-password"));
+    let (head, body) = seen.lock().unwrap().requests[0].clone();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-amz-target: amazonec2containerregistry_v20150921.getauthorizationtoken"),
+        "{head}"
+    );
+    assert!(head.contains("/eu-west-1/ecr/aws4_request"), "{head}");
+    assert_eq!(body, r#"{"registryIds":["123456789012"]}"#);
+    let (endpoint, _) =
+        scripted(vec![answer("200 OK", "application/x-amz-json-1.1", r#"{"authorizationData":[]}"#)]).await;
+    assert!(matches!(
+        client(&endpoint, fast()).get_authorization_token(None).await,
+        Err(AwsError::Malformed { problem: Malformed::Missing("authorizationData"), .. })
+    ));
+}
+
+#[tokio::test]
 async fn a_query_call_posts_a_form_and_reads_xml() {
     let xml = r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleResult>

@@ -308,6 +308,18 @@ impl Endpoints {
         }
     }
 
+    /// The AWS access the endpoints use (for image pulls from ECR and Secrets Manager too).
+    pub fn aws(&self) -> &crate::aws::Aws {
+        &self.cfg.aws
+    }
+
+    /// The keys of task `rec`'s execution role (ecsd's own without one; the static keys
+    /// offline), as secrets are read with them: for ECR logins and `repositoryCredentials`.
+    pub async fn execution_keys(&self, rec: &TaskRecord) -> Result<crate::aws::Keys, CredentialError> {
+        let role = rec.execution_role_arn().map(|r| self.role_arn(r));
+        Ok(self.cfg.credentials.for_execution(&rec.id, role.as_deref()).await?.keys())
+    }
+
     /// Closes every listener (daemon shutdown).
     pub fn shutdown(&self) {
         self.shutdown.cancel();

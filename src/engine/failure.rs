@@ -4,6 +4,7 @@
 use crate::endpoints::{OpenError, ResolveError};
 use crate::network::NetworkError;
 use crate::runtime::RuntimeError;
+use crate::runtime::registry::RegistryError;
 use crate::spec::SpecError;
 
 /// A container that did not start, or a task that could not get what it needs first.
@@ -15,8 +16,11 @@ pub enum StartFailure {
     Endpoints(OpenError),
     #[error("{0}")]
     Secrets(ResolveError),
-    #[error("CannotPullContainerError: {0}{hint}", hint = pull_hint(.0))]
+    #[error("{}", pull_reason(.0))]
     Pull(RuntimeError),
+    /// The registry credentials could not be had (ECR, Secrets Manager, a credential helper).
+    #[error("{0}")]
+    RegistryAuth(crate::engine::registry_auth::AuthError),
     #[error("CannotCreateContainerError: {0}")]
     Create(CreateFailure),
     #[error("CannotStartContainerError: {0}")]
@@ -25,13 +29,23 @@ pub enum StartFailure {
     Dependency { container: String, why: DependencyFailure },
 }
 
-/// What the agent says for an image that is not present: ecsd has no registry pulls yet.
-fn pull_hint(e: &RuntimeError) -> &'static str {
-    match e {
-        RuntimeError::ImageNotFound { .. } | RuntimeError::InvalidReference { .. } => {
-            "; ecsd does not pull from registries yet: import the image with `ecsd image import FILE`"
+/// A failed pull in the agent's words, by cause. Since 2024 the agent starts three known
+/// causes with a hint (note its typographic apostrophe).
+fn pull_reason(e: &RuntimeError) -> String {
+    const EXISTS: &str = "The task can\u{2019}t pull the image. Check whether the image exists. ";
+    const NETWORK: &str = "The task can\u{2019}t pull the image. Check your network configuration. ";
+    let RuntimeError::Pull { error, .. } = e else {
+        return format!("CannotPullContainerError: {e}");
+    };
+    match error.as_ref() {
+        RegistryError::PullTimeout { .. } => format!("DockerTimeoutError: {error}"),
+        RegistryError::NotFound { .. } | RegistryError::Denied { .. } => {
+            format!("CannotPullContainerError: {EXISTS}{error}")
         }
-        _ => "",
+        RegistryError::Unreachable { .. } | RegistryError::Timeout { .. } => {
+            format!("CannotPullContainerError: {NETWORK}{error}")
+        }
+        _ => format!("CannotPullContainerError: {error}"),
     }
 }
 
@@ -77,14 +91,38 @@ mod tests {
 
     #[test]
     fn reasons_read_as_the_agent_writes_them() {
-        let missing = RuntimeError::ImageNotFound {
-            reference: "docker.io/library/x:1".into(),
-            namespace: "ecs".into(),
-        };
+        let missing = RuntimeError::pull(
+            "127.0.0.1:5000/x:1",
+            RegistryError::NotFound {
+                reference: "127.0.0.1:5000/x:1".into(),
+                code: Some("MANIFEST_UNKNOWN".into()),
+                message: Some("manifest unknown".into()),
+            },
+        );
         assert_eq!(
             StartFailure::Pull(missing).to_string(),
-            "CannotPullContainerError: image docker.io/library/x:1 is not present in containerd namespace ecs; \
-             ecsd does not pull from registries yet: import the image with `ecsd image import FILE`"
+            "CannotPullContainerError: The task can\u{2019}t pull the image. Check whether the image exists. \
+             failed to resolve reference \"127.0.0.1:5000/x:1\": 127.0.0.1:5000/x:1: not found: manifest unknown: \
+             manifest unknown"
+        );
+        let slow = RuntimeError::pull(
+            "x",
+            RegistryError::PullTimeout { after: std::time::Duration::from_secs(7200) },
+        );
+        assert_eq!(
+            StartFailure::Pull(slow).to_string(),
+            "DockerTimeoutError: Could not transition to pulled; timed out after waiting 2h0m0s"
+        );
+        let stalled = RuntimeError::pull(
+            "x",
+            RegistryError::Inactivity {
+                digest: "sha256:1".into(),
+                after: std::time::Duration::from_secs(60),
+            },
+        );
+        assert_eq!(
+            StartFailure::Pull(stalled).to_string(),
+            "CannotPullContainerError: inactivity time exceeded timeout while pulling image"
         );
         let dep = StartFailure::Dependency {
             container: "app".into(),

@@ -35,10 +35,12 @@ pub mod cgroups;
 mod decide;
 mod exec;
 pub mod failure;
-mod images;
+pub mod images;
 mod launch;
+mod pinning;
 pub mod placement;
 mod prepare;
+pub mod registry_auth;
 mod supervisor;
 mod view;
 
@@ -74,6 +76,8 @@ pub struct EngineConfig {
     pub network: Arc<crate::network::Settings>,
     /// The tasks' metadata and credentials endpoints and their secrets.
     pub endpoints: Arc<crate::endpoints::Endpoints>,
+    /// Pull behaviour, registry credentials, image cleanup.
+    pub images: images::ImageSettings,
 }
 
 impl EngineConfig {
@@ -148,6 +152,11 @@ pub struct Engine {
     background: Mutex<Vec<JoinHandle<()>>>,
     /// Cancelled when the daemon shuts down: supervisors of running tasks let go.
     pub(crate) shutdown: CancellationToken,
+    /// Registry credentials for pulls (ECR logins are cached here).
+    pub(crate) registry_auth: registry_auth::RegistryAuth,
+    /// Pull steps hold it for reading, an image cleanup cycle for writing, so an image is
+    /// never removed between a task's decision to use it and its containers' creation.
+    pub(crate) image_lock: tokio::sync::RwLock<()>,
 }
 
 impl Engine {
@@ -167,7 +176,10 @@ impl Engine {
                 ControlFlow::Continue(())
             })
         })?;
+        let registry_auth = registry_auth::RegistryAuth::new(cfg.images.clone(), cfg.endpoints.aws().clone());
         Ok(Arc::new(Engine {
+            registry_auth,
+            image_lock: tokio::sync::RwLock::new(()),
             store,
             runtime,
             network,
@@ -210,7 +222,37 @@ impl Engine {
         self.reconcile().await?;
         let sweep = tokio::spawn(Arc::clone(self).sweep());
         self.track(sweep);
+        let cleanup = &self.cfg.images.cleanup;
+        // prefer-cached keeps every image, as the agent does.
+        if cleanup.enabled && self.cfg.images.pull_behavior != images::PullBehavior::PreferCached {
+            let cleaner = tokio::spawn(Arc::clone(self).clean_images_periodically());
+            self.track(cleaner);
+        }
         Ok(())
+    }
+
+    async fn clean_images_periodically(self: Arc<Self>) {
+        loop {
+            self.clock.sleep(self.cfg.images.cleanup.interval).await;
+            if let Err(e) = self.clean_images().await {
+                warn!(error = %e, "image cleanup failed");
+            }
+        }
+    }
+
+    /// One image cleanup cycle (what `ECS_IMAGE_CLEANUP_INTERVAL` runs): removes up to
+    /// `ECS_NUM_IMAGES_DELETE_PER_CYCLE` images no live task uses, least recently used first.
+    /// Returns the names removed.
+    pub async fn clean_images(&self) -> Result<Vec<String>, RuntimeError> {
+        let _exclusive = self.image_lock.write().await;
+        let in_use: HashSet<String> = self
+            .view
+            .live()
+            .iter()
+            .flat_map(|t| t.containers.iter().map(|c| c.image.clone()).collect::<Vec<_>>())
+            .filter_map(|i| crate::runtime::reference::normalize(&i).ok())
+            .collect();
+        images::clean(&*self.runtime, &in_use, &self.cfg.images.cleanup, self.now()).await
     }
 
     fn track(&self, handle: JoinHandle<()>) {

@@ -16,6 +16,8 @@ use tracing::{info, warn};
 
 use super::decide::{self, CheckResult, Deps};
 use super::failure::{CreateFailure, StartFailure};
+use super::images::{self, Plan, PullBehavior};
+use super::registry_auth::{AuthError, AwsKeys, KeysError};
 use super::{Engine, Msg, prepare};
 use crate::endpoints::ResolvedEnv;
 use crate::model::shapes::ContainerDefinition;
@@ -23,7 +25,10 @@ use crate::model::task::{
     AttachmentStatus, ContainerRecord, ContainerStatus, Health, StopCode, StopReason, TaskRecord, TaskStatus,
 };
 use crate::model::time::Clock;
-use crate::runtime::{ContainerState, Image, ProcessStatus, Runtime, RuntimeError, Stdio};
+use crate::runtime::registry::manifest::Platform;
+use crate::runtime::{
+    ContainerState, Image, ImageSummary, ProcessStatus, PullOptions, Runtime, RuntimeError, Stdio,
+};
 use crate::spec;
 
 const SIGKILL: i32 = 9;
@@ -58,6 +63,38 @@ struct Supervisor {
     /// Each container's variables from `environmentFiles` and `secrets`, resolved when the
     /// task starts (again after a restart, never stored).
     resolved: Option<HashMap<String, ResolvedEnv>>,
+    /// The pull step is done (again after a restart, for the containers still pending).
+    pulled: bool,
+}
+
+/// One image a task needs, and the containers that use it.
+struct Wanted {
+    /// Normalised.
+    name: String,
+    /// As the container definition names it.
+    original: String,
+    containers: Vec<usize>,
+    repository_credentials: Option<String>,
+}
+
+/// Why one pull failed.
+enum PullFailure {
+    Runtime(RuntimeError),
+    Auth(AuthError),
+}
+
+/// The task's execution role keys, fetched only when a pull needs them (ECR, Secrets
+/// Manager).
+struct ExecutionKeys {
+    engine: Arc<Engine>,
+    rec: TaskRecord,
+}
+
+#[async_trait::async_trait]
+impl AwsKeys for ExecutionKeys {
+    async fn keys(&self) -> Result<crate::aws::Keys, KeysError> {
+        self.engine.cfg.endpoints.execution_keys(&self.rec).await.map_err(KeysError::Execution)
+    }
 }
 
 pub(crate) async fn run(
@@ -78,6 +115,7 @@ pub(crate) async fn run(
         dirty: false,
         answers: vec![],
         resolved: None,
+        pulled: false,
     };
     // A re-adopted task's endpoints come back on its namespaces.
     if s.rec.last > TaskStatus::Provisioning
@@ -325,11 +363,12 @@ impl Supervisor {
         if self.rec.desired != TaskStatus::Running {
             return;
         }
-        if self.rec.pull_stopped_at.is_none() {
+        if !self.pulled {
             self.pull().await;
             if self.rec.desired != TaskStatus::Running {
                 return;
             }
+            self.pulled = true;
         }
         if self.resolved.is_none() && self.rec.containers.iter().any(|c| c.status == ContainerStatus::Pending)
         {
@@ -391,27 +430,150 @@ impl Supervisor {
         }
     }
 
-    /// Resolves every image the task still needs; a missing one fails the task as ECS does.
+    /// Gets every image the task still needs as `ECS_IMAGE_PULL_BEHAVIOR` says: pulled from
+    /// its registry (all of them at once, while the task is PENDING) or taken as present.
+    /// A pull that fails stops the task with the agent's reason, unless the behaviour lets the
+    /// task run from an image already present.
     async fn pull(&mut self) {
-        self.rec.pull_started_at.get_or_insert(self.now());
+        let engine = Arc::clone(&self.engine);
+        let behavior = engine.cfg.images.pull_behavior;
+        // Each image once, with the containers that use it and their repositoryCredentials.
+        let mut wanted: Vec<Wanted> = Vec::new();
         for i in 0..self.rec.containers.len() {
             if self.rec.containers[i].status != ContainerStatus::Pending {
                 continue;
             }
-            let reference = self.rec.containers[i].image.clone();
-            let image = match self.image(&reference).await {
-                Ok(image) => image,
+            let original = self.rec.containers[i].image.clone();
+            let name = match crate::runtime::reference::normalize(&original) {
+                Ok(n) => n,
                 Err(e) => {
                     self.fail_to_start(Some(i), StartFailure::Pull(e));
                     return;
                 }
             };
-            let c = &mut self.rec.containers[i];
-            c.image_digest = Some(image.digest.clone());
-            c.image_id = Some(image.config_digest.clone());
+            let creds = self
+                .rec
+                .effective(&self.rec.containers[i].name)
+                .and_then(|d| d.repository_credentials.as_ref())
+                .and_then(|r| r.credentials_parameter.clone());
+            match wanted.iter_mut().find(|w| w.name == name && w.repository_credentials == creds) {
+                Some(w) => w.containers.push(i),
+                None => {
+                    wanted.push(Wanted { name, original, containers: vec![i], repository_credentials: creds })
+                }
+            }
         }
-        self.rec.pull_stopped_at = Some(self.now());
-        self.dirty = true;
+        if wanted.is_empty() {
+            return;
+        }
+        // No cleanup cycle removes an image between this decision and the containers' creation.
+        let lock = Arc::clone(&engine);
+        let _shared = lock.image_lock.read().await;
+        let local: Vec<ImageSummary> = match behavior {
+            PullBehavior::Once | PullBehavior::PreferCached => {
+                let engine = Arc::clone(&engine);
+                self.wait_for(async move { engine.runtime.images().await }).await.unwrap_or_else(|e| {
+                    warn!(error = %e, "cannot list the images present; pulling");
+                    vec![]
+                })
+            }
+            _ => vec![],
+        };
+        let plans: Vec<Plan> =
+            wanted.iter().map(|w| images::plan(behavior, local.iter().find(|i| i.name == w.name))).collect();
+        let pulling = plans.contains(&Plan::Pull);
+        if pulling {
+            self.rec.pull_started_at.get_or_insert(self.now());
+            self.dirty = true;
+            self.persist().await;
+            if self.rec.desired != TaskStatus::Running {
+                return;
+            }
+        }
+        let platform = self
+            .rec
+            .definition
+            .runtime_platform
+            .as_ref()
+            .and_then(|p| p.cpu_architecture.as_deref())
+            .and_then(Platform::parse);
+        let jobs: Vec<(String, Option<String>)> = wanted
+            .iter()
+            .zip(&plans)
+            .filter(|(_, p)| **p == Plan::Pull)
+            .map(|(w, _)| (w.name.clone(), w.repository_credentials.clone()))
+            .collect();
+        let rec = self.rec.clone();
+        let pulled: Vec<Result<Image, PullFailure>> = self
+            .wait_for(async move {
+                let keys = ExecutionKeys { engine: Arc::clone(&engine), rec };
+                let pulls = jobs.iter().map(|(name, creds)| {
+                    let (engine, keys, platform) = (&engine, &keys, platform.clone());
+                    async move {
+                        let r = crate::runtime::reference::parse_normalized(name)
+                            .map_err(PullFailure::Runtime)?;
+                        let credentials = engine
+                            .registry_auth
+                            .for_image(&r, creds.as_deref(), keys)
+                            .await
+                            .map_err(PullFailure::Auth)?;
+                        let options = PullOptions { credentials, platform, progress: None };
+                        engine.runtime.pull(name, options).await.map_err(PullFailure::Runtime)
+                    }
+                });
+                futures_util::future::join_all(pulls).await
+            })
+            .await;
+        if pulling {
+            self.rec.pull_stopped_at = Some(self.now());
+            self.dirty = true;
+        }
+        if self.rec.desired != TaskStatus::Running {
+            return;
+        }
+        let mut pulled = pulled.into_iter();
+        for (w, plan) in wanted.iter().zip(plans) {
+            let outcome = match plan {
+                Plan::UseLocal => self.image(&w.original).await.map_err(StartFailure::Pull),
+                Plan::Pull => match pulled.next() {
+                    Some(Ok(image)) => Ok(image),
+                    Some(Err(failure)) => {
+                        let failure = match failure {
+                            PullFailure::Runtime(e) => StartFailure::Pull(e),
+                            PullFailure::Auth(e) => StartFailure::RegistryAuth(e),
+                        };
+                        if behavior.pull_failure_is_fatal() {
+                            Err(failure)
+                        } else {
+                            // The agent's "will try to run anyway": an image already present.
+                            match self.image(&w.original).await {
+                                Ok(image) => {
+                                    warn!(image = %w.name, reason = %failure, "pull failed; running the image present");
+                                    Ok(image)
+                                }
+                                Err(_) => Err(failure),
+                            }
+                        }
+                    }
+                    None => Err(StartFailure::Pull(RuntimeError::Cancelled { operation: "pull image" })),
+                },
+            };
+            match outcome {
+                Ok(image) => {
+                    for &i in &w.containers {
+                        let c = &mut self.rec.containers[i];
+                        c.image_digest = Some(image.digest.clone());
+                        c.image_id = Some(image.config_digest.clone());
+                    }
+                    self.images.insert(w.original.clone(), image);
+                    self.dirty = true;
+                }
+                Err(failure) => {
+                    self.fail_to_start(w.containers.first().copied(), failure);
+                    return;
+                }
+            }
+        }
     }
 
     async fn image(&mut self, reference: &str) -> Result<Image, RuntimeError> {
@@ -548,6 +710,10 @@ impl Supervisor {
             .await
             .map_err(|e| create(CreateFailure::Runtime(e)))?;
         runtime.start(runtime_id).await.map_err(StartFailure::Start)?;
+        // The image's last use orders image cleanup.
+        if let Err(e) = runtime.image_used(&image.name, self.now()).await {
+            warn!(image = %image.name, error = %e, "cannot record the image's use");
+        }
         Ok(built)
     }
 

@@ -17,6 +17,12 @@ pub enum RuntimeError {
     /// The image is not present in the runtime.
     #[error("image {reference} is not present in containerd namespace {namespace}")]
     ImageNotFound { reference: String, namespace: String },
+    /// The pull from the registry failed (see the registry error for the cause).
+    #[error("{error}")]
+    Pull { reference: String, error: Box<super::registry::RegistryError> },
+    /// The image cannot be removed while containers use it.
+    #[error("image {reference} is in use by container(s) {}; stop the tasks that use it first", .containers.join(", "))]
+    ImageInUse { reference: String, containers: Vec<String> },
     #[error("image reference '{reference}' is not valid: {reason}")]
     InvalidReference { reference: String, reason: String },
     /// The image is present but cannot be run as it is.
@@ -105,6 +111,11 @@ pub enum ImageDefect {
 }
 
 impl RuntimeError {
+    /// A failed pull of `reference`.
+    pub fn pull(reference: &str, error: super::registry::RegistryError) -> Self {
+        RuntimeError::Pull { reference: reference.to_owned(), error: Box::new(error) }
+    }
+
     /// A local I/O failure on `path`.
     pub fn io(operation: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         RuntimeError::Io { operation, path: path.into(), source: Arc::new(source) }

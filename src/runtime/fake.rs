@@ -27,6 +27,14 @@ const PIPE_CAPACITY: usize = 64 << 10;
 #[derive(Debug, Default)]
 struct State {
     images: HashMap<String, ImageConfig>,
+    /// What the fake registry serves, by normalised reference.
+    remote: HashMap<String, ImageConfig>,
+    /// Pulls asked for, in order.
+    pulls: Vec<String>,
+    /// Pulls that fail with this error.
+    pull_errors: HashMap<String, super::registry::RegistryError>,
+    /// Image → last-used time, as `image_used` recorded it.
+    used: HashMap<String, f64>,
     containers: BTreeMap<String, (BTreeMap<String, String>, ProcessStatus)>,
     ignore_signals: HashSet<i32>,
     ignoring: HashSet<String>,
@@ -62,9 +70,31 @@ impl FakeRuntime {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes an image available under its normalised name.
+    /// Makes an image available under its normalised name, present and in the fake registry.
     pub fn add_image(&self, name: &str, config: ImageConfig) {
-        self.lock().images.insert(name.to_owned(), config);
+        let mut s = self.lock();
+        s.images.insert(name.to_owned(), config.clone());
+        s.remote.insert(name.to_owned(), config);
+    }
+
+    /// Makes an image available from the fake registry (not present until pulled).
+    pub fn add_remote_image(&self, name: &str, config: ImageConfig) {
+        self.lock().remote.insert(name.to_owned(), config);
+    }
+
+    /// Pulls of `name` fail with `error` from now on.
+    pub fn fail_pull(&self, name: &str, error: super::registry::RegistryError) {
+        self.lock().pull_errors.insert(name.to_owned(), error);
+    }
+
+    /// The references pulled so far, in order.
+    pub fn pulls(&self) -> Vec<String> {
+        self.lock().pulls.clone()
+    }
+
+    /// Whether the image is present (imported or pulled).
+    pub fn has_image(&self, name: &str) -> bool {
+        self.lock().images.contains_key(name)
     }
 
     /// Containers whose label `key` is `value`, by runtime id.
@@ -173,19 +203,79 @@ fn now() -> f64 {
     d.as_millis() as f64 / 1000.0
 }
 
+fn fake_image(reference: &str, config: ImageConfig) -> Image {
+    Image {
+        name: reference.to_owned(),
+        digest: format!("sha256:{:064x}", reference.len()),
+        config_digest: format!("sha256:{:064x}", reference.len() + 1),
+        config,
+    }
+}
+
 #[async_trait]
 impl Runtime for FakeRuntime {
+    async fn pull(&self, reference: &str, _options: super::PullOptions) -> Result<Image, RuntimeError> {
+        self.check()?;
+        let mut s = self.lock();
+        s.pulls.push(reference.to_owned());
+        if let Some(error) = s.pull_errors.get(reference).cloned() {
+            return Err(RuntimeError::pull(reference, error));
+        }
+        let Some(config) = s.remote.get(reference).cloned() else {
+            return Err(RuntimeError::pull(
+                reference,
+                super::registry::RegistryError::NotFound {
+                    reference: reference.to_owned(),
+                    code: Some("MANIFEST_UNKNOWN".into()),
+                    message: Some("manifest unknown".into()),
+                },
+            ));
+        };
+        s.images.insert(reference.to_owned(), config.clone());
+        Ok(fake_image(reference, config))
+    }
+
+    async fn images(&self) -> Result<Vec<super::ImageSummary>, RuntimeError> {
+        self.check()?;
+        let s = self.lock();
+        let mut out: Vec<super::ImageSummary> = s
+            .images
+            .keys()
+            .map(|name| super::ImageSummary {
+                name: name.clone(),
+                digest: fake_image(name, ImageConfig::default()).digest,
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                size: 0,
+                created_at: 0.0,
+                pulled_at: s.pulls.contains(name).then_some(0.0),
+                last_used_at: s.used.get(name).copied(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), RuntimeError> {
+        self.check()?;
+        match self.lock().images.remove(reference) {
+            Some(_) => Ok(()),
+            None => {
+                Err(RuntimeError::ImageNotFound { reference: reference.to_owned(), namespace: "fake".into() })
+            }
+        }
+    }
+
+    async fn image_used(&self, reference: &str, at: f64) -> Result<(), RuntimeError> {
+        self.lock().used.insert(reference.to_owned(), at);
+        Ok(())
+    }
+
     async fn image(&self, reference: &str) -> Result<Image, RuntimeError> {
         self.check()?;
         let config = self.lock().images.get(reference).cloned().ok_or_else(|| {
             RuntimeError::ImageNotFound { reference: reference.to_owned(), namespace: "fake".into() }
         })?;
-        Ok(Image {
-            name: reference.to_owned(),
-            digest: format!("sha256:{:064x}", reference.len()),
-            config_digest: format!("sha256:{:064x}", reference.len() + 1),
-            config,
-        })
+        Ok(fake_image(reference, config))
     }
 
     async fn prepare(&self, _id: &str, _image: &Image) -> Result<Rootfs, RuntimeError> {

@@ -17,7 +17,9 @@ mod exec;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod reference;
+pub mod registry;
 
+pub use containerd::pull::{LABEL_LAST_USED, LABEL_PULLED_AT, PullOptions};
 pub use containerd::{ContainerdOptions, ContainerdRuntime, embedded, import, logs};
 pub use embedded::EmbeddedContainerd;
 pub use error::{ImageDefect, RuntimeError};
@@ -50,6 +52,54 @@ pub struct ImageConfig {
     pub user: Option<String>,
     pub stop_signal: Option<String>,
     pub labels: BTreeMap<String, String>,
+}
+
+/// An image of the runtime's namespace, as `ecsd image ls` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSummary {
+    pub name: String,
+    /// The target's digest (what the tag resolved to).
+    pub digest: String,
+    pub media_type: String,
+    /// Bytes stored for this host's platform (compressed layers, config, manifests).
+    pub size: u64,
+    /// When the image record was created (epoch seconds).
+    pub created_at: f64,
+    /// When ecsd last pulled it; `None` for images it never pulled (imported ones).
+    pub pulled_at: Option<f64>,
+    /// When a task last started a container from it.
+    pub last_used_at: Option<f64>,
+}
+
+/// How a pull is going, for a progress display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullEvent {
+    /// The reference resolved to `digest`; these layers (digest, size) are to be fetched.
+    Resolved {
+        reference: String,
+        digest: String,
+        layers: Vec<(String, u64)>,
+    },
+    /// A blob's download starts, at `offset` when an earlier download is resumed.
+    Started {
+        digest: String,
+        total: u64,
+        offset: u64,
+    },
+    Progress {
+        digest: String,
+        done: u64,
+        total: u64,
+    },
+    /// A blob is in the content store; `cached`: nothing had to be downloaded.
+    Done {
+        digest: String,
+        downloaded: u64,
+        cached: bool,
+    },
+    /// Every blob is there; the layers are being unpacked.
+    Unpacking,
 }
 
 /// A container's root filesystem, prepared from its image and not yet in use.
@@ -110,6 +160,21 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Resolves a normalised image reference to an image present in the runtime, unpacking
     /// it for the snapshotter if needed.
     async fn image(&self, reference: &str) -> Result<Image, RuntimeError>;
+
+    /// Pulls `reference` (normalised) from its registry into the runtime and unpacks it for
+    /// this host. Concurrent pulls of one reference share one download.
+    async fn pull(&self, reference: &str, options: PullOptions) -> Result<Image, RuntimeError>;
+
+    /// The images of the runtime's namespace.
+    async fn images(&self) -> Result<Vec<ImageSummary>, RuntimeError>;
+
+    /// Removes image `reference` with the content and snapshots only it used; refused
+    /// (`ImageInUse`) while a container uses it.
+    async fn remove_image(&self, reference: &str) -> Result<(), RuntimeError>;
+
+    /// Records that a task started a container from image `reference` now (for the
+    /// least-recently-used order of image cleanup).
+    async fn image_used(&self, reference: &str, at: f64) -> Result<(), RuntimeError>;
 
     /// Prepares the root filesystem of container `id` from `image`.
     async fn prepare(&self, id: &str, image: &Image) -> Result<Rootfs, RuntimeError>;

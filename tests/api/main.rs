@@ -6,6 +6,7 @@ mod attributes;
 mod clusters;
 mod common;
 mod durability;
+mod images;
 mod networking;
 mod protocol;
 mod services;

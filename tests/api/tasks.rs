@@ -170,9 +170,11 @@ async fn a_missing_image_fails_the_task_cleanly() {
     let stopped = wait_status(&e, arn, "STOPPED").await;
     assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("TaskFailedToStart"));
     let reason = stopped.stopped_reason().unwrap();
-    assert!(
-        reason.starts_with("CannotPullContainerError: image docker.io/nope/missing:1.0 is not present"),
-        "{reason}"
+    assert_eq!(
+        reason,
+        "CannotPullContainerError: The task can\u{2019}t pull the image. Check whether the image exists. \
+         failed to resolve reference \"docker.io/nope/missing:1.0\": docker.io/nope/missing:1.0: not found: \
+         manifest unknown: manifest unknown"
     );
     assert_eq!(stopped.containers()[0].reason(), Some(reason));
     assert!(stopped.containers()[0].exit_code().is_none());

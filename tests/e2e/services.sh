@@ -77,7 +77,7 @@ socket=$containerd_dir/containerd.sock
 data=$tmp/data
 mkdir -p "$data"
 env -u ECS_ENDPOINT_URL -u ECSD_LISTEN -u ECSD_DATA_DIR -u ECSD_CONFIG \
-  ECSD_SERVICE_STABILIZATION=1s ECSD_LOG_DRIVER="$ECSD_BIN" \
+  ECSD_SERVICE_STABILIZATION=1s ECS_IMAGE_PULL_BEHAVIOR=prefer-cached ECSD_LOG_DRIVER="$ECSD_BIN" \
   "$ECSD_BIN" serve --listen 127.0.0.1:0 --data-dir "$data" --containerd-address "$socket" \
   --namespace e2e-services >"$tmp/ecsd.out" 2>"$tmp/ecsd.err" &
 ECSD_PID=$!

@@ -160,6 +160,11 @@ impl Ecsd {
         )
         .unwrap();
         e.env.push(("ECSD_CONFIG".into(), config.display().to_string()));
+        // The imported test images are in no registry: a default-behaviour pull would go to
+        // Docker Hub. Tests of pulls set the behaviour they test.
+        if !e.env.iter().any(|(k, _)| k == "ECS_IMAGE_PULL_BEHAVIOR") {
+            e.env.push(("ECS_IMAGE_PULL_BEHAVIOR".into(), "prefer-cached".into()));
+        }
         e.up().await;
         e
     }
@@ -506,7 +511,8 @@ impl Drop for Ecsd {
         for name in self.netns_left() {
             let _ = std::process::Command::new("ip").args(["netns", "delete", &name]).output();
         }
-        for image in IMAGES {
+        // The test images, and whatever a test pulled.
+        for image in ctr(&["images", "ls", "-q"]).lines() {
             ctr(&["images", "rm", "--sync", image]);
         }
         let _ = std::process::Command::new("ctr")

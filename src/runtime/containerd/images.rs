@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::SNAPSHOTTER;
 use super::connection::{CALL_TIMEOUT, Conn, StatusKind, at, classify};
-use crate::runtime::{Image, ImageConfig, ImageDefect, RuntimeError};
+use crate::runtime::{Image, ImageConfig, ImageDefect, ImageSummary, RuntimeError};
 
 pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -56,7 +56,7 @@ impl Descriptor {
         }
     }
 
-    fn from_proto(d: &ProtoDescriptor) -> Self {
+    pub(crate) fn from_proto(d: &ProtoDescriptor) -> Self {
         Descriptor {
             media_type: d.media_type.clone(),
             digest: d.digest.clone(),
@@ -368,7 +368,7 @@ pub(crate) async fn diff_ids(
     parse_config(&data).map(|(_, d)| d).map_err(|e| bad_json(image, config_digest, &e))
 }
 
-fn parse_config(data: &[u8]) -> Result<(ImageConfig, Vec<String>), serde_json::Error> {
+pub(crate) fn parse_config(data: &[u8]) -> Result<(ImageConfig, Vec<String>), serde_json::Error> {
     let file: ConfigFile = serde_json::from_slice(data)?;
     let body = file.config.unwrap_or_default();
     let config = ImageConfig {
@@ -511,11 +511,138 @@ async fn apply_and_commit(
     match conn.raw(unpack_at, CALL_TIMEOUT, conn.snapshots().commit(conn.leased(req, lease)?)).await? {
         Ok(_) => {
             debug!(image, layer = %layer.digest, chain, "committed layer");
+            // As containerd's unpacker: the layer names its uncompressed digest.
+            let label = HashMap::from([("containerd.io/uncompressed".to_owned(), diff_id.to_owned())]);
+            super::content::set_labels(conn, &layer.digest, label).await?;
             Ok(true)
         }
         Err(s) if classify(&s) == StatusKind::AlreadyExists => Ok(false),
         Err(s) => Err(conn.error(s, unpack_at)),
     }
+}
+
+/// Creates image `name` → `target` with `labels`, replacing the target (and those labels) of
+/// an existing image of that name.
+pub(crate) async fn create_image(
+    conn: &Conn,
+    name: &str,
+    target: &Descriptor,
+    labels: &HashMap<String, String>,
+) -> Result<(), RuntimeError> {
+    let image = api::Image {
+        name: name.to_owned(),
+        target: Some(target.to_proto()),
+        labels: labels.clone(),
+        ..Default::default()
+    };
+    let create_at = at("create image", "image", name);
+    let req = conn.request(api::CreateImageRequest { image: Some(image.clone()), source_date_epoch: None });
+    match conn.raw(create_at, CALL_TIMEOUT, conn.images().create(req)).await? {
+        Ok(_) => Ok(()),
+        Err(s) if classify(&s) == StatusKind::AlreadyExists => {
+            let mut paths = vec!["target".to_owned()];
+            paths.extend(labels.keys().map(|k| format!("labels.{k}")));
+            let req = conn.request(api::UpdateImageRequest {
+                image: Some(image),
+                update_mask: Some(prost_types::FieldMask { paths }),
+                source_date_epoch: None,
+            });
+            conn.call(create_at, conn.images().update(req)).await.map(|_| ())
+        }
+        Err(s) => Err(conn.error(s, create_at)),
+    }
+}
+
+/// Every image of the namespace with what `ecsd image ls` and the cleanup need.
+pub(crate) async fn list_images(conn: &Conn) -> Result<Vec<ImageSummary>, RuntimeError> {
+    let ns = conn.namespace().to_owned();
+    let req = conn.request(api::ListImagesRequest { filters: vec![] });
+    let images = conn.call(at("list images", "namespace", &ns), conn.images().list(req)).await?.images;
+    let mut out = Vec::with_capacity(images.len());
+    for i in images {
+        let Some(target) = i.target.as_ref().map(Descriptor::from_proto) else { continue };
+        let size = image_size(conn, &i.name, &target).await;
+        let label = |k: &str| i.labels.get(k).and_then(|v| v.parse::<f64>().ok());
+        out.push(ImageSummary {
+            name: i.name.clone(),
+            digest: target.digest.clone(),
+            media_type: target.media_type.clone(),
+            size,
+            created_at: super::connection::epoch_seconds(i.created_at.as_ref()),
+            pulled_at: label(super::pull::LABEL_PULLED_AT),
+            last_used_at: label(super::pull::LABEL_LAST_USED),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The bytes of an image for this host as stored (compressed): its index, manifest, config
+/// and layers; what is missing counts nothing.
+async fn image_size(conn: &Conn, name: &str, target: &Descriptor) -> u64 {
+    let mut total = target.size.max(0) as u64;
+    let Ok(data) = read_blob(conn, name, &target.digest, JSON_BLOB_MAX).await else { return total };
+    let manifest_data = if blob_kind(&target.media_type, &data) == BlobKind::Index {
+        let Ok(index) = serde_json::from_slice::<Index>(&data) else { return total };
+        let Some(m) = select_manifest(&index) else { return total };
+        total += m.size.max(0) as u64;
+        match read_blob(conn, name, &m.digest, JSON_BLOB_MAX).await {
+            Ok(d) => d,
+            Err(_) => return total,
+        }
+    } else {
+        data
+    };
+    if let Ok(m) = serde_json::from_slice::<Manifest>(&manifest_data) {
+        total += m.config.size.max(0) as u64;
+        total += m.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+    }
+    total
+}
+
+/// Sets label `key` of image `name`; a missing image is not an error (it went meanwhile).
+pub(crate) async fn label_image(conn: &Conn, name: &str, key: &str, value: &str) -> Result<(), RuntimeError> {
+    let image = api::Image {
+        name: name.to_owned(),
+        labels: HashMap::from([(key.to_owned(), value.to_owned())]),
+        ..Default::default()
+    };
+    let req = conn.request(api::UpdateImageRequest {
+        image: Some(image),
+        update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{key}")] }),
+        source_date_epoch: None,
+    });
+    conn.call_opt(at("label image", "image", name), conn.images().update(req)).await.map(|_| ())
+}
+
+/// Removes image `name`, and with it (containerd's GC, run before this returns) its content
+/// and snapshots that nothing else references. Refused while a container uses the image.
+pub(crate) async fn remove_image(conn: &Conn, name: &str) -> Result<(), RuntimeError> {
+    let filter = format!("image=={}", quote_filter(name));
+    let req = conn.request(api::ListContainersRequest { filters: vec![filter] });
+    let users: Vec<String> = conn
+        .call(at("list the containers of an image", "image", name), conn.containers().list(req))
+        .await?
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if !users.is_empty() {
+        return Err(RuntimeError::ImageInUse { reference: name.to_owned(), containers: users });
+    }
+    let req = conn.request(api::DeleteImageRequest { name: name.to_owned(), sync: true, target: None });
+    match conn.call_opt(at("remove image", "image", name), conn.images().delete(req)).await? {
+        Some(_) => Ok(()),
+        None => Err(RuntimeError::ImageNotFound {
+            reference: name.to_owned(),
+            namespace: conn.namespace().to_owned(),
+        }),
+    }
+}
+
+/// A value in containerd's filter syntax: quoted, with `"` and `\` escaped.
+fn quote_filter(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 #[cfg(test)]

@@ -13,12 +13,12 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use containerd_client::services::v1 as api;
-use containerd_client::services::v1::WriteAction;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::connection::{CALL_TIMEOUT, Conn, StatusKind, at, classify};
+use super::connection::{Conn, at};
+use super::content::{self, ContentWriter, Opened, content_exists};
 use super::images::{self as image, BlobKind, Descriptor, Index, Manifest};
 use crate::runtime::{RuntimeError, reference};
 
@@ -92,7 +92,7 @@ async fn import_leased(conn: &Conn, lease: &str, file: &Path) -> Result<Vec<Stri
     let mut names = Vec::new();
     for (name, target) in &images {
         label_children(conn, name, target, 0).await?;
-        create_image(conn, name, target).await?;
+        image::create_image(conn, name, target, &HashMap::new()).await?;
         if image::has_host_manifest(conn, name, target).await? {
             let resolved = image::resolve_target(conn, name, target).await?;
             image::ensure_unpacked(conn, &resolved).await?;
@@ -312,7 +312,7 @@ struct BlobSink {
     hasher: Sha256,
     written: u64,
     head: Vec<u8>,
-    writer: Option<ContentWriter>,
+    writer: Option<Box<ContentWriter>>,
 }
 
 impl BlobSink {
@@ -320,7 +320,7 @@ impl BlobSink {
         let expected = blob_path_digest(&path);
         let writer = match &expected {
             Some(d) if content_exists(conn, d).await? => None,
-            _ => ContentWriter::open(conn, lease, size, expected.as_deref()).await?,
+            _ => open_writer(conn, lease, size, expected.as_deref()).await?,
         };
         Ok(BlobSink { path, expected, size, hasher: Sha256::new(), written: 0, head: Vec::new(), writer })
     }
@@ -346,135 +346,27 @@ impl BlobSink {
             ));
         }
         if let Some(w) = self.writer {
-            w.commit(self.size, &digest).await?;
+            w.commit(self.size, &digest, HashMap::new()).await?;
         }
         let blob = Blob { digest, size: self.size as i64, compression: sniff(&self.head) };
         Ok((self.path, blob))
     }
 }
 
-async fn content_exists(conn: &Conn, digest: &str) -> Result<bool, RuntimeError> {
-    let req = conn.request(api::InfoRequest { digest: digest.to_owned() });
-    Ok(conn.call_opt(at("look up content", "content", digest), conn.content().info(req)).await?.is_some())
-}
-
-/// A Content.Write session: STAT, then WRITE per chunk, then COMMIT, one answer each.
-///
-/// The session may start with data in it: containerd copies a blob that another namespace
-/// already has into the new ingest, and STAT reports that as the offset. The writer then
-/// skips that much of what it is given, as containerd's own `content.Copy` resumes.
-struct ContentWriter {
-    tx: mpsc::Sender<api::WriteContentRequest>,
-    responses: tonic::Streaming<api::WriteContentResponse>,
-    conn: Conn,
-    reference: String,
-    offset: i64,
-    /// Bytes of the caller's data containerd already has.
-    skip: u64,
-}
-
-impl ContentWriter {
-    /// `None` when containerd already has the expected content.
-    async fn open(
-        conn: &Conn,
-        lease: &str,
-        size: u64,
-        expected: Option<&str>,
-    ) -> Result<Option<ContentWriter>, RuntimeError> {
-        let reference = format!("ecsd-import-{}", uuid::Uuid::new_v4().simple());
-        let write_at = at("write image content", "content", expected.unwrap_or(&reference));
-        let (tx, rx) = mpsc::channel(4);
-        let stat = api::WriteContentRequest {
-            action: WriteAction::Stat as i32,
-            r#ref: reference.clone(),
-            total: size as i64,
-            expected: expected.unwrap_or_default().to_owned(),
-            ..Default::default()
-        };
-        let _ = tx.send(stat).await;
-        let req = conn.leased(tokio_stream::wrappers::ReceiverStream::new(rx), lease)?;
-        let mut responses = match conn.raw(write_at, CALL_TIMEOUT, conn.content().write(req)).await? {
-            Ok(r) => r,
-            Err(s) if classify(&s) == StatusKind::AlreadyExists => return Ok(None),
-            Err(s) => return Err(conn.error(s, write_at)),
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, responses.message()).await {
-            Ok(Ok(Some(status))) => Ok(Some(ContentWriter {
-                tx,
-                responses,
-                conn: conn.clone(),
-                reference,
-                offset: status.offset,
-                skip: u64::try_from(status.offset).unwrap_or(0),
-            })),
-            Ok(Ok(None)) => Err(RuntimeError::StreamEnded { operation: write_at.operation }),
-            Ok(Err(s)) if classify(&s) == StatusKind::AlreadyExists => Ok(None),
-            Ok(Err(s)) => Err(conn.error(s, write_at)),
-            Err(_) => Err(RuntimeError::Timeout { operation: write_at.operation, after: CALL_TIMEOUT }),
-        }
+/// A writer for one archive blob (a fresh ingest, fed from the blob's first byte); `None`
+/// when containerd has the content already.
+async fn open_writer(
+    conn: &Conn,
+    lease: &str,
+    size: u64,
+    expected: Option<&str>,
+) -> Result<Option<Box<ContentWriter>>, RuntimeError> {
+    let reference = format!("ecsd-import-{}", uuid::Uuid::new_v4().simple());
+    match ContentWriter::open(conn, lease, &reference, size, expected).await? {
+        Opened::Writer(w) => Ok(Some(w.skipping())),
+        // A fresh random ingest cannot be held by anyone else.
+        Opened::Exists | Opened::Locked => Ok(None),
     }
-
-    async fn exchange(&mut self, req: api::WriteContentRequest) -> Result<Option<i64>, RuntimeError> {
-        let write_at = at("write image content", "content", &self.reference);
-        let closed = || RuntimeError::StreamEnded { operation: write_at.operation };
-        if self.tx.send(req).await.is_err() {
-            // The request stream is gone: the session's error, if any, is in the responses.
-            return match self.responses.message().await {
-                Err(s) => Err(self.conn.error(s, write_at)),
-                Ok(_) => Err(closed()),
-            };
-        }
-        match tokio::time::timeout(CALL_TIMEOUT, self.responses.message()).await {
-            Ok(Ok(Some(resp))) => Ok(Some(resp.offset)),
-            Ok(Ok(None)) => Err(closed()),
-            Ok(Err(s)) if classify(&s) == StatusKind::AlreadyExists => Ok(None),
-            Ok(Err(s)) => Err(self.conn.error(s, write_at)),
-            Err(_) => Err(RuntimeError::Timeout { operation: write_at.operation, after: CALL_TIMEOUT }),
-        }
-    }
-
-    async fn write(&mut self, mut data: Vec<u8>) -> Result<(), RuntimeError> {
-        if self.skip > 0 {
-            let n = data.len().min(usize::try_from(self.skip).unwrap_or(usize::MAX));
-            data.drain(..n);
-            self.skip -= n as u64;
-            if data.is_empty() {
-                return Ok(());
-            }
-        }
-        let req = api::WriteContentRequest {
-            action: WriteAction::Write as i32,
-            offset: self.offset,
-            data,
-            ..Default::default()
-        };
-        if let Some(offset) = self.exchange(req).await? {
-            self.offset = offset;
-        }
-        Ok(())
-    }
-
-    async fn commit(mut self, size: u64, digest: &str) -> Result<(), RuntimeError> {
-        let req = api::WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            offset: self.offset,
-            total: size as i64,
-            expected: digest.to_owned(),
-            ..Default::default()
-        };
-        self.exchange(req).await?;
-        Ok(())
-    }
-}
-
-/// Writes `data` as a blob and returns its digest.
-async fn write_bytes(conn: &Conn, lease: &str, data: &[u8]) -> Result<String, RuntimeError> {
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
-    if let Some(mut w) = ContentWriter::open(conn, lease, data.len() as u64, Some(&digest)).await? {
-        w.write(data.to_vec()).await?;
-        w.commit(data.len() as u64, &digest).await?;
-    }
-    Ok(digest)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -520,7 +412,7 @@ async fn docker_images(
             "layers": layers,
         });
         let data = serde_json::to_vec(&manifest).map_err(|e| format_error(file, e.to_string()))?;
-        let digest = write_bytes(conn, lease, &data).await?;
+        let digest = content::write_bytes(conn, lease, None, &data, HashMap::new()).await?;
         let target = Descriptor {
             media_type: image::OCI_MANIFEST.into(),
             digest,
@@ -569,25 +461,6 @@ async fn label_children(conn: &Conn, image: &str, desc: &Descriptor, depth: u32)
     conn.call(at("label image content", "content", &desc.digest), conn.content().update(conn.request(req)))
         .await?;
     Ok(())
-}
-
-/// Creates image `name` → `target`, replacing the target of an existing image of that name.
-async fn create_image(conn: &Conn, name: &str, target: &Descriptor) -> Result<(), RuntimeError> {
-    let image = api::Image { name: name.to_owned(), target: Some(target.to_proto()), ..Default::default() };
-    let create_at = at("create image", "image", name);
-    let req = conn.request(api::CreateImageRequest { image: Some(image.clone()), source_date_epoch: None });
-    match conn.raw(create_at, CALL_TIMEOUT, conn.images().create(req)).await? {
-        Ok(_) => Ok(()),
-        Err(s) if classify(&s) == StatusKind::AlreadyExists => {
-            let req = conn.request(api::UpdateImageRequest {
-                image: Some(image),
-                update_mask: Some(prost_types::FieldMask { paths: vec!["target".into()] }),
-                source_date_epoch: None,
-            });
-            conn.call(create_at, conn.images().update(req)).await.map(|_| ())
-        }
-        Err(s) => Err(conn.error(s, create_at)),
-    }
 }
 
 #[cfg(test)]

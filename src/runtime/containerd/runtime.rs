@@ -8,22 +8,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_client::services::v1 as api;
 use containerd_client::services::v1::snapshots as snap;
 use containerd_client::types::v1::{Process as TaskProcess, Status as TaskStatus};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{info, warn};
 
 use super::connection::{CALL_TIMEOUT, Conn, StatusKind, at, classify, epoch_seconds};
-use super::{RUNC_RUNTIME, SNAPSHOTTER, events, exec, images, logs};
+use super::{RUNC_RUNTIME, SNAPSHOTTER, events, exec, images, logs, pull};
+use crate::runtime::registry::manifest::Platform;
+use crate::runtime::registry::{Registries, RegistryError, RegistrySettings};
 use crate::runtime::{
-    ContainerState, Event, ExecProcess, ExecSpec, Image, ProcessStatus, Rootfs, Runtime, RuntimeError, Stdio,
+    ContainerState, Event, ExecProcess, ExecSpec, Image, ImageSummary, ProcessStatus, PullOptions, Rootfs,
+    Runtime, RuntimeError, Stdio,
 };
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -72,6 +75,9 @@ fn lease_id(id: &str) -> String {
     format!("ecsd-{id}")
 }
 
+/// Where the callers of a pull in flight wait for its result.
+type PullWaiter = watch::Receiver<Option<Result<Image, RuntimeError>>>;
+
 /// The runtime on containerd.
 #[derive(Debug)]
 pub struct ContainerdRuntime {
@@ -82,6 +88,11 @@ pub struct ContainerdRuntime {
     chain_ids: Mutex<HashMap<String, String>>,
     /// Container id → image name, from prepare to create (only shown by `ctr containers ls`).
     image_names: Mutex<HashMap<String, String>>,
+    /// The HTTP side of pulls.
+    registries: Arc<Registries>,
+    /// Pulls in flight by reference and platform: later callers wait for the first one's
+    /// result instead of downloading again.
+    inflight: Arc<Mutex<HashMap<String, PullWaiter>>>,
     shutdown: CancellationToken,
 }
 
@@ -101,8 +112,21 @@ impl ContainerdRuntime {
             exec_dir: options.exec_dir,
             chain_ids: Mutex::new(HashMap::new()),
             image_names: Mutex::new(HashMap::new()),
+            registries: Arc::new(Registries::new(RegistrySettings::default())),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
             shutdown: CancellationToken::new(),
         })
+    }
+
+    /// The same runtime pulling with `settings` (insecure registries, mirrors, timeouts).
+    pub fn with_registry(mut self, settings: RegistrySettings) -> Self {
+        self.registries = Arc::new(Registries::new(settings));
+        self
+    }
+
+    /// The registry client pulls use (for reading image configs from registries).
+    pub fn registries(&self) -> &Arc<Registries> {
+        &self.registries
     }
 
     /// containerd's version; fails with `Unavailable` while it does not answer.
@@ -179,6 +203,73 @@ impl ContainerdRuntime {
 
 #[async_trait]
 impl Runtime for ContainerdRuntime {
+    async fn pull(&self, reference: &str, options: PullOptions) -> Result<Image, RuntimeError> {
+        let platform = options.platform.clone().unwrap_or_else(Platform::host);
+        let key = format!("{reference}\0{platform}");
+        let mut rx = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(&key) {
+                Some(rx) => {
+                    info!(image = reference, "waiting for a pull of the same image in progress");
+                    rx.clone()
+                }
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(key.clone(), rx.clone());
+                    let conn = self.conn.clone();
+                    let registries = Arc::clone(&self.registries);
+                    let map = Arc::clone(&self.inflight);
+                    let name = reference.to_owned();
+                    // The pull runs on its own: a caller that stops waiting (a task stopped
+                    // meanwhile) does not cancel it for the others.
+                    tokio::spawn(async move {
+                        let limit = registries.settings().pull_timeout;
+                        let result = match tokio::time::timeout(
+                            limit,
+                            pull::pull(&conn, &registries, &name, &options),
+                        )
+                        .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(RuntimeError::Pull {
+                                reference: name.clone(),
+                                error: Box::new(RegistryError::PullTimeout { after: limit }),
+                            }),
+                        };
+                        lock(&map).remove(&key);
+                        let _ = tx.send(Some(result));
+                    });
+                    rx
+                }
+            }
+        };
+        let result = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| RuntimeError::Cancelled { operation: "pull image" })?
+            .clone();
+        let image = result.unwrap_or(Err(RuntimeError::Cancelled { operation: "pull image" }))?;
+        if let Ok(resolved) = images::resolve(&self.conn, &image.name).await
+            && let Some(top) = resolved.chain_ids.last()
+        {
+            lock(&self.chain_ids).insert(resolved.image.config_digest.clone(), top.clone());
+        }
+        Ok(image)
+    }
+
+    async fn images(&self) -> Result<Vec<ImageSummary>, RuntimeError> {
+        images::list_images(&self.conn).await
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), RuntimeError> {
+        images::remove_image(&self.conn, reference).await
+    }
+
+    async fn image_used(&self, reference: &str, at: f64) -> Result<(), RuntimeError> {
+        images::label_image(&self.conn, reference, pull::LABEL_LAST_USED, &format!("{}", at.floor() as i64))
+            .await
+    }
+
     async fn image(&self, reference: &str) -> Result<Image, RuntimeError> {
         let resolved = images::resolve(&self.conn, reference).await?;
         images::ensure_unpacked(&self.conn, &resolved).await?;

@@ -29,6 +29,8 @@ OPERATIONS = [
     "GetTaskProtection", "UpdateTaskProtection",
     # services
     "CreateService", "UpdateService", "DeleteService", "DescribeServices", "ListServices",
+    "ListServicesByNamespace", "ListServiceDeployments", "DescribeServiceDeployments",
+    "StopServiceDeployment", "DescribeServiceRevisions",
     # container instances
     "ListContainerInstances", "DescribeContainerInstances",
     # tags, account settings, attributes

@@ -61,6 +61,8 @@ pub enum Command {
     /// Work with images in containerd.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Show a cluster's services: counts per deployment and the last event.
+    Services(ServicesArgs),
     /// The logging driver containerd's shim runs for each container (not for people).
     #[command(hide = true)]
     LogDriver(crate::runtime::logs::LogDriverArgs),
@@ -129,6 +131,7 @@ pub struct RmArgs {
     pub containerd: ContainerdArgs,
 }
 
+/// How a listing command prints: a table for people, or JSON for scripts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     #[default]
@@ -203,6 +206,42 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+/// Arguments of `ecsd services`.
+#[derive(Debug, Clone, Default, Args)]
+#[command(after_help = "\
+Examples:
+  ecsd services                      every ACTIVE service of the default cluster
+  ecsd services --cluster prod web   one service
+  ecsd services --output json        as DescribeServices answers
+
+The endpoint is --endpoint-url, else AWS_ENDPOINT_URL_ECS, else AWS_ENDPOINT_URL, else
+http://127.0.0.1:8000.")]
+pub struct ServicesArgs {
+    /// Only these services (names or ARNs). [default: every ACTIVE service]
+    pub services: Vec<String>,
+    /// The cluster (name or ARN). [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The ECS endpoint: ecsd's API.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// table, or json (DescribeServices' answer).
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+impl ServicesArgs {
+    /// The endpoint to ask: the flag, else the variables the AWS SDKs read, else ecsd's
+    /// default address.
+    pub fn endpoint(&self, env: &dyn Fn(&str) -> Option<String>) -> String {
+        self.endpoint_url
+            .clone()
+            .or_else(|| env("AWS_ENDPOINT_URL_ECS").filter(|v| !v.is_empty()))
+            .or_else(|| env("AWS_ENDPOINT_URL").filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
+    }
+}
+
 /// Arguments of `ecsd image import`.
 #[derive(Debug, Clone, Args)]
 pub struct ImportArgs {
@@ -238,6 +277,10 @@ Environment:
   ECS_ENDPOINT_AWS_REGION  the upstream's region for names that are not ARNs (default AWS_REGION)
   ECSD_FORWARD_SIGNATURE   aws (re-sign forwarded calls with ecsd's own credentials, default)
                            or passthrough (keep the caller's signature)
+  ECSD_SERVICE_STABILIZATION  how long a service task without health checks must run
+                           before it counts as healthy in deployments (default 40s, as ECS)
+  ECSD_SERVICE_RETENTION   how long deleted (INACTIVE) services stay describable (default 1h)
+  ECS_ENDPOINT_URL         forward ECS operations ecsd does not implement to this endpoint
   ECSD_LOG_DRIVER          the ecsd binary containerd's shim runs to capture container output
                            (default: this binary)
   RUST_LOG, ECSD_LOG       log filter, e.g. info or ecsd=debug (default info)
@@ -341,6 +384,8 @@ pub struct Config {
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
     pub retention: Duration,
+    /// The service scheduler's stabilisation time and INACTIVE retention.
+    pub services: crate::scheduler::SchedulerConfig,
     pub log_format: LogFormat,
     pub log_filter: String,
     /// Task networks and ports.
@@ -491,6 +536,14 @@ impl Config {
         let start_timeout =
             duration("ECS_CONTAINER_START_TIMEOUT", Duration::from_secs(180), Duration::from_secs(1))?;
         let retention = duration("ECSD_TASK_RETENTION", Duration::from_secs(3600), Duration::ZERO)?;
+        let services = crate::scheduler::SchedulerConfig {
+            stabilization: duration("ECSD_SERVICE_STABILIZATION", Duration::from_secs(40), Duration::ZERO)?,
+            inactive_retention: duration(
+                "ECSD_SERVICE_RETENTION",
+                Duration::from_secs(3600),
+                Duration::ZERO,
+            )?,
+        };
 
         let log_filter =
             non_empty("RUST_LOG").or_else(|| non_empty("ECSD_LOG")).unwrap_or_else(|| "info".to_owned());
@@ -534,6 +587,7 @@ impl Config {
             stop_timeout,
             start_timeout,
             retention,
+            services,
             log_format: args.log_format,
             log_filter,
         })

@@ -22,6 +22,7 @@ pub mod exec;
 pub mod model;
 pub mod network;
 pub mod runtime;
+pub mod scheduler;
 pub mod spec;
 pub mod store;
 
@@ -31,6 +32,7 @@ use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::model::time::{Clock, SystemClock};
 use crate::network::Network;
 use crate::runtime::Runtime;
+use crate::scheduler::{Scheduler, SchedulerError};
 use crate::store::{Store, StoreError};
 
 /// How long in-flight requests may take to finish after shutdown starts.
@@ -48,6 +50,10 @@ pub enum StartError {
     DefaultCluster { source: ApiError },
     #[error("cannot start the task engine")]
     Engine { source: EngineError },
+    #[error("cannot start the service scheduler")]
+    Scheduler { source: SchedulerError },
+    #[error("cannot find this host's container instance id")]
+    Instance { source: ApiError },
     #[error("cannot set up containerd")]
     Containerd { source: runtime::embedded::EmbeddedError },
     #[error("cannot set up the containerd client")]
@@ -64,6 +70,7 @@ pub struct Daemon {
     server: JoinHandle<std::io::Result<()>>,
     engine: Arc<Engine>,
     exec: Arc<exec::Exec>,
+    scheduler: Arc<Scheduler>,
     store: Arc<Store>,
     /// The containerd ecsd started itself, if it did; stopped last.
     embedded: Option<runtime::EmbeddedContainerd>,
@@ -85,6 +92,11 @@ impl Daemon {
         &self.exec
     }
 
+    /// The service scheduler, for in-process callers (tests).
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
+    }
+
     /// Stops accepting requests, lets in-flight ones finish (up to a grace period), lets
     /// tasks that are stopping finish their teardown (bounded), and releases the data dir
     /// before it returns, so another ecsd can open it at once.
@@ -95,6 +107,9 @@ impl Daemon {
         // processes are ended here, their clients told.
         self.exec.shutdown().await;
         let result = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
+        // Services stop deciding before the engine stops supervising; the next start
+        // resumes both from the store and the runtime.
+        self.scheduler.shutdown().await;
         // Running tasks keep running in the runtime; the next start re-adopts them.
         self.engine.shutdown().await;
         let store = self.store;
@@ -246,6 +261,13 @@ async fn serve(
     )
     .map_err(|source| StartError::Engine { source })?;
     let exec = exec::Exec::new(Arc::clone(&engine), clock.clone(), config.exec.clone());
+    let scheduler = Scheduler::new(
+        config.services.clone(),
+        Arc::clone(&store),
+        Arc::clone(&engine),
+        config.identity.clone(),
+        clock.clone(),
+    );
     let ctx = Arc::new(Ctx {
         store: Arc::clone(&store),
         engine: Arc::clone(&engine),
@@ -255,10 +277,14 @@ async fn serve(
         forward,
         network: Arc::new(config.network.clone()),
         listen_addr: std::sync::OnceLock::new(),
+        scheduler: Arc::clone(&scheduler),
     });
     // Like an ECS agent registering without ECS_CLUSTER, this host brings the default cluster.
     api::ensure_default_cluster(&ctx).map_err(|source| StartError::DefaultCluster { source })?;
     engine.start().await.map_err(|source| StartError::Engine { source })?;
+    // After the engine has re-adopted the tasks, so services count what really runs.
+    let instance = api::host_instance_id(&ctx).map_err(|source| StartError::Instance { source })?;
+    scheduler.start(instance).await.map_err(|source| StartError::Scheduler { source })?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -273,7 +299,7 @@ async fn serve(
     });
     info!(%addr, data_dir = %config.data_dir.display(), region = %config.identity.region,
           account = %config.identity.account, forward = ?config.ecs_endpoint_url, "ecsd started");
-    Ok(Daemon { addr, shutdown, server, engine, exec, store, embedded: None })
+    Ok(Daemon { addr, shutdown, server, engine, exec, scheduler, store, embedded: None })
 }
 
 /// An error with its sources, for one log line or one message: `a: b: c`.

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 mod image_cmd;
 
 use clap::Parser;
-use ecsd::config::{Cli, Command, Config, ImageCommand, ImportArgs, LogFormat, LogsArgs, ServeArgs};
+use ecsd::config::{
+    Cli, Command, Config, ImageCommand, ImportArgs, LogFormat, LogsArgs, OutputFormat, ServeArgs,
+    ServicesArgs,
+};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -20,6 +23,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Pull(args)) => client_runtime(image_cmd::pull(&args)),
         Command::Image(ImageCommand::Ls(args)) => client_runtime(image_cmd::ls(&args)),
         Command::Image(ImageCommand::Rm(args)) => client_runtime(image_cmd::rm(&args)),
+        Command::Services(args) => services(&args),
         Command::LogDriver(args) => ecsd::runtime::logs::run_log_driver(args),
     }
 }
@@ -138,6 +142,40 @@ fn import(args: &ImportArgs) -> ExitCode {
             }
         }
     })
+}
+
+fn services(args: &ServicesArgs) -> ExitCode {
+    client_runtime(services_output(args))
+}
+
+async fn services_output(args: &ServicesArgs) -> ExitCode {
+    use ecsd::cli::services::{Query, fetch, json, table};
+    let query = Query {
+        endpoint: args.endpoint(&env),
+        cluster: args.cluster.clone(),
+        services: args.services.clone(),
+    };
+    match fetch(&query).await {
+        Ok(services) => {
+            let text = match args.output {
+                OutputFormat::Table => table(&services),
+                OutputFormat::Json => json(&services) + "\n",
+            };
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ecsd: cannot write the output: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("ecsd: {}", ecsd::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {

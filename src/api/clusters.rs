@@ -57,10 +57,12 @@ pub struct Usage {
     pub container_instances: i32,
 }
 
-/// What the cluster's tasks are doing now, from the engine's view.
-pub fn usage(ctx: &Ctx, cluster: &str) -> Usage {
+/// What the cluster's tasks are doing now, from the engine's view, and its services as
+/// stored.
+pub fn usage(ctx: &Ctx, r: &Reader<'_>, cluster: &str) -> Result<Usage, StoreError> {
     use crate::model::task::TaskStatus;
-    let mut u = Usage { container_instances: 1, ..Usage::default() };
+    let (active_services, draining_services) = super::services::count(r, cluster)?;
+    let mut u = Usage { container_instances: 1, active_services, draining_services, ..Usage::default() };
     for t in ctx.engine.tasks(cluster, None) {
         match t.last {
             TaskStatus::Stopped => {}
@@ -70,7 +72,7 @@ pub fn usage(ctx: &Ctx, cluster: &str) -> Usage {
             _ => u.stopping_tasks += 1,
         }
     }
-    u
+    Ok(u)
 }
 
 fn default_settings() -> Vec<ClusterSetting> {
@@ -125,7 +127,7 @@ fn merge_settings(existing: &mut Vec<ClusterSetting>, new: &[ClusterSetting]) {
 /// `include` asks for.
 fn view(ctx: &Ctx, r: &Reader<'_>, mut c: Cluster, include: Include) -> Result<Cluster, StoreError> {
     let name = c.cluster_name.clone().unwrap_or_default();
-    let u = usage(ctx, &name);
+    let u = usage(ctx, r, &name)?;
     c.registered_container_instances_count = u.container_instances;
     c.running_tasks_count = u.running_tasks;
     c.pending_tasks_count = u.pending_tasks;
@@ -332,7 +334,7 @@ pub fn delete(ctx: &Ctx, req: DeleteClusterRequest) -> Result<DeleteClusterRespo
     let name = cluster_name(ctx, req.cluster.as_deref())?;
     let cluster = ctx.store.write(|w| {
         let mut c = active(w, &name)?;
-        let u = usage(ctx, &name);
+        let u = usage(ctx, &w.reader(), &name)?;
         if u.active_services + u.draining_services > 0 {
             return Err(ApiError::new(
                 Exception::ClusterContainsServices,

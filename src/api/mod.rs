@@ -28,6 +28,7 @@ pub mod error;
 mod exec;
 mod forward;
 mod pagination;
+pub mod services;
 mod tags;
 mod task_definitions;
 mod tasks;
@@ -56,6 +57,8 @@ pub struct Ctx {
     pub network: Arc<crate::network::Settings>,
     /// The address the API listens on, once bound (ExecuteCommand's streamUrl falls back to it).
     pub listen_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Runs the services: the API hands it the changes it checked.
+    pub scheduler: Arc<crate::scheduler::Scheduler>,
 }
 
 impl Ctx {
@@ -150,6 +153,16 @@ operations! {
     blocking PutAttributes(shapes::PutAttributesRequest) => attributes::put,
     blocking ListAttributes(shapes::ListAttributesRequest) => attributes::list,
     blocking DeleteAttributes(shapes::DeleteAttributesRequest) => attributes::delete,
+    awaits CreateService(shapes::CreateServiceRequest) => services::create,
+    awaits UpdateService(shapes::UpdateServiceRequest) => services::update,
+    awaits DeleteService(shapes::DeleteServiceRequest) => services::delete,
+    blocking DescribeServices(shapes::DescribeServicesRequest) => services::describe,
+    blocking ListServices(shapes::ListServicesRequest) => services::list,
+    blocking ListServicesByNamespace(shapes::ListServicesByNamespaceRequest) => services::list_by_namespace,
+    blocking ListServiceDeployments(shapes::ListServiceDeploymentsRequest) => services::list_deployments,
+    blocking DescribeServiceDeployments(shapes::DescribeServiceDeploymentsRequest) => services::describe_deployments,
+    awaits StopServiceDeployment(shapes::StopServiceDeploymentRequest) => services::stop_deployment,
+    blocking DescribeServiceRevisions(shapes::DescribeServiceRevisionsRequest) => services::describe_revisions,
     blocking ListContainerInstances(shapes::ListContainerInstancesRequest) => container_instances::list,
     awaits DescribeContainerInstances(shapes::DescribeContainerInstancesRequest) => container_instances::describe,
     awaits ExecuteCommand(shapes::ExecuteCommandRequest) => exec::execute_command,
@@ -339,6 +352,11 @@ fn cluster_name(ctx: &Ctx, reference: Option<&str>) -> Result<String, ApiError> 
         ArnError::Foreign(_) => ApiError::cluster_not_found(),
         e => ApiError::invalid_parameter(format!("cluster: {e}")),
     })
+}
+
+/// This host's container instance id (made once, kept in the store).
+pub fn host_instance_id(ctx: &Ctx) -> Result<String, ApiError> {
+    container_instances::instance_id(ctx)
 }
 
 /// Makes sure the `default` cluster exists, as ECS does for hosts that name no cluster.

@@ -29,15 +29,7 @@ impl Page {
                 )));
             }
         };
-        let after = match next_token {
-            None | Some("") => None,
-            Some(t) => Some(decode_token(t).ok_or_else(|| {
-                ApiError::invalid_parameter(
-                    "The nextToken is not valid: pass the nextToken of the previous response unchanged",
-                )
-            })?),
-        };
-        Ok(Page { limit: limit as usize, after })
+        Ok(Page { limit: limit as usize, after: after_token(next_token)? })
     }
 
     /// Collects up to `limit` items that `pick` keeps from `scan`, resuming after the token's
@@ -91,6 +83,18 @@ fn tighter_upper<'a>(b: Bound<&'a str>, after: &'a str) -> Bound<&'a str> {
 
 pub fn encode_token(key: &str) -> String {
     key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key a `nextToken` resumes after (`None` for no token or an empty one).
+pub fn after_token(next_token: Option<&str>) -> Result<Option<String>, ApiError> {
+    match next_token {
+        None | Some("") => Ok(None),
+        Some(t) => decode_token(t).map(Some).ok_or_else(|| {
+            ApiError::invalid_parameter(
+                "The nextToken is not valid: pass the nextToken of the previous response unchanged",
+            )
+        }),
+    }
 }
 
 pub fn decode_token(token: &str) -> Option<String> {

@@ -1,6 +1,6 @@
 //! TagResource, UntagResource, ListTagsForResource.
 
-use super::{ApiError, Ctx, Exception, clusters, task_definitions};
+use super::{ApiError, Ctx, Exception, clusters, services, task_definitions};
 use crate::model::arn::{ArnError, ResourceArn};
 use crate::model::shapes::{
     ListTagsForResourceRequest, ListTagsForResourceResponse, TagResourceRequest, TagResourceResponse,
@@ -28,7 +28,8 @@ fn existing(ctx: &Ctx, r: &Reader<'_>, arn: &str) -> Result<(), ApiError> {
             true
         }
         ResourceArn::TaskDefinition { family, revision } => task_definitions::exists(r, &family, revision)?,
-        // Services, tasks and container instances become taggable when ecsd keeps them.
+        ResourceArn::Service { cluster, name } => services::exists(r, &cluster, &name)?,
+        // Tasks and container instances become taggable when ecsd keeps them.
         _ => false,
     };
     if exists { Ok(()) } else { Err(not_found()) }

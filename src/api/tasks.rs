@@ -409,6 +409,11 @@ pub fn list(ctx: &Ctx, req: ListTasksRequest) -> Result<ListTasksResponse, ApiEr
     let desired = req.desired_status.clone().unwrap_or_else(|| "RUNNING".to_owned());
     let (cluster, instance_ok) = ctx.store.read(|r| {
         let cluster = active_cluster(ctx, r, req.cluster.as_deref())?;
+        if let Some(service) = &req.service_name
+            && !super::services::known(r, &cluster, service)?
+        {
+            return Err(ApiError::new(Exception::ServiceNotFound, "Service not found."));
+        }
         let ok = match &req.container_instance {
             Some(i) => container_instances::is_ours(ctx, &cluster, i)?,
             None => true,

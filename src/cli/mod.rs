@@ -2,3 +2,4 @@
 //! never reaching into a daemon's internals.
 
 pub mod exec;
+pub mod services;

@@ -118,6 +118,15 @@ pub enum Plan {
     UseLocal,
 }
 
+/// The local copy of `name` among `local`: the image of that name, or, for a reference pinned
+/// to a digest (`name@sha256:…`, as a service deployment runs it), an image with that digest.
+pub fn local_copy<'a>(local: &'a [ImageSummary], name: &str) -> Option<&'a ImageSummary> {
+    local.iter().find(|i| i.name == name).or_else(|| {
+        let (_, digest) = name.split_once('@')?;
+        local.iter().find(|i| i.digest == digest)
+    })
+}
+
 /// Whether `behavior` pulls an image whose local copy is `local` (`None`: not present).
 pub fn plan(behavior: PullBehavior, local: Option<&ImageSummary>) -> Plan {
     match (behavior, local) {
@@ -195,6 +204,25 @@ pub async fn clean(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reference_pinned_to_a_digest_finds_the_local_image_with_that_digest() {
+        let mut busybox = img("docker.io/library/busybox:latest", None, None, 0.0, 1);
+        busybox.digest = "sha256:aa".into();
+        let local = vec![img("docker.io/library/alpine:latest", None, None, 0.0, 1), busybox];
+        let found = |n: &str| local_copy(&local, n).map(|i| i.name.as_str());
+        assert_eq!(found("docker.io/library/busybox:latest"), Some("docker.io/library/busybox:latest"));
+        assert_eq!(
+            found("docker.io/library/busybox:latest@sha256:aa"),
+            Some("docker.io/library/busybox:latest")
+        );
+        assert_eq!(
+            found("docker.io/library/busybox:latest@sha256:bb"),
+            None,
+            "another digest is not present"
+        );
+        assert_eq!(found("docker.io/library/nginx:latest"), None);
+    }
 
     fn img(name: &str, pulled: Option<f64>, used: Option<f64>, created: f64, size: u64) -> ImageSummary {
         ImageSummary {

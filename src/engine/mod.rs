@@ -37,6 +37,7 @@ mod exec;
 pub mod failure;
 pub mod images;
 mod launch;
+mod pinning;
 pub mod placement;
 mod prepare;
 pub mod registry_auth;

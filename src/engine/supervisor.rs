@@ -480,7 +480,7 @@ impl Supervisor {
             _ => vec![],
         };
         let plans: Vec<Plan> =
-            wanted.iter().map(|w| images::plan(behavior, local.iter().find(|i| i.name == w.name))).collect();
+            wanted.iter().map(|w| images::plan(behavior, images::local_copy(&local, &w.name))).collect();
         let pulling = plans.contains(&Plan::Pull);
         if pulling {
             self.rec.pull_started_at.get_or_insert(self.now());

@@ -26,6 +26,14 @@ impl Identity {
         format!("{}service/{cluster}/{name}", self.prefix())
     }
 
+    pub fn service_deployment_arn(&self, cluster: &str, service: &str, id: &str) -> String {
+        format!("{}service-deployment/{cluster}/{service}/{id}", self.prefix())
+    }
+
+    pub fn service_revision_arn(&self, cluster: &str, service: &str, id: &str) -> String {
+        format!("{}service-revision/{cluster}/{service}/{id}", self.prefix())
+    }
+
     pub fn task_arn(&self, cluster: &str, id: &str) -> String {
         format!("{}task/{cluster}/{id}", self.prefix())
     }
@@ -72,6 +80,16 @@ impl Identity {
             ("service", [cluster, name]) => {
                 ResourceArn::Service { cluster: (*cluster).to_owned(), name: (*name).to_owned() }
             }
+            ("service-deployment", [cluster, service, id]) => ResourceArn::ServiceDeployment {
+                cluster: (*cluster).to_owned(),
+                service: (*service).to_owned(),
+                id: (*id).to_owned(),
+            },
+            ("service-revision", [cluster, service, id]) => ResourceArn::ServiceRevision {
+                cluster: (*cluster).to_owned(),
+                service: (*service).to_owned(),
+                id: (*id).to_owned(),
+            },
             ("task", [cluster, id]) => {
                 ResourceArn::Task { cluster: (*cluster).to_owned(), id: (*id).to_owned() }
             }
@@ -132,6 +150,8 @@ pub enum ResourceArn {
     Cluster { name: String },
     TaskDefinition { family: String, revision: i32 },
     Service { cluster: String, name: String },
+    ServiceDeployment { cluster: String, service: String, id: String },
+    ServiceRevision { cluster: String, service: String, id: String },
     Task { cluster: String, id: String },
     ContainerInstance { cluster: String, id: String },
     CapacityProvider { name: String },
@@ -184,6 +204,22 @@ mod tests {
             ),
             (i.service_arn("c1", "svc"), ResourceArn::Service { cluster: "c1".into(), name: "svc".into() }),
             (i.task_arn("c1", "abc"), ResourceArn::Task { cluster: "c1".into(), id: "abc".into() }),
+            (
+                i.service_deployment_arn("c1", "svc", "ejGvqq2ilnbKT9qj0vLJe"),
+                ResourceArn::ServiceDeployment {
+                    cluster: "c1".into(),
+                    service: "svc".into(),
+                    id: "ejGvqq2ilnbKT9qj0vLJe".into(),
+                },
+            ),
+            (
+                i.service_revision_arn("c1", "svc", "4980306466373577095"),
+                ResourceArn::ServiceRevision {
+                    cluster: "c1".into(),
+                    service: "svc".into(),
+                    id: "4980306466373577095".into(),
+                },
+            ),
         ];
         for (arn, want) in cases {
             assert_eq!(i.parse(&arn).unwrap(), want, "{arn}");

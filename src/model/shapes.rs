@@ -129,6 +129,8 @@ pub const DEPLOYMENT_LIFECYCLE_HOOK_STAGE_VALUES: &[&str] = &[
     "PRODUCTION_TRAFFIC_SHIFT",
     "POST_PRODUCTION_TRAFFIC_SHIFT",
 ];
+pub const DEPLOYMENT_LIFECYCLE_HOOK_STATUS_VALUES: &[&str] =
+    &["AWAITING_ACTION", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT"];
 pub const DEPLOYMENT_LIFECYCLE_HOOK_TARGET_TYPE_VALUES: &[&str] = &["AWS_LAMBDA", "PAUSE"];
 pub const DEPLOYMENT_ROLLOUT_STATE_VALUES: &[&str] = &["COMPLETED", "FAILED", "IN_PROGRESS"];
 pub const DEPLOYMENT_STRATEGY_VALUES: &[&str] = &["ROLLING", "BLUE_GREEN", "LINEAR", "CANARY"];
@@ -141,6 +143,15 @@ pub const ENVIRONMENT_FILE_TYPE_VALUES: &[&str] = &["s3"];
 pub const EXECUTE_COMMAND_LOGGING_VALUES: &[&str] = &["NONE", "DEFAULT", "OVERRIDE"];
 pub const FIRELENS_CONFIGURATION_TYPE_VALUES: &[&str] = &["fluentd", "fluentbit"];
 pub const GATEWAY_CONNECTOR_HEALTH_CHECK_PROTOCOL_VALUES: &[&str] = &["HTTP", "HTTPS"];
+pub const GATEWAY_ROUTE_STATUS_VALUES: &[&str] = &[
+    "ACTIVE",
+    "CREATE_IN_PROGRESS",
+    "CREATE_FAILED",
+    "UPDATE_IN_PROGRESS",
+    "UPDATE_FAILED",
+    "DELETE_IN_PROGRESS",
+    "DELETE_FAILED",
+];
 pub const GPU_SHARING_MODE_VALUES: &[&str] = &["IDLE", "NVIDIA_MPS", "DEDICATED"];
 pub const HEALTH_STATUS_VALUES: &[&str] = &["HEALTHY", "UNHEALTHY", "UNKNOWN"];
 pub const INSTANCE_HEALTH_CHECK_STATE_VALUES: &[&str] =
@@ -153,6 +164,8 @@ pub const LAUNCH_TYPE_VALUES: &[&str] = &["EC2", "FARGATE", "EXTERNAL", "MANAGED
 pub const LOG_DRIVER_VALUES: &[&str] =
     &["json-file", "syslog", "journald", "gelf", "fluentd", "awslogs", "splunk", "awsfirelens"];
 pub const MANAGED_AGENT_NAME_VALUES: &[&str] = &["ExecuteCommandAgent"];
+pub const MANAGED_RESOURCE_STATUS_VALUES: &[&str] =
+    &["PROVISIONING", "ACTIVE", "DEPROVISIONING", "DELETED", "FAILED"];
 pub const NETWORK_MODE_VALUES: &[&str] = &["bridge", "host", "awsvpc", "none"];
 pub const OS_FAMILY_VALUES: &[&str] = &[
     "WINDOWS_SERVER_2019_FULL",
@@ -179,6 +192,31 @@ pub const SCOPE_VALUES: &[&str] = &["task", "shared"];
 pub const SERVICE_CONNECT_ACCESS_LOGGING_FORMAT_VALUES: &[&str] = &["TEXT", "JSON"];
 pub const SERVICE_CONNECT_CONTAINER_LOG_LEVEL_VALUES: &[&str] = &["debug", "info"];
 pub const SERVICE_CONNECT_INCLUDE_QUERY_PARAMETERS_VALUES: &[&str] = &["DISABLED", "ENABLED"];
+pub const SERVICE_DEPLOYMENT_LIFECYCLE_STAGE_VALUES: &[&str] = &[
+    "RECONCILE_SERVICE",
+    "PRE_SCALE_UP",
+    "SCALE_UP",
+    "POST_SCALE_UP",
+    "TEST_TRAFFIC_SHIFT",
+    "POST_TEST_TRAFFIC_SHIFT",
+    "PRODUCTION_TRAFFIC_SHIFT",
+    "POST_PRODUCTION_TRAFFIC_SHIFT",
+    "BAKE_TIME",
+    "CLEAN_UP",
+];
+pub const SERVICE_DEPLOYMENT_ROLLBACK_MONITORS_STATUS_VALUES: &[&str] =
+    &["TRIGGERED", "MONITORING", "MONITORING_COMPLETE", "DISABLED"];
+pub const SERVICE_DEPLOYMENT_STATUS_VALUES: &[&str] = &[
+    "PENDING",
+    "SUCCESSFUL",
+    "STOPPED",
+    "STOP_REQUESTED",
+    "IN_PROGRESS",
+    "ROLLBACK_REQUESTED",
+    "ROLLBACK_IN_PROGRESS",
+    "ROLLBACK_SUCCESSFUL",
+    "ROLLBACK_FAILED",
+];
 pub const SERVICE_FIELD_VALUES: &[&str] = &["TAGS"];
 pub const SERVICE_REVISION_CLEANUP_VALUES: &[&str] = &["BLOCKING", "DEFERRED"];
 pub const SETTING_NAME_VALUES: &[&str] = &[
@@ -197,6 +235,7 @@ pub const SETTING_NAME_VALUES: &[&str] = &[
 pub const SETTING_TYPE_VALUES: &[&str] = &["user", "aws_managed"];
 pub const SORT_ORDER_VALUES: &[&str] = &["ASC", "DESC"];
 pub const STABILITY_STATUS_VALUES: &[&str] = &["STEADY_STATE", "STABILIZING"];
+pub const STOP_SERVICE_DEPLOYMENT_STOP_TYPE_VALUES: &[&str] = &["ABORT", "ROLLBACK"];
 pub const TARGET_TYPE_VALUES: &[&str] = &["container-instance"];
 pub const TASK_DEFINITION_FAMILY_STATUS_VALUES: &[&str] = &["ACTIVE", "INACTIVE", "ALL"];
 pub const TASK_DEFINITION_FIELD_VALUES: &[&str] = &["TAGS"];
@@ -3633,6 +3672,838 @@ pub struct ListServicesResponse {
 }
 
 impl Check for ListServicesResponse {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListServicesByNamespaceRequest {
+    #[serde(rename = "namespace", default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(rename = "nextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+    #[serde(rename = "maxResults", default, skip_serializing_if = "Option::is_none")]
+    pub max_results: Option<i32>,
+}
+
+impl Check for ListServicesByNamespaceRequest {
+    fn check(&self, c: &mut Checker) {
+        c.required("namespace", self.namespace.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListServicesByNamespaceResponse {
+    #[serde(rename = "serviceArns", default, skip_serializing_if = "Option::is_none")]
+    pub service_arns: Option<Vec<String>>,
+    #[serde(rename = "nextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+impl Check for ListServicesByNamespaceResponse {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListServiceDeploymentsRequest {
+    #[serde(rename = "service", default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(rename = "cluster", default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Vec<String>>,
+    #[serde(rename = "createdAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<CreatedAt>,
+    #[serde(rename = "nextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+    #[serde(rename = "maxResults", default, skip_serializing_if = "Option::is_none")]
+    pub max_results: Option<i32>,
+}
+
+impl Check for ListServiceDeploymentsRequest {
+    fn check(&self, c: &mut Checker) {
+        c.required("service", self.service.is_some());
+        c.enum_list("status", self.status.as_deref(), SERVICE_DEPLOYMENT_STATUS_VALUES);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreatedAt {
+    #[serde(rename = "before", default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<f64>,
+    #[serde(rename = "after", default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<f64>,
+}
+
+impl Check for CreatedAt {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListServiceDeploymentsResponse {
+    #[serde(rename = "serviceDeployments", default, skip_serializing_if = "Option::is_none")]
+    pub service_deployments: Option<Vec<ServiceDeploymentBrief>>,
+    #[serde(rename = "nextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+impl Check for ListServiceDeploymentsResponse {
+    fn check(&self, c: &mut Checker) {
+        c.nested("serviceDeployments", self.service_deployments.as_ref());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDeploymentBrief {
+    #[serde(rename = "serviceDeploymentArn", default, skip_serializing_if = "Option::is_none")]
+    pub service_deployment_arn: Option<String>,
+    #[serde(rename = "serviceArn", default, skip_serializing_if = "Option::is_none")]
+    pub service_arn: Option<String>,
+    #[serde(rename = "clusterArn", default, skip_serializing_if = "Option::is_none")]
+    pub cluster_arn: Option<String>,
+    #[serde(rename = "startedAt", default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    #[serde(rename = "createdAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<f64>,
+    #[serde(rename = "finishedAt", default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<f64>,
+    #[serde(rename = "targetServiceRevisionArn", default, skip_serializing_if = "Option::is_none")]
+    pub target_service_revision_arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+}
+
+impl Check for ServiceDeploymentBrief {
+    fn check(&self, c: &mut Checker) {
+        c.enum_value("status", self.status.as_deref(), SERVICE_DEPLOYMENT_STATUS_VALUES);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DescribeServiceDeploymentsRequest {
+    #[serde(rename = "serviceDeploymentArns", default, skip_serializing_if = "Option::is_none")]
+    pub service_deployment_arns: Option<Vec<String>>,
+}
+
+impl Check for DescribeServiceDeploymentsRequest {
+    fn check(&self, c: &mut Checker) {
+        c.required("serviceDeploymentArns", self.service_deployment_arns.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DescribeServiceDeploymentsResponse {
+    #[serde(rename = "serviceDeployments", default, skip_serializing_if = "Option::is_none")]
+    pub service_deployments: Option<Vec<ServiceDeployment>>,
+    #[serde(rename = "failures", default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Vec<Failure>>,
+}
+
+impl Check for DescribeServiceDeploymentsResponse {
+    fn check(&self, c: &mut Checker) {
+        c.nested("serviceDeployments", self.service_deployments.as_ref());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDeployment {
+    #[serde(rename = "serviceDeploymentArn", default, skip_serializing_if = "Option::is_none")]
+    pub service_deployment_arn: Option<String>,
+    #[serde(rename = "serviceArn", default, skip_serializing_if = "Option::is_none")]
+    pub service_arn: Option<String>,
+    #[serde(rename = "clusterArn", default, skip_serializing_if = "Option::is_none")]
+    pub cluster_arn: Option<String>,
+    #[serde(rename = "createdAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<f64>,
+    #[serde(rename = "startedAt", default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    #[serde(rename = "finishedAt", default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<f64>,
+    #[serde(rename = "stoppedAt", default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<f64>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+    #[serde(rename = "sourceServiceRevisions", default, skip_serializing_if = "Option::is_none")]
+    pub source_service_revisions: Option<Vec<ServiceRevisionSummary>>,
+    #[serde(rename = "targetServiceRevision", default, skip_serializing_if = "Option::is_none")]
+    pub target_service_revision: Option<ServiceRevisionSummary>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "lifecycleStage", default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_stage: Option<String>,
+    #[serde(rename = "lifecycleHookDetails", default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_hook_details: Option<Vec<DeploymentLifecycleHookDetail>>,
+    #[serde(rename = "deploymentConfiguration", default, skip_serializing_if = "Option::is_none")]
+    pub deployment_configuration: Option<DeploymentConfiguration>,
+    #[serde(rename = "rollback", default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
+    #[serde(rename = "deploymentCircuitBreaker", default, skip_serializing_if = "Option::is_none")]
+    pub deployment_circuit_breaker: Option<ServiceDeploymentCircuitBreaker>,
+    #[serde(rename = "alarms", default, skip_serializing_if = "Option::is_none")]
+    pub alarms: Option<ServiceDeploymentAlarms>,
+}
+
+impl Check for ServiceDeployment {
+    fn check(&self, c: &mut Checker) {
+        c.enum_value("status", self.status.as_deref(), SERVICE_DEPLOYMENT_STATUS_VALUES);
+        c.enum_value(
+            "lifecycleStage",
+            self.lifecycle_stage.as_deref(),
+            SERVICE_DEPLOYMENT_LIFECYCLE_STAGE_VALUES,
+        );
+        c.nested("lifecycleHookDetails", self.lifecycle_hook_details.as_ref());
+        c.nested("deploymentConfiguration", self.deployment_configuration.as_ref());
+        c.nested("deploymentCircuitBreaker", self.deployment_circuit_breaker.as_ref());
+        c.nested("alarms", self.alarms.as_ref());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRevisionSummary {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "requestedTaskCount", default)]
+    pub requested_task_count: i32,
+    #[serde(rename = "runningTaskCount", default)]
+    pub running_task_count: i32,
+    #[serde(rename = "pendingTaskCount", default)]
+    pub pending_task_count: i32,
+    #[serde(rename = "requestedTestTrafficWeight", default)]
+    pub requested_test_traffic_weight: f64,
+    #[serde(rename = "requestedProductionTrafficWeight", default)]
+    pub requested_production_traffic_weight: f64,
+}
+
+impl Check for ServiceRevisionSummary {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentLifecycleHookDetail {
+    #[serde(rename = "hookId", default, skip_serializing_if = "Option::is_none")]
+    pub hook_id: Option<String>,
+    #[serde(rename = "targetType", default, skip_serializing_if = "Option::is_none")]
+    pub target_type: Option<String>,
+    #[serde(rename = "targetArn", default, skip_serializing_if = "Option::is_none")]
+    pub target_arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "expiresAt", default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<f64>,
+    #[serde(rename = "timeoutAction", default, skip_serializing_if = "Option::is_none")]
+    pub timeout_action: Option<String>,
+}
+
+impl Check for DeploymentLifecycleHookDetail {
+    fn check(&self, c: &mut Checker) {
+        c.enum_value("targetType", self.target_type.as_deref(), DEPLOYMENT_LIFECYCLE_HOOK_TARGET_TYPE_VALUES);
+        c.enum_value("status", self.status.as_deref(), DEPLOYMENT_LIFECYCLE_HOOK_STATUS_VALUES);
+        c.enum_value(
+            "timeoutAction",
+            self.timeout_action.as_deref(),
+            DEPLOYMENT_LIFECYCLE_HOOK_ACTION_VALUES,
+        );
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rollback {
+    #[serde(rename = "reason", default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(rename = "startedAt", default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    #[serde(rename = "serviceRevisionArn", default, skip_serializing_if = "Option::is_none")]
+    pub service_revision_arn: Option<String>,
+}
+
+impl Check for Rollback {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDeploymentCircuitBreaker {
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "failureCount", default)]
+    pub failure_count: i32,
+    #[serde(rename = "threshold", default)]
+    pub threshold: i32,
+}
+
+impl Check for ServiceDeploymentCircuitBreaker {
+    fn check(&self, c: &mut Checker) {
+        c.enum_value("status", self.status.as_deref(), SERVICE_DEPLOYMENT_ROLLBACK_MONITORS_STATUS_VALUES);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDeploymentAlarms {
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "alarmNames", default, skip_serializing_if = "Option::is_none")]
+    pub alarm_names: Option<Vec<String>>,
+    #[serde(rename = "triggeredAlarmNames", default, skip_serializing_if = "Option::is_none")]
+    pub triggered_alarm_names: Option<Vec<String>>,
+}
+
+impl Check for ServiceDeploymentAlarms {
+    fn check(&self, c: &mut Checker) {
+        c.enum_value("status", self.status.as_deref(), SERVICE_DEPLOYMENT_ROLLBACK_MONITORS_STATUS_VALUES);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopServiceDeploymentRequest {
+    #[serde(rename = "serviceDeploymentArn", default, skip_serializing_if = "Option::is_none")]
+    pub service_deployment_arn: Option<String>,
+    #[serde(rename = "stopType", default, skip_serializing_if = "Option::is_none")]
+    pub stop_type: Option<String>,
+}
+
+impl Check for StopServiceDeploymentRequest {
+    fn check(&self, c: &mut Checker) {
+        c.required("serviceDeploymentArn", self.service_deployment_arn.is_some());
+        c.enum_value("stopType", self.stop_type.as_deref(), STOP_SERVICE_DEPLOYMENT_STOP_TYPE_VALUES);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopServiceDeploymentResponse {
+    #[serde(rename = "serviceDeploymentArn", default, skip_serializing_if = "Option::is_none")]
+    pub service_deployment_arn: Option<String>,
+}
+
+impl Check for StopServiceDeploymentResponse {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DescribeServiceRevisionsRequest {
+    #[serde(rename = "serviceRevisionArns", default, skip_serializing_if = "Option::is_none")]
+    pub service_revision_arns: Option<Vec<String>>,
+}
+
+impl Check for DescribeServiceRevisionsRequest {
+    fn check(&self, c: &mut Checker) {
+        c.required("serviceRevisionArns", self.service_revision_arns.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DescribeServiceRevisionsResponse {
+    #[serde(rename = "serviceRevisions", default, skip_serializing_if = "Option::is_none")]
+    pub service_revisions: Option<Vec<ServiceRevision>>,
+    #[serde(rename = "failures", default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Vec<Failure>>,
+}
+
+impl Check for DescribeServiceRevisionsResponse {
+    fn check(&self, c: &mut Checker) {
+        c.nested("serviceRevisions", self.service_revisions.as_ref());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRevision {
+    #[serde(rename = "serviceRevisionArn", default, skip_serializing_if = "Option::is_none")]
+    pub service_revision_arn: Option<String>,
+    #[serde(rename = "serviceArn", default, skip_serializing_if = "Option::is_none")]
+    pub service_arn: Option<String>,
+    #[serde(rename = "clusterArn", default, skip_serializing_if = "Option::is_none")]
+    pub cluster_arn: Option<String>,
+    #[serde(rename = "taskDefinition", default, skip_serializing_if = "Option::is_none")]
+    pub task_definition: Option<String>,
+    #[serde(rename = "capacityProviderStrategy", default, skip_serializing_if = "Option::is_none")]
+    pub capacity_provider_strategy: Option<Vec<CapacityProviderStrategyItem>>,
+    #[serde(rename = "launchType", default, skip_serializing_if = "Option::is_none")]
+    pub launch_type: Option<String>,
+    #[serde(rename = "platformVersion", default, skip_serializing_if = "Option::is_none")]
+    pub platform_version: Option<String>,
+    #[serde(rename = "platformFamily", default, skip_serializing_if = "Option::is_none")]
+    pub platform_family: Option<String>,
+    #[serde(rename = "loadBalancers", default, skip_serializing_if = "Option::is_none")]
+    pub load_balancers: Option<Vec<LoadBalancer>>,
+    #[serde(rename = "serviceRegistries", default, skip_serializing_if = "Option::is_none")]
+    pub service_registries: Option<Vec<ServiceRegistry>>,
+    #[serde(rename = "networkConfiguration", default, skip_serializing_if = "Option::is_none")]
+    pub network_configuration: Option<NetworkConfiguration>,
+    #[serde(rename = "containerImages", default, skip_serializing_if = "Option::is_none")]
+    pub container_images: Option<Vec<ContainerImage>>,
+    #[serde(rename = "guardDutyEnabled", default)]
+    pub guard_duty_enabled: bool,
+    #[serde(rename = "serviceConnectConfiguration", default, skip_serializing_if = "Option::is_none")]
+    pub service_connect_configuration: Option<ServiceConnectConfiguration>,
+    #[serde(rename = "volumeConfigurations", default, skip_serializing_if = "Option::is_none")]
+    pub volume_configurations: Option<Vec<ServiceVolumeConfiguration>>,
+    #[serde(rename = "fargateEphemeralStorage", default, skip_serializing_if = "Option::is_none")]
+    pub fargate_ephemeral_storage: Option<DeploymentEphemeralStorage>,
+    #[serde(rename = "createdAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<f64>,
+    #[serde(rename = "vpcLatticeConfigurations", default, skip_serializing_if = "Option::is_none")]
+    pub vpc_lattice_configurations: Option<Vec<VpcLatticeConfiguration>>,
+    #[serde(rename = "resolvedConfiguration", default, skip_serializing_if = "Option::is_none")]
+    pub resolved_configuration: Option<ResolvedConfiguration>,
+    #[serde(rename = "ecsManagedResources", default, skip_serializing_if = "Option::is_none")]
+    pub ecs_managed_resources: Option<ECSManagedResources>,
+    #[serde(rename = "overrides", default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<ServiceRevisionOverrides>,
+    #[serde(rename = "gatewayConnectors", default, skip_serializing_if = "Option::is_none")]
+    pub gateway_connectors: Option<Vec<GatewayConnector>>,
+    #[serde(rename = "monitoring", default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringConfiguration>,
+}
+
+impl Check for ServiceRevision {
+    fn check(&self, c: &mut Checker) {
+        c.nested("capacityProviderStrategy", self.capacity_provider_strategy.as_ref());
+        c.enum_value("launchType", self.launch_type.as_deref(), LAUNCH_TYPE_VALUES);
+        c.nested("networkConfiguration", self.network_configuration.as_ref());
+        c.nested("serviceConnectConfiguration", self.service_connect_configuration.as_ref());
+        c.nested("volumeConfigurations", self.volume_configurations.as_ref());
+        c.nested("vpcLatticeConfigurations", self.vpc_lattice_configurations.as_ref());
+        c.nested("ecsManagedResources", self.ecs_managed_resources.as_ref());
+        c.nested("gatewayConnectors", self.gateway_connectors.as_ref());
+        c.nested("monitoring", self.monitoring.as_ref());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerImage {
+    #[serde(rename = "containerName", default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(rename = "imageDigest", default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    #[serde(rename = "image", default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+impl Check for ContainerImage {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedConfiguration {
+    #[serde(rename = "loadBalancers", default, skip_serializing_if = "Option::is_none")]
+    pub load_balancers: Option<Vec<ServiceRevisionLoadBalancer>>,
+    #[serde(rename = "vpcLatticeConfigurations", default, skip_serializing_if = "Option::is_none")]
+    pub vpc_lattice_configurations: Option<Vec<ServiceRevisionVpcLatticeConfiguration>>,
+}
+
+impl Check for ResolvedConfiguration {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRevisionLoadBalancer {
+    #[serde(rename = "targetGroupArn", default, skip_serializing_if = "Option::is_none")]
+    pub target_group_arn: Option<String>,
+    #[serde(rename = "productionListenerRule", default, skip_serializing_if = "Option::is_none")]
+    pub production_listener_rule: Option<String>,
+}
+
+impl Check for ServiceRevisionLoadBalancer {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRevisionVpcLatticeConfiguration {
+    #[serde(rename = "targetGroupArn", default, skip_serializing_if = "Option::is_none")]
+    pub target_group_arn: Option<String>,
+    #[serde(rename = "productionListenerRule", default, skip_serializing_if = "Option::is_none")]
+    pub production_listener_rule: Option<String>,
+}
+
+impl Check for ServiceRevisionVpcLatticeConfiguration {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ECSManagedResources {
+    #[serde(rename = "ingressPaths", default, skip_serializing_if = "Option::is_none")]
+    pub ingress_paths: Option<Vec<ManagedIngressPath>>,
+    #[serde(rename = "autoScaling", default, skip_serializing_if = "Option::is_none")]
+    pub auto_scaling: Option<ManagedAutoScaling>,
+    #[serde(rename = "metricAlarms", default, skip_serializing_if = "Option::is_none")]
+    pub metric_alarms: Option<Vec<ManagedMetricAlarm>>,
+    #[serde(rename = "serviceSecurityGroups", default, skip_serializing_if = "Option::is_none")]
+    pub service_security_groups: Option<Vec<ManagedSecurityGroup>>,
+    #[serde(rename = "logGroups", default, skip_serializing_if = "Option::is_none")]
+    pub log_groups: Option<Vec<ManagedLogGroup>>,
+    #[serde(rename = "gatewayConnections", default, skip_serializing_if = "Option::is_none")]
+    pub gateway_connections: Option<Vec<GatewayConnection>>,
+}
+
+impl Check for ECSManagedResources {
+    fn check(&self, c: &mut Checker) {
+        c.nested("ingressPaths", self.ingress_paths.as_ref());
+        c.nested("autoScaling", self.auto_scaling.as_ref());
+        c.nested("metricAlarms", self.metric_alarms.as_ref());
+        c.nested("serviceSecurityGroups", self.service_security_groups.as_ref());
+        c.nested("logGroups", self.log_groups.as_ref());
+        c.nested("gatewayConnections", self.gateway_connections.as_ref());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedIngressPath {
+    #[serde(rename = "accessType", default, skip_serializing_if = "Option::is_none")]
+    pub access_type: Option<String>,
+    #[serde(rename = "endpoint", default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(rename = "loadBalancer", default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<ManagedLoadBalancer>,
+    #[serde(rename = "loadBalancerSecurityGroups", default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_security_groups: Option<Vec<ManagedSecurityGroup>>,
+    #[serde(rename = "certificate", default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<ManagedCertificate>,
+    #[serde(rename = "listener", default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<ManagedListener>,
+    #[serde(rename = "rule", default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<ManagedListenerRule>,
+    #[serde(rename = "targetGroups", default, skip_serializing_if = "Option::is_none")]
+    pub target_groups: Option<Vec<ManagedTargetGroup>>,
+}
+
+impl Check for ManagedIngressPath {
+    fn check(&self, c: &mut Checker) {
+        c.required("accessType", self.access_type.is_some());
+        c.enum_value("accessType", self.access_type.as_deref(), ACCESS_TYPE_VALUES);
+        c.required("endpoint", self.endpoint.is_some());
+        c.nested("loadBalancer", self.load_balancer.as_ref());
+        c.nested("loadBalancerSecurityGroups", self.load_balancer_security_groups.as_ref());
+        c.nested("certificate", self.certificate.as_ref());
+        c.nested("listener", self.listener.as_ref());
+        c.nested("rule", self.rule.as_ref());
+        c.nested("targetGroups", self.target_groups.as_ref());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedLoadBalancer {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+    #[serde(rename = "scheme", default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(rename = "subnetIds", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_ids: Option<Vec<String>>,
+    #[serde(rename = "securityGroupIds", default, skip_serializing_if = "Option::is_none")]
+    pub security_group_ids: Option<Vec<String>>,
+}
+
+impl Check for ManagedLoadBalancer {
+    fn check(&self, c: &mut Checker) {
+        c.required("status", self.status.is_some());
+        c.enum_value("status", self.status.as_deref(), MANAGED_RESOURCE_STATUS_VALUES);
+        c.required("updatedAt", self.updated_at.is_some());
+        c.required("scheme", self.scheme.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedSecurityGroup {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+}
+
+impl Check for ManagedSecurityGroup {
+    fn check(&self, c: &mut Checker) {
+        c.required("status", self.status.is_some());
+        c.enum_value("status", self.status.as_deref(), MANAGED_RESOURCE_STATUS_VALUES);
+        c.required("updatedAt", self.updated_at.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedCertificate {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+    #[serde(rename = "domainName", default, skip_serializing_if = "Option::is_none")]
+    pub domain_name: Option<String>,
+}
+
+impl Check for ManagedCertificate {
+    fn check(&self, c: &mut Checker) {
+        c.required("status", self.status.is_some());
+        c.enum_value("status", self.status.as_deref(), MANAGED_RESOURCE_STATUS_VALUES);
+        c.required("updatedAt", self.updated_at.is_some());
+        c.required("domainName", self.domain_name.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedListener {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+}
+
+impl Check for ManagedListener {
+    fn check(&self, c: &mut Checker) {
+        c.required("status", self.status.is_some());
+        c.enum_value("status", self.status.as_deref(), MANAGED_RESOURCE_STATUS_VALUES);
+        c.required("updatedAt", self.updated_at.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedListenerRule {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+}
+
+impl Check for ManagedListenerRule {
+    fn check(&self, c: &mut Checker) {
+        c.required("status", self.status.is_some());
+        c.enum_value("status", self.status.as_deref(), MANAGED_RESOURCE_STATUS_VALUES);
+        c.required("updatedAt", self.updated_at.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedTargetGroup {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+    #[serde(rename = "healthCheckPath", default, skip_serializing_if = "Option::is_none")]
+    pub health_check_path: Option<String>,
+    #[serde(rename = "healthCheckPort", default)]
+    pub health_check_port: i32,
+    #[serde(rename = "port", default)]
+    pub port: i32,
+}
+
+impl Check for ManagedTargetGroup {
+    fn check(&self, c: &mut Checker) {
+        c.required("status", self.status.is_some());
+        c.enum_value("status", self.status.as_deref(), MANAGED_RESOURCE_STATUS_VALUES);
+        c.required("updatedAt", self.updated_at.is_some());
+        c.required("healthCheckPath", self.health_check_path.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedAutoScaling {
+    #[serde(rename = "scalableTarget", default, skip_serializing_if = "Option::is_none")]
+    pub scalable_target: Option<ManagedScalableTarget>,
+    #[serde(rename = "applicationAutoScalingPolicies", default, skip_serializing_if = "Option::is_none")]
+    pub application_auto_scaling_policies: Option<Vec<ManagedApplicationAutoScalingPolicy>>,
+}
+
+impl Check for ManagedAutoScaling {
+    fn check(&self, c: &mut Checker) {
+        c.nested("scalableTarget", self.scalable_target.as_ref());
+        c.nested("applicationAutoScalingPolicies", self.application_auto_scaling_policies.as_ref());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedScalableTarget {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+    #[serde(rename = "minCapacity", default)]
+    pub min_capacity: i32,
+    #[serde(rename = "maxCapacity", default)]
+    pub max_capacity: i32,
+}
+
+impl Check for ManagedScalableTarget {
+    fn check(&self, c: &mut Checker) {
+        c.required("status", self.status.is_some());
+        c.enum_value("status", self.status.as_deref(), MANAGED_RESOURCE_STATUS_VALUES);
+        c.required("updatedAt", self.updated_at.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedApplicationAutoScalingPolicy {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+    #[serde(rename = "policyType", default, skip_serializing_if = "Option::is_none")]
+    pub policy_type: Option<String>,
+    #[serde(rename = "targetValue", default)]
+    pub target_value: f64,
+    #[serde(rename = "metric", default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+}
+
+impl Check for ManagedApplicationAutoScalingPolicy {
+    fn check(&self, c: &mut Checker) {
+        c.required("status", self.status.is_some());
+        c.enum_value("status", self.status.as_deref(), MANAGED_RESOURCE_STATUS_VALUES);
+        c.required("updatedAt", self.updated_at.is_some());
+        c.required("policyType", self.policy_type.is_some());
+        c.required("metric", self.metric.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedMetricAlarm {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+}
+
+impl Check for ManagedMetricAlarm {
+    fn check(&self, c: &mut Checker) {
+        c.required("status", self.status.is_some());
+        c.enum_value("status", self.status.as_deref(), MANAGED_RESOURCE_STATUS_VALUES);
+        c.required("updatedAt", self.updated_at.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagedLogGroup {
+    #[serde(rename = "arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "statusReason", default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<f64>,
+    #[serde(rename = "logGroupName", default, skip_serializing_if = "Option::is_none")]
+    pub log_group_name: Option<String>,
+}
+
+impl Check for ManagedLogGroup {
+    fn check(&self, c: &mut Checker) {
+        c.required("status", self.status.is_some());
+        c.enum_value("status", self.status.as_deref(), MANAGED_RESOURCE_STATUS_VALUES);
+        c.required("updatedAt", self.updated_at.is_some());
+        c.required("logGroupName", self.log_group_name.is_some());
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GatewayConnection {
+    #[serde(rename = "gatewayArn", default, skip_serializing_if = "Option::is_none")]
+    pub gateway_arn: Option<String>,
+    #[serde(rename = "gatewayRouteArn", default, skip_serializing_if = "Option::is_none")]
+    pub gateway_route_arn: Option<String>,
+    #[serde(rename = "portName", default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+    #[serde(rename = "serviceUrl", default, skip_serializing_if = "Option::is_none")]
+    pub service_url: Option<String>,
+    #[serde(rename = "accessType", default, skip_serializing_if = "Option::is_none")]
+    pub access_type: Option<String>,
+    #[serde(rename = "status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "resources", default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<GatewayConnectionResources>,
+}
+
+impl Check for GatewayConnection {
+    fn check(&self, c: &mut Checker) {
+        c.enum_value("accessType", self.access_type.as_deref(), ACCESS_TYPE_VALUES);
+        c.enum_value("status", self.status.as_deref(), GATEWAY_ROUTE_STATUS_VALUES);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GatewayConnectionResources {
+    #[serde(rename = "hostSharedAlb", default, skip_serializing_if = "Option::is_none")]
+    pub host_shared_alb: Option<Vec<GatewayConnectionAlbResources>>,
+}
+
+impl Check for GatewayConnectionResources {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GatewayConnectionAlbResources {
+    #[serde(rename = "acmCertificateArn", default, skip_serializing_if = "Option::is_none")]
+    pub acm_certificate_arn: Option<String>,
+    #[serde(rename = "loadBalancerArn", default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_arn: Option<String>,
+    #[serde(rename = "loadBalancerSecurityGroupArns", default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_security_group_arns: Option<Vec<String>>,
+    #[serde(rename = "listenerArn", default, skip_serializing_if = "Option::is_none")]
+    pub listener_arn: Option<String>,
+    #[serde(rename = "listenerRuleArn", default, skip_serializing_if = "Option::is_none")]
+    pub listener_rule_arn: Option<String>,
+    #[serde(rename = "testListenerRuleArn", default, skip_serializing_if = "Option::is_none")]
+    pub test_listener_rule_arn: Option<String>,
+    #[serde(rename = "targetGroupArn", default, skip_serializing_if = "Option::is_none")]
+    pub target_group_arn: Option<String>,
+    #[serde(rename = "alternateTargetGroupArn", default, skip_serializing_if = "Option::is_none")]
+    pub alternate_target_group_arn: Option<String>,
+}
+
+impl Check for GatewayConnectionAlbResources {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRevisionOverrides {
+    #[serde(rename = "runtimePlatform", default, skip_serializing_if = "Option::is_none")]
+    pub runtime_platform: Option<RuntimePlatformOverride>,
+}
+
+impl Check for ServiceRevisionOverrides {
+    fn check(&self, _: &mut Checker) {}
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimePlatformOverride {
+    #[serde(rename = "cpuArchitecture", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_architecture: Option<String>,
+}
+
+impl Check for RuntimePlatformOverride {
     fn check(&self, _: &mut Checker) {}
 }
 

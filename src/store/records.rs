@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Table;
+use crate::model::service::{Revision, ServiceDeploymentRecord, ServiceRecord};
 use crate::model::shapes::{Cluster, Setting, Tag, TaskDefinition};
 use crate::model::task::TaskRecord;
 
@@ -25,6 +26,13 @@ pub const ACCOUNT_SETTINGS: Table<Setting> = Table::new("account_settings");
 
 /// Tasks by [`task_key`]: `cluster\0task id`, so tasks list by cluster.
 pub const TASKS: Table<TaskRecord> = Table::new("tasks");
+/// Services by [`service_key`]: `cluster\0name`, so services list by cluster in name order.
+/// An INACTIVE service stays until the scheduler forgets it or the name is used again.
+pub const SERVICES: Table<ServiceRecord> = Table::new("services");
+/// Service deployments by [`service_deployment_key`], kept after they leave `deployments[]`.
+pub const SERVICE_DEPLOYMENTS: Table<ServiceDeploymentRecord> = Table::new("service_deployments");
+/// Service revisions by [`service_deployment_key`] (with the revision id).
+pub const SERVICE_REVISIONS: Table<Revision> = Table::new("service_revisions");
 /// Custom attributes of this host's container instance, by [`attribute_key`].
 pub const ATTRIBUTES: Table<crate::model::shapes::Attribute> = Table::new("attributes");
 /// Small facts about this host, by name.
@@ -40,6 +48,9 @@ pub const ALL_TABLES: &[&str] = &[
     "meta",
     "attributes",
     "upstream_task_definitions",
+    "services",
+    "service_deployments",
+    "service_revisions",
 ];
 
 /// What a family remembers beyond its revisions.
@@ -71,6 +82,15 @@ pub fn upstream_key(region: &str, reference: &str) -> String {
 
 pub fn task_key(cluster: &str, id: &str) -> String {
     format!("{cluster}\u{0}{id}")
+}
+
+pub fn service_key(cluster: &str, name: &str) -> String {
+    format!("{cluster}\u{0}{name}")
+}
+
+/// Service deployments and revisions of a service: `cluster\0service\0id`.
+pub fn service_deployment_key(cluster: &str, service: &str, id: &str) -> String {
+    format!("{cluster}\u{0}{service}\u{0}{id}")
 }
 
 /// Attributes are per cluster (one container instance each): `cluster\0name`.

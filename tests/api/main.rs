@@ -10,6 +10,7 @@ mod exec;
 mod images;
 mod networking;
 mod protocol;
+mod services;
 #[path = "../support/mod.rs"]
 mod support;
 mod tags;

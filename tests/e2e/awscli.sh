@@ -29,55 +29,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The CLI sees only what we give it: dummy credentials, no user config, one attempt per call.
-export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1
-export AWS_CONFIG_FILE=$tmp/aws-config AWS_SHARED_CREDENTIALS_FILE=$tmp/aws-credentials
-export AWS_EC2_METADATA_DISABLED=true AWS_MAX_ATTEMPTS=1 AWS_RETRY_MODE=standard AWS_PAGER=
-unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_ECS
+# shellcheck source=tests/e2e/lib
+source "$here/lib"
 
-account=000000000000
-region=us-east-1
 fixture=$here/fixtures/taskdef-web.json
 td_arn=arn:aws:ecs:$region:$account:task-definition/e2e-web
-
-pass=0
-fail=0
-ok() {
-  pass=$((pass + 1))
-  echo "ok - $1"
-}
-not_ok() {
-  fail=$((fail + 1))
-  echo "not ok - $1"
-  shift
-  local line
-  for line in "$@"; do printf '#   %s\n' "$line"; done
-}
-
-# check NAME JSON FILTER: passes when the jq FILTER yields true on JSON.
-check() {
-  if jq -e "$3" >/dev/null 2>&1 <<<"$2"; then
-    ok "$1"
-  else
-    not_ok "$1" "expected: $3" "got: $(head -c 1500 <<<"$2")"
-  fi
-}
-
-# ecs ARGS...: the aws CLI against the current ecsd ($URL).
-ecs() { "$AWS" ecs "$@" --endpoint-url "$URL" --region "$region" --output json; }
-
-# call NAME ARGS...: run `aws ecs ARGS`, leave stdout in $out; on failure record NAME as failed.
-out=
-call() {
-  local name=$1 rc=0
-  shift
-  out=$(ecs "$@" 2>"$tmp/stderr") || rc=$?
-  if ((rc != 0)); then
-    not_ok "$name" "aws ecs $* exited $rc" "$(head -c 1500 "$tmp/stderr")"
-    out='{}'
-    return 1
-  fi
-}
 
 # start_ecsd NAME DATA_DIR [VAR=VALUE...]: start ecsd on a free port; sets ECSD_PID and URL.
 # These checks are of the control plane, which needs no containerd: ecsd is pointed at a socket

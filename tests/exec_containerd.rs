@@ -396,7 +396,7 @@ async fn ecsd_exec(e: &Ecsd, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, Stri
 async fn ecsd_exec_runs_commands_pipes_and_exits_with_their_codes() {
     let _g = CONTAINERD.read().await;
     let e = Ecsd::start(&[]).await;
-    let t = exec_task(&e, "cli", &["app", "side"], true, Some("service:web")).await;
+    let t = exec_task(&e, "cli", &["app", "side"], true, None).await;
     let arn = arn_of(&t);
     let task = task_id(&arn);
 
@@ -429,13 +429,37 @@ async fn ecsd_exec_runs_commands_pipes_and_exits_with_their_codes() {
     assert_eq!(String::from_utf8(out).unwrap().trim(), "5");
 
     // --service: the service's running task, its first container.
+    e.client
+        .create_service()
+        .service_name("web")
+        .task_definition("cli")
+        .desired_count(1)
+        .enable_execute_command(true)
+        .send()
+        .await
+        .unwrap();
+    let listed = eventually(WAIT, "the service's task to run", || async {
+        let l = e
+            .client
+            .list_tasks()
+            .service_name("web")
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .send()
+            .await
+            .ok()?;
+        let arn = l.task_arns().first()?.clone();
+        let t = e.client.describe_tasks().tasks(&arn).send().await.ok()?;
+        (t.tasks().first()?.last_status() == Some("RUNNING")).then_some(arn)
+    })
+    .await;
+    e.wait_trap(&listed, "app", SIGTERM).await;
     let (code, out, err) =
         ecsd_exec(&e, &["--service", "web", "--", "sh", "-c", "echo \"$NAME\""], b"").await;
     assert_eq!((code, out), (0, b"app\n".to_vec()), "{err}");
 
     // Clear errors, and 255 for ecsd exec's own failures.
     let (code, _, err) = ecsd_exec(&e, &["--service", "nope", "--", "true"], b"").await;
-    assert_eq!((code, err.trim()), (255, "ecsd exec: service nope has no running task in cluster default"));
+    assert_eq!((code, err.trim()), (255, "ecsd exec: no service nope in cluster default"));
     let (code, _, err) = ecsd_exec(&e, &["--task", &task, "--container", "db", "--", "true"], b"").await;
     assert_eq!(code, 255);
     assert_eq!(err.trim(), format!("ecsd exec: task {task} has no container named db; it has: app, side"));
@@ -452,6 +476,13 @@ async fn ecsd_exec_runs_commands_pipes_and_exits_with_their_codes() {
     let (code, _, err) = ecsd_exec(&e, &["--task", &task, "--", "/no/such/program"], b"").await;
     assert_eq!(code, 126, "{err}");
     assert!(err.contains("cannot run /no/such/program in container app"), "{err}");
+    // The service's tasks go with it: draining ends INACTIVE once every task is STOPPED.
+    e.client.delete_service().service("web").force(true).send().await.unwrap();
+    eventually(WAIT, "the service to drain", || async {
+        let d = e.client.describe_services().services("web").send().await.ok()?;
+        (d.services().first()?.status() == Some("INACTIVE")).then_some(())
+    })
+    .await;
     e.finish().await;
 }
 

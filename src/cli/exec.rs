@@ -224,12 +224,20 @@ struct SessionView {
 
 /// The first running task of `service` (hoop's ecs-exec.sh takes ListTasks' first).
 async fn task_of_service(ecs: &Ecs, cluster: &str, service: &str) -> Result<String, ExecCliError> {
-    let listed: ListTasksOutput = ecs
+    let listed: ListTasksOutput = match ecs
         .call(
             "AmazonEC2ContainerServiceV20141113.ListTasks",
             json!({ "cluster": cluster, "serviceName": service, "desiredStatus": "RUNNING" }),
         )
-        .await?;
+        .await
+    {
+        Ok(listed) => listed,
+        // ECS (and ecsd) refuse a service name the cluster does not have.
+        Err(e) if e.code() == Some("ServiceNotFoundException") => {
+            return Err(ExecCliError::NoService { service: service.to_owned(), cluster: cluster.to_owned() });
+        }
+        Err(e) => return Err(e.into()),
+    };
     if listed.task_arns.is_empty() {
         let described: Result<DescribeServicesOutput, AwsError> = ecs
             .call(

@@ -5,8 +5,8 @@
 //!
 //! It announces itself as [`CLIENT_NAME`] in its version, and the server then sends output
 //! in larger messages than the plugin gets (see `session::output_chunk`). The same rules as
-//! the server's hold for what it sends: numbered messages of at most 1024 bytes, a bounded window of unacknowledged ones (so a slow server holds back stdin), and
-//! retransmission.
+//! the server's hold for what it sends: numbered messages of at most 1024 bytes, a bounded
+//! window of unacknowledged ones (so a slow server holds back stdin), and retransmission.
 
 use std::time::{Duration, Instant};
 

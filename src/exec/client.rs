@@ -3,9 +3,10 @@
 //! sends stdin (with its end), terminal sizes and signals, writes what comes back to stdout
 //! and stderr, acknowledges every message, and learns the exit code before `channel_closed`.
 //!
-//! The same rules as the server's hold for what it sends: numbered messages of at most 1024
-//! bytes, a bounded window of unacknowledged ones (so a slow server holds back stdin), and
-//! retransmission.
+//! It announces itself as [`CLIENT_NAME`] in its version, and the server then sends output
+//! in larger messages than the plugin gets (see `session::output_chunk`). The same rules as
+//! the server's hold for what it sends: numbered messages of at most 1024 bytes, a bounded
+//! window of unacknowledged ones (so a slow server holds back stdin), and retransmission.
 
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,10 @@ use super::stream::{Arrival, Incoming, Outgoing};
 const WINDOW: usize = 256;
 /// Frames handled in one go when they are there already.
 const RECV_BATCH: usize = 256;
-/// Output messages held ahead of a gap at most.
-const REORDER: usize = 4096;
+/// Output messages held ahead of a gap at most: ecsd's window, the most it has in flight
+/// (each at most `MAX_PAYLOAD`, so the bound is 64 MiB even for a server that sends the
+/// largest messages).
+const REORDER: usize = 1024;
 /// How long the server may leave input unacknowledged before the session is given up.
 const GIVE_UP: Duration = Duration::from_secs(300);
 const STDOUT_BUFFER: usize = 256 * 1024;
@@ -54,6 +57,10 @@ impl Default for Limits {
     }
 }
 
+/// How ecsd's client's version starts: a server that sees it sends output in messages of
+/// up to 32 KiB instead of the plugin's 1024 bytes (this client takes anything up to
+/// [`MAX_PAYLOAD`](super::codec::MAX_PAYLOAD)).
+pub const CLIENT_NAME: &str = "ecsd-exec/";
 /// The version ecsd's client announces.
 pub const CLIENT_VERSION: &str = concat!("ecsd-exec/", env!("CARGO_PKG_VERSION"));
 

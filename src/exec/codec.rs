@@ -28,7 +28,8 @@ pub const PREAMBLE: usize = HEADER_LENGTH as usize + 4;
 /// The largest payload accepted. The plugin sends at most 1024 bytes of input per message and
 /// small JSON documents; anything near this is not a client speaking the protocol.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
-/// The largest output payload ecsd sends (the SSM agent's `StreamDataPayloadSize`).
+/// The largest output payload ecsd sends to the plugin (the SSM agent's
+/// `StreamDataPayloadSize`); ecsd's own client gets larger ones (`session::ECSD_CHUNK`).
 pub const OUTPUT_CHUNK: usize = 1024;
 
 const TYPE_AT: usize = 4;

@@ -298,8 +298,16 @@ impl Exec {
                 self.registry().started(&session_id, tx);
                 info!(session = %session_id, task = %spec.task_arn, container = %spec.container,
                       client = %open.client_version, "exec session opened");
-                let runner =
-                    session::Runner::new(Arc::clone(&self), session_id.clone(), spec, rx, socket, client);
+                let chunk = session::output_chunk(&open.client_version);
+                let runner = session::Runner::new(
+                    Arc::clone(&self),
+                    session_id.clone(),
+                    spec,
+                    rx,
+                    socket,
+                    client,
+                    chunk,
+                );
                 // Tracked, so a shutdown waits for the session to end its process.
                 self.sessions.track_future(runner.run()).await;
                 self.registry().remove(&session_id);

@@ -12,7 +12,9 @@
 //!    the start, and the plugin's shell handler is ready for output), for `ecsd exec` at
 //!    once, with the terminal and stdin it asked for.
 //! 3. Output is read only while the send window has room, cut into messages of at most
-//!    1024 bytes; keystrokes and piped stdin go to the process through a bounded queue (a
+//!    1024 bytes for the plugin (the agent's size, which it expects) and of at most
+//!    [`ECSD_CHUNK`] for `ecsd exec` (fewer digests, headers and acknowledgements per byte),
+//!    with the window in messages scaled so the bytes in flight stay the same; keystrokes and piped stdin go to the process through a bounded queue (a
 //!    message that does not fit is left unacknowledged, and the client sends it again);
 //!    terminal sizes resize the process's terminal; unacknowledged output is sent again.
 //! 4. The end: the process exits (or is killed: TerminateSession, idle timeout, the task
@@ -32,7 +34,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::Exec;
-use super::codec::{AgentMessage, FLAG_SYN, FLAGS_ACK, MessageIds, MessageType, OUTPUT_CHUNK, PayloadType};
+use super::codec::{
+    AgentMessage, FLAG_SYN, FLAGS_ACK, MAX_PAYLOAD, MessageIds, MessageType, OUTPUT_CHUNK, PayloadType,
+};
 use super::protocol::{
     Acknowledge, ChannelClosed, ClientOptions, Flag, HandshakeComplete, HandshakeRequest, HandshakeResponse,
     TerminalSize, exit_code_payload,
@@ -44,10 +48,18 @@ use crate::model::task::{ContainerStatus, TaskStatus};
 use crate::model::time::Sleep;
 use crate::runtime::{ConsoleSize, ExecOutput, ExecProcess, ExecStdin};
 
-/// Output messages in flight (unacknowledged) at most: about 1.2 MB per session.
-const WINDOW: usize = 1024;
-/// Output is read when at least this many messages fit in the window (batching).
-const READ_BATCH: usize = 64;
+/// Output bytes in flight (unacknowledged) at most per session: 1024 messages of the
+/// plugin's 1024 bytes, or fewer larger ones (plus each message's header).
+const WINDOW_BYTES: usize = 1024 * OUTPUT_CHUNK;
+/// The output message size for `ecsd exec`, whose client takes anything up to
+/// [`MAX_PAYLOAD`].
+pub const ECSD_CHUNK: usize = 32 * 1024;
+const _: () = assert!(
+    OUTPUT_CHUNK < ECSD_CHUNK && ECSD_CHUNK <= MAX_PAYLOAD && WINDOW_BYTES.is_multiple_of(ECSD_CHUNK)
+);
+/// Output is read in pieces of at most this many bytes, and only when that many fit in the
+/// window (batching).
+const READ_BYTES: usize = 64 * 1024;
 /// Frames handled in one go when they are there already.
 const RECV_BATCH: usize = 256;
 /// Input messages held ahead of a gap at most.
@@ -80,6 +92,13 @@ const BAD_FRAMES_LOGGED: u64 = 5;
 const SIGKILL: i32 = 9;
 /// The exit code of a command that could not be started (as a shell reports it).
 const CANNOT_RUN: i32 = 126;
+
+/// The size of the output messages for the client that opened the channel with
+/// `client_version`: [`ECSD_CHUNK`] for ecsd's own client, the plugin's 1024 bytes for
+/// every other (the stock plugin, and anything that does not say it is ecsd's).
+pub fn output_chunk(client_version: &str) -> usize {
+    if client_version.starts_with(super::client::CLIENT_NAME) { ECSD_CHUNK } else { OUTPUT_CHUNK }
+}
 
 /// Who is on the other end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +199,10 @@ pub struct Runner {
     spec: Arc<SessionSpec>,
     control: mpsc::UnboundedReceiver<Control>,
     client: ClientKind,
+    /// The largest output message's payload (see [`output_chunk`]).
+    chunk: usize,
+    /// The window's room (in messages) that reading output waits for: [`READ_BYTES`].
+    read_batch: usize,
     socket: Option<WebSocket>,
     writes: Vec<Message>,
     out: Outgoing,
@@ -232,7 +255,9 @@ impl Runner {
         control: mpsc::UnboundedReceiver<Control>,
         socket: WebSocket,
         client: ClientKind,
+        chunk: usize,
     ) -> Runner {
+        let chunk = chunk.clamp(1, READ_BYTES);
         let seed = super::random::<16>().unwrap_or_else(|_| {
             // Message ids need to be unique, not secret.
             let nanos =
@@ -249,9 +274,11 @@ impl Runner {
             spec,
             control,
             client,
+            chunk,
+            read_batch: (READ_BYTES / chunk).max(1),
             socket: None,
             writes: Vec::new(),
-            out: Outgoing::new(WINDOW),
+            out: Outgoing::new((WINDOW_BYTES / chunk).max(1)),
             inc: Incoming::new(REORDER),
             ids: MessageIds::new(seed),
             handshake_sent: None,
@@ -282,8 +309,8 @@ impl Runner {
             events,
             started_at: now,
             bad_frames: 0,
-            buf: vec![0; READ_BATCH * OUTPUT_CHUNK],
-            buf_err: vec![0; READ_BATCH * OUTPUT_CHUNK],
+            buf: vec![0; READ_BYTES],
+            buf_err: vec![0; READ_BYTES],
         };
         runner.attach(socket);
         runner
@@ -320,11 +347,11 @@ impl Runner {
                 break;
             }
             let room = self.out.room();
-            let can_read = self.socket.is_some() && self.handshake_done && room >= READ_BATCH.min(WINDOW);
+            let can_read = self.socket.is_some() && self.handshake_done && room >= self.read_batch;
             let retransmit_at = self.out.next_due().filter(|_| self.socket.is_some());
             let handshake_deadline = self.handshake_sent.map(|at| at + HANDSHAKE_TIMEOUT);
             let closing_deadline = self.closing_since.map(|at| at + CLOSE_WAIT);
-            if self.drain_until.is_some() && self.socket.is_some() && room < READ_BATCH {
+            if self.drain_until.is_some() && self.socket.is_some() && room < self.read_batch {
                 // A slow reader is not a quiet process: keep draining.
                 self.drain_until = Some(Instant::now() + DRAIN_IDLE);
             }
@@ -350,10 +377,10 @@ impl Runner {
                     ProcEvent::Started(started) => self.on_started(started).await,
                     ProcEvent::Exited(code) => self.on_exit(code),
                 },
-                read = read_some(&mut self.stdout, &mut self.buf, room), if can_read && self.stdout.is_some() => {
+                read = read_some(&mut self.stdout, &mut self.buf, room * self.chunk), if can_read && self.stdout.is_some() => {
                     self.on_output(read, PayloadType::Output, false)
                 }
-                read = read_some(&mut self.stderr, &mut self.buf_err, room), if can_read && self.stderr.is_some() => {
+                read = read_some(&mut self.stderr, &mut self.buf_err, room * self.chunk), if can_read && self.stderr.is_some() => {
                     self.on_output(read, PayloadType::StdErr, true)
                 }
                 _ = sleep_until(retransmit_at), if retransmit_at.is_some() => self.retransmit(),
@@ -791,8 +818,8 @@ impl Runner {
                 let buf = if from_stderr { &self.buf_err } else { &self.buf };
                 let data = Bytes::copy_from_slice(&buf[..n]);
                 let (now, created) = (Instant::now(), epoch_ms());
-                for start in (0..n).step_by(OUTPUT_CHUNK) {
-                    let end = (start + OUTPUT_CHUNK).min(n);
+                for start in (0..n).step_by(self.chunk) {
+                    let end = (start + self.chunk).min(n);
                     self.emit_at(payload_type, data.slice(start..end), now, created);
                 }
                 if self.drain_until.is_some() {
@@ -1059,9 +1086,9 @@ async fn proc_event(proc: &mut Proc) -> ProcEvent {
     }
 }
 
-/// Reads what fits in `room` messages of output.
+/// Reads at most `room` bytes of output.
 async fn read_some(stream: &mut Option<ExecOutput>, buf: &mut [u8], room: usize) -> std::io::Result<usize> {
-    let limit = buf.len().min(room * OUTPUT_CHUNK);
+    let limit = buf.len().min(room);
     match stream {
         Some(s) => s.read(&mut buf[..limit]).await,
         None => std::future::pending().await,
@@ -1120,5 +1147,21 @@ async fn pump_stdin(mut stdin: ExecStdin, mut rx: mpsc::Receiver<StdinMsg>) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ecsds_own_client_gets_larger_output_messages() {
+        assert_eq!(output_chunk(super::super::client::CLIENT_VERSION), ECSD_CHUNK);
+        // The stock plugin, anything else, and a name that merely contains ecsd's.
+        for other in ["1.2.0.0", "", "ecsd-exec", "my-ecsd-exec/1.0", "ECSD-EXEC/1.0"] {
+            assert_eq!(output_chunk(other), OUTPUT_CHUNK, "{other:?}");
+        }
+        // The bytes in flight are the same either way.
+        assert_eq!((WINDOW_BYTES / ECSD_CHUNK) * ECSD_CHUNK, (WINDOW_BYTES / OUTPUT_CHUNK) * OUTPUT_CHUNK);
     }
 }

@@ -561,6 +561,79 @@ async fn a_client_that_reads_nothing_holds_the_process_back() {
 }
 
 #[tokio::test]
+async fn ecsds_client_gets_larger_output_messages_and_other_clients_1024_bytes() {
+    let e = Ecsd::start().await;
+    let arn = running(&e, "chunks", &["app"], true).await;
+    let rt = runtime_id(&describe(&e, &arn).await, "app");
+    let mut execs = e.fake.drive_execs(&rt);
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    // The same options either way: the client's version decides.
+    for (version, ecsds) in [(client::CLIENT_VERSION, true), ("1.2.0.0", false)] {
+        let (_, url, token) = session(&execute(&e, &arn, None, "cat big").await);
+        let mut raw = Raw::open_as(&url, &token, Some(PIPE), version).await;
+        raw.handshake().await;
+        let mut x = next_exec(&mut execs).await;
+        x.stdout.as_mut().unwrap().write_all(&big).await.unwrap();
+        let (mut got, mut largest) = (Vec::new(), 0);
+        while got.len() < big.len() {
+            let m = raw.next_stream().await;
+            assert_eq!(m.payload_type, PayloadType::Output);
+            raw.ack(&m).await;
+            largest = largest.max(m.payload.len());
+            got.extend_from_slice(&m.payload);
+        }
+        assert_eq!(got, big, "{version}");
+        if ecsds {
+            assert!(largest > 1024 && largest <= 32 * 1024, "{version}: messages of up to {largest} bytes");
+        } else {
+            assert!(largest <= 1024, "{version}: messages of up to {largest} bytes");
+        }
+        x.exit(0);
+        loop {
+            let m = raw.next().await;
+            match m.message_type {
+                MessageType::ChannelClosed => break,
+                MessageType::OutputStreamData => raw.ack(&m).await,
+                _ => {}
+            }
+        }
+    }
+
+    // Larger messages, fewer of them in flight: a client that acknowledges nothing still
+    // holds the process back after about 1 MiB.
+    let (_, url, token) = session(&execute(&e, &arn, None, "yes").await);
+    let mut raw = Raw::open_as(&url, &token, Some(PIPE), client::CLIENT_VERSION).await;
+    raw.handshake().await;
+    let mut x = next_exec(&mut execs).await;
+    let mut stdout = x.stdout.take().unwrap();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'y'; 64 * 1024];
+        let mut written = 0usize;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), stdout.write_all(&chunk)).await {
+                Ok(Ok(())) => written += chunk.len(),
+                _ => return written,
+            }
+        }
+    });
+    let written = writer.await.unwrap();
+    let mut received = std::collections::BTreeMap::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(300), raw.ws.next()).await {
+        if let Message::Binary(b) = m {
+            let m = AgentMessage::decode(b).unwrap();
+            if m.payload_type == PayloadType::Output {
+                received.insert(m.sequence_number, m.payload.len());
+            }
+        }
+    }
+    let in_flight: usize = received.values().sum();
+    assert!(written < 4 << 20, "the process was held back after {written} bytes");
+    assert!(in_flight <= 1 << 20, "at most the window came: {in_flight} bytes");
+    assert!(in_flight >= 64 * 1024, "output came: {in_flight} bytes");
+    x.exit(0);
+}
+
+#[tokio::test]
 async fn terminate_resume_idle_and_task_stop_end_sessions() {
     let e = Ecsd::start().await;
     let arn = running(&e, "ends", &["app"], true).await;
@@ -757,13 +830,18 @@ struct Raw {
 
 impl Raw {
     async fn open(url: &str, token: &str, ecsd: Option<ClientOptions>) -> Raw {
+        Raw::open_as(url, token, ecsd, "1.2.0.0").await
+    }
+
+    /// [`Raw::open`] with the client version the opening frame says.
+    async fn open_as(url: &str, token: &str, ecsd: Option<ClientOptions>, version: &str) -> Raw {
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let open = OpenDataChannelInput {
             message_schema_version: "1.0".into(),
             request_id: uuid::Uuid::new_v4().to_string(),
             token_value: token.into(),
             client_id: uuid::Uuid::new_v4().to_string(),
-            client_version: "1.2.0.0".into(),
+            client_version: version.into(),
             ecsd_exec: ecsd,
         };
         ws.send(Message::Text(serde_json::to_string(&open).unwrap().into())).await.unwrap();

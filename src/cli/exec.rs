@@ -21,7 +21,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::aws::{Aws, AwsError, Keys, Service, Settings};
+use super::{Ecs, placeholder};
+use crate::aws::{AwsError, Keys};
 use crate::config::ExecArgs;
 use crate::exec::client::{self, ClientEvent, ClientIo};
 use crate::exec::protocol::ClientOptions;
@@ -31,7 +32,6 @@ use crate::exec::words;
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8000";
 /// The exit code when `ecsd exec` itself fails (not the command).
 pub const FAILED: u8 = 255;
-const TARGET: &str = "AmazonEC2ContainerServiceV20141113.";
 
 /// Why `ecsd exec` could not run the command.
 #[derive(Debug, thiserror::Error)]
@@ -138,35 +138,6 @@ async fn target(args: &ExecArgs, env: &dyn Fn(&str) -> Option<String>) -> Result
         None => placeholder(),
     };
     Ok(Target { endpoint, region, keys })
-}
-
-fn placeholder() -> Keys {
-    Keys::new("ECSDEXECNOCREDENTIALS", "ecsd-exec-has-no-credentials", None)
-}
-
-/// The ECS calls `ecsd exec` makes.
-struct Ecs {
-    client: crate::aws::Client,
-}
-
-impl Ecs {
-    fn new(t: &Target) -> Ecs {
-        let mut settings = Settings::new(&t.region);
-        settings.endpoints.set(Service::Ecs, &t.endpoint);
-        // Quick to fail against a local ecsd that is not there.
-        settings.limits.attempts = 2;
-        settings.limits.backoff = std::time::Duration::from_millis(200);
-        Ecs { client: Aws::new(settings).client(t.keys.clone()) }
-    }
-
-    async fn call<O: serde::de::DeserializeOwned>(
-        &self,
-        target: &'static str,
-        input: serde_json::Value,
-    ) -> Result<O, AwsError> {
-        debug_assert!(target.starts_with(TARGET));
-        self.client.json(Service::Ecs, target, &input).await
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,7 +274,7 @@ fn command_string(args: &ExecArgs) -> String {
 
 async fn run(args: ExecArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, ExecCliError> {
     let target = target(&args, env).await?;
-    let ecs = Ecs::new(&target);
+    let ecs = Ecs::new(&target.endpoint, &target.region, target.keys.clone());
     let cluster = args.cluster.clone().unwrap_or_else(|| "default".to_owned());
     let task = match (&args.task, &args.service) {
         (Some(t), _) => t.clone(),

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::{Ecs, placeholder};
+use crate::aws::AwsError;
 use crate::model::shapes::{
     DescribeServicesRequest, DescribeServicesResponse, ListServicesRequest, ListServicesResponse, Service,
 };
@@ -14,12 +16,13 @@ use crate::model::shapes::{
 /// Why `ecsd services` could not show the services.
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesError {
-    #[error("cannot reach the ECS endpoint {url}")]
-    Unreachable { url: String, source: reqwest::Error },
-    #[error("{exception}: {message}")]
-    Api { exception: String, message: String },
-    #[error("the endpoint answered {operation} with something that is not ECS's JSON (HTTP {status})")]
-    Answer { operation: &'static str, status: u16, source: serde_json::Error },
+    /// The endpoint could not be reached, or answered with an error (`Code: message`).
+    #[error(transparent)]
+    Api(#[from] AwsError),
+    #[error("ServiceNotFoundException: {arn}: {reason}")]
+    Missing { arn: String, reason: String },
+    #[error("cannot encode the {operation} request: {source}")]
+    Encode { operation: &'static str, source: serde_json::Error },
 }
 
 /// What to show, and where to ask.
@@ -31,72 +34,36 @@ pub struct Query {
     pub services: Vec<String>,
 }
 
-struct Client {
-    http: reqwest::Client,
-    endpoint: String,
-}
-
-impl Client {
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        operation: &'static str,
-        request: &Req,
-    ) -> Result<Resp, ServicesError> {
-        let unreachable = |source| ServicesError::Unreachable { url: self.endpoint.clone(), source };
-        let body = serde_json::to_vec(request).map_err(|source| ServicesError::Answer {
-            operation,
-            status: 0,
-            source,
-        })?;
-        let response = self
-            .http
-            .post(&self.endpoint)
-            .header("X-Amz-Target", format!("{}{operation}", crate::api::TARGET_PREFIX))
-            .header("Content-Type", "application/x-amz-json-1.1")
-            .body(body)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(unreachable)?;
-        if status != 200 {
-            #[derive(serde::Deserialize)]
-            struct Error {
-                #[serde(rename = "__type", default)]
-                kind: String,
-                #[serde(default)]
-                message: String,
-            }
-            let e: Error = serde_json::from_slice(&bytes).map_err(|source| ServicesError::Answer {
-                operation,
-                status,
-                source,
-            })?;
-            let exception = e.kind.rsplit('#').next().unwrap_or_default().to_owned();
-            return Err(ServicesError::Api { exception, message: e.message });
-        }
-        serde_json::from_slice(&bytes).map_err(|source| ServicesError::Answer { operation, status, source })
-    }
+/// ECS's `operation` with `request`, on the endpoint.
+async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    ecs: &Ecs,
+    operation: &'static str,
+    request: &Req,
+) -> Result<Resp, ServicesError> {
+    let input =
+        serde_json::to_value(request).map_err(|source| ServicesError::Encode { operation, source })?;
+    Ok(ecs.call(operation, input).await?)
 }
 
 /// The services as DescribeServices shows them (ACTIVE ones of the cluster, or those named).
 pub async fn fetch(q: &Query) -> Result<Vec<Service>, ServicesError> {
-    let client = Client { http: reqwest::Client::new(), endpoint: q.endpoint.clone() };
+    // ecsd checks no signatures: the calls go signed with placeholder keys.
+    let ecs = Ecs::new(&q.endpoint, "us-east-1", placeholder());
     let mut names = q.services.clone();
     if names.is_empty() {
         let mut token = None;
         loop {
-            let page: ListServicesResponse = client
-                .call(
-                    "ListServices",
-                    &ListServicesRequest {
-                        cluster: q.cluster.clone(),
-                        next_token: token.clone(),
-                        max_results: Some(100),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            let page: ListServicesResponse = call(
+                &ecs,
+                "AmazonEC2ContainerServiceV20141113.ListServices",
+                &ListServicesRequest {
+                    cluster: q.cluster.clone(),
+                    next_token: token.clone(),
+                    max_results: Some(100),
+                    ..Default::default()
+                },
+            )
+            .await?;
             names.extend(page.service_arns.unwrap_or_default());
             token = page.next_token;
             if token.is_none() {
@@ -106,25 +73,21 @@ pub async fn fetch(q: &Query) -> Result<Vec<Service>, ServicesError> {
     }
     let mut services = vec![];
     for chunk in names.chunks(10) {
-        let out: DescribeServicesResponse = client
-            .call(
-                "DescribeServices",
-                &DescribeServicesRequest {
-                    cluster: q.cluster.clone(),
-                    services: Some(chunk.to_vec()),
-                    include: None,
-                },
-            )
-            .await?;
+        let out: DescribeServicesResponse = call(
+            &ecs,
+            "AmazonEC2ContainerServiceV20141113.DescribeServices",
+            &DescribeServicesRequest {
+                cluster: q.cluster.clone(),
+                services: Some(chunk.to_vec()),
+                include: None,
+            },
+        )
+        .await?;
         services.extend(out.services.unwrap_or_default());
         if let Some(f) = out.failures.unwrap_or_default().first() {
-            return Err(ServicesError::Api {
-                exception: "ServiceNotFoundException".into(),
-                message: format!(
-                    "{}: {}",
-                    f.arn.as_deref().unwrap_or_default(),
-                    f.reason.as_deref().unwrap_or_default()
-                ),
+            return Err(ServicesError::Missing {
+                arn: f.arn.clone().unwrap_or_default(),
+                reason: f.reason.clone().unwrap_or_default(),
             });
         }
     }

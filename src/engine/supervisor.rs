@@ -925,6 +925,13 @@ impl Supervisor {
             {
                 warn!(container = %c.name, error = %e, "cannot remove the container");
                 released = false;
+                // The runtime still runs a process the record has as ended (an ecsd killed while
+                // starting it): the task is stopping, so it is killed, and removed on the next try.
+                if still_running(&e)
+                    && let Err(e) = self.engine.runtime.signal(&c.runtime_id, SIGKILL).await
+                {
+                    warn!(container = %c.name, error = %e, "cannot kill the container's leftover process");
+                }
             }
         }
         match self.engine.network.remove(&self.rec.id).await {

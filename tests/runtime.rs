@@ -101,12 +101,12 @@ impl Env {
             .unwrap_or_else(|e| panic!("create {id}: {e}"));
     }
 
-    /// Waits for the exit of `id`'s main process.
-    async fn wait_exit(&mut self, id: &str) -> (i32, f64) {
+    /// Waits for the exit of `id`'s main process: its code, time and pid.
+    async fn wait_exit(&mut self, id: &str) -> (i32, f64, u32) {
         let deadline = tokio::time::Instant::now() + EXIT_WAIT;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Event::Exit { id: got, code, at })) if got == id => return (code, at),
+                Ok(Some(Event::Exit { id: got, pid, code, at })) if got == id => return (code, at, pid),
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("the event stream ended while waiting for {id}"),
                 Err(_) => panic!("no exit of {id} within {EXIT_WAIT:?}"),
@@ -271,9 +271,10 @@ async fn exit_code_and_logs() {
     let _g = CONTAINERD.read().await;
     let mut env = Env::new().await;
     let id = short_id("exit");
-    env.run(&id, &["sh", "-c", "echo hi; echo oops >&2; exit 3"], &labels(&[])).await;
-    let (code, at) = env.wait_exit(&id).await;
+    let pid = env.run(&id, &["sh", "-c", "echo hi; echo oops >&2; exit 3"], &labels(&[])).await;
+    let (code, at, exited) = env.wait_exit(&id).await;
     assert_eq!(code, 3);
+    assert_eq!(exited, pid, "the exit event names the process start returned");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     assert!((now - at).abs() < 60.0, "exit time {at} is not now ({now})");
 

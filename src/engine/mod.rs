@@ -101,6 +101,8 @@ pub enum EngineError {
 pub(crate) enum Msg {
     Exit {
         runtime_id: String,
+        /// The process that exited, when the runtime said (a listing does not).
+        pid: Option<u32>,
         code: i32,
         at: f64,
     },
@@ -466,9 +468,9 @@ impl Engine {
     async fn pump(self: Arc<Self>, mut events: mpsc::Receiver<Event>) {
         while let Some(event) = events.recv().await {
             match event {
-                Event::Exit { id, code, at } => {
+                Event::Exit { id, pid, code, at } => {
                     if let Some(task) = self.task_of(&id) {
-                        self.send(&task, Msg::Exit { runtime_id: id, code, at });
+                        self.send(&task, Msg::Exit { runtime_id: id, pid: Some(pid), code, at });
                     }
                 }
                 Event::Reconnected => {
@@ -495,7 +497,7 @@ impl Engine {
             // Supervisors ignore these for containers that are not running.
             match by_id.get(runtime_id.as_str()) {
                 Some(ProcessStatus::Exited { code, at }) => {
-                    self.send(&task, Msg::Exit { runtime_id, code: *code, at: *at });
+                    self.send(&task, Msg::Exit { runtime_id, pid: None, code: *code, at: *at });
                 }
                 Some(ProcessStatus::Missing) | None => self.send(&task, Msg::Lost { runtime_id, listed_at }),
                 Some(_) => {}
@@ -545,7 +547,7 @@ impl Engine {
         for mut task in live {
             if let Some(states) = &states {
                 let before = task.clone();
-                supervisor::readopt(&mut task, states, &*self.runtime, self.now()).await;
+                supervisor::readopt(&mut task, states, &*self.runtime, &*self.clock, self.now()).await;
                 if task != before {
                     task.version += 1;
                     task = (*self.record(task).await?).clone();

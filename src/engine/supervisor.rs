@@ -65,6 +65,10 @@ struct Supervisor {
     resolved: Option<HashMap<String, ResolvedEnv>>,
     /// The pull step is done (again after a restart, for the containers still pending).
     pulled: bool,
+    /// The process of each container this supervisor started, by runtime id: an exit of any
+    /// other process of that id is an earlier incarnation's (one an ecsd killed mid-start
+    /// created), reported late.
+    pids: HashMap<String, u32>,
 }
 
 /// One image a task needs, and the containers that use it.
@@ -116,6 +120,7 @@ pub(crate) async fn run(
         answers: vec![],
         resolved: None,
         pulled: false,
+        pids: HashMap::new(),
     };
     // A re-adopted task's endpoints come back on its namespaces.
     if s.rec.last > TaskStatus::Provisioning
@@ -258,9 +263,17 @@ impl Supervisor {
                 self.request_stop(reason);
                 self.answers.extend(recorded);
             }
-            Msg::Exit { runtime_id, code, at } => {
+            Msg::Exit { runtime_id, pid, code, at } => {
+                let started = self.pids.get(&runtime_id).copied();
                 let Some(c) = self.container(&runtime_id) else { return };
                 if c.status == ContainerStatus::Stopped {
+                    return;
+                }
+                // Not started yet, or started again since: the exit is of an earlier process.
+                let stale = c.status == ContainerStatus::Pending
+                    || matches!((pid, started), (Some(got), Some(ours)) if got != ours);
+                if stale {
+                    info!(container = %c.name, code, pid, "ignoring the exit of an earlier process of the container");
                     return;
                 }
                 mark_exited(c, code, at);
@@ -607,7 +620,8 @@ impl Supervisor {
         let runtime_id = self.rec.containers[i].runtime_id.clone();
         let Some(def) = self.rec.effective(&name).cloned() else { return };
         match self.create_and_start(&def, &runtime_id).await {
-            Ok(built) => {
+            Ok((built, pid)) => {
+                self.pids.insert(runtime_id.clone(), pid);
                 let now = self.now();
                 if let Some(p) = built.spec.process().clone() {
                     self.engine.remember_process(&runtime_id, p);
@@ -642,12 +656,12 @@ impl Supervisor {
         }
     }
 
-    /// Prepares, creates and starts one container.
+    /// Prepares, creates and starts one container; returns its spec and its process id.
     async fn create_and_start(
         &mut self,
         def: &ContainerDefinition,
         runtime_id: &str,
-    ) -> Result<spec::BuildOutput, StartFailure> {
+    ) -> Result<(spec::BuildOutput, u32), StartFailure> {
         let name = def.name.clone().unwrap_or_default();
         let reference = def.image.clone().unwrap_or_default();
         let image = self.image(&reference).await.map_err(StartFailure::Pull)?;
@@ -709,12 +723,12 @@ impl Supervisor {
             .create(runtime_id, &built.spec, &labels, &stdio)
             .await
             .map_err(|e| create(CreateFailure::Runtime(e)))?;
-        runtime.start(runtime_id).await.map_err(StartFailure::Start)?;
+        let pid = runtime.start(runtime_id).await.map_err(StartFailure::Start)?;
         // The image's last use orders image cleanup.
         if let Err(e) = runtime.image_used(&image.name, self.now()).await {
             warn!(image = %image.name, error = %e, "cannot record the image's use");
         }
-        Ok(built)
+        Ok((built, pid))
     }
 
     fn start_health(&mut self, def: &ContainerDefinition, runtime_id: &str) {
@@ -1004,6 +1018,7 @@ pub(crate) async fn readopt(
     task: &mut TaskRecord,
     states: &[ContainerState],
     runtime: &dyn Runtime,
+    clock: &dyn Clock,
     now: f64,
 ) {
     for c in &mut task.containers {
@@ -1015,8 +1030,12 @@ pub(crate) async fn readopt(
                     c.status = ContainerStatus::Running;
                     c.started_at.get_or_insert(now);
                 }
+                // Created but never started, or its start failed: created afresh by the
+                // supervisor, so this one must be gone first.
                 Some(_) => {
-                    let _ = runtime.remove(&c.runtime_id).await;
+                    if let Err(e) = remove_container(runtime, clock, &c.runtime_id).await {
+                        warn!(container = %c.name, error = %e, "cannot remove a container an earlier ecsd left half-started");
+                    }
                 }
                 None => {}
             }

@@ -54,6 +54,9 @@ pub struct FakeRuntime {
     state: Mutex<State>,
     /// The subscriber of the newest `events()` call (a restarted engine subscribes again).
     events_tx: Mutex<Option<mpsc::Sender<Event>>>,
+    /// While true, `start` waits (the container stays created), as when the caller dies
+    /// between creating a container and starting it.
+    starts_held: watch::Sender<bool>,
 }
 
 impl Default for FakeRuntime {
@@ -61,6 +64,7 @@ impl Default for FakeRuntime {
         FakeRuntime {
             state: Mutex::new(State { next_pid: 100, ..State::default() }),
             events_tx: Mutex::new(None),
+            starts_held: watch::Sender::new(false),
         }
     }
 }
@@ -114,16 +118,22 @@ impl FakeRuntime {
     /// Ends a running container's process with `code`.
     pub async fn exit(&self, id: &str, code: i32) {
         let at = now();
-        {
+        let pid = {
             let mut s = self.lock();
-            match s.containers.get_mut(id) {
-                Some((_, st @ ProcessStatus::Running { .. })) => *st = ProcessStatus::Exited { code, at },
-                _ => return,
-            }
-        }
+            let Some((_, st)) = s.containers.get_mut(id) else { return };
+            let ProcessStatus::Running { pid } = *st else { return };
+            *st = ProcessStatus::Exited { code, at };
+            pid
+        };
+        self.report_exit(id, pid, code, at).await;
+    }
+
+    /// Reports an exit of process `pid` of container `id` without changing the container,
+    /// as containerd does when the exit of a removed earlier incarnation arrives late.
+    pub async fn report_exit(&self, id: &str, pid: u32, code: i32, at: f64) {
         let tx = self.events_tx.lock().ok().and_then(|t| t.clone());
         if let Some(tx) = tx {
-            let _ = tx.send(Event::Exit { id: id.to_owned(), code, at }).await;
+            let _ = tx.send(Event::Exit { id: id.to_owned(), pid, code, at }).await;
         }
     }
 
@@ -173,6 +183,11 @@ impl FakeRuntime {
     /// The signals sent so far, in order.
     pub fn signals(&self) -> Vec<(String, i32)> {
         self.lock().signals.clone()
+    }
+
+    /// Makes `start` wait until released (see [`FakeRuntime::starts_held`]).
+    pub fn hold_starts(&self, held: bool) {
+        self.starts_held.send_replace(held);
     }
 
     pub fn set_unavailable(&self, unavailable: bool) {
@@ -300,6 +315,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        let _ = self.starts_held.subscribe().wait_for(|held| !held).await;
         self.check()?;
         let mut s = self.lock();
         s.next_pid += 1;

@@ -146,8 +146,10 @@ pub enum ProcessStatus {
 /// The runtime tells the engine about exits as they happen.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A container's main process exited.
-    Exit { id: String, code: i32, at: f64 },
+    /// A container's main process exited. `pid` tells which process it was: a container id
+    /// can be created again after a removal, and the exit of the earlier process may still
+    /// be on its way.
+    Exit { id: String, pid: u32, code: i32, at: f64 },
     /// The runtime connection came back after a loss: events may have been missed, so the
     /// engine should compare its picture with [`Runtime::list`].
     Reconnected,

@@ -8,6 +8,7 @@ use aws_sdk_ecs::types::{
 };
 
 use crate::common::{Ecsd, arn, err, eventually};
+use ecsd::runtime::ProcessStatus;
 
 fn container(name: &str) -> ContainerDefinition {
     ContainerDefinition::builder().name(name).image("busybox").memory(32).build()
@@ -486,6 +487,36 @@ async fn tasks_are_re_adopted_after_a_restart_and_exits_while_down_count() {
     // The re-adopted task still answers to its runtime's exits.
     e.fake.exit(&runtime_id(&t2, "a"), 0).await;
     wait_status(&e, t2.task_arn().unwrap(), "STOPPED").await;
+}
+
+#[tokio::test]
+async fn a_container_left_half_started_is_started_again_and_its_late_exit_ignored() {
+    let mut e = Ecsd::start().await;
+    register(&e, "half", vec![container("a")]).await;
+    // The daemon goes away between creating the container and starting it.
+    e.fake.hold_starts(true);
+    let t = run(&e, "half").await;
+    let id = runtime_id(&t, "a");
+    eventually(10, "the container created", || async {
+        (e.fake.status(&id) == Some(ProcessStatus::Created)).then_some(())
+    })
+    .await;
+    e.daemon.take().unwrap().shutdown().await.unwrap();
+    e.fake.hold_starts(false);
+    e.restart().await;
+
+    let running = wait_status(&e, t.task_arn().unwrap(), "RUNNING").await;
+    assert_eq!(running.containers()[0].last_status(), Some("RUNNING"));
+    let Some(ProcessStatus::Running { pid }) = e.fake.status(&id) else {
+        panic!("the container runs again: {:?}", e.fake.status(&id));
+    };
+    // containerd reports the end of the removed, never-started process late, under the
+    // same container id: it is not this process's exit.
+    e.fake.report_exit(&id, pid + 1000, 137, 0.0).await;
+    // The real exit, reported after it, is the one the task records.
+    e.fake.exit(&id, 3).await;
+    let stopped = wait_status(&e, t.task_arn().unwrap(), "STOPPED").await;
+    assert_eq!(stopped.containers()[0].exit_code(), Some(3));
 }
 
 #[tokio::test]

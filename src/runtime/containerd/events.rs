@@ -138,6 +138,7 @@ fn exit_event(envelope: &containerd_client::types::Envelope) -> Option<Event> {
     }
     Some(Event::Exit {
         id: exit.container_id,
+        pid: exit.pid,
         code: exit.exit_status as i32,
         at: epoch_seconds(exit.exited_at.as_ref()),
     })
@@ -179,7 +180,10 @@ mod tests {
                 .encode_to_vec(),
             }),
         };
-        assert_eq!(exit_event(&envelope("c1")), Some(Event::Exit { id: "c1".into(), code: 3, at: 10.0 }));
+        assert_eq!(
+            exit_event(&envelope("c1")),
+            Some(Event::Exit { id: "c1".into(), pid: 42, code: 3, at: 10.0 })
+        );
         assert_eq!(exit_event(&envelope("exec-1")), None);
         let mut ping = envelope("c1");
         ping.topic = PING_TOPIC.into();

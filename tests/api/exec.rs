@@ -440,7 +440,7 @@ async fn the_plugins_way_handshake_size_output_and_channel_closed() {
     x.stdout.as_mut().unwrap().write_all(&big).await.unwrap();
     let mut got = Vec::new();
     while got.len() < big.len() {
-        let m = raw.next_stream().await;
+        let m = raw.next_output().await;
         assert_eq!(m.sequence_number, 2 + (got.len() / 1024) as i64);
         assert!(m.payload.len() <= 1024);
         assert_eq!(m.payload_type, PayloadType::Output);
@@ -576,7 +576,7 @@ async fn ecsds_client_gets_larger_output_messages_and_other_clients_1024_bytes()
         x.stdout.as_mut().unwrap().write_all(&big).await.unwrap();
         let (mut got, mut largest) = (Vec::new(), 0);
         while got.len() < big.len() {
-            let m = raw.next_stream().await;
+            let m = raw.next_output().await;
             assert_eq!(m.payload_type, PayloadType::Output);
             raw.ack(&m).await;
             largest = largest.max(m.payload.len());
@@ -826,6 +826,8 @@ struct Raw {
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     ids: MessageIds,
     seq: i64,
+    /// The highest output sequence number [`Raw::next_output`] handed out.
+    last_output: i64,
 }
 
 impl Raw {
@@ -845,7 +847,7 @@ impl Raw {
             ecsd_exec: ecsd,
         };
         ws.send(Message::Text(serde_json::to_string(&open).unwrap().into())).await.unwrap();
-        Raw { ws, ids: MessageIds::new(*uuid::Uuid::new_v4().as_bytes()), seq: 0 }
+        Raw { ws, ids: MessageIds::new(*uuid::Uuid::new_v4().as_bytes()), seq: 0, last_output: -1 }
     }
 
     /// The reason of the close frame the server refuses a session with.
@@ -882,6 +884,20 @@ impl Raw {
                 return m;
             }
             assert_eq!(m.message_type, MessageType::Acknowledge, "{m:?}");
+        }
+    }
+
+    /// The next output message not seen before. A message the server sent again because its
+    /// acknowledgement was late (on a loaded machine) is acknowledged again and skipped, as
+    /// session-manager-plugin does.
+    async fn next_output(&mut self) -> AgentMessage {
+        loop {
+            let m = self.next_stream().await;
+            if m.sequence_number > self.last_output {
+                self.last_output = m.sequence_number;
+                return m;
+            }
+            self.ack(&m).await;
         }
     }
 

@@ -97,10 +97,11 @@ fn service_arn_of(ctx: &Ctx, cluster: &str, reference: &str) -> String {
 }
 
 /// The task definition a service names: ACTIVE, by family (latest ACTIVE revision),
-/// family:revision or ARN. Only ecsd's own: services do not run upstream task definitions
-/// (`ECS_ENDPOINT_URL`) yet.
-fn definition(ctx: &Ctx, r: &Reader<'_>, reference: &str) -> Result<TaskDefinition, ApiError> {
-    tasks::definition(ctx, r, reference, None)
+/// family:revision or ARN; ecsd's own, else (with `ECS_ENDPOINT_URL`) the upstream's, as
+/// RunTask finds it.
+async fn definition(ctx: &Arc<Ctx>, reference: &str) -> Result<TaskDefinition, ApiError> {
+    let upstream = tasks::upstream_definition(ctx, reference).await?;
+    ctx.store.read(|r| tasks::definition(ctx, r, reference, upstream))
 }
 
 /// The service's tasks, as the engine has them (any status it still keeps).
@@ -326,15 +327,15 @@ pub async fn create(ctx: &Arc<Ctx>, req: CreateServiceRequest) -> Result<CreateS
     tags::validate(&tags)?;
     let reference = req.task_definition.clone().ok_or(ServiceError::MissingTaskDefinition)?;
 
-    let (cluster, td, default_strategy) = ctx.store.read(|r| {
+    let (cluster, default_strategy) = ctx.store.read(|r| {
         let cluster = active_cluster(ctx, r, req.cluster.as_deref())?;
         let default_strategy = r
             .get(CLUSTERS, &cluster)?
             .and_then(|c| c.default_capacity_provider_strategy)
             .filter(|s| !s.is_empty());
-        let td = definition(ctx, r, &reference)?;
-        Ok::<_, ApiError>((cluster, td, default_strategy))
+        Ok::<_, ApiError>((cluster, default_strategy))
     })?;
+    let td = definition(ctx, &reference).await?;
     let (launch_type, capacity_provider_strategy) = match (&req.launch_type, given_strategy) {
         (Some(l), _) => (Some(l.clone()), None),
         (None, Some(s)) => (None, Some(s)),
@@ -440,14 +441,11 @@ fn find(
 
 pub async fn update(ctx: &Arc<Ctx>, req: UpdateServiceRequest) -> Result<UpdateServiceResponse, ApiError> {
     let reference = req.service.clone().unwrap_or_default();
-    let (current, td) = ctx.store.read(|r| {
-        let current = find(ctx, r, req.cluster.as_deref(), &reference)?;
-        let td = match &req.task_definition {
-            Some(t) => Some(definition(ctx, r, t)?),
-            None => None,
-        };
-        Ok::<_, ApiError>((current, td))
-    })?;
+    let current = ctx.store.read(|r| find(ctx, r, req.cluster.as_deref(), &reference))?;
+    let td = match &req.task_definition {
+        Some(t) => Some(definition(ctx, t).await?),
+        None => None,
+    };
     if current.status != ServiceStatus::Active {
         return Err(SchedulerError::ServiceNotActive.into());
     }
@@ -502,7 +500,7 @@ pub async fn update(ctx: &Arc<Ctx>, req: UpdateServiceRequest) -> Result<UpdateS
     if update.task_definition.is_some() || update.network_configuration.is_some() {
         let td = match td {
             Some(td) => td,
-            None => ctx.store.read(|r| definition(ctx, r, &current.task_definition))?,
+            None => definition(ctx, &current.task_definition).await?,
         };
         let network = network_configuration.or_else(|| current.network_configuration.clone());
         let launch_type =

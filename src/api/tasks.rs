@@ -18,7 +18,7 @@ use crate::model::task::{StopReason, TaskRecord, TaskStatus};
 use crate::model::task_definition;
 use crate::store::Reader;
 use crate::store::records::{
-    TAGS, TASK_DEFINITIONS, UPSTREAM_TASK_DEFINITIONS, task_definition_key, upstream_key,
+    TAGS, TASK_DEFINITIONS, UPSTREAM_TASK_DEFINITIONS, task_definition_key, upstream_arn_key, upstream_key,
 };
 
 fn not_found_task() -> ApiError {
@@ -124,7 +124,10 @@ pub(super) async fn upstream_definition(
         || reference.starts_with("arn:");
     ctx.store.write(|w| {
         if !arn.is_empty() {
-            w.put(UPSTREAM_TASK_DEFINITIONS, &upstream_key(&upstream.region_of(&arn), &arn), &td)?;
+            // Where the scheduler finds it again by ARN.
+            let by_arn =
+                upstream_arn_key(&arn).unwrap_or_else(|| upstream_key(&upstream.region_of(&arn), &arn));
+            w.put(UPSTREAM_TASK_DEFINITIONS, &by_arn, &td)?;
         }
         if names_revision {
             w.put(UPSTREAM_TASK_DEFINITIONS, &key, &td)?;

@@ -34,7 +34,7 @@ use crate::model::task::{StopCode, StopReason, TaskRecord};
 use crate::model::time::Clock;
 use crate::store::records::{
     CLUSTERS, SERVICE_DEPLOYMENTS, SERVICE_REVISIONS, SERVICES, TAGS, TASK_DEFINITIONS,
-    service_deployment_key, service_key, task_definition_key,
+    UPSTREAM_TASK_DEFINITIONS, service_deployment_key, service_key, task_definition_key, upstream_arn_key,
 };
 use crate::store::{Scan, Store, StoreError, prefix_end};
 
@@ -803,12 +803,19 @@ impl Run {
     }
 
     /// The task definition by ARN, whatever its status (a service keeps running a
-    /// deregistered revision).
+    /// deregistered revision): ecsd's own, or the copy of an upstream one (`ECS_ENDPOINT_URL`)
+    /// the API kept when the service named it.
     fn definition(&self, arn: &str) -> Option<TaskDefinition> {
-        let Ok(ResourceArn::TaskDefinition { family, revision }) = self.sched.identity.parse(arn) else {
-            return None;
+        let read = |r: &crate::store::Reader<'_>| match self.sched.identity.parse(arn) {
+            Ok(ResourceArn::TaskDefinition { family, revision }) => {
+                r.get(TASK_DEFINITIONS, &task_definition_key(&family, revision))
+            }
+            _ => match upstream_arn_key(arn) {
+                Some(key) => r.get(UPSTREAM_TASK_DEFINITIONS, &key),
+                None => Ok(None),
+            },
         };
-        match self.sched.store.read(|r| r.get(TASK_DEFINITIONS, &task_definition_key(&family, revision))) {
+        match self.sched.store.read(read) {
             Ok(td) => td,
             Err(e) => {
                 warn!(error = %crate::error_chain(&e), "cannot read the task definition");

@@ -80,6 +80,13 @@ pub fn upstream_key(region: &str, reference: &str) -> String {
     format!("{region}\u{0}{reference}")
 }
 
+/// The [`upstream_key`] of an upstream task definition kept under its own ARN, which names
+/// its region.
+pub fn upstream_arn_key(arn: &str) -> Option<String> {
+    let region = arn.strip_prefix("arn:")?.split(':').nth(2).filter(|r| !r.is_empty())?;
+    Some(upstream_key(region, arn))
+}
+
 pub fn task_key(cluster: &str, id: &str) -> String {
     format!("{cluster}\u{0}{id}")
 }

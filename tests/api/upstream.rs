@@ -411,3 +411,63 @@ async fn with_an_iam_endpoint_task_roles_must_exist_there() {
     let reason = unknown.stopped_reason().unwrap_or_default();
     assert!(reason.contains("role ghost cannot be resolved with IAM GetRole: NoSuchEntity"), "{reason}");
 }
+
+/// The service's tasks that are RUNNING, as DescribeTasks shows them.
+async fn running_tasks(e: &Ecsd, service: &str) -> Vec<aws_sdk_ecs::types::Task> {
+    let arns = e.client.list_tasks().service_name(service).send().await.unwrap().task_arns().to_vec();
+    if arns.is_empty() {
+        return vec![];
+    }
+    let out = e.client.describe_tasks().set_tasks(Some(arns)).send().await.unwrap();
+    out.tasks().iter().filter(|t| t.last_status() == Some("RUNNING")).cloned().collect()
+}
+
+#[tokio::test]
+async fn services_run_upstream_task_definitions_and_replace_their_tasks() {
+    let moto = Moto::start();
+    let proxy = recording_proxy(&moto.url).await;
+    let arn = register_at(&moto_client(&moto, "us-west-2"), "svc", "app").await;
+    let mut e = ecsd_with_upstream(&proxy.url).await;
+
+    let out =
+        e.client.create_service().service_name("web").task_definition(&arn).desired_count(2).send().await;
+    let service = out.unwrap().service().unwrap().clone();
+    assert_eq!(service.task_definition(), Some(arn.as_str()), "the ARN the caller gave");
+    let step = std::time::Duration::from_millis(500);
+    let first = e
+        .advancing(step, 20, "two tasks of the upstream definition RUNNING", || async {
+            let tasks = running_tasks(&e, "web").await;
+            (tasks.len() == 2).then_some(tasks)
+        })
+        .await;
+    assert!(first.iter().all(|t| t.task_definition_arn() == Some(arn.as_str())), "{first:?}");
+
+    // A replacement is launched by the scheduler from the copy ecsd kept, after a restart too.
+    e.restart().await;
+    e.fake.exit(first[0].containers()[0].runtime_id().unwrap(), 1).await;
+    let replaced = e
+        .advancing(step, 20, "the exited task replaced", || async {
+            let tasks = running_tasks(&e, "web").await;
+            (tasks.len() == 2 && tasks.iter().all(|t| t.task_arn() != first[0].task_arn())).then_some(tasks)
+        })
+        .await;
+    assert!(replaced.iter().all(|t| t.task_definition_arn() == Some(arn.as_str())), "{replaced:?}");
+    assert_eq!(proxy.seen.lock().unwrap().count("DescribeTaskDefinition"), 1, "fetched once");
+
+    // UpdateService names one too; one the upstream does not have fails as ECS fails.
+    let second = register_at(&moto_client(&moto, "us-west-2"), "svc", "app2").await;
+    let out = e.client.update_service().service("web").task_definition(&second).send().await.unwrap();
+    assert_eq!(out.service().unwrap().task_definition(), Some(second.as_str()));
+    let (code, msg) =
+        err(e.client.update_service().service("web").task_definition("nowhere:1").send().await.unwrap_err());
+    assert_eq!(code, "ClientException");
+    assert!(msg.starts_with("TaskDefinition not found. ECS_ENDPOINT_URL"), "{msg}");
+    let rolled = e
+        .advancing(step, 30, "the service rolled to the second revision", || async {
+            let tasks = running_tasks(&e, "web").await;
+            (tasks.len() == 2 && tasks.iter().all(|t| t.task_definition_arn() == Some(second.as_str())))
+                .then_some(tasks)
+        })
+        .await;
+    assert_eq!(rolled[0].containers()[0].name(), Some("app2"));
+}

@@ -277,10 +277,11 @@ Environment:
   ECS_ENDPOINT_AWS_REGION  the upstream's region for names that are not ARNs (default AWS_REGION)
   ECSD_FORWARD_SIGNATURE   aws (re-sign forwarded calls with ecsd's own credentials, default)
                            or passthrough (keep the caller's signature)
+  ECS_EXTERNAL_NETWORKS    Podman networks (comma-separated) every awsvpc and bridge-mode
+                           sandbox also joins (eth1, ...); ECSD_PODMAN: the podman to ask
   ECSD_SERVICE_STABILIZATION  how long a service task without health checks must run
                            before it counts as healthy in deployments (default 40s, as ECS)
   ECSD_SERVICE_RETENTION   how long deleted (INACTIVE) services stay describable (default 1h)
-  ECS_ENDPOINT_URL         forward ECS operations ecsd does not implement to this endpoint
   ECSD_LOG_DRIVER          the ecsd binary containerd's shim runs to capture container output
                            (default: this binary)
   RUST_LOG, ECSD_LOG       log filter, e.g. info or ecsd=debug (default info)

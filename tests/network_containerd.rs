@@ -597,3 +597,153 @@ async fn a_namespace_deleted_behind_ecsds_back_is_still_torn_down() {
     assert_eq!(d.footprint().await, baseline);
     assert_eq!(d.net.list().await.unwrap(), Vec::<String>::new());
 }
+
+/// A Podman network and a busybox httpd container on it, removed on drop (also when the test
+/// fails). The container runs from a root filesystem of Debian's static busybox, so the test
+/// needs no image in Podman's store.
+struct PodmanLab {
+    network: String,
+    container: String,
+    rootfs: tempfile::TempDir,
+}
+
+impl PodmanLab {
+    fn podman(args: &[&str]) -> std::process::Output {
+        std::process::Command::new("podman").args(args).output().expect("run podman")
+    }
+
+    fn ok(args: &[&str]) -> String {
+        let out = Self::podman(args);
+        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// `podman network create --subnet 10.226.<k>.0/24 --ip-range 10.226.<k>.0/25` and
+    /// `podman run -d` of an httpd on it answering `podman-side`.
+    fn start(k: usize) -> PodmanLab {
+        let tag = std::process::id();
+        let lab = PodmanLab {
+            network: format!("ecsd-ext-{tag}"),
+            container: format!("ecsd-ext-web-{tag}"),
+            rootfs: tempfile::tempdir().unwrap(),
+        };
+        let root = lab.rootfs.path();
+        for dir in ["bin", "www", "proc", "sys", "dev", "etc", "tmp"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        std::fs::write(root.join("www/index.html"), "podman-side\n").unwrap();
+        let subnet = format!("10.226.{k}.0/24");
+        let range = format!("10.226.{k}.0/25");
+        Self::ok(&["network", "create", "--subnet", &subnet, "--ip-range", &range, &lab.network]);
+        let root = root.display().to_string();
+        // This host lacks CAP_SYS_RESOURCE: Podman's default ulimits are above its limits.
+        Self::ok(&[
+            "run",
+            "-d",
+            "--name",
+            &lab.container,
+            "--network",
+            &lab.network,
+            "--ulimit",
+            "nofile=20000:20000",
+            "--ulimit",
+            "nproc=32768:32768",
+            "--rootfs",
+            &root,
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ]);
+        lab
+    }
+
+    fn address(&self) -> String {
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", self.network);
+        Self::ok(&["inspect", "--format", &format, &self.container])
+    }
+
+    fn bridge(&self) -> String {
+        Self::ok(&["network", "inspect", "--format", "{{.NetworkInterface}}", &self.network])
+    }
+
+    /// The interfaces on the network's bridge (the container's, and a task's while it runs).
+    fn members(&self) -> usize {
+        std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge())).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+impl Drop for PodmanLab {
+    fn drop(&mut self) {
+        let _ = Self::podman(&["rm", "-f", "-t", "0", &self.container]);
+        let _ = Self::podman(&["network", "rm", "-f", &self.network]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, containerd, netavark and podman"]
+async fn tasks_join_existing_podman_networks_and_leave_them_untouched() {
+    let _g = CONTAINERD.read().await;
+    // A network ECS_EXTERNAL_NETWORKS names that Podman does not have stops ecsd at start.
+    let settings =
+        ecsd::network::Settings { external: vec!["ecsd-no-such-net".into()], ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let refused =
+        ecsd::network::Netavark::new(settings, ecsd::network::Namespaces::new("ecsd-x-"), dir.path())
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+    assert!(
+        refused.starts_with("ECS_EXTERNAL_NETWORKS: Podman network 'ecsd-no-such-net' cannot be joined: "),
+        "{refused}"
+    );
+
+    let lab = PodmanLab::start(std::process::id() as usize % 250);
+    let podman_ip = lab.address();
+    assert!(podman_ip.starts_with("10.226."), "{podman_ip}");
+    assert_eq!(lab.members(), 1, "the Podman container alone");
+    let e = Ecsd::start(&[("ECS_EXTERNAL_NETWORKS", &lab.network)]).await;
+
+    // A task on its own network has a second interface on Podman's, at the top of the subnet
+    // (outside the range Podman leases from).
+    e.register_mode("web", "awsvpc", vec![httpd("web", 8080).build()]).await;
+    let web = arn_of(&e.run_awsvpc("web", "subnet-default").await);
+    let t = e.wait_status(&web, "RUNNING").await;
+    let own_ip = details(&t)["privateIPv4Address"].clone();
+    let prefix = podman_ip.rsplit_once('.').unwrap().0;
+    let eth1 = run_cmd("ip", &["-n", &e.netns_name(&web), "-4", "addr", "show", "eth1"]).await;
+    assert!(eth1.contains(&format!("inet {prefix}.254/24")), "{eth1}");
+    assert_eq!(lab.members(), 2, "the task's interface joined Podman's bridge");
+    // The Podman container reaches the task by that address and, with Podman's DNS, by the
+    // task's name.
+    let short = format!("ip-{}", own_ip.replace('.', "-"));
+    for target in [format!("{prefix}.254"), short] {
+        let url = format!("http://{target}:8080/");
+        let body = eventually(WAIT, &format!("podman to fetch {url}"), || async {
+            let out = PodmanLab::podman(&["exec", &lab.container, "/bin/busybox", "wget", "-qO-", &url]);
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        })
+        .await;
+        assert!(body.trim().starts_with("ip-"), "the task's hostname: {body}");
+    }
+
+    // A task reaches the Podman container by its address.
+    e.register_mode("client", "awsvpc", vec![sh("client", FETCH).build()]).await;
+    let target = format!("{podman_ip}:8080");
+    let client = run_with_env(&e, "client", "subnet-default", "client", &target, PATIENT).await;
+    let done = e.wait_status(&client, "STOPPED").await;
+    assert_eq!(named(&done, "client").exit_code(), Some(0), "{:?}", e.logs(&client, "client"));
+    assert!(e.logs(&client, "client").contains("podman-side"));
+
+    // Stopped: its interface left Podman's bridge; the network and the container are as they were.
+    e.stop(&web, "done").await;
+    e.wait_status(&web, "STOPPED").await;
+    assert_eq!(lab.members(), 1, "only the Podman container is left on the bridge");
+    assert_eq!(PodmanLab::ok(&["inspect", "--format", "{{.State.Running}}", &lab.container]), "true");
+    assert!(PodmanLab::podman(&["network", "exists", &lab.network]).status.success());
+    assert_eq!(lab.address(), podman_ip);
+}

@@ -16,6 +16,7 @@ use tokio::process::Command;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 mod netavark;
+mod podman;
 pub mod settings;
 #[cfg(test)]
 mod sim;
@@ -105,6 +106,9 @@ pub enum NetworkError {
     Timeout { command: String, after: Duration },
     #[error("no network named '{0}' is configured")]
     UnknownNetwork(String),
+    /// A Podman network of `ECS_EXTERNAL_NETWORKS` that cannot be joined.
+    #[error("ECS_EXTERNAL_NETWORKS: Podman network '{network}' cannot be joined: {reason}")]
+    External { network: String, reason: String },
     #[error("network '{network}' ({subnet}) has no free address left")]
     Exhausted { network: String, subnet: String },
     #[error("{what}")]
@@ -142,7 +146,7 @@ impl NetworkError {
             NetworkError::Command { .. } | NetworkError::Timeout { .. } | NetworkError::Exhausted { .. } => {
                 true
             }
-            NetworkError::UnknownNetwork(_) => false,
+            NetworkError::UnknownNetwork(_) | NetworkError::External { .. } => false,
             NetworkError::State { source, .. } => {
                 !matches!(source.kind(), PermissionDenied | ReadOnlyFilesystem)
             }

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, warn};
 
+use super::podman::{self, External, Joined};
 use super::settings::BRIDGE_PREFIX;
 use super::task_locks::{TaskLocks, Ticket};
 use super::{
@@ -55,6 +56,8 @@ struct Inner {
     /// netavark's `--config` directory (aardvark-dns's records and pid file).
     config_dir: PathBuf,
     ipam: Mutex<Ipam>,
+    /// The Podman networks every sandbox with an interface also joins.
+    external: Vec<External>,
     /// netavark runs one at a time, as Podman serializes it: concurrent runs race on the
     /// firewall chains they share.
     serial: tokio::sync::Mutex<bool>,
@@ -91,6 +94,16 @@ impl Ipam {
         Err(NetworkError::Exhausted { network: net.name.clone(), subnet: net.cidr() })
     }
 
+    /// The first of `candidates` not in use on Podman network `network`.
+    fn allocate_external(&mut self, net: &External) -> Result<Ipv4Addr, NetworkError> {
+        let used = self.used.entry(external_key(&net.name)).or_default();
+        let ip = net.candidates().find(|ip| !used.contains(ip));
+        let ip =
+            ip.ok_or_else(|| NetworkError::Exhausted { network: net.name.clone(), subnet: net.cidr() })?;
+        used.insert(ip);
+        Ok(ip)
+    }
+
     fn release(&mut self, network: &str, ip: Ipv4Addr) {
         if let Some(used) = self.used.get_mut(network) {
             used.remove(&ip);
@@ -105,6 +118,9 @@ struct SandboxState {
     network: String,
     address: Ipv4Addr,
     options: NetworkOptions,
+    /// The Podman networks (`ECS_EXTERNAL_NETWORKS`) the sandbox joined, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    external: Vec<Joined>,
 }
 
 /// netavark's input, as Podman writes it (netavark 1.x `types::NetworkOptions`).
@@ -189,12 +205,17 @@ impl Netavark {
         namespaces: Namespaces,
         state_dir: &Path,
     ) -> Result<Netavark, NetworkError> {
+        let external = match settings.external.is_empty() {
+            true => vec![],
+            false => podman::inspect(&settings.podman, &settings.external)?,
+        };
         Netavark::build(
             settings,
             namespaces,
             state_dir,
             Path::new("/sys/class/net"),
             Duration::from_millis(200),
+            external,
         )
     }
 
@@ -204,6 +225,7 @@ impl Netavark {
         state_dir: &Path,
         sys_class_net: &Path,
         retry_pause: Duration,
+        external: Vec<External>,
     ) -> Result<Netavark, NetworkError> {
         let state = |what: String| move |source| NetworkError::State { what, source };
         std::fs::create_dir_all(state_dir)
@@ -220,6 +242,7 @@ impl Netavark {
             state_dir: state_dir.to_owned(),
             config_dir,
             ipam: Mutex::new(Ipam::default()),
+            external,
             serial: tokio::sync::Mutex::new(false),
             tasks: TaskLocks::default(),
             retry_pause,
@@ -229,6 +252,9 @@ impl Netavark {
         let mut ipam = inner.ipam.lock().unwrap_or_else(|e| e.into_inner());
         for s in inner.states()? {
             ipam.used.entry(s.network.clone()).or_default().insert(s.address);
+            for j in &s.external {
+                ipam.used.entry(external_key(&j.network)).or_default().insert(j.address);
+            }
         }
         drop(ipam);
         Ok(Netavark { inner: Arc::new(inner) })
@@ -372,7 +398,13 @@ impl Inner {
             )]),
             network_info: BTreeMap::from([(nv_name(net), nv_network(net))]),
         };
-        let state = SandboxState { key: key.to_owned(), network: net.name.clone(), address, options };
+        let state = SandboxState {
+            key: key.to_owned(),
+            network: net.name.clone(),
+            address,
+            options,
+            external: vec![],
+        };
         if let Err(e) = self.write_state(&state) {
             self.ipam.lock().unwrap_or_else(|e| e.into_inner()).release(&net.name, address);
             return Err(e);
@@ -388,7 +420,63 @@ impl Inner {
             .and_then(|b| b.interfaces.get("eth0"))
             .map(|i| i.mac_address.clone())
             .unwrap_or_else(|| state.options.networks[&nv_name(net)].static_mac.clone());
+        if !self.external.is_empty() {
+            self.join_external(state, netns).await?;
+        }
         Ok(Interface { network: net.name.clone(), address, mac, private_dns_name: dns_name })
+    }
+
+    /// Gives the sandbox an interface on each Podman network (`eth1`, …), with the names it
+    /// has on its own network, each recorded before netavark runs so a teardown finds it.
+    async fn join_external(&self, mut state: SandboxState, netns: &Path) -> Result<(), NetworkError> {
+        let own = state.options.networks.values().next().cloned();
+        let (name, aliases) =
+            (state.options.container_name.clone(), own.map(|n| n.aliases).unwrap_or_default());
+        for (i, net) in self.external.iter().enumerate() {
+            let address = self.ipam.lock().unwrap_or_else(|e| e.into_inner()).allocate_external(net)?;
+            let options = serde_json::json!({
+                "container_id": state.options.container_id,
+                "container_name": name,
+                "networks": {
+                    net.name.clone(): PerNetwork {
+                        interface_name: format!("eth{}", i + 1),
+                        static_ips: vec![IpAddr::V4(address)],
+                        static_mac: mac_address(),
+                        aliases: aliases.clone(),
+                    }
+                },
+                "network_info": { net.name.clone(): net.definition },
+            });
+            state.external.push(Joined { network: net.name.clone(), address, options });
+            if let Err(e) = self.write_state(&state) {
+                self.ipam
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .release(&external_key(&net.name), address);
+                return Err(e);
+            }
+            let joined = state.external.last().expect("just pushed");
+            self.podman_netavark("setup", netns, &joined.options).await?;
+            debug!(sandbox = %state.key, network = %net.name, %address, "joined a Podman network");
+        }
+        Ok(())
+    }
+
+    /// Takes the sandbox's interfaces off the Podman networks it joined. Best effort: an
+    /// interface goes with the namespace anyway; what a failed teardown can leave is the
+    /// task's name in Podman's aardvark-dns records, which is said.
+    async fn leave_external(&self, key: &str, state: &SandboxState) {
+        let netns = self.namespaces.path(key);
+        for joined in state.external.iter().rev() {
+            let left = match netns.exists() {
+                true => self.podman_netavark("teardown", &netns, &joined.options).await,
+                false => Ok(vec![]),
+            };
+            if let Err(e) = left {
+                warn!(sandbox = %key, network = %joined.network, error = %crate::error_chain(&e),
+                      "cannot take the task off the Podman network; Podman's DNS may still answer its name");
+            }
+        }
     }
 
     /// Undoes a sandbox, in the order that keeps a half-done teardown resumable: netavark's
@@ -398,6 +486,7 @@ impl Inner {
         let recorded =
             self.read_state(key).map_err(|e| Unmade { held: self.namespace_held(key), cause: Some(e) })?;
         if let Recorded::Sandbox(state) = &recorded {
+            self.leave_external(key, state).await;
             self.release_from_netavark(key, state).await?;
             self.forget(state)?;
         }
@@ -557,7 +646,11 @@ impl Inner {
                 Some(NetworkError::State { what, source }),
             ));
         }
-        self.ipam.lock().unwrap_or_else(|e| e.into_inner()).release(&state.network, state.address);
+        let mut ipam = self.ipam.lock().unwrap_or_else(|e| e.into_inner());
+        ipam.release(&state.network, state.address);
+        for j in &state.external {
+            ipam.release(&external_key(&j.network), j.address);
+        }
         Ok(())
     }
 
@@ -585,6 +678,32 @@ impl Inner {
         let args = [
             OsStr::new("--config"),
             self.config_dir.as_os_str(),
+            OsStr::new("--aardvark-binary"),
+            self.settings.aardvark.as_os_str(),
+            OsStr::new(verb),
+            netns.as_os_str(),
+        ];
+        let input = serde_json::to_vec(options).expect("serializable");
+        self.runner.run(self.settings.netavark.as_os_str(), &args, Some(&input)).await
+    }
+
+    /// netavark with Podman's own directory, under Podman's lock, for a Podman network.
+    async fn podman_netavark(
+        &self,
+        verb: &str,
+        netns: &Path,
+        options: &serde_json::Value,
+    ) -> Result<Vec<u8>, NetworkError> {
+        let _ours = self.serial.lock().await;
+        let _podmans = podman::lock().await?;
+        let run_dir = Path::new(podman::RUN_DIR);
+        std::fs::create_dir_all(run_dir.join("aardvark-dns")).map_err(|source| NetworkError::State {
+            what: format!("cannot create {}", run_dir.display()),
+            source,
+        })?;
+        let args = [
+            OsStr::new("--config"),
+            run_dir.as_os_str(),
             OsStr::new("--aardvark-binary"),
             self.settings.aardvark.as_os_str(),
             OsStr::new(verb),
@@ -705,6 +824,11 @@ fn joined<T>(joined: Result<Result<T, NetworkError>, tokio::task::JoinError>) ->
     }
 }
 
+/// Where [`Ipam`] keeps the addresses of a Podman network (apart from ecsd's own networks).
+fn external_key(network: &str) -> String {
+    format!("podman:{network}")
+}
+
 /// netavark's container id (it names firewall rules and DNS records after it): 64 hex
 /// characters derived from the namespace key, so teardown after a crash finds the same.
 fn container_id(key: &str) -> String {
@@ -818,8 +942,9 @@ mod tests {
         };
         let namespaces = Namespaces::with_runner("ecsd-t-", &sim.netns_dir, sim.clone());
         let state_dir = dir.path().join("network");
-        let net = Netavark::build(settings, namespaces, &state_dir, &sim.sys_dir, Duration::from_millis(1))
-            .unwrap();
+        let net =
+            Netavark::build(settings, namespaces, &state_dir, &sim.sys_dir, Duration::from_millis(1), vec![])
+                .unwrap();
         Host { dir, sim, net }
     }
 
@@ -1180,6 +1305,7 @@ mod tests {
             &h.net.inner.state_dir,
             &h.sim.sys_dir,
             Duration::from_millis(1),
+            vec![],
         )
         .unwrap();
         assert!(!tmp.exists());
@@ -1196,6 +1322,7 @@ mod tests {
             &h.net.inner.state_dir,
             &h.sim.sys_dir,
             Duration::from_millis(1),
+            vec![],
         )
         .unwrap();
         let used = &again.inner.ipam.lock().unwrap().used;

@@ -127,6 +127,11 @@ pub struct Settings {
     pub reserved_ports: Vec<u16>,
     pub netavark: PathBuf,
     pub aardvark: PathBuf,
+    /// Podman networks (`ECS_EXTERNAL_NETWORKS`) every awsvpc and bridge sandbox also joins,
+    /// with an interface of its own on each (`eth1`, …). ecsd never changes or deletes them.
+    pub external: Vec<String>,
+    /// The `podman` that describes them.
+    pub podman: PathBuf,
 }
 
 impl Default for Settings {
@@ -140,6 +145,8 @@ impl Default for Settings {
             reserved_ports: DEFAULT_RESERVED_PORTS.to_vec(),
             netavark: PathBuf::from("/usr/lib/podman/netavark"),
             aardvark: PathBuf::from("/usr/lib/podman/aardvark-dns"),
+            external: vec![],
+            podman: PathBuf::from("podman"),
         }
     }
 }
@@ -150,6 +157,23 @@ impl Default for Settings {
 pub struct SettingsError {
     pub name: String,
     pub reason: String,
+}
+
+/// `ECS_EXTERNAL_NETWORKS`: Podman network names, comma-separated, as local-ecs-api reads it.
+fn external_networks(value: &str) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if !valid {
+            return Err(format!("'{name}' is not a Podman network name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"));
+        }
+        if names.iter().any(|n| n == name) {
+            return Err(format!("network '{name}' is named twice"));
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -255,7 +279,13 @@ impl Settings {
             },
             None => file.tasks.publish_awsvpc_ports.unwrap_or(false),
         };
+        let external = match env("ECS_EXTERNAL_NETWORKS") {
+            Some(v) => external_networks(&v).map_err(|r| err("ECS_EXTERNAL_NETWORKS", r))?,
+            None => vec![],
+        };
         Ok(Settings {
+            external,
+            podman: env("ECSD_PODMAN").map(PathBuf::from).unwrap_or(defaults.podman),
             networks,
             publish_awsvpc_ports,
             dynamic_ports,
@@ -309,6 +339,21 @@ mod tests {
         assert_eq!(s.dynamic_ports, 49153..=65535);
         assert_eq!(s.reserved_ports, vec![22, 2375, 2376, 51678, 51679]);
         assert!(!s.publish_awsvpc_ports);
+    }
+
+    #[test]
+    fn external_networks_are_a_comma_separated_list_of_podman_names() {
+        assert!(resolve("", &[]).unwrap().external.is_empty());
+        let s = resolve("", &[("ECS_EXTERNAL_NETWORKS", " db , moto-net,")]).unwrap();
+        assert_eq!(s.external, ["db", "moto-net"]);
+        for (value, reason) in [
+            ("db,db", "network 'db' is named twice"),
+            ("db,-x", "'-x' is not a Podman network name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
+            ("a b", "'a b' is not a Podman network name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
+        ] {
+            let e = resolve("", &[("ECS_EXTERNAL_NETWORKS", value)]).unwrap_err();
+            assert_eq!((e.name.as_str(), e.reason.as_str()), ("ECS_EXTERNAL_NETWORKS", reason), "{value}");
+        }
     }
 
     #[test]

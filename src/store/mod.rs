@@ -109,7 +109,7 @@ struct SyncState {
 #[derive(Debug)]
 struct Open {
     db: Arc<redb::Database>,
-    _lock: File,
+    lock: File,
     syncer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -158,7 +158,7 @@ impl Store {
                 .map_err(data_dir_err)?
         };
         Ok(Store {
-            open: RwLock::new(Some(Open { db, _lock: lock, syncer: Some(syncer) })),
+            open: RwLock::new(Some(Open { db, lock, syncer: Some(syncer) })),
             sync,
             cache: cache::Cache::default(),
             durable_rx,
@@ -194,6 +194,11 @@ impl Store {
         self.sync.changed.notify_all();
         if let Some(tx) = &self.sync.durable_tx {
             tx.send_modify(|_| {});
+        }
+        // Released explicitly, not only by closing the descriptor: a process another thread is
+        // starting right now holds a copy of it until its exec, and with it the lock.
+        if let Err(e) = open.lock.unlock() {
+            tracing::warn!(error = %e, "cannot release the data dir's lock; it goes when ecsd exits");
         }
         // Transactions of callers that were mid-way hold the database until they end; the lock
         // file goes with `open` now, the database file with its last user.

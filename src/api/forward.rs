@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use super::{ApiError, Exception};
 use crate::aws::{Aws, AwsError, Relayed};
 use crate::config::ForwardSignature;
-use crate::model::shapes::TaskDefinition;
+use crate::model::shapes::{Tag, TaskDefinition};
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -65,7 +65,7 @@ impl Forwarder {
 
     /// DescribeTaskDefinition of `reference` at the upstream, signed with ecsd's own keys
     /// for the reference's region.
-    pub async fn task_definition(&self, reference: &str) -> Result<TaskDefinition, AwsError> {
+    pub async fn task_definition(&self, reference: &str) -> Result<(TaskDefinition, Vec<Tag>), AwsError> {
         let client = self.aws.own_client().await?.in_region(&self.region_of(reference));
         client.describe_task_definition(reference).await
     }

@@ -29,7 +29,9 @@ fn existing(ctx: &Ctx, r: &Reader<'_>, arn: &str) -> Result<(), ApiError> {
         }
         ResourceArn::TaskDefinition { family, revision } => task_definitions::exists(r, &family, revision)?,
         ResourceArn::Service { cluster, name } => services::exists(r, &cluster, &name)?,
-        // Tasks and container instances become taggable when ecsd keeps them.
+        // While DescribeTasks shows it (STOPPED ones until the retention ends).
+        ResourceArn::Task { cluster, id } => ctx.engine.task(&cluster, &id).is_some(),
+        // The container instance and the rest are not taggable here yet.
         _ => false,
     };
     if exists { Ok(()) } else { Err(not_found()) }

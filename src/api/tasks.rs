@@ -100,7 +100,7 @@ pub(super) async fn upstream_definition(
     if let Some(td) = ctx.store.read(|r| r.get(UPSTREAM_TASK_DEFINITIONS, &key))? {
         return Ok(Some(td));
     }
-    let fetched = upstream.task_definition(reference).await.map_err(|e| match e {
+    let (fetched, tags) = upstream.task_definition(reference).await.map_err(|e| match e {
         AwsError::Service { .. } => ApiError::client(format!(
             "TaskDefinition not found. ECS_ENDPOINT_URL {} answered: {e}",
             upstream.url()
@@ -128,6 +128,10 @@ pub(super) async fn upstream_definition(
             let by_arn =
                 upstream_arn_key(&arn).unwrap_or_else(|| upstream_key(&upstream.region_of(&arn), &arn));
             w.put(UPSTREAM_TASK_DEFINITIONS, &by_arn, &td)?;
+            // For propagateTags TASK_DEFINITION, found where a local definition's are.
+            if !tags.is_empty() {
+                w.put(TAGS, &arn, &tags)?;
+            }
         }
         if names_revision {
             w.put(UPSTREAM_TASK_DEFINITIONS, &key, &td)?;

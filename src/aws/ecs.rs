@@ -3,7 +3,7 @@
 //! with ecsd's own keys for the upstream's host and region.
 
 use super::{AwsError, Client, Malformed, Request, Service};
-use crate::model::shapes::{DescribeTaskDefinitionResponse, TaskDefinition};
+use crate::model::shapes::{DescribeTaskDefinitionResponse, Tag, TaskDefinition};
 
 const DESCRIBE_TASK_DEFINITION: &str = "AmazonEC2ContainerServiceV20141113.DescribeTaskDefinition";
 
@@ -23,15 +23,20 @@ const RELAYED_HEADERS: [&str; 3] = ["content-type", "x-amzn-requestid", "x-amzn-
 impl Client {
     /// DescribeTaskDefinition at the upstream: `reference` is a family, `family:revision`
     /// or an ARN, as the caller gave it.
-    pub async fn describe_task_definition(&self, reference: &str) -> Result<TaskDefinition, AwsError> {
-        let input = serde_json::json!({ "taskDefinition": reference });
+    /// Returns the definition and its tags.
+    pub async fn describe_task_definition(
+        &self,
+        reference: &str,
+    ) -> Result<(TaskDefinition, Vec<Tag>), AwsError> {
+        let input = serde_json::json!({ "taskDefinition": reference, "include": ["TAGS"] });
         let out: DescribeTaskDefinitionResponse =
             self.json(Service::Ecs, DESCRIBE_TASK_DEFINITION, &input).await?;
-        out.task_definition.ok_or(AwsError::Malformed {
+        let td = out.task_definition.ok_or(AwsError::Malformed {
             service: Service::Ecs,
             operation: DESCRIBE_TASK_DEFINITION,
             problem: Malformed::Missing("taskDefinition"),
-        })
+        })?;
+        Ok((td, out.tags.unwrap_or_default()))
     }
 
     /// Sends one ECS call (`target`, the caller's `X-Amz-Target`, and its JSON `body`) to

@@ -137,3 +137,25 @@ async fn tagging_what_does_not_exist_fails() {
     assert_eq!(code, "InvalidParameterException");
     assert_eq!(msg, "resourceArn: 'not-an-arn' is not a valid ECS ARN");
 }
+
+#[tokio::test]
+async fn tasks_are_tagged_listed_and_described_with_their_tags() {
+    let e = Ecsd::start().await;
+    register(&e, "job").await;
+    let out = e.client.run_task().task_definition("job").tags(tag("run", "1")).send().await.unwrap();
+    let task = out.tasks()[0].task_arn().unwrap().to_owned();
+    e.client.tag_resource().resource_arn(&task).tags(tag("owner", "me")).send().await.unwrap();
+    let out = e.client.list_tags_for_resource().resource_arn(&task).send().await.unwrap();
+    assert_eq!(out.tags(), [tag("run", "1"), tag("owner", "me")]);
+    let d = e.client.describe_tasks().tasks(&task).include("TAGS".into()).send().await.unwrap();
+    assert_eq!(d.tasks()[0].tags(), [tag("run", "1"), tag("owner", "me")]);
+    // A task ecsd does not have is not found (the same ARN shape, another id).
+    let (code, _) = err(e
+        .client
+        .list_tags_for_resource()
+        .resource_arn(arn("task/default/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .unwrap_err());
+    assert_eq!(code, "ResourceNotFoundException");
+}

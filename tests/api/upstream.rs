@@ -471,3 +471,43 @@ async fn services_run_upstream_task_definitions_and_replace_their_tasks() {
         .await;
     assert_eq!(rolled[0].containers()[0].name(), Some("app2"));
 }
+
+#[tokio::test]
+async fn an_upstream_definitions_tags_propagate_to_its_tasks() {
+    let moto = Moto::start();
+    let upstream = moto_client(&moto, "us-east-1");
+    let tag = |k: &str, v: &str| aws_sdk_ecs::types::Tag::builder().key(k).value(v).build();
+    let out = upstream
+        .register_task_definition()
+        .family("tagged")
+        .container_definitions(container("app"))
+        .tags(tag("team", "payments"))
+        .send()
+        .await
+        .unwrap();
+    let arn = out.task_definition().unwrap().task_definition_arn().unwrap().to_owned();
+    let e = ecsd_with_upstream(&moto.url).await;
+    let tags_of = |task: String| {
+        let e = &e;
+        async move {
+            let out = e.client.list_tags_for_resource().resource_arn(task).send().await.unwrap();
+            out.tags()
+                .iter()
+                .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let run = |propagate: Option<aws_sdk_ecs::types::PropagateTags>| {
+        let (e, arn) = (&e, &arn);
+        async move {
+            let out =
+                e.client.run_task().task_definition(arn).set_propagate_tags(propagate).send().await.unwrap();
+            out.tasks()[0].task_arn().unwrap().to_owned()
+        }
+    };
+    let propagated = run(Some(aws_sdk_ecs::types::PropagateTags::TaskDefinition)).await;
+    assert_eq!(tags_of(propagated).await, [("team".to_owned(), "payments".to_owned())]);
+    // Positive control of the negative: without propagateTags the task has none.
+    let plain = run(None).await;
+    assert_eq!(tags_of(plain).await, []);
+}

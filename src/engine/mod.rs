@@ -31,6 +31,7 @@ use crate::runtime::{Event, ProcessStatus, Runtime, RuntimeError};
 use crate::store::records::{TAGS, TASK_DEFINITIONS, TASKS, task_key};
 use crate::store::{Scan, Store, StoreError};
 
+mod awslogs;
 pub mod cgroups;
 mod decide;
 mod exec;
@@ -157,6 +158,8 @@ pub struct Engine {
     /// Pull steps hold it for reading, an image cleanup cycle for writing, so an image is
     /// never removed between a task's decision to use it and its containers' creation.
     pub(crate) image_lock: tokio::sync::RwLock<()>,
+    /// The awslogs shippers of the containers that log to CloudWatch Logs.
+    pub(crate) awslogs: awslogs::Shippers,
 }
 
 impl Engine {
@@ -194,6 +197,7 @@ impl Engine {
             processes: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
+            awslogs: awslogs::Shippers::default(),
         }))
     }
 
@@ -292,6 +296,8 @@ impl Engine {
         for (_, h) in running {
             let _ = h.await;
         }
+        // Shippers of running tasks resume from their checkpoints at the next start.
+        self.awslogs.abort_all();
         // The listeners go with the daemon; the next start opens them again.
         self.cfg.endpoints.shutdown();
     }

@@ -28,7 +28,7 @@ use crate::model::task::{StopReason, TaskRecord, TaskStatus};
 use crate::model::time::Clock;
 use crate::network::Network;
 use crate::runtime::{Event, ProcessStatus, Runtime, RuntimeError};
-use crate::store::records::{TAGS, TASK_DEFINITIONS, TASKS, task_key};
+use crate::store::records::{TAGS, TASK_DEFINITIONS, TASK_PROTECTION, TASKS, task_key};
 use crate::store::{Scan, Store, StoreError};
 
 mod awslogs;
@@ -41,6 +41,7 @@ mod launch;
 mod pinning;
 pub mod placement;
 mod prepare;
+pub mod protection;
 pub mod registry_auth;
 mod supervisor;
 mod view;
@@ -160,6 +161,8 @@ pub struct Engine {
     pub(crate) image_lock: tokio::sync::RwLock<()>,
     /// The awslogs shippers of the containers that log to CloudWatch Logs.
     pub(crate) awslogs: awslogs::Shippers,
+    /// Tasks' scale-in protection.
+    pub(crate) protections: protection::Protections,
 }
 
 impl Engine {
@@ -176,6 +179,13 @@ impl Engine {
         store.read(|r| {
             r.scan(TASKS, Scan::all(), |_, t: TaskRecord| {
                 tasks.push(t);
+                ControlFlow::Continue(())
+            })
+        })?;
+        let mut protections = vec![];
+        store.read(|r| {
+            r.scan(TASK_PROTECTION, Scan::all(), |k, p| {
+                protections.push((k.to_owned(), p));
                 ControlFlow::Continue(())
             })
         })?;
@@ -198,6 +208,7 @@ impl Engine {
             background: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
             awslogs: awslogs::Shippers::default(),
+            protections: protection::Protections::load(protections),
         }))
     }
 

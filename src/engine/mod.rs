@@ -655,12 +655,14 @@ impl Engine {
                 for (k, arn) in &keys {
                     w.delete(TASKS, k)?;
                     w.delete(TAGS, arn)?;
+                    w.delete(TASK_PROTECTION, k)?;
                 }
                 Ok::<_, StoreError>(())
             })
             .await?;
         for t in &old {
             self.view.remove(&t.cluster, &t.id);
+            self.protections.forget(&task_key(&t.cluster, &t.id));
             let _ = std::fs::remove_dir_all(self.task_dir(&t.id));
         }
         Ok(old.len())

@@ -43,6 +43,10 @@ impl Protections {
         self.by_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).copied()
     }
 
+    pub(crate) fn forget(&self, key: &str) {
+        self.by_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+    }
+
     fn set(&self, key: String, p: TaskProtection) {
         self.by_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, p);
     }

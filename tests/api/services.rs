@@ -1414,7 +1414,7 @@ async fn ecsd_services_shows_each_deployment_and_the_last_event() {
 /// protection lapses on the daemon's clock.
 #[tokio::test]
 async fn protected_tasks_survive_scale_in_until_cleared_or_expired() {
-    let e = Ecsd::start().await;
+    let mut e = Ecsd::start().await;
     let td = register_web(&e).await;
     create(&e, "web", &td, 2).await;
     until(&e, "web", "steady at 2", |s| steady(s) && s.running_count() == 2).await;
@@ -1495,6 +1495,11 @@ async fn protected_tasks_survive_scale_in_until_cleared_or_expired() {
     assert_eq!(s.running_count(), 1);
     let got = e.client.get_task_protection().cluster("default").tasks(&kept).send().await.unwrap();
     assert!(got.protected_tasks()[0].protection_enabled());
+    // Durable: a restarted ecsd keeps the protection, and the task.
+    e.restart().await;
+    let got = e.client.get_task_protection().cluster("default").tasks(&kept).send().await.unwrap();
+    assert!(got.protected_tasks()[0].protection_enabled());
+    assert_eq!(tasks(&e, "web", DesiredStatus::Running).await.len(), 1);
 
     // Cleared: stopped at once (no clock step needed beyond the scheduler's own pass).
     let out = e

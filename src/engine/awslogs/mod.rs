@@ -534,8 +534,12 @@ impl LogTail {
         }
         let mut out = vec![];
         loop {
-            let Some((file, inode, offset)) = self.file.as_mut() else { return Ok(out) };
-            let (inode, base) = (*inode, *offset);
+            let Some(inode) = self.file.as_ref().map(|f| f.1) else { return Ok(out) };
+            // Looked for before reading: once a newer file exists the writer has left this
+            // one, so the read below gets all of it.
+            let next = self.newer_than(inode);
+            let Some((file, _, offset)) = self.file.as_mut() else { return Ok(out) };
+            let base = *offset;
             file.read_to_end(&mut self.pending)?;
             let mut start = 0;
             while let Some(pos) = self.pending[start..].iter().position(|b| *b == b'\n') {
@@ -549,7 +553,6 @@ impl LogTail {
             if let Some((_, _, offset)) = self.file.as_mut() {
                 *offset = base + start as u64;
             }
-            let next = self.newer_than(inode);
             let Some(next) = next else {
                 if to_end && !self.pending.is_empty() {
                     let len = self.pending.len() as u64;

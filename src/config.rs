@@ -35,7 +35,7 @@ const AWS_ENDPOINT_VARIABLES: [(Service, &[&str]); 8] = [
     (Service::Ssm, &["AWS_ENDPOINT_URL_SSM", "SSM_ENDPOINT_URL"]),
     (Service::S3, &["AWS_ENDPOINT_URL_S3"]),
     (Service::Ecr, &["AWS_ENDPOINT_URL_ECR"]),
-    (Service::Logs, &["AWS_ENDPOINT_URL_CLOUDWATCH_LOGS"]),
+    (Service::Logs, &["AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", "AWS_ENDPOINT_URL_LOGS"]),
     (Service::Ecs, &["ECS_ENDPOINT_URL"]),
 ];
 
@@ -298,7 +298,7 @@ Environment:
                            SSM_ENDPOINT_URL)
   AWS_ENDPOINT_URL_IAM (or IAM_ENDPOINT)  IAM: when set, task and execution roles are
                            looked up there (GetRole) and must exist
-  AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS
+  AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS (or AWS_ENDPOINT_URL_LOGS)
                            the other AWS services ecsd calls
   ECSD_CONFIG              the config file (default /etc/ecsd/config.toml if present)
   ECSD_TASK_SUBNET         the default task network's subnet (default 10.217.0.0/16, bridge ecsd0)
@@ -1050,6 +1050,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.aws.endpoints.get(Service::SecretsManager), Some("http://127.0.0.1:5"));
+        let c = resolve(ServeArgs::default(), &[("AWS_ENDPOINT_URL_LOGS", "http://127.0.0.1:6")]).unwrap();
+        assert_eq!(c.aws.endpoints.get(Service::Logs), Some("http://127.0.0.1:6"));
     }
 
     #[test]

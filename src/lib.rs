@@ -260,6 +260,7 @@ async fn serve(
         clock.clone(),
     )
     .map_err(|source| StartError::Engine { source })?;
+    engine.cfg.endpoints.set_protection(Arc::new(engine::protection::ForEndpoints(Arc::downgrade(&engine))));
     let exec = exec::Exec::new(Arc::clone(&engine), clock.clone(), config.exec.clone());
     let scheduler = Scheduler::new(
         config.services.clone(),

@@ -31,6 +31,7 @@ mod pagination;
 pub mod services;
 mod tags;
 mod task_definitions;
+mod task_protection;
 mod tasks;
 mod view;
 
@@ -166,6 +167,8 @@ operations! {
     blocking ListContainerInstances(shapes::ListContainerInstancesRequest) => container_instances::list,
     awaits DescribeContainerInstances(shapes::DescribeContainerInstancesRequest) => container_instances::describe,
     awaits ExecuteCommand(shapes::ExecuteCommandRequest) => exec::execute_command,
+    awaits UpdateTaskProtection(shapes::UpdateTaskProtectionRequest) => task_protection::update,
+    awaits GetTaskProtection(shapes::GetTaskProtectionRequest) => task_protection::get,
 }
 
 /// Decodes and model-checks a request body. An empty body is an empty object, as AWS

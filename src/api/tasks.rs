@@ -324,7 +324,7 @@ pub async fn start(ctx: &Arc<Ctx>, req: StartTaskRequest) -> Result<StartTaskRes
 }
 
 /// The task id a reference (an id, or a task ARN of `cluster`) names.
-fn task_id(ctx: &Ctx, cluster: &str, reference: &str) -> Option<String> {
+pub(super) fn task_id(ctx: &Ctx, cluster: &str, reference: &str) -> Option<String> {
     if reference.starts_with("arn:") {
         match ctx.identity.parse(reference) {
             Ok(ResourceArn::Task { cluster: c, id }) if c == cluster => Some(id),

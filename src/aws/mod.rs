@@ -4,7 +4,7 @@
 //! limits) and one HTTP client with bounded time (connect and total timeouts) and bounded
 //! answers. A [`Client`] is that plus the keys to sign with and a region; each operation
 //! is one small method on it, built on two generic calls:
-//! [`Client::json`] (AWS JSON 1.1 with `X-Amz-Target`: Secrets Manager, SSM, ECR, and next
+//! [`Client::json`] (AWS JSON 1.1 with `X-Amz-Target`: Secrets Manager, SSM, ECR,
 //! CloudWatch Logs) and [`Client::query`] (the Query protocol: STS, and next IAM).
 //! S3's GetObject is the one REST call.
 //!
@@ -23,6 +23,7 @@ mod ecs;
 mod error;
 mod iam;
 mod identity;
+mod logs;
 mod s3;
 mod secretsmanager;
 pub mod sign;
@@ -41,6 +42,7 @@ pub use ecr::EcrLogin;
 pub use ecs::Relayed;
 pub use error::{AwsError, Malformed, SigningFailure};
 pub use identity::{IssuedKeys, Keys, OwnIdentity};
+pub use logs::{ALREADY_EXISTS, InputLogEvent, RejectedLogEventsInfo};
 pub use secretsmanager::SecretValue;
 pub use ssm::{GET_PARAMETERS_MAX, Parameter, Parameters};
 pub use sts::{AssumedRole, CallerIdentity};
@@ -331,8 +333,10 @@ impl Client {
             sign_body: true,
         };
         let body = self.send(&request).await?;
+        // Operations with no output (CreateLogGroup) may answer with no body at all.
+        let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
         // serde's message could quote part of a secret, so it is not kept.
-        serde_json::from_slice(&body).map_err(|_| AwsError::Malformed {
+        serde_json::from_slice(body).map_err(|_| AwsError::Malformed {
             service,
             operation: target,
             problem: Malformed::Json,

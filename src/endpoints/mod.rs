@@ -5,6 +5,7 @@
 
 pub mod credentials;
 pub mod metadata;
+pub mod protection;
 pub mod secrets;
 pub mod server;
 pub mod stats;
@@ -85,6 +86,8 @@ pub struct Endpoints {
     host: tokio::sync::OnceCell<SocketAddr>,
     host_tasks: Arc<Mutex<HashMap<String, Arc<TaskState>>>>,
     shutdown: CancellationToken,
+    /// Where the agent API's task protection is kept: the engine, set once it exists.
+    protection: std::sync::OnceLock<Arc<dyn protection::ProtectionSource>>,
 }
 
 impl std::fmt::Debug for Endpoints {
@@ -125,6 +128,7 @@ impl Endpoints {
             host: tokio::sync::OnceCell::new(),
             host_tasks: Arc::new(Mutex::new(HashMap::new())),
             shutdown: CancellationToken::new(),
+            protection: std::sync::OnceLock::new(),
         })
     }
 
@@ -184,14 +188,23 @@ impl Endpoints {
     }
 
     fn task_state(&self, rec: &TaskRecord, source: Arc<dyn TaskSource>) -> Arc<TaskState> {
-        Arc::new(TaskState::new(
+        let state = TaskState::new(
             &rec.id,
             source,
             Arc::new(self.cfg.credentials.clone()),
             self.metadata_context(),
             StatsSampler::new(&self.cfg.cgroup_root, Path::new("/proc")),
             self.cfg.rate,
-        ))
+        );
+        Arc::new(match self.protection.get() {
+            Some(p) => state.with_protection(Arc::clone(p)),
+            None => state,
+        })
+    }
+
+    /// Serves the agent API's task protection from `source` (once; later calls are ignored).
+    pub fn set_protection(&self, source: Arc<dyn protection::ProtectionSource>) {
+        let _ = self.protection.set(source);
     }
 
     /// Opens the task's listeners (one per namespace of the task; host-network tasks are

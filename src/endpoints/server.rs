@@ -94,6 +94,8 @@ pub struct TaskState {
     metadata: MetadataContext,
     stats: StatsSampler,
     limiter: TokenBucket,
+    /// Task protection for the agent API; without it those routes answer a server error.
+    protection: Option<Arc<dyn super::protection::ProtectionSource>>,
 }
 
 impl fmt::Debug for TaskState {
@@ -123,7 +125,23 @@ impl TaskState {
             metadata,
             stats,
             limiter: TokenBucket::new(limit),
+            protection: None,
         }
+    }
+
+    /// The same, serving the agent API's task protection from `source`.
+    pub fn with_protection(mut self, source: Arc<dyn super::protection::ProtectionSource>) -> TaskState {
+        self.protection = Some(source);
+        self
+    }
+
+    pub(super) fn protection_source(&self) -> Option<&Arc<dyn super::protection::ProtectionSource>> {
+        self.protection.as_ref()
+    }
+
+    /// This listener's task, when one of its containers has endpoint id `id`.
+    pub(super) fn task_for_endpoint(&self, id: &str) -> Option<Arc<TaskRecord>> {
+        self.task().filter(|t| t.containers.iter().any(|c| c.endpoint_id.as_deref() == Some(id)))
     }
 
     /// The task, if the source still has it and it is this listener's.
@@ -369,6 +387,10 @@ pub fn router(state: Arc<TaskState>) -> Router {
                 let id = query.as_deref().and_then(|q| query_param(q, "id"));
                 dispatch(state, Call::Credentials { api: CredentialsApi::V1, id })
             }),
+        )
+        .route(
+            "/api/{id}/task-protection/v1/state",
+            get(super::protection::get_state).put(super::protection::put_state),
         )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))

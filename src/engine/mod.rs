@@ -28,9 +28,10 @@ use crate::model::task::{StopReason, TaskRecord, TaskStatus};
 use crate::model::time::Clock;
 use crate::network::Network;
 use crate::runtime::{Event, ProcessStatus, Runtime, RuntimeError};
-use crate::store::records::{TAGS, TASK_DEFINITIONS, TASKS, task_key};
+use crate::store::records::{TAGS, TASK_DEFINITIONS, TASK_PROTECTION, TASKS, task_key};
 use crate::store::{Scan, Store, StoreError};
 
+mod awslogs;
 pub mod cgroups;
 mod decide;
 mod exec;
@@ -40,6 +41,7 @@ mod launch;
 mod pinning;
 pub mod placement;
 mod prepare;
+pub mod protection;
 pub mod registry_auth;
 mod supervisor;
 mod view;
@@ -159,6 +161,10 @@ pub struct Engine {
     /// Pull steps hold it for reading, an image cleanup cycle for writing, so an image is
     /// never removed between a task's decision to use it and its containers' creation.
     pub(crate) image_lock: tokio::sync::RwLock<()>,
+    /// The awslogs shippers of the containers that log to CloudWatch Logs.
+    pub(crate) awslogs: awslogs::Shippers,
+    /// Tasks' scale-in protection.
+    pub(crate) protections: protection::Protections,
 }
 
 impl Engine {
@@ -175,6 +181,13 @@ impl Engine {
         store.read(|r| {
             r.scan(TASKS, Scan::all(), |_, t: TaskRecord| {
                 tasks.push(t);
+                ControlFlow::Continue(())
+            })
+        })?;
+        let mut protections = vec![];
+        store.read(|r| {
+            r.scan(TASK_PROTECTION, Scan::all(), |k, p| {
+                protections.push((k.to_owned(), p));
                 ControlFlow::Continue(())
             })
         })?;
@@ -196,6 +209,8 @@ impl Engine {
             processes: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
+            awslogs: awslogs::Shippers::default(),
+            protections: protection::Protections::load(protections),
         }))
     }
 
@@ -294,6 +309,8 @@ impl Engine {
         for (_, h) in running {
             let _ = h.await;
         }
+        // Shippers of running tasks resume from their checkpoints at the next start.
+        self.awslogs.abort_all();
         // The listeners go with the daemon; the next start opens them again.
         self.cfg.endpoints.shutdown();
     }
@@ -640,12 +657,14 @@ impl Engine {
                 for (k, arn) in &keys {
                     w.delete(TASKS, k)?;
                     w.delete(TAGS, arn)?;
+                    w.delete(TASK_PROTECTION, k)?;
                 }
                 Ok::<_, StoreError>(())
             })
             .await?;
         for t in &old {
             self.view.remove(&t.cluster, &t.id);
+            self.protections.forget(&task_key(&t.cluster, &t.id));
             let _ = std::fs::remove_dir_all(self.task_dir(&t.id));
         }
         Ok(old.len())

@@ -129,6 +129,12 @@ pub(crate) async fn run(
     {
         warn!(error = %e, "cannot reopen the task's endpoints");
     }
+    // A re-adopted task's containers ship their logs again, from their checkpoints.
+    if s.rec.last > TaskStatus::Provisioning && s.rec.last < TaskStatus::Stopped {
+        for c in s.rec.containers.iter().filter(|c| c.started_at.is_some()) {
+            super::awslogs::start_for(&s.engine, &s.rec, &c.name);
+        }
+    }
     // A re-adopted task's running containers get their health checks back.
     for c in s.rec.containers.clone() {
         if c.status == ContainerStatus::Running
@@ -634,6 +640,7 @@ impl Supervisor {
                 info!(container = %name, runtime_id = %runtime_id, "container running");
                 self.dirty = true;
                 self.persist().await;
+                super::awslogs::start_for(&self.engine, &self.rec, &name);
                 self.start_health(&def, &runtime_id);
             }
             Err(failure) => {
@@ -791,6 +798,9 @@ impl Supervisor {
         // ECS reports STOPPED once the task holds nothing: until then it stays DEPROVISIONING
         // and the release is tried again.
         if self.deprovision().await {
+            // The containers' log drivers are gone: their last lines reach CloudWatch Logs
+            // before the task is STOPPED.
+            self.engine.awslogs.finish(&self.rec.id, super::awslogs::FLUSH_GRACE).await;
             self.release_failures = 0;
             self.engine.forget_processes(&self.rec);
             self.rec.stopped_at = Some(self.now());

@@ -80,6 +80,12 @@ impl TaskView {
         self.read().values().cloned().collect()
     }
 
+    /// Tells subscribers that something about `task` kept outside its record changed (its
+    /// protection), so they look at it again.
+    pub(crate) fn touch(&self, task: Arc<TaskRecord>) {
+        let _ = self.events.send(TaskEvent { task });
+    }
+
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
         self.events.subscribe()
     }

@@ -440,3 +440,34 @@ pub fn effective_containers(
     }
     Ok(containers)
 }
+
+/// A task's scale-in protection (UpdateTaskProtection, or the agent API from inside it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskProtection {
+    pub enabled: bool,
+    /// When it lapses (seconds since the epoch); set whenever `enabled` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<f64>,
+}
+
+impl TaskProtection {
+    /// ECS's default protection time when `expiresInMinutes` is not given (2 hours).
+    pub const DEFAULT_MINUTES: i64 = 120;
+    /// The longest protection time (48 hours).
+    pub const MAX_MINUTES: i64 = 2880;
+
+    /// Protection turned on at `now` for `minutes`, or off.
+    pub fn set(enabled: bool, minutes: Option<i64>, now: f64) -> TaskProtection {
+        let minutes = minutes.unwrap_or(Self::DEFAULT_MINUTES);
+        TaskProtection { enabled, expires_at: enabled.then(|| (now + minutes as f64 * 60.0).floor()) }
+    }
+
+    /// The protection as it stands at `now`: an expired one is off.
+    pub fn at(self, now: f64) -> TaskProtection {
+        match self.expires_at {
+            Some(t) if self.enabled && t > now => self,
+            _ => TaskProtection { enabled: false, expires_at: None },
+        }
+    }
+}

@@ -267,6 +267,14 @@ pub enum TaskDefinitionError {
     )]
     AwslogsOptionsMissing { at: ContainerAt, missing: String },
     #[error(
+        "{problem}. {at}.logConfiguration.options may set only awslogs-group, awslogs-region, awslogs-stream-prefix, awslogs-create-group, awslogs-datetime-format or awslogs-multiline-pattern, mode and max-buffer-size."
+    )]
+    AwslogsOption { at: ContainerAt, problem: crate::model::awslogs::AwslogsOptionError },
+    #[error(
+        "{driver} is not a valid log driver. Must be one of [awslogs,json-file]. {at}.logConfiguration.logDriver: ecsd ships container output to CloudWatch Logs (awslogs) or keeps it on the host (json-file)."
+    )]
+    UnsupportedLogDriver { at: ContainerAt, driver: String },
+    #[error(
         "Invalid 'healthCheck' setting for container '{}'. {at}.healthCheck.command must start with 'CMD' or 'CMD-SHELL' followed by the command, e.g. ['CMD-SHELL', 'curl -f http://localhost/ || exit 1'], or be ['NONE'].",
         .at.name
     )]
@@ -845,21 +853,20 @@ fn check_ulimits(i: usize, c: &ContainerDefinition) -> Result<(), E> {
 }
 
 fn check_log_configuration(i: usize, c: &ContainerDefinition) -> Result<(), E> {
+    use crate::model::awslogs::{AwslogsOptionError, AwslogsOptions};
     let Some(log) = &c.log_configuration else {
         return Ok(());
     };
-    if log.log_driver.as_deref() != Some("awslogs") {
-        return Ok(());
-    }
-    let options = log.options.as_ref();
-    let missing: Vec<&str> = ["awslogs-region", "awslogs-group"]
-        .into_iter()
-        .filter(|o| options.and_then(|m| m.get(*o)).is_none_or(|v| v.is_empty()))
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(E::AwslogsOptionsMissing { at: at(i, c), missing: missing.join(", ") })
+    match log.log_driver.as_deref() {
+        None | Some("json-file") => Ok(()),
+        Some("awslogs") => match AwslogsOptions::parse(&log.options.clone().unwrap_or_default()) {
+            Ok(_) => Ok(()),
+            Err(AwslogsOptionError::Missing(missing)) => {
+                Err(E::AwslogsOptionsMissing { at: at(i, c), missing })
+            }
+            Err(problem) => Err(E::AwslogsOption { at: at(i, c), problem }),
+        },
+        Some(other) => Err(E::UnsupportedLogDriver { at: at(i, c), driver: other.to_owned() }),
     }
 }
 
@@ -2240,7 +2247,36 @@ mod tests {
             logs(json!({"logDriver": "json-file"})),
             "json-file is not a valid log driver. Must be one of [awslogs,splunk,awsfirelens]. containerDefinitions[0] ('api').logConfiguration.logDriver must be one of these when requiresCompatibilities includes FARGATE.",
         );
-        assert_accepts(logs(json!({"logDriver": "splunk"})));
+        // ECS would take splunk on Fargate; ecsd runs only awslogs and json-file.
+        assert_rejects(
+            logs(json!({"logDriver": "splunk"})),
+            "splunk is not a valid log driver. Must be one of [awslogs,json-file]. containerDefinitions[0] ('api').logConfiguration.logDriver: ecsd ships container output to CloudWatch Logs (awslogs) or keeps it on the host (json-file).",
+        );
+    }
+
+    #[test]
+    fn log_drivers_are_awslogs_and_json_file_with_awslogs_options_checked() {
+        let logs = |log: Value| with(ec2(), "/containerDefinitions/0/logConfiguration", log);
+        assert_accepts(logs(json!({"logDriver": "json-file", "options": {"max-size": "10m"}})));
+        assert_accepts(logs(json!({"logDriver": "awslogs", "options": {
+            "awslogs-group": "/ecs/web", "awslogs-region": "us-east-1", "awslogs-stream-prefix": "web",
+            "awslogs-create-group": "true", "mode": "non-blocking", "max-buffer-size": "4m",
+            "awslogs-datetime-format": "%Y-%m-%d"
+        }})));
+        for driver in ["syslog", "journald", "gelf", "fluentd", "awsfirelens"] {
+            assert_rejects(
+                logs(json!({"logDriver": driver})),
+                &format!(
+                    "{driver} is not a valid log driver. Must be one of [awslogs,json-file]. containerDefinitions[0] ('web').logConfiguration.logDriver: ecsd ships container output to CloudWatch Logs (awslogs) or keeps it on the host (json-file)."
+                ),
+            );
+        }
+        assert_rejects(
+            logs(
+                json!({"logDriver": "awslogs", "options": {"awslogs-group": "g", "awslogs-region": "us-east-1", "log_key": "log"}}),
+            ),
+            "Log driver awslogs disallows options: log_key. containerDefinitions[0] ('web').logConfiguration.options may set only awslogs-group, awslogs-region, awslogs-stream-prefix, awslogs-create-group, awslogs-datetime-format or awslogs-multiline-pattern, mode and max-buffer-size.",
+        );
     }
 
     #[test]
@@ -2339,7 +2375,8 @@ mod tests {
                         {"name": "B", "valueFrom": "arn:aws:ssm:us-east-1:000000000000:parameter/app/b"}
                     ],
                     "logConfiguration": {
-                        "logDriver": "awsfirelens",
+                        "logDriver": "awslogs",
+                        "options": {"awslogs-group": "/ecs/app", "awslogs-region": "us-east-1"},
                         "secretOptions": [{"name": "apikey", "valueFrom": "arn:aws:secretsmanager:us-east-1:000000000000:secret:key"}]
                     }
                 },
@@ -2361,7 +2398,7 @@ mod tests {
         assert_eq!(
             names,
             [
-                "com.amazonaws.ecs.capability.logging-driver.awsfirelens",
+                "com.amazonaws.ecs.capability.logging-driver.awslogs",
                 "com.amazonaws.ecs.capability.docker-remote-api.1.19",
                 "ecs.capability.private-registry-authentication.secretsmanager",
                 "ecs.capability.secrets.ssm.environment-variables",

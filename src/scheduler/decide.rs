@@ -42,6 +42,9 @@ pub struct TaskState {
     pub stopped_reason: Option<String>,
     /// With health checks on essential containers: the task's health and since when.
     pub health: Option<(HealthStatus, Option<f64>)>,
+    /// Until when it is protected from scale-in (UpdateTaskProtection); the scheduler fills
+    /// it in from the engine.
+    pub protected_until: Option<f64>,
 }
 
 impl TaskState {
@@ -72,7 +75,13 @@ impl TaskState {
             stop_code: t.stop_code,
             stopped_reason: t.stopped_reason.clone(),
             health,
+            protected_until: None,
         }
+    }
+
+    /// Whether scale-in and deployments must leave it running at `now`.
+    pub fn is_protected(&self, now: f64) -> bool {
+        self.protected_until.is_some_and(|until| until > now)
     }
 
     fn is_live(&self) -> bool {
@@ -295,6 +304,8 @@ pub struct Plan {
     pub distinct_blocked: bool,
     /// Starts wait for the back-off.
     pub throttled: bool,
+    /// Tasks that would be stopped for scale-in or a deployment but are protected.
+    pub protected: Vec<String>,
     /// Work is left, nothing may move, and nothing will change by itself: the deployment
     /// configuration forbids it.
     pub stalled: bool,
@@ -392,14 +403,21 @@ pub fn plan(s: &ServiceRecord, tasks: &[TaskState], now: f64, t: Timing) -> Plan
     old.sort_by_key(|task| (task.is_healthy(now, t), std::cmp::Reverse(age(task))));
     let mut excess: Vec<&TaskState> = wanted_primary.clone();
     // Scale-in keeps the healthy tasks that started first.
+    // Protected tasks go last, so unprotected ones are stopped in their place.
     excess.sort_by(|a, b| {
-        (a.is_healthy(now, t), a.last == TaskStatus::Running)
-            .cmp(&(b.is_healthy(now, t), b.last == TaskStatus::Running))
+        (a.is_protected(now), a.is_healthy(now, t), a.last == TaskStatus::Running)
+            .cmp(&(b.is_protected(now), b.is_healthy(now, t), b.last == TaskStatus::Running))
             .then(b.created_at.total_cmp(&a.created_at))
     });
     excess.truncate(wanted_primary.len().saturating_sub(desired));
     let mut budget = healthy_total.saturating_sub(min);
     for task in old.iter().chain(excess.iter()) {
+        // A protected task keeps running until its protection is cleared or lapses.
+        if let Some(until) = task.protected_until.filter(|until| *until > now) {
+            plan.protected.push(task.id.clone());
+            plan.wake_at = earliest(plan.wake_at, until);
+            continue;
+        }
         let healthy = task.is_healthy(now, t);
         if healthy {
             if budget == 0 {
@@ -443,7 +461,8 @@ pub fn plan(s: &ServiceRecord, tasks: &[TaskState], now: f64, t: Timing) -> Plan
         && plan.stop.is_empty()
         && !under_way
         && !plan.throttled
-        && !plan.distinct_blocked;
+        && !plan.distinct_blocked
+        && plan.protected.is_empty();
     plan
 }
 
@@ -596,6 +615,7 @@ mod tests {
             stop_code: None,
             stopped_reason: None,
             health: None,
+            protected_until: None,
         };
         match how {
             "healthy" => {}
@@ -728,6 +748,41 @@ mod tests {
         s.desired_count = 0;
         let p = plan(&s, &tasks, NOW, T);
         assert_eq!(stops(&p).len(), 3);
+    }
+
+    #[test]
+    fn protected_tasks_are_kept_through_scale_in_and_deployments_until_protection_ends() {
+        let mut s = service(1, 100, 200);
+        let d = s.deployments[0].id.clone();
+        s.deployments[0].rollout_state = RolloutState::Completed;
+        let mut tasks = vec![task("a", &d, "healthy"), task("b", &d, "healthy")];
+        tasks[1].created_at = 5.0;
+        // The newest would go; protected, the other goes in its place.
+        tasks[1].protected_until = Some(NOW + 60.0);
+        let p = plan(&s, &tasks, NOW, T);
+        assert_eq!((stops(&p), p.protected.clone()), (vec!["a"], vec![]));
+        // Scale-in to 0: the protected one waits, and the plan wakes when protection lapses.
+        s.desired_count = 0;
+        let p = plan(&s, &tasks, NOW, T);
+        assert_eq!((stops(&p), p.protected.clone(), p.stalled), (vec!["a"], vec!["b".to_owned()], false));
+        assert_eq!(p.wake_at, Some(NOW + 60.0));
+        // Lapsed (or cleared): stopped like any other.
+        let p = plan(&s, &tasks, NOW + 61.0, T);
+        assert_eq!((stops(&p).len(), p.protected.len()), (2, 0));
+        // A deployment leaves an older deployment's protected task running.
+        let (s, old, _) = rolled(service(1, 100, 200));
+        let mut tasks = vec![task("o0", &old, "healthy")];
+        tasks[0].protected_until = Some(NOW + 60.0);
+        let p = plan(&s, &tasks, NOW, T);
+        assert_eq!((stops(&p), p.protected.clone()), (vec![], vec!["o0".to_owned()]));
+        assert!(!p.stalled);
+        // Failing health checks are the task's own failure: it is replaced, protected or not.
+        let s = service(1, 100, 200);
+        let d = s.deployments[0].id.clone();
+        let mut tasks = vec![task("u", &d, "unhealthy"), task("h", &d, "hc-healthy")];
+        tasks[0].protected_until = Some(NOW + 60.0);
+        let p = plan(&s, &tasks, NOW, T);
+        assert_eq!(p.stop, vec![Stop { task: "u".into(), deployment: d, why: StopWhy::Unhealthy }]);
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub fn throttled(service: &str) -> String {
     format!("(service {service}) is unable to consistently start tasks successfully.")
 }
 
+/// Scale-in or a deployment waits for `n` protected tasks.
+pub fn protected(service: &str, n: usize) -> String {
+    format!("(service {service}) was unable to scale in due to (reason: {n} tasks under protection).")
+}
+
 pub fn stalled(service: &str) -> String {
     format!(
         "(service {service}) was unable to stop or start tasks during a deployment because of the service deployment configuration. Update the minimumHealthyPercent or maximumPercent value and try again."

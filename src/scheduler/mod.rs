@@ -663,7 +663,10 @@ impl Run {
         let now = self.now();
         let timing = self.sched.timing();
         let records = self.tasks();
-        let tasks: Vec<TaskState> = records.iter().map(|t| TaskState::of(t)).collect();
+        let mut tasks: Vec<TaskState> = records.iter().map(|t| TaskState::of(t)).collect();
+        for task in &mut tasks {
+            task.protected_until = self.sched.engine.protection(&self.rec.cluster, &task.id).expires_at;
+        }
         decide::account(&mut self.rec, &tasks, now, timing);
         if decide::circuit_breaker_tripped(&self.rec) {
             let rollback = self.rec.circuit_breaker().rollback;
@@ -703,6 +706,11 @@ impl Run {
             self.retry_at = Some(now + PLACEMENT_RETRY);
         } else {
             self.retry_at = None;
+        }
+        if plan.protected.is_empty() {
+            self.rec.clear_report("protect");
+        } else {
+            self.rec.report("protect", events::protected(&self.rec.name, plan.protected.len()), now);
         }
         if plan.stalled {
             self.rec.report("stall", events::stalled(&self.rec.name), now);

@@ -33,6 +33,9 @@ pub const SERVICES: Table<ServiceRecord> = Table::new("services");
 pub const SERVICE_DEPLOYMENTS: Table<ServiceDeploymentRecord> = Table::new("service_deployments");
 /// Service revisions by [`service_deployment_key`] (with the revision id).
 pub const SERVICE_REVISIONS: Table<Revision> = Table::new("service_revisions");
+/// Tasks' scale-in protection by [`task_key`], apart from the task records, which only
+/// their supervisors write.
+pub const TASK_PROTECTION: Table<crate::model::task::TaskProtection> = Table::new("task_protection");
 /// Custom attributes of this host's container instance, by [`attribute_key`].
 pub const ATTRIBUTES: Table<crate::model::shapes::Attribute> = Table::new("attributes");
 /// Small facts about this host, by name.
@@ -51,6 +54,7 @@ pub const ALL_TABLES: &[&str] = &[
     "services",
     "service_deployments",
     "service_revisions",
+    "task_protection",
 ];
 
 /// What a family remembers beyond its revisions.

@@ -1408,3 +1408,134 @@ async fn ecsd_services_shows_each_deployment_and_the_last_event() {
     let err = fetch(&missing).await.unwrap_err();
     assert_eq!(err.to_string(), "ClusterNotFoundException: Cluster not found.");
 }
+
+/// UpdateTaskProtection / GetTaskProtection with ECS's shapes and failures; a protected task
+/// survives a scale-in to 0 (the service says why) until its protection is cleared, and
+/// protection lapses on the daemon's clock.
+#[tokio::test]
+async fn protected_tasks_survive_scale_in_until_cleared_or_expired() {
+    let mut e = Ecsd::start().await;
+    let td = register_web(&e).await;
+    create(&e, "web", &td, 2).await;
+    until(&e, "web", "steady at 2", |s| steady(s) && s.running_count() == 2).await;
+    let running = tasks(&e, "web", DesiredStatus::Running).await;
+    let (kept, other) =
+        (running[0].task_arn().unwrap().to_owned(), running[1].task_arn().unwrap().to_owned());
+
+    // Defaults: 2 hours; the answer names the task by ARN. ids and ARNs both work.
+    let before = e.clock.now();
+    let out = e
+        .client
+        .update_task_protection()
+        .cluster("default")
+        .tasks(task_id(&running[0]))
+        .protection_enabled(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(out.failures().is_empty(), "{:?}", out.failures());
+    let p = &out.protected_tasks()[0];
+    assert_eq!((p.task_arn(), p.protection_enabled()), (Some(kept.as_str()), true));
+    let expires = p.expiration_date().unwrap().as_secs_f64();
+    assert!((expires - (before + 7200.0)).abs() < 2.0, "{expires} vs {before}");
+
+    // Missing and standalone tasks are failures, not errors; bad expiries are errors.
+    let standalone = e.client.run_task().task_definition("web").send().await.unwrap().tasks()[0].clone();
+    let out = e
+        .client
+        .update_task_protection()
+        .cluster("default")
+        .tasks("0123456789abcdef0123456789abcdef")
+        .tasks(standalone.task_arn().unwrap())
+        .protection_enabled(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(out.protected_tasks().is_empty());
+    let failures: Vec<(&str, &str)> =
+        out.failures().iter().map(|f| (f.arn().unwrap(), f.reason().unwrap())).collect();
+    assert_eq!(
+        failures,
+        [
+            (arn("task/default/0123456789abcdef0123456789abcdef").as_str(), "MISSING"),
+            (standalone.task_arn().unwrap(), "TASK_NOT_VALID")
+        ]
+    );
+    for minutes in [0, 2881] {
+        let (code, message) = err(e
+            .client
+            .update_task_protection()
+            .cluster("default")
+            .tasks(&kept)
+            .protection_enabled(true)
+            .expires_in_minutes(minutes)
+            .send()
+            .await
+            .unwrap_err());
+        assert_eq!(code, "InvalidParameterException");
+        assert_eq!(
+            message,
+            format!("expiresInMinutes must be between 1 and 2880 (48 hours); it is {minutes}.")
+        );
+    }
+
+    // Scale-in to 0: the unprotected task goes, the protected one stays and the service says why.
+    e.client.update_service().service("web").desired_count(0).send().await.unwrap();
+    until(&e, "web", "the unprotected task stopped", |s| s.running_count() == 1).await;
+    let left = tasks(&e, "web", DesiredStatus::Running).await;
+    assert_eq!(left.iter().map(|t| t.task_arn().unwrap()).collect::<Vec<_>>(), [kept.as_str()]);
+    let stopped = tasks(&e, "web", DesiredStatus::Stopped).await;
+    assert!(stopped.iter().any(|t| t.task_arn() == Some(other.as_str())));
+    let s = until(&e, "web", "the protection event", |s| {
+        messages(s)
+            .iter()
+            .any(|m| m == "(service web) was unable to scale in due to (reason: 1 tasks under protection).")
+    })
+    .await;
+    assert_eq!(s.running_count(), 1);
+    let got = e.client.get_task_protection().cluster("default").tasks(&kept).send().await.unwrap();
+    assert!(got.protected_tasks()[0].protection_enabled());
+    // Durable: a restarted ecsd keeps the protection, and the task.
+    e.restart().await;
+    let got = e.client.get_task_protection().cluster("default").tasks(&kept).send().await.unwrap();
+    assert!(got.protected_tasks()[0].protection_enabled());
+    assert_eq!(tasks(&e, "web", DesiredStatus::Running).await.len(), 1);
+
+    // Cleared: stopped at once (no clock step needed beyond the scheduler's own pass).
+    let out = e
+        .client
+        .update_task_protection()
+        .cluster("default")
+        .tasks(&kept)
+        .protection_enabled(false)
+        .send()
+        .await
+        .unwrap();
+    let p = &out.protected_tasks()[0];
+    assert_eq!((p.protection_enabled(), p.expiration_date()), (false, None));
+    until(&e, "web", "scaled to 0", |s| s.running_count() == 0).await;
+
+    // Expiry: protection for 1 minute keeps a task through a scale-in until the clock passes it.
+    e.client.update_service().service("web").desired_count(1).send().await.unwrap();
+    until(&e, "web", "back at 1", |s| steady(s) && s.running_count() == 1).await;
+    let one = tasks(&e, "web", DesiredStatus::Running).await[0].task_arn().unwrap().to_owned();
+    e.client
+        .update_task_protection()
+        .cluster("default")
+        .tasks(&one)
+        .protection_enabled(true)
+        .expires_in_minutes(1)
+        .send()
+        .await
+        .unwrap();
+    e.client.update_service().service("web").desired_count(0).send().await.unwrap();
+    until_still(&e, "web", "the protection event", |s| {
+        messages(s).iter().filter(|m| m.contains("tasks under protection")).count() == 2
+    })
+    .await;
+    assert_eq!(describe(&e, "web").await.running_count(), 1);
+    let s = until(&e, "web", "scaled to 0 after the protection lapsed", |s| s.running_count() == 0).await;
+    assert_eq!(s.desired_count(), 0);
+    let got = e.client.get_task_protection().cluster("default").tasks(&one).send().await.unwrap();
+    assert!(got.failures().is_empty() || got.failures()[0].reason() == Some("TASK_NOT_VALID"));
+}

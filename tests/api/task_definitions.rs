@@ -258,3 +258,66 @@ async fn deleted_revisions_go_once_no_task_uses_them() {
     assert_eq!(left.task_definition_arns(), [arn("task-definition/gone:2")]);
     assert_eq!(register(&e, "gone").await, 3, "a deleted revision's number is never reused");
 }
+
+/// Log drivers other than awslogs and json-file are refused at registration, by name, as are
+/// awslogs options ecsd does not honour.
+#[tokio::test]
+async fn unsupported_log_drivers_and_awslogs_options_are_refused_at_registration() {
+    use aws_sdk_ecs::types::{LogConfiguration, LogDriver};
+    let e = Ecsd::start().await;
+    let with_log = |log: LogConfiguration| {
+        ContainerDefinition::builder().name("app").image("busybox").memory(32).log_configuration(log).build()
+    };
+    let fluentd = LogConfiguration::builder().log_driver(LogDriver::Fluentd).build().unwrap();
+    let (code, message) = err(e
+        .client
+        .register_task_definition()
+        .family("f")
+        .container_definitions(with_log(fluentd))
+        .send()
+        .await
+        .unwrap_err());
+    assert_eq!(code, "ClientException");
+    assert_eq!(
+        message,
+        "fluentd is not a valid log driver. Must be one of [awslogs,json-file]. containerDefinitions[0] ('app').logConfiguration.logDriver: ecsd ships container output to CloudWatch Logs (awslogs) or keeps it on the host (json-file)."
+    );
+    let awslogs = |extra: (&str, &str)| {
+        LogConfiguration::builder()
+            .log_driver(LogDriver::Awslogs)
+            .options("awslogs-group", "/ecs/app")
+            .options("awslogs-region", "us-east-1")
+            .options(extra.0, extra.1)
+            .build()
+            .unwrap()
+    };
+    let (code, message) = err(e
+        .client
+        .register_task_definition()
+        .family("f")
+        .container_definitions(with_log(awslogs(("awslogs-multiline-pattern", "("))))
+        .send()
+        .await
+        .unwrap_err());
+    assert_eq!(code, "ClientException");
+    assert!(
+        message.starts_with("Log driver awslogs option awslogs-multiline-pattern '(' is not a valid regular expression. containerDefinitions[0] ('app').logConfiguration.options may set only"),
+        "{message}"
+    );
+    // The positive control: json-file, and awslogs with the options ecsd honours.
+    let json_file = LogConfiguration::builder().log_driver(LogDriver::JsonFile).build().unwrap();
+    e.client
+        .register_task_definition()
+        .family("f")
+        .container_definitions(with_log(json_file))
+        .send()
+        .await
+        .unwrap();
+    e.client
+        .register_task_definition()
+        .family("f")
+        .container_definitions(with_log(awslogs(("mode", "non-blocking"))))
+        .send()
+        .await
+        .unwrap();
+}

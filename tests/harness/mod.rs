@@ -328,6 +328,14 @@ impl Ecsd {
         self.ctr(&["containers", "ls", "-q"]).await.lines().map(str::to_owned).collect()
     }
 
+    /// The host volume `ctl` that [`sh`] containers mount at /ctl.
+    pub fn ctl_volume(&self) -> Volume {
+        Volume::builder()
+            .name("ctl")
+            .host(HostVolumeProperties::builder().source_path(self.ctl.path().to_str().unwrap()).build())
+            .build()
+    }
+
     pub async fn register(&self, family: &str, containers: Vec<ContainerDefinition>) {
         self.register_mode(family, "bridge", containers).await
     }

@@ -63,6 +63,9 @@ pub enum Command {
     Image(ImageCommand),
     /// Show a cluster's services: counts per deployment and the last event.
     Services(ServicesArgs),
+    /// Check this host: container runtimes, root or not, cgroups, OCI runtimes, networking,
+    /// and what each means for running tasks. Exits 1 when ecsd cannot run tasks here.
+    Doctor(DoctorArgs),
     /// The logging driver containerd's shim runs for each container (not for people).
     #[command(hide = true)]
     LogDriver(crate::runtime::logs::LogDriverArgs),
@@ -137,6 +140,18 @@ pub enum OutputFormat {
     #[default]
     Table,
     Json,
+}
+
+/// Arguments of `ecsd doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// containerd's socket, as `ecsd serve` would use it (env ECSD_CONTAINERD_ADDRESS).
+    /// [default: /run/containerd/containerd.sock]
+    #[arg(long, value_name = "PATH")]
+    pub containerd_address: Option<PathBuf>,
+    /// table (facts, then what they mean), or json.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// Arguments of `ecsd logs`.

@@ -19,6 +19,7 @@ pub mod config;
 pub mod endpoints;
 pub mod engine;
 pub mod exec;
+pub mod host;
 pub mod model;
 pub mod network;
 pub mod runtime;

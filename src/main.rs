@@ -7,7 +7,7 @@ mod image_cmd;
 
 use clap::Parser;
 use ecsd::config::{
-    Cli, Command, Config, ImageCommand, ImportArgs, LogFormat, LogsArgs, OutputFormat, ServeArgs,
+    Cli, Command, Config, DoctorArgs, ImageCommand, ImportArgs, LogFormat, LogsArgs, OutputFormat, ServeArgs,
     ServicesArgs,
 };
 use tracing::{error, info};
@@ -24,8 +24,86 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Ls(args)) => client_runtime(image_cmd::ls(&args)),
         Command::Image(ImageCommand::Rm(args)) => client_runtime(image_cmd::rm(&args)),
         Command::Services(args) => services(&args),
+        Command::Doctor(args) => doctor(&args),
         Command::LogDriver(args) => ecsd::runtime::logs::run_log_driver(args),
     }
+}
+
+/// `ecsd doctor`: the host's facts and what they mean.
+fn doctor(args: &DoctorArgs) -> ExitCode {
+    let config = match client_config(ServeArgs {
+        containerd_address: args.containerd_address.clone(),
+        ..ServeArgs::default()
+    }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let facts = ecsd::host::HostFacts::probe(&ecsd::host::RealHost, &config.containerd_address);
+    let findings = facts.findings();
+    let text = match args.output {
+        OutputFormat::Json => {
+            let all =
+                serde_json::json!({ "facts": facts, "findings": findings, "canServe": facts.can_serve() });
+            format!("{}\n", serde_json::to_string_pretty(&all).unwrap_or_default())
+        }
+        OutputFormat::Table => {
+            let path = |p: &Option<std::path::PathBuf>| {
+                p.as_ref().map_or("not found".into(), |p| p.display().to_string())
+            };
+            let mut out = String::new();
+            let facts_text = [
+                ("user", format!("uid {}{}", facts.euid, if facts.rootless { " (rootless)" } else { "" })),
+                (
+                    "containerd",
+                    format!(
+                        "{}; socket {} {}",
+                        path(&facts.containerd.binary),
+                        facts.containerd.socket.display(),
+                        if facts.containerd.answers { "answers" } else { "does not answer" }
+                    ),
+                ),
+                (
+                    "podman",
+                    format!(
+                        "{}; socket {} {}",
+                        path(&facts.podman.binary),
+                        facts.podman.socket.display(),
+                        if facts.podman.answers { "answers" } else { "does not answer" }
+                    ),
+                ),
+                (
+                    "cgroups",
+                    format!("{:?}{}", facts.cgroup, if facts.cgroup_delegated { ", delegated" } else { "" })
+                        .to_lowercase(),
+                ),
+                (
+                    "OCI runtimes",
+                    facts.oci_runtimes.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                ),
+                ("netavark", path(&facts.netavark)),
+                ("/dev/net/tun", if facts.tun_usable { "usable" } else { "not usable by this user" }.into()),
+                (
+                    "unprivileged ports from",
+                    facts.unprivileged_port_start.map_or("unknown".into(), |p| p.to_string()),
+                ),
+            ];
+            for (name, value) in facts_text {
+                out.push_str(&format!("{name:<24}{value}\n"));
+            }
+            out.push('\n');
+            for f in &findings {
+                let level = match f.level {
+                    ecsd::host::Level::Ok => "ok",
+                    ecsd::host::Level::Note => "note",
+                    ecsd::host::Level::Blocker => "BLOCKER",
+                };
+                out.push_str(&format!("{level:<8}{}\n", f.text));
+            }
+            out
+        }
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    if facts.can_serve() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// Runs a client subcommand on a small async runtime.
@@ -187,6 +265,20 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     init_tracing(&config);
+    // What this host offers, once, for whoever reads the log (`ecsd doctor` explains it).
+    let facts = ecsd::host::HostFacts::probe(&ecsd::host::RealHost, &config.containerd_address);
+    info!(
+        rootless = facts.rootless,
+        cgroup = ?facts.cgroup,
+        containerd_answers = facts.containerd.answers,
+        podman = facts.podman.binary.is_some(),
+        oci_runtimes = ?facts.oci_runtimes,
+        tun = facts.tun_usable,
+        "host"
+    );
+    for f in facts.findings().iter().filter(|f| f.level == ecsd::host::Level::Blocker) {
+        tracing::warn!("{}", f.text);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

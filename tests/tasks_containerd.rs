@@ -561,3 +561,32 @@ async fn a_missing_image_fails_the_task_to_start() {
     assert!(!e.netns(&arn).exists());
     e.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn doctor_reports_this_hosts_containerd_and_whether_it_answers() {
+    let doctor = |socket: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
+            .args(["doctor", "--output", "json", "--containerd-address"])
+            .arg(socket)
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code(), json)
+    };
+    let (code, json) = doctor(&socket());
+    assert_eq!(code, Some(0), "{json:#}");
+    assert_eq!(json["facts"]["containerd"]["answers"], true, "{json:#}");
+    assert_eq!(json["facts"]["rootless"], false);
+    assert_eq!(json["canServe"], true);
+    // Nothing answers there: still fine, since containerd is installed and ecsd starts its own.
+    let (code, json) = doctor(std::path::Path::new("/nonexistent/containerd.sock"));
+    assert_eq!(json["facts"]["containerd"]["answers"], false, "{json:#}");
+    assert_eq!(code, Some(0));
+    let texts = json["findings"].to_string();
+    assert!(
+        texts.contains("nothing answers at /nonexistent/containerd.sock: ecsd starts its own"),
+        "{texts}"
+    );
+}

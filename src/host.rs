@@ -1,0 +1,376 @@
+//! What this host offers ecsd, probed once: container runtimes, root or not, cgroups, OCI
+//! runtime binaries, `/dev/net/tun`, the lowest port an unprivileged process may bind.
+//!
+//! [`HostFacts`] is plain data, read through [`HostOs`] so tests probe made-up hosts;
+//! [`HostFacts::findings`] says what each fact means for running tasks here. `ecsd serve`
+//! logs the facts at start and `ecsd doctor` prints them with their meaning.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// The host as the probe reads it.
+pub trait HostOs {
+    /// A file's text (`None` when it cannot be read).
+    fn read(&self, path: &Path) -> Option<String>;
+    fn exists(&self, path: &Path) -> bool;
+    /// `name` on `PATH` (or in the sbin directories root has).
+    fn which(&self, name: &str) -> Option<PathBuf>;
+    fn euid(&self) -> u32;
+    /// Whether this process may open `path` for reading and writing.
+    fn read_write(&self, path: &Path) -> bool;
+    /// Whether something accepts connections on the unix socket at `path`.
+    fn answers(&self, path: &Path) -> bool;
+}
+
+/// The real host.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealHost;
+
+impl HostOs for RealHost {
+    fn read(&self, path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok()
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn which(&self, name: &str) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    }
+    fn euid(&self) -> u32 {
+        rustix::process::geteuid().as_raw()
+    }
+    fn read_write(&self, path: &Path) -> bool {
+        std::fs::OpenOptions::new().read(true).write(true).open(path).is_ok()
+    }
+    fn answers(&self, path: &Path) -> bool {
+        std::os::unix::net::UnixStream::connect(path).is_ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// One container runtime: its binary, and its API socket and whether it answers there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuntimeFact {
+    pub binary: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub answers: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostFacts {
+    pub euid: u32,
+    /// Not root, or root only inside a user namespace (`/proc/self/uid_map` maps a range).
+    pub rootless: bool,
+    pub containerd: RuntimeFact,
+    pub podman: RuntimeFact,
+    pub cgroup: CgroupVersion,
+    /// cgroup v2 only: this process may create child cgroups where it runs.
+    pub cgroup_delegated: bool,
+    /// OCI runtime binaries found (`runc`, `crun`).
+    pub oci_runtimes: Vec<PathBuf>,
+    pub netavark: Option<PathBuf>,
+    pub tun_usable: bool,
+    pub unprivileged_port_start: Option<u16>,
+}
+
+/// What a fact means for running tasks here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// `ok`, `note` (works, with a consequence worth knowing) or `blocker` (ecsd cannot run tasks).
+    pub level: Level,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Note,
+    Blocker,
+}
+
+const NETAVARK: &str = "/usr/lib/podman/netavark";
+
+impl HostFacts {
+    /// Reads the host; `containerd_socket` is where ecsd would talk to containerd.
+    pub fn probe(os: &dyn HostOs, containerd_socket: &Path) -> HostFacts {
+        let euid = os.euid();
+        let full_map = os
+            .read(Path::new("/proc/self/uid_map"))
+            .is_none_or(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
+        let podman_socket = if euid == 0 {
+            PathBuf::from("/run/podman/podman.sock")
+        } else {
+            let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+            runtime_dir
+                .unwrap_or_else(|| PathBuf::from(format!("/run/user/{euid}")))
+                .join("podman/podman.sock")
+        };
+        let cgroup = if os.exists(Path::new("/sys/fs/cgroup/cgroup.controllers")) {
+            CgroupVersion::V2
+        } else {
+            CgroupVersion::V1
+        };
+        let cgroup_delegated = cgroup == CgroupVersion::V2
+            && (euid == 0
+                || os
+                    .read(Path::new("/proc/self/cgroup"))
+                    .and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
+                    .is_some_and(|own| {
+                        os.read_write(
+                            &Path::new("/sys/fs/cgroup")
+                                .join(own.trim_start_matches('/'))
+                                .join("cgroup.procs"),
+                        )
+                    }));
+        HostFacts {
+            euid,
+            rootless: euid != 0 || !full_map,
+            containerd: RuntimeFact {
+                binary: os.which("containerd"),
+                socket: containerd_socket.to_owned(),
+                answers: os.answers(containerd_socket),
+            },
+            podman: RuntimeFact {
+                binary: os.which("podman"),
+                answers: os.answers(&podman_socket),
+                socket: podman_socket,
+            },
+            cgroup,
+            cgroup_delegated,
+            oci_runtimes: ["runc", "crun"].iter().filter_map(|n| os.which(n)).collect(),
+            netavark: os
+                .exists(Path::new(NETAVARK))
+                .then(|| PathBuf::from(NETAVARK))
+                .or_else(|| os.which("netavark")),
+            tun_usable: os.read_write(Path::new("/dev/net/tun")),
+            unprivileged_port_start: os
+                .read(Path::new("/proc/sys/net/ipv4/ip_unprivileged_port_start"))
+                .and_then(|v| v.trim().parse().ok()),
+        }
+    }
+
+    /// Whether `ecsd serve` can run tasks here as things stand.
+    pub fn can_serve(&self) -> bool {
+        self.findings().iter().all(|f| f.level != Level::Blocker)
+    }
+
+    /// What each fact means, blockers first.
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut say = |level, text: String| out.push(Finding { level, text });
+        if self.rootless {
+            say(
+                Level::Blocker,
+                format!(
+                    "running as uid {} without full root: ecsd serve needs root today (network namespaces, \
+                     bridges, firewall rules, containerd's root); rootless ecsd is not built yet",
+                    self.euid
+                ),
+            );
+        }
+        match (&self.containerd.binary, self.containerd.answers) {
+            (_, true) => say(
+                Level::Ok,
+                format!("containerd answers at {}: tasks run there", self.containerd.socket.display()),
+            ),
+            (Some(bin), false) => say(
+                Level::Ok,
+                format!(
+                    "containerd is installed ({}) but nothing answers at {}: ecsd starts its own, with its state in the data dir",
+                    bin.display(),
+                    self.containerd.socket.display()
+                ),
+            ),
+            (None, false) => say(
+                Level::Blocker,
+                match &self.podman.binary {
+                    Some(p) => format!(
+                        "no containerd (binary or socket); Podman is installed ({}) but ecsd cannot run tasks on Podman yet: \
+                         install containerd (Debian: apt-get install containerd runc) to run beside it",
+                        p.display()
+                    ),
+                    None => {
+                        "no containerd: install it (Debian: apt-get install containerd runc, or hack/setup)"
+                            .into()
+                    }
+                },
+            ),
+        }
+        if self.oci_runtimes.is_empty() {
+            say(
+                Level::Blocker,
+                "no OCI runtime (runc or crun) on PATH: containerd cannot start containers".into(),
+            );
+        }
+        if self.netavark.is_none() {
+            say(
+                Level::Note,
+                "netavark is not installed: only networkMode host and none tasks can run".into(),
+            );
+        }
+        if self.podman.binary.is_some() {
+            say(
+                Level::Note,
+                "Podman is installed: its networks can be joined with ECS_EXTERNAL_NETWORKS; ecsd's task networks are its own".into(),
+            );
+        }
+        match (self.cgroup, self.cgroup_delegated) {
+            (CgroupVersion::V1, _) if !self.rootless => {
+                say(Level::Ok, "cgroup v1: task and container cpu and memory limits apply".into())
+            }
+            (CgroupVersion::V1, _) => {
+                say(Level::Note, "cgroup v1 without root: cpu and memory limits could not be applied".into())
+            }
+            (CgroupVersion::V2, true) => {
+                say(Level::Ok, "cgroup v2: task and container cpu and memory limits apply".into())
+            }
+            (CgroupVersion::V2, false) => say(
+                Level::Note,
+                "cgroup v2 without delegation to this user: cpu and memory limits could not be applied"
+                    .into(),
+            ),
+        }
+        if !self.tun_usable {
+            say(
+                Level::Note,
+                "/dev/net/tun cannot be opened by this user: rootless networking (slirp4netns, pasta) would not work; root ecsd does not need it"
+                    .into(),
+            );
+        }
+        if let Some(port) = self.unprivileged_port_start.filter(|p| *p > 0 && self.rootless) {
+            say(
+                Level::Note,
+                format!(
+                    "net.ipv4.ip_unprivileged_port_start is {port}: without root, host ports below it cannot be published"
+                ),
+            );
+        }
+        out.sort_by_key(|f| match f.level {
+            Level::Blocker => 0,
+            Level::Note => 1,
+            Level::Ok => 2,
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// A made-up host: files, binaries, sockets that answer, files this user may open.
+    #[derive(Default)]
+    struct Fake {
+        files: BTreeMap<&'static str, &'static str>,
+        bins: BTreeSet<&'static str>,
+        answering: BTreeSet<&'static str>,
+        writable: BTreeSet<&'static str>,
+        euid: u32,
+    }
+
+    impl HostOs for Fake {
+        fn read(&self, path: &Path) -> Option<String> {
+            self.files.get(path.to_str()?).map(|s| s.to_string())
+        }
+        fn exists(&self, path: &Path) -> bool {
+            path.to_str().is_some_and(|p| self.files.contains_key(p))
+        }
+        fn which(&self, name: &str) -> Option<PathBuf> {
+            self.bins.contains(name).then(|| PathBuf::from("/usr/bin").join(name))
+        }
+        fn euid(&self) -> u32 {
+            self.euid
+        }
+        fn read_write(&self, path: &Path) -> bool {
+            path.to_str().is_some_and(|p| self.writable.contains(p))
+        }
+        fn answers(&self, path: &Path) -> bool {
+            path.to_str().is_some_and(|p| self.answering.contains(p))
+        }
+    }
+
+    const SOCKET: &str = "/run/containerd/containerd.sock";
+
+    /// This machine: root, cgroup v1, containerd installed and answering, podman, runc.
+    fn this_machine() -> Fake {
+        Fake {
+            files: BTreeMap::from([
+                ("/proc/self/uid_map", "         0          0 4294967295\n"),
+                ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "1024\n"),
+                (NETAVARK, ""),
+            ]),
+            bins: BTreeSet::from(["containerd", "podman", "runc"]),
+            answering: BTreeSet::from([SOCKET]),
+            ..Fake::default()
+        }
+    }
+
+    #[test]
+    fn a_root_host_with_containerd_can_serve() {
+        let f = HostFacts::probe(&this_machine(), Path::new(SOCKET));
+        assert!(!f.rootless);
+        assert_eq!(f.cgroup, CgroupVersion::V1);
+        assert_eq!(f.oci_runtimes, [PathBuf::from("/usr/bin/runc")]);
+        assert_eq!(f.unprivileged_port_start, Some(1024));
+        assert!(!f.tun_usable);
+        assert!(f.can_serve(), "{:#?}", f.findings());
+        let texts: Vec<String> = f.findings().into_iter().map(|f| f.text).collect();
+        assert!(
+            texts.iter().any(|t| t.starts_with("containerd answers at /run/containerd/containerd.sock")),
+            "{texts:#?}"
+        );
+    }
+
+    #[test]
+    fn podman_without_containerd_is_a_blocker_that_says_what_to_install() {
+        let mut host = this_machine();
+        host.bins.remove("containerd");
+        host.answering.clear();
+        let f = HostFacts::probe(&host, Path::new(SOCKET));
+        assert!(!f.can_serve());
+        let first = &f.findings()[0];
+        assert_eq!(first.level, Level::Blocker);
+        assert!(first.text.contains("Podman is installed (/usr/bin/podman)"), "{}", first.text);
+        assert!(first.text.contains("apt-get install containerd runc"), "{}", first.text);
+        // Installed but not running is fine: ecsd starts its own.
+        host.bins.insert("containerd");
+        assert!(HostFacts::probe(&host, Path::new(SOCKET)).can_serve());
+    }
+
+    #[test]
+    fn rootless_hosts_are_told_what_does_not_work_yet() {
+        let mut host = this_machine();
+        host.euid = 1001;
+        host.files.insert("/proc/self/uid_map", "0 1001 1\n1 100000 65536\n");
+        host.files.insert("/sys/fs/cgroup/cgroup.controllers", "cpu memory\n");
+        host.files.insert("/proc/self/cgroup", "0::/user.slice/user-1001.slice/session-1.scope\n");
+        let f = HostFacts::probe(&host, Path::new(SOCKET));
+        assert!(f.rootless && !f.cgroup_delegated);
+        assert!(!f.can_serve());
+        let texts: Vec<String> = f.findings().into_iter().map(|f| f.text).collect();
+        assert!(texts[0].starts_with("running as uid 1001 without full root"), "{texts:#?}");
+        assert!(texts.iter().any(|t| t.contains("ip_unprivileged_port_start is 1024")), "{texts:#?}");
+        assert!(texts.iter().any(|t| t.starts_with("cgroup v2 without delegation")), "{texts:#?}");
+        // Delegated: the user may write its own cgroup.
+        host.writable.insert("/sys/fs/cgroup/user.slice/user-1001.slice/session-1.scope/cgroup.procs");
+        assert!(HostFacts::probe(&host, Path::new(SOCKET)).cgroup_delegated);
+        // Root inside a user namespace is rootless too.
+        let mut userns = this_machine();
+        userns.files.insert("/proc/self/uid_map", "0 1001 1\n");
+        assert!(HostFacts::probe(&userns, Path::new(SOCKET)).rootless);
+    }
+}

@@ -48,6 +48,8 @@ pub enum StartError {
     Forwarder { url: String, source: reqwest::Error },
     #[error("cannot create the default cluster")]
     DefaultCluster { source: ApiError },
+    #[error("cannot create cluster {name} (ECS_CLUSTER)")]
+    Cluster { name: String, source: ApiError },
     #[error("cannot start the task engine")]
     Engine { source: EngineError },
     #[error("cannot start the service scheduler")]
@@ -281,6 +283,9 @@ async fn serve(
     });
     // Like an ECS agent registering without ECS_CLUSTER, this host brings the default cluster.
     api::ensure_default_cluster(&ctx).map_err(|source| StartError::DefaultCluster { source })?;
+    // The agent registers into ECS_CLUSTER, and ECS creates a cluster on first registration.
+    api::ensure_cluster(&ctx, &config.cluster)
+        .map_err(|source| StartError::Cluster { name: config.cluster.clone(), source })?;
     engine.start().await.map_err(|source| StartError::Engine { source })?;
     // After the engine has re-adopted the tasks, so services count what really runs.
     let instance = api::host_instance_id(&ctx).map_err(|source| StartError::Instance { source })?;

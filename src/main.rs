@@ -187,6 +187,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     init_tracing(&config);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

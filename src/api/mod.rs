@@ -359,6 +359,11 @@ pub fn host_instance_id(ctx: &Ctx) -> Result<String, ApiError> {
     container_instances::instance_id(ctx)
 }
 
+/// Makes sure the cluster `name` exists: the cluster this host joins (`ECS_CLUSTER`).
+pub fn ensure_cluster(ctx: &Ctx, name: &str) -> Result<(), ApiError> {
+    clusters::ensure(ctx, name)
+}
+
 /// Makes sure the `default` cluster exists, as ECS does for hosts that name no cluster.
 pub fn ensure_default_cluster(ctx: &Ctx) -> Result<(), ApiError> {
     clusters::ensure(ctx, crate::model::arn::DEFAULT_CLUSTER)

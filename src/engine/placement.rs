@@ -423,7 +423,7 @@ mod tests {
     fn reserved_udp_ports_are_udp_only() {
         let s = Settings { reserved_ports_udp: vec![53], ..settings() };
         let w = vec![vec![wanted_host(Protocol::Udp, Some(53), 1)]];
-        assert_eq!(bind_ports(&s, &Ports::default(), &HashSet::new(), &w).unwrap_err(), Shortfall::Ports);
+        assert_eq!(bind_ports(&s, &Ports::default(), &HashSet::new(), &w).unwrap_err(), Shortfall::PortsUdp);
         let w = vec![vec![wanted_host(Protocol::Tcp, Some(53), 1)]];
         assert!(bind_ports(&s, &Ports::default(), &HashSet::new(), &w).is_ok(), "tcp 53 is free");
     }

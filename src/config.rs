@@ -45,7 +45,7 @@ const AWS_ENDPOINT_VARIABLES: [(Service, &[&str]); 8] = [
 ///
 /// Point the aws CLI, boto3 or any AWS SDK at it with `--endpoint-url http://127.0.0.1:8000`.
 #[derive(Debug, Parser)]
-#[command(name = "ecsd", version, about, long_about = None)]
+#[command(name = "ecsd", version = crate::VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -59,6 +59,8 @@ pub struct Ctx {
     pub listen_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Runs the services: the API hands it the changes it checked.
     pub scheduler: Arc<crate::scheduler::Scheduler>,
+    /// Requests by operation and outcome, for the introspection API's `/metrics`.
+    pub metrics: Arc<crate::endpoints::introspection::ApiMetrics>,
 }
 
 impl Ctx {
@@ -246,6 +248,12 @@ async fn entry(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) -> R
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
     async move {
         let result = exec::REQUEST_HOST.scope(host, respond(&ctx, &target, &headers, body)).await;
+        let outcome = match &result {
+            Ok(Reply::Json(_)) => "ok",
+            Ok(Reply::Forwarded(_)) => "forwarded",
+            Err(e) => e.exception.name(),
+        };
+        ctx.metrics.record(metric_operation(&target), outcome);
         let mut response = match result {
             Ok(Reply::Json(bytes)) => {
                 info!(status = 200, ms = started.elapsed().as_millis() as u64, "ok");
@@ -275,6 +283,19 @@ async fn entry(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) -> R
     }
     .instrument(span)
     .await
+}
+
+/// The operation's name as a metric label: one of ECS's (or the Session Manager calls ecsd
+/// answers), else `unknown`, so what a client sends cannot grow the series.
+fn metric_operation(target: &str) -> &'static str {
+    if let Some(op) = target.strip_prefix(TARGET_PREFIX) {
+        return shapes::ALL_OPERATIONS.iter().find(|o| **o == op).copied().unwrap_or("unknown");
+    }
+    match target.strip_prefix(exec::SSM_PREFIX) {
+        Some("ResumeSession") => "AmazonSSM.ResumeSession",
+        Some("TerminateSession") => "AmazonSSM.TerminateSession",
+        _ => "unknown",
+    }
 }
 
 enum Reply {

@@ -59,6 +59,7 @@ async fn spawn(dir: &Path) -> (Child, String) {
         .arg("--containerd-address")
         .arg(dir.join("no-containerd.sock"))
         .env("RUST_LOG", "warn")
+        .env("ECSD_INTROSPECTION_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

@@ -179,6 +179,8 @@ impl Ecsd {
             .arg(self.data.path())
             .arg("--containerd-address")
             .arg(socket())
+            // Daemons of tests run side by side: the introspection API on a free port.
+            .env("ECSD_INTROSPECTION_LISTEN", "127.0.0.1:0")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             // Its log goes to the test's output: warnings only, unless the test asks for more.
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))

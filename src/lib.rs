@@ -67,6 +67,10 @@ pub enum StartError {
     Runtime { source: runtime::RuntimeError },
     #[error("cannot set up task networking")]
     Network { source: network::NetworkError },
+    #[error(
+        "cannot add ecs-init's firewall rules (ECS_SKIP_LOCALHOST_TRAFFIC_FILTER, ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS skip them)"
+    )]
+    Firewall { source: network::firewall::FirewallError },
 }
 
 /// A running daemon.
@@ -83,6 +87,8 @@ pub struct Daemon {
     store: Arc<Store>,
     /// The containerd ecsd started itself, if it did; stopped last.
     embedded: Option<runtime::EmbeddedContainerd>,
+    /// The host firewall rules ecsd added (as root); removed at a clean stop.
+    firewall: Option<network::firewall::HostFirewall>,
 }
 
 impl Daemon {
@@ -121,6 +127,11 @@ impl Daemon {
         // processes are ended here, their clients told.
         self.exec.shutdown().await;
         let result = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
+        if let Some(firewall) = &self.firewall
+            && let Err(e) = firewall.remove().await
+        {
+            warn!(error = %error_chain(&e), "cannot remove ecsd's firewall rules; the next start removes them");
+        }
         if let Some((_, mut introspection)) = self.introspection {
             // Its requests are bounded by their own timeout, well inside the grace period.
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut introspection).await.is_err() {
@@ -186,7 +197,45 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let mut daemon =
         serve(config, store, Arc::new(runtime), Arc::new(network), Arc::new(SystemClock), os).await?;
     daemon.embedded = embedded;
+    if let Some(firewall) = host_firewall(config, daemon.introspection_addr()) {
+        if let Err(source) = firewall.apply().await {
+            // What apply added before failing goes with the rest.
+            daemon.firewall = Some(firewall);
+            if let Err(e) = daemon.shutdown().await {
+                warn!(error = %e, "shutdown after a failed start");
+            }
+            return Err(StartError::Firewall { source });
+        }
+        info!(tag = firewall.tag(), "ecs-init's firewall rules added");
+        daemon.firewall = Some(firewall);
+    }
     Ok(daemon)
+}
+
+/// ecs-init's rules for this ecsd, when it runs as root and they are not both skipped. The
+/// off-host block guards the introspection port actually bound.
+fn host_firewall(
+    config: &Config,
+    introspection: Option<SocketAddr>,
+) -> Option<network::firewall::HostFirewall> {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let plan = network::firewall::FirewallPlan {
+        localhost_filter: config.firewall.localhost_filter,
+        introspection_port: introspection
+            .filter(|_| config.firewall.block_offhost_introspection)
+            .map(|a| a.port()),
+    };
+    if !root || (!plan.localhost_filter && plan.introspection_port.is_none()) {
+        return None;
+    }
+    let runner = Arc::new(network::Processes::default());
+    Some(network::firewall::HostFirewall::new(
+        runner,
+        &config.namespace,
+        plan,
+        std::path::Path::new("/proc/sys"),
+    ))
 }
 
 /// Task namespaces are named after the containerd namespace, so ecsds with their own
@@ -356,7 +405,18 @@ async fn serve(
     });
     info!(%addr, data_dir = %config.data_dir.display(), region = %config.identity.region,
           account = %config.identity.account, forward = ?config.ecs_endpoint_url, "ecsd started");
-    Ok(Daemon { addr, shutdown, server, introspection, engine, exec, scheduler, store, embedded: None })
+    Ok(Daemon {
+        addr,
+        shutdown,
+        server,
+        introspection,
+        engine,
+        exec,
+        scheduler,
+        store,
+        embedded: None,
+        firewall: None,
+    })
 }
 
 /// What the introspection API reads: the engine's view of the tasks, ECS Exec's sessions.

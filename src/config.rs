@@ -65,6 +65,9 @@ pub enum Command {
     Image(ImageCommand),
     /// Show a cluster's services: counts per deployment and the last event.
     Services(ServicesArgs),
+    /// Remove what an ecsd that did not stop cleanly left on the host: its firewall rules
+    /// (restoring route_localnet). systemd's unit runs it as ExecStopPost.
+    Cleanup(CleanupArgs),
     /// The logging driver containerd's shim runs for each container (not for people).
     #[command(hide = true)]
     LogDriver(crate::runtime::logs::LogDriverArgs),
@@ -242,6 +245,15 @@ impl ServicesArgs {
             .or_else(|| env("AWS_ENDPOINT_URL").filter(|v| !v.is_empty()))
             .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
     }
+}
+
+/// Arguments of `ecsd cleanup`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CleanupArgs {
+    /// The containerd namespace of the ecsd whose leftovers to remove (env ECSD_NAMESPACE).
+    /// [default: ecs]
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
 }
 
 /// Arguments of `ecsd image import`.

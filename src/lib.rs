@@ -21,6 +21,7 @@ pub mod engine;
 pub mod exec;
 pub mod model;
 pub mod network;
+pub mod notify;
 pub mod runtime;
 pub mod scheduler;
 pub mod spec;

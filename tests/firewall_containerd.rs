@@ -67,6 +67,21 @@ async fn rules_exist_after_start_survive_kill_once_and_go_at_a_clean_stop() {
         spawned.kill();
         assert_eq!(tagged(&save("iptables-save").await, &e.namespace).len(), 2, "SIGKILL leaves them");
     }
+    // What systemd's ExecStopPost runs after that SIGKILL: the leftovers go.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        .args(["cleanup", "--namespace", &e.namespace])
+        .envs(RULES_ON)
+        .env("ECSD_ECS_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("removed the firewall rules tagged ecsd:{}\n", e.namespace)
+    );
+    assert!(tagged(&save("iptables-save").await, &e.namespace).is_empty());
+    assert!(tagged(&save("ip6tables-save").await, &e.namespace).is_empty());
+    assert_eq!(route_localnet(), default_localnet, "route_localnet is restored");
     e.up().await;
     assert_eq!(tagged(&save("iptables-save").await, &e.namespace).len(), 2);
     assert_eq!(tagged(&save("ip6tables-save").await, &e.namespace).len(), 1);

@@ -149,6 +149,24 @@ impl HostFirewall {
         first.map_or(Ok(()), Err)
     }
 
+    /// After an ecsd that did not stop cleanly (systemd's `ExecStopPost`): when any rule of
+    /// this ecsd is left, removes them as [`HostFirewall::remove`] does. Returns whether
+    /// there were any.
+    pub async fn remove_leftovers(&self) -> Result<bool, FirewallError> {
+        let mut any = false;
+        for family in [Family::V4, Family::V6] {
+            if family == Family::V6 && !self.ipv6() {
+                continue;
+            }
+            let listing = self.iptables(family, &["-S", "INPUT"]).await?;
+            any |= !tagged_rules(&String::from_utf8_lossy(&listing), &self.tag).is_empty();
+        }
+        if any {
+            self.remove().await?;
+        }
+        Ok(any)
+    }
+
     async fn iptables(&self, family: Family, args: &[&str]) -> Result<Vec<u8>, FirewallError> {
         let mut all: Vec<&OsStr> =
             vec![OsStr::new("-w"), OsStr::new(XTABLES_WAIT_SECS), OsStr::new("-t"), OsStr::new("filter")];
@@ -169,7 +187,14 @@ impl HostFirewall {
         for rule in tagged_rules(&String::from_utf8_lossy(&listing), &self.tag) {
             let mut args: Vec<&str> = vec!["-D", "INPUT"];
             args.extend(rule.iter().map(String::as_str));
-            self.iptables(family, &args).await?;
+            if let Err(e) = self.iptables(family, &args).await {
+                // Another ecsd of the same namespace (a start racing a stop) may have deleted
+                // it first: only a rule that is still there is a failure.
+                let now = self.iptables(family, &["-S", "INPUT"]).await?;
+                if tagged_rules(&String::from_utf8_lossy(&now), &self.tag).contains(&rule) {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -338,6 +363,65 @@ mod tests {
         );
         assert!(tables.v6.lock().unwrap().is_empty());
         assert_eq!(std::fs::read_to_string(&all).unwrap(), "0");
+    }
+
+    /// Tables whose first `-D` finds the rule gone: another ecsd deleted it after the listing.
+    #[derive(Debug, Default)]
+    struct Racing {
+        tables: Tables,
+        raced: Mutex<bool>,
+    }
+
+    #[async_trait]
+    impl Runner for Racing {
+        async fn run(
+            &self,
+            program: &OsStr,
+            args: &[&OsStr],
+            input: Option<&[u8]>,
+        ) -> Result<Vec<u8>, NetworkError> {
+            let delete = args.get(4).is_some_and(|a| *a == "-D");
+            if delete && !std::mem::replace(&mut *self.raced.lock().unwrap(), true) {
+                self.tables.v4.lock().unwrap().clear();
+            }
+            self.tables.run(program, args, input).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rule_another_ecsd_deleted_first_is_not_a_failure() {
+        let sys = proc_sys(false);
+        let racing = Arc::new(Racing::default());
+        let plan = FirewallPlan { localhost_filter: false, introspection_port: Some(51678) };
+        let fw = HostFirewall::new(racing.clone(), "ecs", plan, sys.path());
+        fw.apply().await.unwrap();
+        fw.apply().await.unwrap();
+        assert_eq!(racing.tables.v4.lock().unwrap().len(), 1);
+        // A rule that stays after a failed delete is still an error.
+        let stuck = Arc::new(Tables::default());
+        // Spaced so the fake cannot match its delete: it stays.
+        stuck.v4.lock().unwrap().push("-p tcp  --dport 9 -m comment --comment \"ecsd:ecs\" -j DROP".into());
+        let fw = HostFirewall::new(stuck, "ecs", plan, sys.path());
+        assert!(matches!(fw.remove().await, Err(FirewallError::Rules(_))));
+    }
+
+    #[tokio::test]
+    async fn leftovers_are_removed_and_route_localnet_restored_only_when_there_are_any() {
+        let sys = proc_sys(true);
+        let all = sys.path().join("net/ipv4/conf/all/route_localnet");
+        let tables = Arc::new(Tables::default());
+        let plan = FirewallPlan { localhost_filter: true, introspection_port: Some(51678) };
+        HostFirewall::new(tables.clone(), "ecs", plan, sys.path()).apply().await.unwrap();
+        // What ExecStopPost runs knows no port: the tag finds the rules.
+        let after_crash = FirewallPlan { localhost_filter: true, introspection_port: None };
+        let fw = HostFirewall::new(tables.clone(), "ecs", after_crash, sys.path());
+        assert!(fw.remove_leftovers().await.unwrap());
+        assert!(tables.v4.lock().unwrap().is_empty() && tables.v6.lock().unwrap().is_empty());
+        assert_eq!(std::fs::read_to_string(&all).unwrap(), "0");
+        // Nothing left: route_localnet (set by someone else) is not touched.
+        std::fs::write(&all, "1").unwrap();
+        assert!(!fw.remove_leftovers().await.unwrap());
+        assert_eq!(std::fs::read_to_string(&all).unwrap(), "1");
     }
 
     #[tokio::test]

@@ -25,12 +25,16 @@ fn route_localnet() -> String {
     std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/route_localnet").unwrap().trim().to_owned()
 }
 
+/// route_localnet is one setting of the host: the tests that set or check it take turns.
+static ROUTE_LOCALNET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const RULES_ON: [(&str, &str); 2] =
     [("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER", "false"), ("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS", "false")];
 
 #[tokio::test]
 #[ignore = "needs root and containerd"]
 async fn rules_exist_after_start_survive_kill_once_and_go_at_a_clean_stop() {
+    let _turn = ROUTE_LOCALNET.lock().await;
     let before = save("iptables-save").await;
     let default_localnet =
         std::fs::read_to_string("/proc/sys/net/ipv4/conf/default/route_localnet").unwrap().trim().to_owned();
@@ -100,6 +104,7 @@ async fn rules_exist_after_start_survive_kill_once_and_go_at_a_clean_stop() {
 #[tokio::test]
 #[ignore = "needs root and containerd"]
 async fn the_skip_variables_leave_their_rules_out() {
+    let _turn = ROUTE_LOCALNET.lock().await;
     let localnet = route_localnet();
     let mut e = Ecsd::start(&[
         ("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER", "true"),
@@ -129,9 +134,13 @@ async fn connects_from(netns: &str, addr: &str) -> bool {
 #[tokio::test]
 #[ignore = "needs root and containerd"]
 async fn a_task_cannot_reach_the_hosts_introspection_port_but_the_host_can() {
-    // Served on every address, so only the rule keeps tasks away from it.
-    let mut env = RULES_ON.to_vec();
-    env.push(("ECSD_INTROSPECTION_LISTEN", "0.0.0.0:0"));
+    // Served on every address, so only the rule keeps tasks away from it. The localhost
+    // filter (and route_localnet) is another test's.
+    let env = [
+        ("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER", "true"),
+        ("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS", "false"),
+        ("ECSD_INTROSPECTION_LISTEN", "0.0.0.0:0"),
+    ];
     let mut e = Ecsd::start(&env).await;
     e.register_mode("sleeper", "awsvpc", vec![sh("app", "trap 'exit 0' TERM; sleep 1000 & wait").build()])
         .await;

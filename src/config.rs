@@ -13,6 +13,8 @@ use crate::aws::{Keys, OwnIdentity, Service};
 use crate::endpoints::credentials::{CredentialMode, CredentialSettings};
 use crate::model::arn::Identity;
 
+pub mod ecs_file;
+
 const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 const DEFAULT_REGION: &str = "us-east-1";
 const DEFAULT_ACCOUNT: &str = "000000000000";
@@ -43,7 +45,7 @@ const AWS_ENDPOINT_VARIABLES: [(Service, &[&str]); 8] = [
 ///
 /// Point the aws CLI, boto3 or any AWS SDK at it with `--endpoint-url http://127.0.0.1:8000`.
 #[derive(Debug, Parser)]
-#[command(name = "ecsd", version, about, long_about = None)]
+#[command(name = "ecsd", version = crate::VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -66,6 +68,9 @@ pub enum Command {
     /// Check this host: container runtimes, root or not, cgroups, OCI runtimes, networking,
     /// and what each means for running tasks. Exits 1 when ecsd cannot run tasks here.
     Doctor(DoctorArgs),
+    /// Remove what an ecsd that did not stop cleanly left on the host: its firewall rules
+    /// (restoring route_localnet). systemd's unit runs it as ExecStopPost.
+    Cleanup(CleanupArgs),
     /// The logging driver containerd's shim runs for each container (not for people).
     #[command(hide = true)]
     LogDriver(crate::runtime::logs::LogDriverArgs),
@@ -257,6 +262,15 @@ impl ServicesArgs {
     }
 }
 
+/// Arguments of `ecsd cleanup`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CleanupArgs {
+    /// The containerd namespace of the ecsd whose leftovers to remove (env ECSD_NAMESPACE).
+    /// [default: ecs]
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
+}
+
 /// Arguments of `ecsd image import`.
 #[derive(Debug, Clone, Args)]
 pub struct ImportArgs {
@@ -316,10 +330,20 @@ Environment:
   AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS (or AWS_ENDPOINT_URL_LOGS)
                            the other AWS services ecsd calls
   ECSD_CONFIG              the config file (default /etc/ecsd/config.toml if present)
+  ECSD_ECS_CONFIG          the ECS agent's KEY=value file (default /etc/ecs/ecs.config if present);
+                           its values count where the environment leaves a variable unset
+  ECS_CLUSTER              the cluster this host joins, created at start (default default)
+  ECS_LOGLEVEL             debug, info, warn, error or crit, when RUST_LOG and ECSD_LOG are unset
+  ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION  as ECSD_TASK_RETENTION, when that is unset
+  ECSD_INTROSPECTION_LISTEN  the agent introspection API's address, or off (as
+                           --introspection-listen; default 127.0.0.1:51678)
+  ECS_SKIP_LOCALHOST_TRAFFIC_FILTER, ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS
+                           true: do not add ecs-init's localhost filter / off-host block (root)
   ECSD_TASK_SUBNET         the default task network's subnet (default 10.217.0.0/16, bridge ecsd0)
   ECSD_PUBLISH_AWSVPC_PORTS  publish awsvpc tasks' portMappings on the host too (default false)
   ECS_DYNAMIC_HOST_PORT_RANGE  dynamic host ports for bridge mode (default 49153-65535)
   ECS_RESERVED_PORTS       host ports never handed out (default [22, 2375, 2376, 51678, 51679])
+  ECS_RESERVED_PORTS_UDP   UDP host ports never handed out (default [])
   ECSD_NETAVARK, ECSD_AARDVARK_DNS  the netavark and aardvark-dns binaries
                            (default /usr/lib/podman/netavark, /usr/lib/podman/aardvark-dns)
   ECSD_EXEC_IDLE_TIMEOUT   end ECS Exec sessions without input or output this long (default 20m)
@@ -369,6 +393,11 @@ pub struct ServeArgs {
     /// (`[tasks]`); see deploy/config.toml.example. [default: /etc/ecsd/config.toml if present]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Address of the ECS agent's introspection API (/v1/metadata, /v1/tasks, /metrics),
+    /// or `off`. [default: 127.0.0.1:51678]
+    #[arg(long, value_name = "ADDR")]
+    pub introspection_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -417,6 +446,52 @@ pub struct Config {
     pub exec: crate::exec::ExecSettings,
     /// Pulls (behaviour, registries, credentials) and image cleanup.
     pub images: crate::engine::images::ImageSettings,
+    /// `ECS_CLUSTER`: the cluster this host joins, created at start when missing.
+    pub cluster: String,
+    /// Where the agent's introspection API is served (`None`: not at all).
+    pub introspection: Option<SocketAddr>,
+    /// ecs-init's firewall rules, as its two variables leave them.
+    pub firewall: Firewall,
+    /// What a reader of the configuration should be told once logging is up: ecs.config
+    /// keys ecsd ignores.
+    pub warnings: Vec<String>,
+}
+
+/// Which of ecs-init's rules ecsd adds when it runs as root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Firewall {
+    /// Drop packets to 127.0.0.0/8 that do not come from loopback, unless DNAT'd or part of
+    /// a connection (`ECS_SKIP_LOCALHOST_TRAFFIC_FILTER=true` turns it off).
+    pub localhost_filter: bool,
+    /// Drop off-host packets to the introspection port
+    /// (`ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS=true` turns it off).
+    pub block_offhost_introspection: bool,
+}
+
+const DEFAULT_INTROSPECTION: &str = "127.0.0.1:51678";
+
+/// The tracing filter for one of the agent's `ECS_LOGLEVEL` values.
+fn agent_log_level(level: &str) -> Option<&'static str> {
+    Some(match level.to_ascii_lowercase().as_str() {
+        "debug" => "debug",
+        "info" => "info",
+        "warn" => "warn",
+        "error" | "crit" => "error",
+        _ => return None,
+    })
+}
+
+/// A boolean agent variable: `true` or `false` (any case), unset is false.
+fn agent_flag(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<bool, ConfigError> {
+    match env(name).map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty()).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ConfigError {
+            name: name.into(),
+            value: other.into(),
+            reason: "expected true or false".into(),
+        }),
+    }
 }
 
 /// How a call forwarded to `ECS_ENDPOINT_URL` is signed.
@@ -441,8 +516,26 @@ pub struct ConfigError {
 }
 
 impl Config {
-    /// Resolves `args` against the environment `env` (a lookup such as `std::env::var`).
+    /// Resolves `args` against the environment `env` (a lookup such as `std::env::var`) and
+    /// the ecs.config file (`ECSD_ECS_CONFIG`, else /etc/ecs/ecs.config when it exists), whose
+    /// values count where the environment leaves a variable unset or blank.
     pub fn resolve(args: &ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let explicit = env("ECSD_ECS_CONFIG").filter(|v| !v.is_empty());
+        let path = PathBuf::from(explicit.clone().unwrap_or_else(|| ecs_file::DEFAULT_PATH.to_owned()));
+        let file = ecs_file::EcsConfig::read(&path, explicit.is_some()).map_err(|e| ConfigError {
+            name: "ECSD_ECS_CONFIG".into(),
+            value: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut config = Config::resolve_layered(args, &|k| file.under(env, k))?;
+        config.warnings = file.warnings.iter().map(|w| format!("{}: {w}", path.display())).collect();
+        Ok(config)
+    }
+
+    fn resolve_layered(
+        args: &ServeArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let non_empty = |k: &str| env(k).filter(|v| !v.is_empty());
         let (listen_name, listen_raw) = match &args.listen {
             Some(v) => ("--listen", v.clone()),
@@ -551,7 +644,14 @@ impl Config {
             duration("ECS_CONTAINER_STOP_TIMEOUT", Duration::from_secs(30), Duration::from_secs(1))?;
         let start_timeout =
             duration("ECS_CONTAINER_START_TIMEOUT", Duration::from_secs(180), Duration::from_secs(1))?;
-        let retention = duration("ECSD_TASK_RETENTION", Duration::from_secs(3600), Duration::ZERO)?;
+        // ecsd's own name first; the agent's is the nearest thing it has (its containers are
+        // removed then, and ecsd forgets the task then).
+        let retention = match non_empty("ECSD_TASK_RETENTION") {
+            Some(_) => duration("ECSD_TASK_RETENTION", Duration::from_secs(3600), Duration::ZERO)?,
+            None => {
+                duration("ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION", Duration::from_secs(3600), Duration::ZERO)?
+            }
+        };
         let services = crate::scheduler::SchedulerConfig {
             stabilization: duration("ECSD_SERVICE_STABILIZATION", Duration::from_secs(40), Duration::ZERO)?,
             inactive_retention: duration(
@@ -561,8 +661,48 @@ impl Config {
             )?,
         };
 
-        let log_filter =
-            non_empty("RUST_LOG").or_else(|| non_empty("ECSD_LOG")).unwrap_or_else(|| "info".to_owned());
+        let log_filter = match non_empty("RUST_LOG").or_else(|| non_empty("ECSD_LOG")) {
+            Some(f) => f,
+            None => match non_empty("ECS_LOGLEVEL") {
+                None => "info".to_owned(),
+                Some(level) => agent_log_level(&level).map(str::to_owned).ok_or_else(|| ConfigError {
+                    name: "ECS_LOGLEVEL".into(),
+                    value: level.clone(),
+                    reason: "expected debug, info, warn, error or crit".into(),
+                })?,
+            },
+        };
+        let cluster =
+            non_empty("ECS_CLUSTER").unwrap_or_else(|| crate::model::arn::DEFAULT_CLUSTER.to_owned());
+        if cluster.is_empty()
+            || cluster.len() > 255
+            || !cluster.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError {
+                name: "ECS_CLUSTER".into(),
+                value: cluster,
+                reason: "a cluster name is up to 255 letters, digits, hyphens and underscores".into(),
+            });
+        }
+        let introspection = match &args.introspection_listen {
+            Some(v) => ("--introspection-listen", v.clone()),
+            None => (
+                "ECSD_INTROSPECTION_LISTEN",
+                non_empty("ECSD_INTROSPECTION_LISTEN").unwrap_or_else(|| DEFAULT_INTROSPECTION.to_owned()),
+            ),
+        };
+        let introspection = match introspection {
+            (_, v) if v == "off" => None,
+            (name, v) => Some(v.parse::<SocketAddr>().map_err(|_| ConfigError {
+                name: name.into(),
+                value: v.clone(),
+                reason: "not an IP address and port such as 127.0.0.1:51678, or off".into(),
+            })?),
+        };
+        let firewall = Firewall {
+            localhost_filter: !agent_flag(env, "ECS_SKIP_LOCALHOST_TRAFFIC_FILTER")?,
+            block_offhost_introspection: !agent_flag(env, "ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS")?,
+        };
 
         let network = resolve_network(args, env)?;
         let metadata_rps = match non_empty("ECS_TASK_METADATA_RPS_LIMIT") {
@@ -606,6 +746,10 @@ impl Config {
             services,
             log_format: args.log_format,
             log_filter,
+            cluster,
+            introspection,
+            firewall,
+            warnings: vec![],
         })
     }
 }
@@ -872,8 +1016,9 @@ fn resolve_network(
         reason: e.to_string().trim().replace('\n', " "),
     })?;
     crate::network::Settings::resolve(file, &|k| env(k).filter(|v| !v.is_empty())).map_err(|e| ConfigError {
+        // A variable's error shows its value; a file setting's, the file.
+        value: env(&e.name).unwrap_or_else(|| path.display().to_string()),
         name: e.name,
-        value: path.display().to_string(),
         reason: e.reason,
     })
 }
@@ -1194,6 +1339,109 @@ mod tests {
         assert_eq!(e.name, "ECS_ENDPOINT_URL");
         let args = ServeArgs { listen: Some("nope".into()), ..ServeArgs::default() };
         assert_eq!(resolve(args, &[]).unwrap_err().name, "--listen");
+    }
+
+    #[test]
+    fn ecs_config_sits_below_the_environment_and_above_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ecs = dir.path().join("ecs.config");
+        let toml = dir.path().join("config.toml");
+        std::fs::write(
+            &ecs,
+            "# agent settings\nECS_CLUSTER=prod\nECS_RESERVED_PORTS=[22, 9000]\nECS_LOGLEVEL=debug\n\
+             ECS_CONTAINER_STOP_TIMEOUT=\"10s\"\nECS_ENGINE_TASK_CLEANUP_WAIT_DURATION=2h\n\
+             ECS_NO_SUCH=1\nECS_RESERVED_MEMORY=256\nECS_SKIP_LOCALHOST_TRAFFIC_FILTER=true\n",
+        )
+        .unwrap();
+        std::fs::write(&toml, "[tasks]\nreserved_ports = [22]\n").unwrap();
+        let path = ecs.to_str().unwrap();
+        let args = ServeArgs { config: Some(toml.clone()), ..ServeArgs::default() };
+        let c = resolve(args.clone(), &[("ECSD_ECS_CONFIG", path)]).unwrap();
+        assert_eq!(c.cluster, "prod");
+        // ecs.config over the config file.
+        assert_eq!(c.network.reserved_ports, [22, 9000]);
+        assert_eq!(c.log_filter, "debug");
+        assert_eq!(c.stop_timeout, Duration::from_secs(10));
+        assert_eq!(c.retention, Duration::from_secs(7200));
+        assert_eq!(c.firewall, Firewall { localhost_filter: false, block_offhost_introspection: true });
+        assert_eq!(
+            c.warnings,
+            [
+                format!("{path}: ECS_NO_SUCH: not an ECS agent variable ecsd knows; ignored"),
+                format!(
+                    "{path}: ECS_RESERVED_MEMORY: an ECS agent variable ecsd does not honour yet; ignored"
+                ),
+            ]
+        );
+        // The environment over ecs.config; ecsd's own names over the agent's.
+        let c = resolve(
+            args,
+            &[
+                ("ECSD_ECS_CONFIG", path),
+                ("ECS_CLUSTER", "dev"),
+                ("ECS_RESERVED_PORTS", "[2222]"),
+                ("RUST_LOG", "ecsd=trace"),
+                ("ECSD_TASK_RETENTION", "5m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.cluster, "dev");
+        assert_eq!(c.network.reserved_ports, [2222]);
+        assert_eq!(c.log_filter, "ecsd=trace");
+        assert_eq!(c.retention, Duration::from_secs(300));
+        // Defaults without any of it.
+        let c = resolve(ServeArgs::default(), &[("ECSD_ECS_CONFIG", "")]).unwrap();
+        assert_eq!(c.cluster, "default");
+        assert_eq!(c.introspection, Some("127.0.0.1:51678".parse().unwrap()));
+        assert_eq!(c.firewall, Firewall { localhost_filter: true, block_offhost_introspection: true });
+        assert_eq!(c.network.reserved_ports_udp, Vec::<u16>::new());
+    }
+
+    #[test]
+    fn bad_ecs_config_values_and_files_are_start_up_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ecs = dir.path().join("ecs.config");
+        let path = ecs.to_str().unwrap().to_owned();
+        let with = |text: &str| {
+            std::fs::write(&ecs, text).unwrap();
+            resolve(ServeArgs::default(), &[("ECSD_ECS_CONFIG", &path)]).unwrap_err().to_string()
+        };
+        assert_eq!(
+            with("ECS_LOGLEVEL=loud\n"),
+            "ECS_LOGLEVEL=loud: expected debug, info, warn, error or crit"
+        );
+        assert_eq!(
+            with("ECS_CLUSTER=my cluster\n"),
+            "ECS_CLUSTER=my cluster: a cluster name is up to 255 letters, digits, hyphens and underscores"
+        );
+        assert_eq!(
+            with("ECS_CONTAINER_STOP_TIMEOUT=soon\n"),
+            "ECS_CONTAINER_STOP_TIMEOUT=soon: not a duration such as 30s, 2m or 1h30m"
+        );
+        assert_eq!(
+            with("ECS_RESERVED_PORTS_UDP=53\n"),
+            "ECS_RESERVED_PORTS_UDP=53: '53' is not a JSON list of ports such as [53]"
+        );
+        assert_eq!(
+            with("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS=yes\n"),
+            "ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS=yes: expected true or false"
+        );
+        assert_eq!(
+            with("ECS_CLUSTER=a\nECS CLUSTER=b\n"),
+            format!(
+                "ECSD_ECS_CONFIG={path}: line 2: \"ECS CLUSTER\" is not a variable name (letters, digits and _, not starting with a digit)"
+            )
+        );
+        std::fs::remove_file(&ecs).unwrap();
+        let e = resolve(ServeArgs::default(), &[("ECSD_ECS_CONFIG", &path)]).unwrap_err();
+        assert_eq!(e.name, "ECSD_ECS_CONFIG");
+        let e = resolve(ServeArgs::default(), &[("ECSD_INTROSPECTION_LISTEN", "51678")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ECSD_INTROSPECTION_LISTEN=51678: not an IP address and port such as 127.0.0.1:51678, or off"
+        );
+        let c = resolve(ServeArgs::default(), &[("ECSD_INTROSPECTION_LISTEN", "off")]).unwrap();
+        assert_eq!(c.introspection, None);
     }
 
     #[test]

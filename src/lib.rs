@@ -22,6 +22,7 @@ pub mod exec;
 pub mod host;
 pub mod model;
 pub mod network;
+pub mod notify;
 pub mod runtime;
 pub mod scheduler;
 pub mod spec;
@@ -36,6 +37,9 @@ use crate::runtime::Runtime;
 use crate::scheduler::{Scheduler, SchedulerError};
 use crate::store::{Store, StoreError};
 
+/// ecsd's version and the commit it was built from: `0.1.0 (1a2b3c4d)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ECSD_COMMIT"), ")");
+
 /// How long in-flight requests may take to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -45,10 +49,14 @@ pub enum StartError {
     Store { path: PathBuf, source: StoreError },
     #[error("cannot listen on {addr}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot serve the introspection API on {addr} (ECSD_INTROSPECTION_LISTEN, or off)")]
+    Introspection { addr: SocketAddr, source: std::io::Error },
     #[error("ECS_ENDPOINT_URL {url} cannot be used")]
     Forwarder { url: String, source: reqwest::Error },
     #[error("cannot create the default cluster")]
     DefaultCluster { source: ApiError },
+    #[error("cannot create cluster {name} (ECS_CLUSTER)")]
+    Cluster { name: String, source: ApiError },
     #[error("cannot start the task engine")]
     Engine { source: EngineError },
     #[error("cannot start the service scheduler")]
@@ -61,6 +69,10 @@ pub enum StartError {
     Runtime { source: runtime::RuntimeError },
     #[error("cannot set up task networking")]
     Network { source: network::NetworkError },
+    #[error(
+        "cannot add ecs-init's firewall rules (ECS_SKIP_LOCALHOST_TRAFFIC_FILTER, ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS skip them)"
+    )]
+    Firewall { source: network::firewall::FirewallError },
 }
 
 /// A running daemon.
@@ -69,18 +81,27 @@ pub struct Daemon {
     addr: SocketAddr,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    /// The introspection API's address and server, when it is served.
+    introspection: Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>,
     engine: Arc<Engine>,
     exec: Arc<exec::Exec>,
     scheduler: Arc<Scheduler>,
     store: Arc<Store>,
     /// The containerd ecsd started itself, if it did; stopped last.
     embedded: Option<runtime::EmbeddedContainerd>,
+    /// The host firewall rules ecsd added (as root); removed at a clean stop.
+    firewall: Option<network::firewall::HostFirewall>,
 }
 
 impl Daemon {
     /// The address the API is served on (with the real port when port 0 was asked for).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the introspection API answers, when it is served.
+    pub fn introspection_addr(&self) -> Option<SocketAddr> {
+        self.introspection.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The task engine, for in-process callers (tests, the service scheduler, ECS Exec).
@@ -108,6 +129,17 @@ impl Daemon {
         // processes are ended here, their clients told.
         self.exec.shutdown().await;
         let result = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
+        if let Some(firewall) = &self.firewall
+            && let Err(e) = firewall.remove().await
+        {
+            warn!(error = %error_chain(&e), "cannot remove ecsd's firewall rules; the next start removes them");
+        }
+        if let Some((_, mut introspection)) = self.introspection {
+            // Its requests are bounded by their own timeout, well inside the grace period.
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut introspection).await.is_err() {
+                introspection.abort();
+            }
+        }
         // Services stop deciding before the engine stops supervising; the next start
         // resumes both from the store and the runtime.
         self.scheduler.shutdown().await;
@@ -167,7 +199,45 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let mut daemon =
         serve(config, store, Arc::new(runtime), Arc::new(network), Arc::new(SystemClock), os).await?;
     daemon.embedded = embedded;
+    if let Some(firewall) = host_firewall(config, daemon.introspection_addr()) {
+        if let Err(source) = firewall.apply().await {
+            // What apply added before failing goes with the rest.
+            daemon.firewall = Some(firewall);
+            if let Err(e) = daemon.shutdown().await {
+                warn!(error = %e, "shutdown after a failed start");
+            }
+            return Err(StartError::Firewall { source });
+        }
+        info!(tag = firewall.tag(), "ecs-init's firewall rules added");
+        daemon.firewall = Some(firewall);
+    }
     Ok(daemon)
+}
+
+/// ecs-init's rules for this ecsd, when it runs as root and they are not both skipped. The
+/// off-host block guards the introspection port actually bound.
+fn host_firewall(
+    config: &Config,
+    introspection: Option<SocketAddr>,
+) -> Option<network::firewall::HostFirewall> {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let plan = network::firewall::FirewallPlan {
+        localhost_filter: config.firewall.localhost_filter,
+        introspection_port: introspection
+            .filter(|_| config.firewall.block_offhost_introspection)
+            .map(|a| a.port()),
+    };
+    if !root || (!plan.localhost_filter && plan.introspection_port.is_none()) {
+        return None;
+    }
+    let runner = Arc::new(network::Processes::default());
+    Some(network::firewall::HostFirewall::new(
+        runner,
+        &config.namespace,
+        plan,
+        std::path::Path::new("/proc/sys"),
+    ))
 }
 
 /// Task namespaces are named after the containerd namespace, so ecsds with their own
@@ -270,6 +340,7 @@ async fn serve(
         config.identity.clone(),
         clock.clone(),
     );
+    let metrics = Arc::new(endpoints::introspection::ApiMetrics::default());
     let ctx = Arc::new(Ctx {
         store: Arc::clone(&store),
         engine: Arc::clone(&engine),
@@ -280,13 +351,17 @@ async fn serve(
         network: Arc::new(config.network.clone()),
         listen_addr: std::sync::OnceLock::new(),
         scheduler: Arc::clone(&scheduler),
+        metrics: Arc::clone(&metrics),
     });
     // Like an ECS agent registering without ECS_CLUSTER, this host brings the default cluster.
     api::ensure_default_cluster(&ctx).map_err(|source| StartError::DefaultCluster { source })?;
+    // The agent registers into ECS_CLUSTER, and ECS creates a cluster on first registration.
+    api::ensure_cluster(&ctx, &config.cluster)
+        .map_err(|source| StartError::Cluster { name: config.cluster.clone(), source })?;
     engine.start().await.map_err(|source| StartError::Engine { source })?;
     // After the engine has re-adopted the tasks, so services count what really runs.
     let instance = api::host_instance_id(&ctx).map_err(|source| StartError::Instance { source })?;
-    scheduler.start(instance).await.map_err(|source| StartError::Scheduler { source })?;
+    scheduler.start(instance.clone()).await.map_err(|source| StartError::Scheduler { source })?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -294,6 +369,38 @@ async fn serve(
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
     let _ = ctx.listen_addr.set(addr);
     let shutdown = CancellationToken::new();
+    let introspection = match config.introspection {
+        Some(want) => {
+            let state = endpoints::introspection::Introspection {
+                cluster: config.cluster.clone(),
+                container_instance_arn: Some(
+                    config.identity.container_instance_arn(&config.cluster, &instance),
+                ),
+                version: format!("ecsd - v{VERSION}"),
+                metadata: endpoints::metadata::MetadataContext {
+                    availability_zone: format!("{}a", config.identity.region),
+                    availability_zone_id: None,
+                    vpc_id: None,
+                    network: Arc::new(config.network.clone()),
+                },
+                source: Arc::new(AgentView { engine: Arc::clone(&engine), exec: Arc::clone(&exec) }),
+                api: metrics,
+            };
+            let listener = tokio::net::TcpListener::bind(want)
+                .await
+                .map_err(|source| StartError::Introspection { addr: want, source })?;
+            let bound =
+                listener.local_addr().map_err(|source| StartError::Introspection { addr: want, source })?;
+            let router = endpoints::introspection::router(Arc::new(state));
+            let token = shutdown.clone();
+            let server = tokio::spawn(async move {
+                axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await
+            });
+            info!(addr = %bound, "introspection API listening");
+            Some((bound, server))
+        }
+        None => None,
+    };
     let router = api::router(Arc::clone(&ctx));
     let token = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -301,7 +408,34 @@ async fn serve(
     });
     info!(%addr, data_dir = %config.data_dir.display(), region = %config.identity.region,
           account = %config.identity.account, forward = ?config.ecs_endpoint_url, "ecsd started");
-    Ok(Daemon { addr, shutdown, server, engine, exec, scheduler, store, embedded: None })
+    Ok(Daemon {
+        addr,
+        shutdown,
+        server,
+        introspection,
+        engine,
+        exec,
+        scheduler,
+        store,
+        embedded: None,
+        firewall: None,
+    })
+}
+
+/// What the introspection API reads: the engine's view of the tasks, ECS Exec's sessions.
+struct AgentView {
+    engine: Arc<Engine>,
+    exec: Arc<exec::Exec>,
+}
+
+impl endpoints::introspection::AgentSource for AgentView {
+    fn tasks(&self) -> Vec<Arc<model::task::TaskRecord>> {
+        self.engine.all_tasks()
+    }
+
+    fn exec_sessions(&self) -> usize {
+        self.exec.session_count()
+    }
 }
 
 /// An error with its sources, for one log line or one message: `a: b: c`.

@@ -7,10 +7,10 @@ mod image_cmd;
 
 use clap::Parser;
 use ecsd::config::{
-    Cli, Command, Config, DoctorArgs, ImageCommand, ImportArgs, LogFormat, LogsArgs, OutputFormat, ServeArgs,
-    ServicesArgs,
+    CleanupArgs, Cli, Command, Config, DoctorArgs, ImageCommand, ImportArgs, LogFormat, LogsArgs,
+    OutputFormat, ServeArgs, ServicesArgs,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Rm(args)) => client_runtime(image_cmd::rm(&args)),
         Command::Services(args) => services(&args),
         Command::Doctor(args) => doctor(&args),
+        Command::Cleanup(args) => client_runtime(cleanup(args)),
         Command::LogDriver(args) => ecsd::runtime::logs::run_log_driver(args),
     }
 }
@@ -222,6 +223,42 @@ fn import(args: &ImportArgs) -> ExitCode {
     })
 }
 
+/// ecs-init's post-stop: the firewall rules of a crashed ecsd, as its configuration (the
+/// environment and ecs.config) planned them.
+async fn cleanup(args: CleanupArgs) -> ExitCode {
+    let config = match client_config(ServeArgs { namespace: args.namespace, ..ServeArgs::default() }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    use std::os::unix::fs::MetadataExt;
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        println!("not root: ecsd adds no firewall rules, so there are none to remove");
+        return ExitCode::SUCCESS;
+    }
+    let plan = ecsd::network::firewall::FirewallPlan {
+        localhost_filter: config.firewall.localhost_filter,
+        introspection_port: None,
+    };
+    let runner = std::sync::Arc::new(ecsd::network::Processes::default());
+    let firewall = ecsd::network::firewall::HostFirewall::new(
+        runner,
+        &config.namespace,
+        plan,
+        std::path::Path::new("/proc/sys"),
+    );
+    match firewall.remove_leftovers().await {
+        Ok(true) => {
+            println!("removed the firewall rules tagged {}", firewall.tag());
+            ExitCode::SUCCESS
+        }
+        Ok(false) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ecsd: {}", ecsd::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn services(args: &ServicesArgs) -> ExitCode {
     client_runtime(services_output(args))
 }
@@ -265,6 +302,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     init_tracing(&config);
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
     // What this host offers, once, for whoever reads the log (`ecsd doctor` explains it).
     let facts = ecsd::host::HostFacts::probe(&ecsd::host::RealHost, &config.containerd_address);
     info!(
@@ -277,7 +317,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         "host"
     );
     for f in facts.findings().iter().filter(|f| f.level == ecsd::host::Level::Blocker) {
-        tracing::warn!("{}", f.text);
+        warn!("{}", f.text);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -305,8 +345,28 @@ fn serve(args: &ServeArgs) -> ExitCode {
         };
         println!("ecsd listening on http://{}", daemon.addr());
         let _ = std::io::stdout().flush();
+        // systemd (Type=notify) hears READY=1 once the API answers a request.
+        let notify_socket = env("NOTIFY_SOCKET");
+        if notify_socket.is_some() {
+            let ready = ecsd::notify::answers(daemon.addr(), std::time::Duration::from_secs(30))
+                .await
+                .and_then(|()| {
+                    let status = format!(
+                        "READY=1\nSTATUS=serving the ECS API on {}\nMAINPID={}",
+                        daemon.addr(),
+                        std::process::id()
+                    );
+                    ecsd::notify::notify(notify_socket.as_deref(), &status)
+                });
+            if let Err(e) = ready {
+                warn!(error = %e, "cannot tell systemd ecsd is ready");
+            }
+        }
         let signal = signals.wait().await;
         info!(signal, "shutting down");
+        if let Err(e) = ecsd::notify::notify(notify_socket.as_deref(), "STOPPING=1") {
+            warn!(error = %e, "cannot tell systemd ecsd is stopping");
+        }
         match daemon.shutdown().await {
             Ok(()) => {
                 info!("stopped");

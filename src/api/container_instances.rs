@@ -101,6 +101,7 @@ fn instance(ctx: &Ctx, cluster: &str, connected: bool) -> Result<ContainerInstan
     let live: Vec<_> = tasks.iter().filter(|t| t.last != TaskStatus::Stopped).collect();
     let running = live.iter().filter(|t| t.last == TaskStatus::Running).count() as i32;
     let reserved: BTreeSet<u16> = ctx.network.reserved_ports.iter().copied().collect();
+    let reserved_udp: BTreeSet<u16> = ctx.network.reserved_ports_udp.iter().copied().collect();
     let mut attributes = builtin_attributes(ctx);
     attributes.extend(ctx.store.read(|r| super::attributes::custom(r, cluster))?);
     Ok(ContainerInstance {
@@ -113,18 +114,18 @@ fn instance(ctx: &Ctx, cluster: &str, connected: bool) -> Result<ContainerInstan
         }),
         // As ECS does, the PORTS sets list the ports that are *not* available: reserved ones,
         // and (remaining) those tasks hold. The reserved ports are TCP, like the agent's
-        // ECS_RESERVED_PORTS.
+        // ECS_RESERVED_PORTS; the UDP ones are ECS_RESERVED_PORTS_UDP.
         remaining_resources: Some(vec![
             integer("CPU", (reg.cpu - used.cpu).max(0)),
             integer("MEMORY", (reg.memory - used.memory).max(0)),
             ports("PORTS", &usage.ports.tcp | &reserved),
-            ports("PORTS_UDP", usage.ports.udp.iter().copied()),
+            ports("PORTS_UDP", &usage.ports.udp | &reserved_udp),
         ]),
         registered_resources: Some(vec![
             integer("CPU", reg.cpu),
             integer("MEMORY", reg.memory),
             ports("PORTS", ctx.network.reserved_ports.iter().copied()),
-            ports("PORTS_UDP", []),
+            ports("PORTS_UDP", ctx.network.reserved_ports_udp.iter().copied()),
         ]),
         status: Some("ACTIVE".into()),
         // The "agent" is ecsd itself; what it can be disconnected from is containerd.

@@ -60,6 +60,8 @@ pub struct Ctx {
     pub listen_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Runs the services: the API hands it the changes it checked.
     pub scheduler: Arc<crate::scheduler::Scheduler>,
+    /// Requests by operation and outcome, for the introspection API's `/metrics`.
+    pub metrics: Arc<crate::endpoints::introspection::ApiMetrics>,
 }
 
 impl Ctx {
@@ -249,6 +251,12 @@ async fn entry(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) -> R
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
     async move {
         let result = exec::REQUEST_HOST.scope(host, respond(&ctx, &target, &headers, body)).await;
+        let outcome = match &result {
+            Ok(Reply::Json(_)) => "ok",
+            Ok(Reply::Forwarded(_)) => "forwarded",
+            Err(e) => e.exception.name(),
+        };
+        ctx.metrics.record(metric_operation(&target), outcome);
         let mut response = match result {
             Ok(Reply::Json(bytes)) => {
                 info!(status = 200, ms = started.elapsed().as_millis() as u64, "ok");
@@ -278,6 +286,19 @@ async fn entry(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) -> R
     }
     .instrument(span)
     .await
+}
+
+/// The operation's name as a metric label: one of ECS's (or the Session Manager calls ecsd
+/// answers), else `unknown`, so what a client sends cannot grow the series.
+fn metric_operation(target: &str) -> &'static str {
+    if let Some(op) = target.strip_prefix(TARGET_PREFIX) {
+        return shapes::ALL_OPERATIONS.iter().find(|o| **o == op).copied().unwrap_or("unknown");
+    }
+    match target.strip_prefix(exec::SSM_PREFIX) {
+        Some("ResumeSession") => "AmazonSSM.ResumeSession",
+        Some("TerminateSession") => "AmazonSSM.TerminateSession",
+        _ => "unknown",
+    }
 }
 
 enum Reply {
@@ -360,6 +381,11 @@ fn cluster_name(ctx: &Ctx, reference: Option<&str>) -> Result<String, ApiError> 
 /// This host's container instance id (made once, kept in the store).
 pub fn host_instance_id(ctx: &Ctx) -> Result<String, ApiError> {
     container_instances::instance_id(ctx)
+}
+
+/// Makes sure the cluster `name` exists: the cluster this host joins (`ECS_CLUSTER`).
+pub fn ensure_cluster(ctx: &Ctx, name: &str) -> Result<(), ApiError> {
+    clusters::ensure(ctx, name)
 }
 
 /// Makes sure the `default` cluster exists, as ECS does for hosts that name no cluster.

@@ -4,6 +4,7 @@
 //! for its containers at start.
 
 pub mod credentials;
+pub mod introspection;
 pub mod metadata;
 pub mod protection;
 pub mod secrets;

@@ -493,7 +493,7 @@ fn clean_path(path: &str) -> String {
 }
 
 /// The first `name=` parameter of a query string, decoded as Go's `url.Query()` does.
-fn query_param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k) == name).then(|| percent_decode(v))

@@ -406,6 +406,11 @@ impl Engine {
         self.view.of_cluster(cluster, after)
     }
 
+    /// Every task the engine keeps, STOPPED ones included, in any cluster.
+    pub fn all_tasks(&self) -> Vec<Arc<TaskRecord>> {
+        self.view.all()
+    }
+
     /// Every task that is not STOPPED, in any cluster.
     pub fn live_tasks(&self) -> Vec<Arc<TaskRecord>> {
         self.view.live()

@@ -245,6 +245,7 @@ fn bind_ports(
 ) -> Result<Bound, Shortfall> {
     let mut taken = held.clone();
     taken.tcp.extend(&settings.reserved_ports);
+    taken.udp.extend(&settings.reserved_ports_udp);
     let mut dynamic_ports = vec![];
     let bindings = wanted
         .iter()
@@ -416,6 +417,15 @@ mod tests {
         assert!(bind_ports(&s, &held, &HashSet::new(), &w).is_ok(), "udp 8080 is free");
         let w = vec![vec![wanted_host(Protocol::Tcp, Some(22), 1)]];
         assert_eq!(bind_ports(&s, &Ports::default(), &HashSet::new(), &w).unwrap_err(), Shortfall::Ports);
+    }
+
+    #[test]
+    fn reserved_udp_ports_are_udp_only() {
+        let s = Settings { reserved_ports_udp: vec![53], ..settings() };
+        let w = vec![vec![wanted_host(Protocol::Udp, Some(53), 1)]];
+        assert_eq!(bind_ports(&s, &Ports::default(), &HashSet::new(), &w).unwrap_err(), Shortfall::PortsUdp);
+        let w = vec![vec![wanted_host(Protocol::Tcp, Some(53), 1)]];
+        assert!(bind_ports(&s, &Ports::default(), &HashSet::new(), &w).is_ok(), "tcp 53 is free");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::process::Command;
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
+pub mod firewall;
 mod netavark;
 mod podman;
 pub mod settings;

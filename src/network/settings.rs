@@ -125,6 +125,8 @@ pub struct Settings {
     pub publish_awsvpc_ports: bool,
     pub dynamic_ports: RangeInclusive<u16>,
     pub reserved_ports: Vec<u16>,
+    /// UDP host ports never handed out (`ECS_RESERVED_PORTS_UDP`).
+    pub reserved_ports_udp: Vec<u16>,
     pub netavark: PathBuf,
     pub aardvark: PathBuf,
     /// Podman networks (`ECS_EXTERNAL_NETWORKS`) every awsvpc and bridge sandbox also joins,
@@ -143,6 +145,7 @@ impl Default for Settings {
             publish_awsvpc_ports: false,
             dynamic_ports: DEFAULT_DYNAMIC_PORTS,
             reserved_ports: DEFAULT_RESERVED_PORTS.to_vec(),
+            reserved_ports_udp: vec![],
             netavark: PathBuf::from("/usr/lib/podman/netavark"),
             aardvark: PathBuf::from("/usr/lib/podman/aardvark-dns"),
             external: vec![],
@@ -271,6 +274,12 @@ impl Settings {
             })?,
             None => file.tasks.reserved_ports.unwrap_or(defaults.reserved_ports),
         };
+        let reserved_ports_udp = match env("ECS_RESERVED_PORTS_UDP") {
+            Some(v) => serde_json::from_str::<Vec<u16>>(&v).map_err(|_| {
+                err("ECS_RESERVED_PORTS_UDP", format!("'{v}' is not a JSON list of ports such as [53]"))
+            })?,
+            None => vec![],
+        };
         let publish_awsvpc_ports = match env("ECSD_PUBLISH_AWSVPC_PORTS") {
             Some(v) => match v.as_str() {
                 "true" | "1" => true,
@@ -290,6 +299,7 @@ impl Settings {
             publish_awsvpc_ports,
             dynamic_ports,
             reserved_ports,
+            reserved_ports_udp,
             netavark: env("ECSD_NETAVARK")
                 .map(PathBuf::from)
                 .or(file.tasks.netavark)

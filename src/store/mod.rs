@@ -31,6 +31,13 @@ pub mod records;
 
 type Raw = TableDefinition<'static, &'static str, &'static [u8]>;
 
+/// The layout of the records this ecsd writes. An ecsd refuses a data dir of a higher format
+/// (it would misread it), and upgrades a lower one at open. Format 0 is every data dir from
+/// before the format was recorded; 1 is the same records with the format stamped.
+pub const STORE_FORMAT: u32 = 1;
+/// Where the format is kept: the `meta` table, as a JSON string.
+const FORMAT_KEY: &str = "store_format";
+
 /// A table of JSON records of type `V` under string keys.
 #[derive(Debug)]
 pub struct Table<V> {
@@ -78,10 +85,30 @@ pub enum StoreError {
     Closed,
     #[error("the store's syncer stopped: {0}")]
     Sync(String),
+    #[error(
+        "data dir {path} was written by a newer ecsd (store format {found}; this ecsd reads formats up to {supported}): run that ecsd or a newer one on it, or give this one another --data-dir"
+    )]
+    NewerFormat { path: PathBuf, found: u32, supported: u32 },
 }
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Database(e.into())
+}
+
+/// The format recorded in `db`; 0 when none is (a new database, or one from before formats).
+fn stored_format(db: &redb::Database) -> Result<u32, StoreError> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let table = match tx.open_table(Raw::new(records::META.name)) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(db_err(e)),
+    };
+    let Some(raw) = table.get(FORMAT_KEY).map_err(db_err)? else { return Ok(0) };
+    let corrupt = |source| StoreError::Corrupt { table: records::META.name, key: FORMAT_KEY.into(), source };
+    let text: String = serde_json::from_slice(raw.value()).map_err(corrupt)?;
+    text.parse::<u32>().map_err(|_| {
+        corrupt(<serde_json::Error as serde::de::Error>::custom(format!("{text:?} is not a format number")))
+    })
 }
 
 /// Group commit: commits are numbered as they complete; `durable` is the highest number the
@@ -142,10 +169,25 @@ impl Store {
             Err(TryLockError::Error(e)) => return Err(data_dir_err(e)),
         }
         let db = Arc::new(redb::Database::create(dir.join("state.redb")).map_err(db_err)?);
+        // Checked before anything is written: a newer format is left exactly as it is.
+        let found = stored_format(&db)?;
+        if found > STORE_FORMAT {
+            return Err(StoreError::NewerFormat { path: dir.to_owned(), found, supported: STORE_FORMAT });
+        }
         // Every table exists from the start, so read transactions never meet a missing one.
         let tx = db.begin_write().map_err(db_err)?;
         for name in records::ALL_TABLES {
             tx.open_table(Raw::new(name)).map_err(db_err)?;
+        }
+        if found < STORE_FORMAT {
+            // 0 → 1 changes no record; later formats migrate here, in the same transaction.
+            let value = serde_json::to_vec(&STORE_FORMAT.to_string()).map_err(|source| {
+                StoreError::Encode { table: records::META.name, key: FORMAT_KEY.into(), source }
+            })?;
+            tx.open_table(Raw::new(records::META.name))
+                .map_err(db_err)?
+                .insert(FORMAT_KEY, value.as_slice())
+                .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         let (durable_tx, durable_rx) = tokio::sync::watch::channel(0);
@@ -163,6 +205,11 @@ impl Store {
             cache: cache::Cache::default(),
             durable_rx,
         })
+    }
+
+    /// The store format of the open data dir (after any upgrade: [`STORE_FORMAT`]).
+    pub fn format(&self) -> Result<u32, StoreError> {
+        stored_format(self.db()?.as_ref())
     }
 
     fn db(&self) -> Result<Arc<redb::Database>, StoreError> {
@@ -541,6 +588,54 @@ mod tests {
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         assert!(err.to_string().contains("already in use"));
+    }
+
+    /// Writes `format` as the data dir's recorded store format, as a newer ecsd would.
+    fn stamp(dir: &Path, format: &str) {
+        let db = redb::Database::create(dir.join("state.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(Raw::new("meta"))
+            .unwrap()
+            .insert(FORMAT_KEY, serde_json::to_vec(format).unwrap().as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn a_new_store_is_stamped_and_a_newer_format_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.format().unwrap(), STORE_FORMAT);
+        s.write(|w| w.put(T, "a", &serde_json::json!(1))).unwrap();
+        s.close();
+
+        stamp(dir.path(), &(STORE_FORMAT + 1).to_string());
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::NewerFormat { found, .. } if found == STORE_FORMAT + 1), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "data dir {} was written by a newer ecsd (store format {}; this ecsd reads formats up to {STORE_FORMAT}): run that ecsd or a newer one on it, or give this one another --data-dir",
+                dir.path().display(),
+                STORE_FORMAT + 1
+            )
+        );
+        // Its format is left as it was (no upgrade, no stamp of this ecsd's).
+        let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
+        assert_eq!(stored_format(&db).unwrap(), STORE_FORMAT + 1);
+        drop(db);
+        // The lock went with the refusal: the right ecsd can open it at once.
+        stamp(dir.path(), &STORE_FORMAT.to_string());
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.read(|r| r.get(T, "a")).unwrap(), Some(serde_json::json!(1)));
+    }
+
+    #[test]
+    fn an_unreadable_format_is_a_corrupt_record() {
+        let dir = tempfile::tempdir().unwrap();
+        stamp(dir.path(), "one");
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { table: "meta", .. }), "{err}");
     }
 
     #[test]

@@ -16,6 +16,23 @@ async fn the_default_cluster_exists_from_the_start() {
 }
 
 #[tokio::test]
+async fn ecs_cluster_is_created_at_start_beside_default() {
+    let e = Ecsd::start_with(&[("ECS_CLUSTER", "prod")]).await;
+    let list = e.client.list_clusters().send().await.unwrap();
+    let mut arns = list.cluster_arns().to_vec();
+    arns.sort();
+    assert_eq!(arns, [arn("cluster/default"), arn("cluster/prod")]);
+    let out = e.client.describe_clusters().clusters("prod").send().await.unwrap();
+    assert_eq!(out.clusters()[0].status(), Some("ACTIVE"));
+    // Deleted, it comes back with the next start, as the agent's registration brings it.
+    e.client.delete_cluster().cluster("prod").send().await.unwrap();
+    let mut e = e;
+    e.restart().await;
+    let out = e.client.describe_clusters().clusters("prod").send().await.unwrap();
+    assert_eq!(out.clusters()[0].status(), Some("ACTIVE"));
+}
+
+#[tokio::test]
 async fn create_is_idempotent_by_name_and_describe_includes_what_is_asked() {
     let e = Ecsd::start().await;
     let tag = Tag::builder().key("team").value("core").build();

@@ -8,6 +8,7 @@ mod common;
 mod durability;
 mod exec;
 mod images;
+mod introspection;
 mod networking;
 mod protocol;
 mod services;

@@ -179,6 +179,10 @@ impl Ecsd {
             .arg(self.data.path())
             .arg("--containerd-address")
             .arg(socket())
+            // Daemons of tests run side by side: the introspection API on a free port.
+            .env("ECSD_INTROSPECTION_LISTEN", "127.0.0.1:0")
+            .env("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER", "true")
+            .env("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS", "true")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             // Its log goes to the test's output: warnings only, unless the test asks for more.
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -207,6 +211,12 @@ impl Ecsd {
         // The shim runs the log driver from the ecsd binary, not from this test binary.
         let mut vars: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         vars.push(("ECSD_LOG_DRIVER", env!("CARGO_BIN_EXE_ecsd")));
+        // ecs-init's host firewall rules (and route_localnet) only where a test asks for them.
+        for flag in ["ECS_SKIP_LOCALHOST_TRAFFIC_FILTER", "ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS"] {
+            if !vars.iter().any(|(k, _)| *k == flag) {
+                vars.push((flag, "true"));
+            }
+        }
         crate::support::config_with(args, self.data.path(), &vars)
     }
 
@@ -490,6 +500,21 @@ impl Drop for Ecsd {
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default()
         };
+        // Host firewall rules a failed test's daemon left (a passing one removed them).
+        let tag = format!("ecsd:{}", self.namespace);
+        for program in ["iptables", "ip6tables"] {
+            let listing = std::process::Command::new(program)
+                .args(["-w", "30", "-S", "INPUT"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for rule in ecsd::network::firewall::tagged_rules(&listing, &tag) {
+                let _ = std::process::Command::new(program)
+                    .args(["-w", "30", "-D", "INPUT"])
+                    .args(&rule)
+                    .output();
+            }
+        }
         for id in ctr(&["tasks", "ls", "-q"]).lines() {
             ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
         }

@@ -33,7 +33,13 @@ pub fn config(dir: &Path, extra: &[(&str, &str)]) -> Config {
 /// [`config`] starting from `args` (a containerd address, a namespace...).
 pub fn config_with(args: ServeArgs, dir: &Path, extra: &[(&str, &str)]) -> Config {
     let args = ServeArgs { listen: Some("127.0.0.1:0".into()), data_dir: Some(dir.to_owned()), ..args };
-    let vars: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    // Tests run side by side: each introspection API on a free port, and no host ecs.config.
+    let mut vars: Vec<(String, String)> = vec![
+        ("ECSD_INTROSPECTION_LISTEN".into(), "127.0.0.1:0".into()),
+        ("ECSD_ECS_CONFIG".into(), "/dev/null".into()),
+    ];
+    vars.retain(|(k, _)| !extra.iter().any(|(n, _)| n == k));
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Config::resolve(&args, &|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())).expect("config")
 }
 

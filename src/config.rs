@@ -63,6 +63,9 @@ pub enum Command {
     Image(ImageCommand),
     /// Show a cluster's services: counts per deployment and the last event.
     Services(ServicesArgs),
+    /// Render a task definition from a template (file or image label), environment overlays
+    /// and dynamic values, resolve roles and secrets, register it and roll the service out.
+    Deploy(Box<crate::cli::deploy::DeployArgs>),
     /// The logging driver containerd's shim runs for each container (not for people).
     #[command(hide = true)]
     LogDriver(crate::runtime::logs::LogDriverArgs),

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Ls(args)) => client_runtime(image_cmd::ls(&args)),
         Command::Image(ImageCommand::Rm(args)) => client_runtime(image_cmd::rm(&args)),
         Command::Services(args) => services(&args),
+        Command::Deploy(args) => client_runtime(ecsd::cli::deploy::main(*args, &env)),
         Command::LogDriver(args) => ecsd::runtime::logs::run_log_driver(args),
     }
 }

@@ -41,7 +41,7 @@ pub use ecr::EcrLogin;
 pub use ecs::Relayed;
 pub use error::{AwsError, Malformed, SigningFailure};
 pub use identity::{IssuedKeys, Keys, OwnIdentity};
-pub use secretsmanager::SecretValue;
+pub use secretsmanager::{SecretDescription, SecretValue};
 pub use ssm::{GET_PARAMETERS_MAX, Parameter, Parameters};
 pub use sts::{AssumedRole, CallerIdentity};
 

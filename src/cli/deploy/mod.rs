@@ -3,8 +3,34 @@
 //! per-environment overlays and dynamic values, its roles and secrets resolved to ARNs, and
 //! the result rendered, checked, or registered and rolled out.
 //!
-//! An API client like the other subcommands: ECS, IAM and Secrets Manager calls go through
-//! the `aws` module; the image label is read with the runtime's config-only registry fetch.
+//! An API client like the other subcommands: ECS, IAM, STS, Secrets Manager and SSM calls go
+//! through the `aws` module; the image label is read with the runtime's config-only
+//! registry fetch. Secret values are never read.
 
+mod apply;
+pub mod args;
+pub mod error;
+pub mod input;
+mod label;
 pub mod merge;
+pub mod normalise;
+pub mod render;
+pub mod resolve;
+mod run;
+mod session;
 pub mod value;
+
+use std::process::ExitCode;
+
+pub use args::DeployArgs;
+
+/// Runs `ecsd deploy`; errors are printed as `error: …` with their exit code.
+pub async fn main(args: DeployArgs, env: &dyn Fn(&str) -> Option<String>) -> ExitCode {
+    match run::run(&args, env).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

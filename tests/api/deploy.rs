@@ -1,0 +1,269 @@
+//! `ecsd deploy` (the binary) against an in-process ecsd on the in-memory runtime, with
+//! moto_server as IAM and Secrets Manager: render and verify resolve names to the ARNs moto
+//! holds and write nothing; apply registers, rolls the service and waits on its deployment;
+//! an unchanged definition is not registered again; a deployment the circuit breaker rolls
+//! back exits 5 naming the revision still running; each input error has its exit code.
+
+use std::process::Output;
+use std::time::Duration;
+
+use aws_sdk_ecs::types::{ContainerDefinition, DeploymentCircuitBreaker, DeploymentConfiguration};
+
+use crate::common::Ecsd;
+use crate::support::Moto;
+
+const TEMPLATE: &str = r#"{"family":"web","containerDefinitions":[{"name":"app","image":"placeholder","memory":32,
+  "command":["sh","-c","sleep 3600"],"portMappings":[{"containerPort":3000}],
+  "environment":[{"name":"PORT","value":"3000"},{"name":"NODE_ENV","value":"production"}],
+  "secrets":[{"name":"MONGO_URL"},{"name":"MAIL_URL"}]}]}"#;
+const STAGING: &str = r#"{"containerDefinitions":[{"environment":[{"name":"ROOT_URL","value":"https://staging.example.com"}]}]}"#;
+
+struct Lab {
+    ecsd: Ecsd,
+    moto: Moto,
+    dir: tempfile::TempDir,
+    role_arn: String,
+    secret_arns: Vec<String>,
+}
+
+async fn lab() -> Lab {
+    let moto = Moto::start();
+    // The daemon fetches the tasks' secrets from moto as the execution role.
+    let env: Vec<(&str, String)> =
+        moto.env().into_iter().chain([("AWS_ENDPOINT_URL_IAM", moto.url.clone())]).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let ecsd = Ecsd::start_with(&env).await;
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    let role = moto
+        .aws(&[
+            "iam",
+            "create-role",
+            "--role-name",
+            "ecsTaskExecutionRole",
+            "--path",
+            "/service-role/",
+            "--assume-role-policy-document",
+            trust,
+        ])
+        .await;
+    let role_arn = role["Role"]["Arn"].as_str().unwrap().to_owned();
+    assert!(role_arn.ends_with(":role/service-role/ecsTaskExecutionRole"), "{role_arn}");
+    let mut secret_arns = Vec::new();
+    // MAIL_URL_OLD exists so that a prefix match would find the wrong secret.
+    for name in ["MAIL_URL_OLD", "staging/MONGO_URL", "staging/MAIL_URL"] {
+        let out = moto
+            .aws(&["secretsmanager", "create-secret", "--name", name, "--secret-string", "s3cr3t-value"])
+            .await;
+        secret_arns.push(out["ARN"].as_str().unwrap().to_owned());
+    }
+    secret_arns.remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("template.json"), TEMPLATE).unwrap();
+    std::fs::write(dir.path().join("staging.json"), STAGING).unwrap();
+    Lab { ecsd, moto, dir, role_arn, secret_arns }
+}
+
+impl Lab {
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let defaults = [
+            ("--image", "busybox"),
+            ("--execution-role", "ecsTaskExecutionRole"),
+            ("--secret-prefix", "staging/"),
+        ];
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecsd"));
+        cmd.arg("deploy")
+            .args(args)
+            .args(["--endpoint-url", &self.ecsd.url, "--template", "template.json", "--env", "staging.json"])
+            .args(defaults.into_iter().filter(|(flag, _)| !args.contains(flag)).flat_map(|(f, v)| [f, v]))
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", self.dir.path().join("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("none"))
+            .env("AWS_ENDPOINT_URL_IAM", &self.moto.url)
+            .env("AWS_ENDPOINT_URL_STS", &self.moto.url)
+            .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &self.moto.url)
+            .env("AWS_ENDPOINT_URL_SSM", &self.moto.url);
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().await.unwrap()
+    }
+
+    /// Runs while moving the daemon's clock, so the scheduler's deployments progress.
+    async fn run_advancing(&self, args: &[&str]) -> Output {
+        let child = self
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut output = std::pin::pin!(child.wait_with_output());
+        loop {
+            tokio::select! {
+                out = &mut output => return out.unwrap(),
+                () = tokio::time::sleep(Duration::from_millis(20)) => self.ecsd.clock.advance(Duration::from_secs(5)),
+            }
+        }
+    }
+
+    async fn revisions(&self) -> Vec<String> {
+        let out = self.ecsd.client.list_task_definitions().family_prefix("web").send().await.unwrap();
+        out.task_definition_arns().to_vec()
+    }
+
+    async fn create_service(&self, image: &str) {
+        let td = self
+            .ecsd
+            .client
+            .register_task_definition()
+            .family("web")
+            .container_definitions(ContainerDefinition::builder().name("app").image(image).memory(32).build())
+            .send()
+            .await
+            .unwrap();
+        let arn = td.task_definition().unwrap().task_definition_arn().unwrap().to_owned();
+        self.ecsd
+            .client
+            .create_service()
+            .service_name("web")
+            .task_definition(arn)
+            .desired_count(1)
+            .deployment_configuration(
+                DeploymentConfiguration::builder()
+                    .deployment_circuit_breaker(
+                        DeploymentCircuitBreaker::builder().enable(true).rollback(true).build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn render_resolves_the_role_and_exact_secret_names_and_writes_nothing() {
+    let lab = lab().await;
+    let out = lab.run(&["render"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["executionRoleArn"], lab.role_arn.as_str());
+    let c = &doc["containerDefinitions"][0];
+    assert_eq!(c["image"], "busybox");
+    assert_eq!(c["secrets"][0], serde_json::json!({"name": "MONGO_URL", "valueFrom": lab.secret_arns[0]}));
+    assert_eq!(c["secrets"][1], serde_json::json!({"name": "MAIL_URL", "valueFrom": lab.secret_arns[1]}));
+    // Strategic merge: the staging entry is added, PORT kept.
+    let names: Vec<&str> =
+        c["environment"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["PORT", "NODE_ENV", "ROOT_URL"]);
+    assert!(!text(&out.stdout).contains("s3cr3t-value"), "a secret value was printed");
+
+    let out = lab.run(&["verify"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains(&format!("executionRoleArn <- iam:GetRole ecsTaskExecutionRole: {}", lab.role_arn)),
+        "{report}"
+    );
+    assert!(report.ends_with("verify OK: web renders and resolves; nothing was written\n"), "{report}");
+    assert!(lab.revisions().await.is_empty(), "render and verify registered a revision");
+}
+
+#[tokio::test]
+async fn unresolvable_names_and_bad_inputs_exit_with_their_codes() {
+    let lab = lab().await;
+    let out = lab.run(&["render", "--secret-prefix", "prod/"]).await;
+    assert_eq!(code(&out), 3);
+    assert_eq!(
+        text(&out.stderr).lines().last().unwrap(),
+        "error: containerDefinitions[0] ('app').secrets[0] 'MONGO_URL': no Secrets Manager secret named 'prod/MONGO_URL' \
+         in us-east-1 (DescribeSecret: ResourceNotFoundException: Secrets Manager can't find the specified secret.)"
+    );
+    let out = lab.run(&["render", "--execution-role", "noSuchRole"]).await;
+    assert_eq!(code(&out), 3);
+    assert!(
+        text(&out.stderr).starts_with("error: role 'noSuchRole' not found (iam:GetRole: NoSuchEntity: "),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = lab.run(&["render", "--env", "production.json"]).await;
+    assert_eq!(code(&out), 2);
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: environment file 'production.json' not found (from --env; looked in {})\n",
+            lab.dir.path().join("production.json").display()
+        )
+    );
+    std::fs::write(lab.dir.path().join("bad.json"), "{\n  \"cpu\": \"256\"\n  \"memory\": 1\n}\n").unwrap();
+    let out = lab.run(&["render", "--env", "bad.json"]).await;
+    assert_eq!(code(&out), 2);
+    assert_eq!(text(&out.stderr), "error: bad.json:3:3: expected `,` or `}`\n");
+    assert!(lab.revisions().await.is_empty());
+}
+
+#[tokio::test]
+async fn apply_rolls_the_service_then_finds_nothing_to_deploy() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let before = lab.revisions().await;
+    assert_eq!(before.len(), 1);
+
+    let out = lab.run(&["--dry-run", "--cluster", "default", "--service", "web"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("dry run: would register a new revision replacing web:1"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(lab.revisions().await, before, "--dry-run registered a revision");
+
+    let out = lab.run_advancing(&["apply", "--service", "web", "--timeout", "5m"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.contains("registered web:2"), "{stderr}");
+    assert!(stderr.contains("deployed web:2 to default/web in "), "{stderr}");
+    assert_eq!(stderr.matches("has reached a steady state").count(), 1, "each event once: {stderr}");
+    let service =
+        lab.ecsd.client.describe_services().services("web").send().await.unwrap().services()[0].clone();
+    assert!(service.task_definition().unwrap().ends_with("task-definition/web:2"));
+
+    let out = lab.run(&["--service", "web", "--dry-run"]).await;
+    assert_eq!(text(&out.stderr), "task definition unchanged (matches web:2); nothing to deploy\n");
+    let out = lab.run(&["--service", "web", "--timeout", "20s"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "task definition unchanged (matches web:2); nothing to deploy\n");
+    assert_eq!(lab.revisions().await.len(), 2, "an unchanged definition was registered again");
+}
+
+#[tokio::test]
+async fn a_deployment_the_circuit_breaker_rolls_back_exits_5_naming_the_revision_running() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    lab.run_advancing(&["--service", "web", "--image", "busybox"]).await;
+    // The fake runtime has no image "nope": its tasks fail to start.
+    let out = lab.run_advancing(&["--service", "web", "--image", "nope", "--timeout", "10m"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 5, "{stderr}");
+    assert!(stderr.contains("registered web:3"), "{stderr}");
+    assert!(stderr.contains("task ") && stderr.contains(" stopped: "), "stopped tasks reported: {stderr}");
+    let last = stderr.lines().rfind(|l| l.starts_with("error: ")).unwrap_or_default();
+    assert!(
+        last.ends_with("; service runs web:2") && last.contains("ecs-svc/"),
+        "names the deployment and the revision still running: {stderr}"
+    );
+}

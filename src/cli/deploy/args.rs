@@ -12,14 +12,14 @@ use super::merge::Mode;
 Examples:
   ecsd deploy --endpoint-url http://127.0.0.1:8000 --cluster demo --service web \\
       --image 127.0.0.1:5000/web:1.4.2 --env staging.json --execution-role ecsTaskExecutionRole
-  ecsd deploy render --merge lodash --registry 1234.dkr.ecr.eu-west-1.amazonaws.com --app meteorapp \\
-      --tag 1.4.2 --env staging.json --execution-role ecsTaskExecutionRole > task.json
+  ecsd deploy render --merge lodash --registry 1234.dkr.ecr.eu-west-1.amazonaws.com \\
+      --app meteorapp --tag 1.4.2 --env staging.json --execution-role ecsTaskExecutionRole
   ecsd deploy verify --template ecs_task_template.json --image busybox --env staging.json
 
 Exit codes: 0 done (or nothing to deploy), 1 unexpected or transport failure, 2 bad input,
 3 a role, secret, parameter or image label could not be resolved, 4 ECS rejected a request,
-5 the deployment failed or was rolled back, 6 waiting timed out, 10 `diff --exit-code` found
-differences, 130 interrupted.")]
+5 the deployment failed or was rolled back, 6 waiting timed out, 130 interrupted (the
+deployment goes on).")]
 pub struct DeployArgs {
     #[command(subcommand)]
     pub verb: Option<Verb>,

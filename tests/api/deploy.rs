@@ -267,3 +267,28 @@ async fn a_deployment_the_circuit_breaker_rolls_back_exits_5_naming_the_revision
         "names the deployment and the revision still running: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_definition_ecs_refuses_exits_4_with_its_message_and_keeps_the_rendered_input() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    // merge-patch replaces the template's containers with the overlay's, which has no name.
+    let out = lab.run(&["--service", "web", "--merge", "merge-patch"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 4, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: RegisterTaskDefinition rejected the rendered task definition: ClientException: \
+             Container.name should not be null or empty."
+        ),
+        "{stderr}"
+    );
+    let kept = stderr.lines().find_map(|l| l.strip_prefix("rendered input kept at ")).expect("a kept file");
+    let rendered: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(kept).unwrap()).unwrap();
+    std::fs::remove_file(kept).unwrap();
+    assert_eq!(rendered["containerDefinitions"], serde_json::json!([{"image": "busybox"}]));
+    assert_eq!(lab.revisions().await.len(), 1, "nothing registered");
+    // apply without --service is a usage error, before any lookup.
+    let out = lab.run(&[]).await;
+    assert_eq!((code(&out), text(&out.stderr)), (2, "error: apply needs --service\n".to_owned()));
+}

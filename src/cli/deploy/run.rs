@@ -28,6 +28,9 @@ pub async fn run(args: &DeployArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
     let flags = &args.flags;
     let session = session::open(flags, env).await;
     let verb = args.verb.clone().unwrap_or(Verb::Apply);
+    if matches!(verb, Verb::Apply) && flags.service.is_none() {
+        return Err(DeployError::NoService { verb: "apply" });
+    }
     let prepared = prepare(flags, &session).await?;
     match verb {
         Verb::Render => {

@@ -292,3 +292,132 @@ async fn a_definition_ecs_refuses_exits_4_with_its_message_and_keeps_the_rendere
     let out = lab.run(&[]).await;
     assert_eq!((code(&out), text(&out.stderr)), (2, "error: apply needs --service\n".to_owned()));
 }
+
+#[tokio::test]
+async fn diff_shows_what_apply_would_change_and_nothing_after_it() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let out = lab.run(&["diff", "--service", "web"]).await;
+    let diff = text(&out.stdout);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(diff.starts_with("--- arn:aws:ecs:"), "{diff}");
+    assert!(diff.contains("task-definition/web:1\n+++ rendered (template.json + staging.json)\n"), "{diff}");
+    assert!(diff.contains("\n+          \"name\": \"ROOT_URL\",\n"), "{diff}");
+    // ECS's defaults (cpu 0, essential true, empty lists) are not differences.
+    assert!(!diff.contains("essential") && !diff.contains("\"cpu\""), "{diff}");
+    let out = lab.run(&["diff", "--exit-code", "--service", "web"]).await;
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), diff);
+
+    let out = lab.run_advancing(&["--service", "web"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = lab.run(&["diff", "--exit-code", "--service", "web"]).await;
+    assert_eq!((code(&out), text(&out.stdout)), (0, String::new()), "{}", text(&out.stderr));
+    let out = lab
+        .run(&["diff", "--exit-code", "--service", "web", "--set", "/containerDefinitions/0/memory=64"])
+        .await;
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("-      \"memory\": 32,\n+      \"memory\": 64,\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = lab.run(&["diff"]).await;
+    assert_eq!((code(&out), text(&out.stderr)), (2, "error: diff needs --service\n".to_owned()));
+    assert_eq!(lab.revisions().await.len(), 2, "diff registered a revision");
+}
+
+#[tokio::test]
+async fn status_and_wait_follow_a_deployment_started_without_waiting() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let out = lab.run(&["--service", "web", "--no-wait"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stderr.contains("registered web:2\nupdated default/web to web:2 (deployment ecs-svc/"),
+        "{stderr}"
+    );
+    let out = lab.run(&["status", "--service", "web"]).await;
+    let status = text(&out.stdout);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        status
+            .starts_with("Service: web\nCluster: default\nTaskDefinition: web:2\nStatus: ACTIVE desired:1 "),
+        "{status}"
+    );
+    assert!(status.contains("\nDeployments:\n  PRIMARY web:2 desired:1 "), "{status}");
+
+    let out = lab.run_advancing(&["wait", "--service", "web", "--timeout", "5m"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.starts_with("waiting on deployment ecs-svc/"), "{stderr}");
+    assert!(stderr.contains("deployed web:2 to default/web in "), "{stderr}");
+    let out = lab.run(&["status", "--service", "web", "--events", "1"]).await;
+    let status = text(&out.stdout);
+    assert!(
+        status.contains("\nDeployments:\n  PRIMARY web:2 desired:1 pending:0 running:1 COMPLETED"),
+        "{status}"
+    );
+    let events = status.split("Events:\n").nth(1).unwrap_or_default();
+    assert_eq!(events.lines().count(), 1, "{status}");
+    assert!(events.contains("has reached a steady state"), "{status}");
+    // Waiting with nothing in flight returns at once.
+    let out = lab.run(&["wait", "--service", "web"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = lab.run(&["status", "--service", "nope"]).await;
+    assert_eq!(
+        (code(&out), text(&out.stderr)),
+        (4, "error: service 'nope' not found in cluster 'default'\n".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn rollback_picks_the_last_successful_revision_not_the_previous_one() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let out = lab.run_advancing(&["--service", "web"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    // web:3 never runs: the circuit breaker puts web:2 back.
+    let out = lab.run_advancing(&["--service", "web", "--image", "nope"]).await;
+    assert_eq!(code(&out), 5, "{}", text(&out.stderr));
+    let out = lab.run_advancing(&["--service", "web", "--set", "/containerDefinitions/0/memory=64"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.contains("deployed web:4"), "{stderr}");
+
+    let out = lab.run_advancing(&["rollback", "--service", "web", "--timeout", "5m"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.starts_with("rolling back default/web from web:4 to web:2\n"), "not web:3: {stderr}");
+    assert!(stderr.contains("deployed web:2 to default/web"), "{stderr}");
+    // --to names the revision.
+    let out = lab.run_advancing(&["rollback", "--service", "web", "--to", "web:1"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.starts_with("rolling back default/web from web:2 to web:1\n"), "{stderr}");
+    let service =
+        lab.ecsd.client.describe_services().services("web").send().await.unwrap().services()[0].clone();
+    assert!(service.task_definition().unwrap().ends_with("task-definition/web:1"));
+    let out = lab.run(&["rollback", "--service", "web", "--to", "web:99"]).await;
+    assert_eq!(code(&out), 4, "{}", text(&out.stderr));
+    assert_eq!(lab.revisions().await.len(), 4, "rollback registers nothing");
+}
+
+#[tokio::test]
+async fn rollback_of_a_deployment_in_flight_stops_it_and_ecs_rolls_back() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let out = lab.run_advancing(&["--service", "web"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = lab.run(&["--service", "web", "--no-wait", "--set", "/containerDefinitions/0/memory=64"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = lab.run_advancing(&["rollback", "--service", "web", "--timeout", "5m"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.starts_with("stopped deployment "), "StopServiceDeployment was used: {stderr}");
+    assert!(stderr.contains("deployed web:2 to default/web"), "{stderr}");
+    let service =
+        lab.ecsd.client.describe_services().services("web").send().await.unwrap().services()[0].clone();
+    assert!(service.task_definition().unwrap().ends_with("task-definition/web:2"));
+}

@@ -19,7 +19,7 @@ Examples:
 Exit codes: 0 done (or nothing to deploy), 1 unexpected or transport failure, 2 bad input,
 3 a role, secret, parameter or image label could not be resolved, 4 ECS rejected a request,
 5 the deployment failed or was rolled back, 6 waiting timed out, 130 interrupted (the
-deployment goes on).")]
+deployment goes on); diff --exit-code: 1 when the definitions differ.")]
 pub struct DeployArgs {
     #[command(subcommand)]
     pub verb: Option<Verb>,
@@ -36,6 +36,28 @@ pub enum Verb {
     Render,
     /// Resolve everything (template, overlays, roles, secrets) and report; writes nothing.
     Verify,
+    /// Show how the rendered definition differs from the service's current revision, ECS's
+    /// defaults and orderings ignored (a unified diff on stdout); writes nothing.
+    Diff {
+        /// Exit 1 when they differ (0 when they are the same), like `git diff --exit-code`.
+        #[arg(long)]
+        exit_code: bool,
+    },
+    /// Show the service's revision, counts, deployments and last events.
+    Status {
+        /// How many of the newest events to show.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        events: usize,
+    },
+    /// Wait on the service's deployment in flight, with apply's outcomes and exit codes.
+    Wait,
+    /// Stop the deployment in flight (ECS rolls it back), or else update the service to the
+    /// last revision a deployment completed with; then wait like apply.
+    Rollback {
+        /// The revision to roll back to instead (family:revision or ARN).
+        #[arg(long, value_name = "FAMILY:REV")]
+        to: Option<String>,
+    },
 }
 
 /// How the rendered definition is printed.
@@ -62,7 +84,7 @@ pub struct Flags {
     /// The cluster (name or ARN). [default: default]
     #[arg(long, global = true, value_name = "NAME")]
     pub cluster: Option<String>,
-    /// The service to deploy to (required by apply).
+    /// The service to deploy to (required by apply, diff, status, wait and rollback).
     #[arg(long, global = true, value_name = "NAME")]
     pub service: Option<String>,
     /// The image of the first container, and where the template label is read from.
@@ -119,10 +141,10 @@ pub struct Flags {
     /// apply: register and update even when the rendered definition is unchanged.
     #[arg(long, global = true)]
     pub force_new_deployment: bool,
-    /// apply: return once the service is updated, without waiting for the deployment.
+    /// apply, rollback: return once the service is updated, without waiting for the deployment.
     #[arg(long, global = true)]
     pub no_wait: bool,
-    /// apply: how long to wait for the deployment (e.g. 90s, 15m, 1h; bare numbers are
+    /// apply, wait, rollback: how long to wait for the deployment (e.g. 90s, 15m, 1h; bare numbers are
     /// seconds).
     #[arg(long, global = true, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub timeout: std::time::Duration,

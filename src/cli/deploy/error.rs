@@ -67,6 +67,10 @@ pub enum DeployError {
     Call { operation: &'static str, cause: Box<AwsError> },
     #[error("service '{service}' not found in cluster '{cluster}'")]
     ServiceNotFound { cluster: String, service: String },
+    #[error(
+        "{service} runs {current} and no earlier revision completed a deployment; pass --to FAMILY:REVISION"
+    )]
+    NothingToRollBackTo { service: String, current: String },
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
 }
@@ -144,9 +148,12 @@ impl DeployError {
             | NoTemplate { .. }
             | Platform(_)
             | NoService { .. } => exit::USAGE,
-            Registry { .. } | NoLabel { .. } | LabelNotJson { .. } | Role { .. } | Unresolved(_) => {
-                exit::RESOLUTION
-            }
+            Registry { .. }
+            | NoLabel { .. }
+            | LabelNotJson { .. }
+            | Role { .. }
+            | Unresolved(_)
+            | NothingToRollBackTo { .. } => exit::RESOLUTION,
             Rejected { .. } | ServiceNotFound { .. } => exit::REJECTED,
             Call { .. } | Output(_) => exit::UNEXPECTED,
         }

@@ -9,6 +9,8 @@
 
 mod apply;
 pub mod args;
+mod diff;
+mod ecs;
 pub mod error;
 pub mod input;
 mod label;
@@ -16,9 +18,13 @@ pub mod merge;
 pub mod normalise;
 pub mod render;
 pub mod resolve;
+mod rollback;
 mod run;
 mod session;
+mod status;
+pub mod unified;
 pub mod value;
+mod wait;
 
 use std::process::ExitCode;
 

@@ -11,7 +11,8 @@ use super::render::{Dynamic, assemble};
 use super::resolve::{Resolved, Resolver};
 use super::session::Session;
 use super::value::Json;
-use super::{apply, label, session};
+use super::wait::Target;
+use super::{apply, diff, label, rollback, session, status, wait};
 
 /// The definition ready to register, and what was found on the way.
 #[derive(Debug)]
@@ -28,20 +29,44 @@ pub async fn run(args: &DeployArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
     let flags = &args.flags;
     let session = session::open(flags, env).await;
     let verb = args.verb.clone().unwrap_or(Verb::Apply);
-    if matches!(verb, Verb::Apply) && flags.service.is_none() {
-        return Err(DeployError::NoService { verb: "apply" });
-    }
-    let prepared = prepare(flags, &session).await?;
+    let needs_service = match verb {
+        Verb::Apply => Some("apply"),
+        Verb::Diff { .. } => Some("diff"),
+        Verb::Status { .. } => Some("status"),
+        Verb::Wait => Some("wait"),
+        Verb::Rollback { .. } => Some("rollback"),
+        Verb::Render | Verb::Verify => None,
+    };
+    let cluster = flags.cluster.clone().unwrap_or_else(|| "default".to_owned());
+    let service = match (needs_service, &flags.service) {
+        (Some(verb), None) => return Err(DeployError::NoService { verb }),
+        (_, service) => service.clone().unwrap_or_default(),
+    };
+    let target = Target {
+        client: &session.client,
+        cluster: &cluster,
+        service: &service,
+        timeout: flags.timeout,
+        no_wait: flags.no_wait,
+    };
     match verb {
+        // The verbs about the service alone need no template.
+        Verb::Status { events } => status::status(&session, &cluster, &service, events).await,
+        Verb::Wait => wait::follow(&target).await,
+        Verb::Rollback { to } => rollback::rollback(&target, to.as_deref()).await,
         Verb::Render => {
+            let prepared = prepare(flags, &session).await?;
             print(&(prepared.doc.stringify(flags.indent) + "\n"))?;
             Ok(0)
         }
         Verb::Verify => {
-            verify_report(flags, &prepared)?;
+            verify_report(flags, &prepare(flags, &session).await?)?;
             Ok(0)
         }
-        Verb::Apply => apply::apply(flags, &session, &prepared).await,
+        Verb::Diff { exit_code } => {
+            diff::diff(flags, &session, &prepare(flags, &session).await?, exit_code).await
+        }
+        Verb::Apply => apply::apply(flags, &session, &prepare(flags, &session).await?).await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! back exits 5 naming the revision still running; each input error has its exit code.
 
 use std::process::Output;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ecs::types::{ContainerDefinition, DeploymentCircuitBreaker, DeploymentConfiguration};
@@ -145,6 +146,57 @@ impl Lab {
             .await
             .unwrap();
     }
+}
+
+/// The operations the in-process daemon served, from its `api{op=…}` request spans: a
+/// tracing layer on the test's thread, where a current-thread test runs the daemon too.
+#[derive(Debug, Clone, Default)]
+struct Served(Arc<Mutex<Vec<String>>>);
+
+impl Served {
+    /// Records from now until the guard is dropped.
+    fn record() -> (Served, tracing::subscriber::DefaultGuard) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let served = Served::default();
+        let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(served.clone()));
+        (served, guard)
+    }
+
+    /// The operations served since the last call, in order.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Served {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Op(Option<String>);
+        impl tracing::field::Visit for Op {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "op" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        if attrs.metadata().name() != "api" || !attrs.metadata().target().starts_with("ecsd") {
+            return;
+        }
+        let mut op = Op(None);
+        attrs.record(&mut op);
+        if let Some(op) = op.0 {
+            self.0.lock().unwrap().push(op);
+        }
+    }
+}
+
+/// Whether an operation only reads.
+fn reads_only(op: &str) -> bool {
+    op.starts_with("Describe") || op.starts_with("List")
 }
 
 fn text(b: &[u8]) -> String {
@@ -420,4 +472,34 @@ async fn rollback_of_a_deployment_in_flight_stops_it_and_ecs_rolls_back() {
     let service =
         lab.ecsd.client.describe_services().services("web").send().await.unwrap().services()[0].clone();
     assert!(service.task_definition().unwrap().ends_with("task-definition/web:2"));
+}
+
+#[tokio::test]
+async fn render_verify_diff_status_and_dry_run_make_only_describe_and_list_calls() {
+    let (served, _guard) = Served::record();
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    // Positive control: the recorder sees the test's own calls, and apply's writes below.
+    assert_eq!(served.take(), ["RegisterTaskDefinition", "CreateService"]);
+    for args in [
+        &["render"][..],
+        &["verify"],
+        &["diff", "--service", "web"],
+        &["--dry-run", "--service", "web"],
+        &["--dry-run", "--force-new-deployment", "--service", "web"],
+        &["status", "--service", "web"],
+    ] {
+        let out = lab.run(args).await;
+        assert_eq!(code(&out), 0, "{args:?}: {}", text(&out.stderr));
+        let ops = served.take();
+        assert!(ops.iter().all(|op| reads_only(op)), "{args:?} called {ops:?}");
+        if args.contains(&"--service") {
+            assert!(ops.contains(&"DescribeServices".to_owned()), "{args:?} called {ops:?}");
+        }
+    }
+    let out = lab.run_advancing(&["--service", "web"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let ops = served.take();
+    let writes: Vec<&String> = ops.iter().filter(|op| !reads_only(op)).collect();
+    assert_eq!(writes, ["RegisterTaskDefinition", "UpdateService"], "{ops:?}");
 }

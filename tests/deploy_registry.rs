@@ -15,7 +15,7 @@ use std::process::Output;
 
 use aws_sdk_ecs::types::{DeploymentCircuitBreaker, DeploymentConfiguration, DesiredStatus};
 use harness::{CONTAINERD, Ecsd, IDLE, WAIT, arn_of, sh};
-use support::{Moto, eventually};
+use support::{Moto, ecsd_deploy, eventually};
 
 fn hack(script: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script).display().to_string()
@@ -168,8 +168,8 @@ async fn deploy_rolls_a_service_to_the_labelled_image_with_overlay_and_secret() 
     std::fs::write(dir.path().join("staging.json"), STAGING).unwrap();
     let image = format!("{}/labelled:latest", registry.addr);
     let deploy = || {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecsd"));
-        cmd.args(["deploy", "--endpoint-url", &url, "--service", "web", "--image", &image])
+        let mut cmd = ecsd_deploy(dir.path(), &moto);
+        cmd.args(["--endpoint-url", &url, "--service", "web", "--image", &image])
             .args(["--template-label", "com.example.ecs.task-definition", "--env", "staging.json"])
             .args([
                 "--execution-role",
@@ -178,19 +178,7 @@ async fn deploy_rolls_a_service_to_the_labelled_image_with_overlay_and_secret() 
                 "staging/",
                 "--timeout",
                 "3m",
-            ])
-            .current_dir(dir.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", dir.path().join("none"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
-            .env("AWS_ENDPOINT_URL_IAM", &moto.url)
-            .env("AWS_ENDPOINT_URL_STS", &moto.url)
-            .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto.url);
+            ]);
         cmd
     };
     let out = deploy().output().await.unwrap();

@@ -71,24 +71,10 @@ impl Lab {
             ("--execution-role", "ecsTaskExecutionRole"),
             ("--secret-prefix", "staging/"),
         ];
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecsd"));
-        cmd.arg("deploy")
-            .args(args)
+        let mut cmd = crate::support::ecsd_deploy(self.dir.path(), &self.moto);
+        cmd.args(args)
             .args(["--endpoint-url", &self.ecsd.url, "--template", "template.json", "--env", "staging.json"])
-            .args(defaults.into_iter().filter(|(flag, _)| !args.contains(flag)).flat_map(|(f, v)| [f, v]))
-            .current_dir(self.dir.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", self.dir.path().join("none"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("none"))
-            .env("AWS_ENDPOINT_URL_IAM", &self.moto.url)
-            .env("AWS_ENDPOINT_URL_STS", &self.moto.url)
-            .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &self.moto.url)
-            .env("AWS_ENDPOINT_URL_SSM", &self.moto.url);
+            .args(defaults.into_iter().filter(|(flag, _)| !args.contains(flag)).flat_map(|(f, v)| [f, v]));
         cmd
     }
 
@@ -157,6 +143,12 @@ impl Served {
     /// Records from now until the guard is dropped.
     fn record() -> (Served, tracing::subscriber::DefaultGuard) {
         use tracing_subscriber::layer::SubscriberExt;
+        // With a single scoped dispatcher, tracing decides a callsite's interest by the
+        // dispatcher of the thread that reaches it first: another test's thread, which has
+        // none, would switch the `api` span off for good. A second, silent dispatcher kept
+        // alive makes it ask every dispatcher.
+        static SILENT: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        SILENT.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let served = Served::default();
         let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(served.clone()));
         (served, guard)

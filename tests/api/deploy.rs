@@ -408,7 +408,10 @@ async fn status_and_wait_follow_a_deployment_started_without_waiting() {
     assert!(events.contains("has reached a steady state"), "{status}");
     // Waiting with nothing in flight returns at once.
     let out = lab.run(&["wait", "--service", "web"]).await;
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(
+        (code(&out), text(&out.stderr)),
+        (0, "no deployment in flight; default/web runs web:2\n".to_owned())
+    );
     let out = lab.run(&["status", "--service", "nope"]).await;
     assert_eq!(
         (code(&out), text(&out.stderr)),

@@ -84,6 +84,9 @@ async fn stop(target: &Target<'_>, current: &Value, started: Instant) -> Result<
         target.cluster,
         target.service
     );
+    if target.no_wait {
+        return Ok(Some(0));
+    }
     let after = describe_service(client, target.cluster, target.service).await?;
     let Some(p) = primary(&after) else { return Ok(Some(0)) };
     let td = p["taskDefinition"].as_str().unwrap_or_default();

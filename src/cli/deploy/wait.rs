@@ -236,6 +236,13 @@ pub async fn follow(target: &Target<'_>) -> Result<u8, DeployError> {
         return Ok(0);
     };
     let (td, id) = (p["taskDefinition"].as_str().unwrap_or_default(), p["id"].as_str().unwrap_or_default());
+    let settled = s["deployments"].as_array().is_some_and(|d| d.len() == 1)
+        && p["rolloutState"] == "COMPLETED"
+        && p["runningCount"] == p["desiredCount"];
+    if settled {
+        eprintln!("no deployment in flight; {}/{} runs {}", target.cluster, target.service, short(td));
+        return Ok(0);
+    }
     eprintln!("waiting on deployment {id} of {}", short(td));
     target.wait(td, id, super::ecs::event_ids(&s), Instant::now()).await
 }

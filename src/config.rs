@@ -71,6 +71,9 @@ pub enum Command {
     /// Remove what an ecsd that did not stop cleanly left on the host: its firewall rules
     /// (restoring route_localnet). systemd's unit runs it as ExecStopPost.
     Cleanup(CleanupArgs),
+    /// Render a task definition from a template (file or image label), environment overlays
+    /// and dynamic values, resolve roles and secrets, register it and roll the service out.
+    Deploy(Box<crate::cli::deploy::DeployArgs>),
     /// The logging driver containerd's shim runs for each container (not for people).
     #[command(hide = true)]
     LogDriver(crate::runtime::logs::LogDriverArgs),

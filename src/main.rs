@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Services(args) => services(&args),
         Command::Doctor(args) => doctor(&args),
         Command::Cleanup(args) => client_runtime(cleanup(args)),
+        Command::Deploy(args) => client_runtime(ecsd::cli::deploy::main(*args, &env)),
         Command::LogDriver(args) => ecsd::runtime::logs::run_log_driver(args),
     }
 }

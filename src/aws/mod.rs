@@ -43,7 +43,7 @@ pub use ecs::Relayed;
 pub use error::{AwsError, Malformed, SigningFailure};
 pub use identity::{IssuedKeys, Keys, OwnIdentity};
 pub use logs::{ALREADY_EXISTS, InputLogEvent, RejectedLogEventsInfo};
-pub use secretsmanager::SecretValue;
+pub use secretsmanager::{SecretDescription, SecretValue};
 pub use ssm::{GET_PARAMETERS_MAX, Parameter, Parameters};
 pub use sts::{AssumedRole, CallerIdentity};
 

@@ -1,4 +1,4 @@
-//! Secrets Manager over AWS JSON 1.1: GetSecretValue.
+//! Secrets Manager over AWS JSON 1.1: GetSecretValue, DescribeSecret.
 
 use std::fmt;
 
@@ -47,5 +47,24 @@ impl Client {
             input["VersionId"] = id.into();
         }
         self.json(Service::SecretsManager, "secretsmanager.GetSecretValue", &input).await
+    }
+}
+
+/// DescribeSecret's answer: what a secret is, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SecretDescription {
+    #[serde(rename = "ARN")]
+    pub arn: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+impl Client {
+    /// The ARN and name of secret `secret_id` (a name or ARN), from DescribeSecret: no
+    /// value is read. A secret that does not exist is `ResourceNotFoundException`.
+    pub async fn describe_secret(&self, secret_id: &str) -> Result<SecretDescription, AwsError> {
+        let input = serde_json::json!({ "SecretId": secret_id });
+        self.json(Service::SecretsManager, "secretsmanager.DescribeSecret", &input).await
     }
 }

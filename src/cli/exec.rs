@@ -14,14 +14,11 @@ use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use aws_config::BehaviorVersion;
-use aws_config::meta::region::RegionProviderChain;
-use aws_credential_types::provider::ProvideCredentials;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{Ecs, placeholder};
+use super::Ecs;
 use crate::aws::{AwsError, Keys};
 use crate::config::ExecArgs;
 use crate::exec::client::{self, ClientEvent, ClientIo};
@@ -92,22 +89,8 @@ struct Target {
 }
 
 async fn target(args: &ExecArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Target, ExecCliError> {
-    let profile = args.profile.clone().or_else(|| env("AWS_PROFILE").filter(|p| !p.is_empty()));
-    let mut profile_region = aws_config::profile::ProfileFileRegionProvider::builder();
-    if let Some(p) = &profile {
-        profile_region = profile_region.profile_name(p);
-    }
     // No instance metadata for the region: ecsd exec normally talks to a local ecsd.
-    let region = RegionProviderChain::first_try(args.region.clone().map(aws_config::Region::new))
-        .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
-        .or_else(profile_region.build())
-        .or_else(aws_config::Region::from_static("us-east-1"));
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region);
-    if let Some(p) = &profile {
-        loader = loader.profile_name(p);
-    }
-    let sdk = loader.load().await;
-    let region = sdk.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string());
+    let (sdk, region, keys) = super::sdk_identity(args.region.clone(), args.profile.clone(), env).await;
     let (name, endpoint) = match &args.endpoint_url {
         Some(url) => ("--endpoint-url", Some(url.clone())),
         None => {
@@ -125,18 +108,6 @@ async fn target(args: &ExecArgs, env: &dyn Fn(&str) -> Option<String>) -> Result
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
         return Err(ExecCliError::Endpoint { name, url: endpoint });
     }
-    // ecsd does not check signatures; without credentials anywhere, the calls are signed
-    // with a placeholder, which an endpoint that checks refuses with its own error.
-    let keys = match sdk.credentials_provider() {
-        Some(p) => match p.provide_credentials().await {
-            Ok(c) => Keys::new(c.access_key_id(), c.secret_access_key(), c.session_token()),
-            Err(e) => {
-                tracing::debug!(error = %e, "no AWS credentials found; signing with a placeholder");
-                placeholder()
-            }
-        },
-        None => placeholder(),
-    };
     Ok(Target { endpoint, region, keys })
 }
 

@@ -5,6 +5,7 @@ mod account_settings;
 mod attributes;
 mod clusters;
 mod common;
+mod deploy;
 mod durability;
 mod exec;
 mod images;

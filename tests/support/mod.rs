@@ -157,6 +157,27 @@ impl Moto {
     }
 }
 
+/// `ecsd deploy` (the binary) as a user in `dir` runs it: keys `test`, region us-east-1, no
+/// profile files, IAM, STS, Secrets Manager and SSM at moto.
+pub fn ecsd_deploy(dir: &Path, moto: &Moto) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecsd"));
+    cmd.arg("deploy")
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("none"))
+        .env("AWS_ENDPOINT_URL_IAM", &moto.url)
+        .env("AWS_ENDPOINT_URL_STS", &moto.url)
+        .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto.url)
+        .env("AWS_ENDPOINT_URL_SSM", &moto.url);
+    cmd
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,126 @@
+//! `apply`: compare with the service's revision, register, update the service, and wait on
+//! this deployment until it completes, fails or is rolled back, or the time runs out.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::aws::Client;
+
+use super::args::Flags;
+use super::ecs::{call, checked, describe_service, op, short};
+use super::error::{DeployError, is_rejection};
+use super::normalise::{canonical, differences};
+use super::render::request;
+use super::run::Prepared;
+use super::session::Session;
+use super::wait::Target;
+
+/// The service's current revision next to the rendered request, both canonical.
+#[derive(Debug)]
+pub struct Comparison {
+    /// The service as DescribeServices gave it.
+    pub service: Value,
+    /// The ARN of the revision the service runs ("" for none).
+    pub current_td: String,
+    /// The canonical current revision (`null` for none).
+    pub current: Value,
+    /// The canonical rendered request.
+    pub rendered: Value,
+    /// The JSON pointers at which they differ.
+    pub changed: Vec<String>,
+}
+
+/// Describes the service and its revision and compares it with the rendered definition.
+/// Only DescribeServices and DescribeTaskDefinition are called.
+pub async fn compare(
+    client: &Client,
+    cluster: &str,
+    service: &str,
+    body: &Value,
+) -> Result<Comparison, DeployError> {
+    let described_service = describe_service(client, cluster, service).await?;
+    let current_td = described_service["taskDefinition"].as_str().unwrap_or_default().to_owned();
+    let rendered = canonical(body);
+    let (current, changed) = if current_td.is_empty() {
+        (Value::Null, vec!["/".to_owned()])
+    } else {
+        let described = checked(
+            client,
+            op!("DescribeTaskDefinition"),
+            "the service's revision",
+            &json!({ "taskDefinition": current_td }),
+        )
+        .await?;
+        let current = canonical(&described["taskDefinition"]);
+        let changed = differences(&current, &rendered);
+        (current, changed)
+    };
+    Ok(Comparison { service: described_service, current_td, current, rendered, changed })
+}
+
+pub async fn apply(flags: &Flags, session: &Session, prepared: &Prepared) -> Result<u8, DeployError> {
+    let client = &session.client;
+    let service = flags.service.clone().ok_or(DeployError::NoService { verb: "apply" })?;
+    let cluster = flags.cluster.clone().unwrap_or_else(|| "default".to_owned());
+    let started = Instant::now();
+    let body = request(&prepared.doc);
+    let Comparison { service: current, current_td, changed, .. } =
+        compare(client, &cluster, &service, &body).await?;
+    let unchanged = changed.is_empty();
+    if unchanged && !flags.force_new_deployment {
+        eprintln!("task definition unchanged (matches {}); nothing to deploy", short(&current_td));
+        return Ok(0);
+    }
+    if flags.dry_run {
+        if unchanged {
+            eprintln!("dry run: would force a new deployment of {}; nothing was written", short(&current_td));
+        } else {
+            eprintln!(
+                "dry run: would register a new revision replacing {} (changed: {}); nothing was written",
+                short(&current_td),
+                changed.join(", ")
+            );
+        }
+        return Ok(0);
+    }
+    let td = if unchanged {
+        current_td.clone()
+    } else {
+        let registered = match call(client, op!("RegisterTaskDefinition"), &body).await {
+            Ok(v) => v,
+            Err(cause) if is_rejection(&cause) => {
+                let kept = keep(&prepared.doc.stringify(2));
+                return Err(DeployError::Rejected {
+                    operation: "RegisterTaskDefinition",
+                    what: "the rendered task definition",
+                    cause: Box::new(cause),
+                    kept,
+                });
+            }
+            Err(cause) => {
+                return Err(DeployError::Call {
+                    operation: "RegisterTaskDefinition",
+                    cause: Box::new(cause),
+                });
+            }
+        };
+        let arn = registered["taskDefinition"]["taskDefinitionArn"].as_str().unwrap_or_default().to_owned();
+        eprintln!("registered {}", short(&arn));
+        arn
+    };
+    let target = Target {
+        client,
+        cluster: &cluster,
+        service: &service,
+        timeout: flags.timeout,
+        no_wait: flags.no_wait,
+    };
+    target.update(&td, flags.force_new_deployment, &current, started).await
+}
+
+/// Writes the rendered input where the user can look at it after a refusal.
+fn keep(text: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::temp_dir().join(format!("ecsd-deploy-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, text).ok().map(|()| path)
+}

@@ -1,0 +1,192 @@
+//! The flags of `ecsd deploy` and its verbs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::merge::Mode;
+
+/// Arguments of `ecsd deploy`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Examples:
+  ecsd deploy --endpoint-url http://127.0.0.1:8000 --cluster demo --service web \\
+      --image 127.0.0.1:5000/web:1.4.2 --env staging.json --execution-role ecsTaskExecutionRole
+  ecsd deploy render --merge lodash --registry 1234.dkr.ecr.eu-west-1.amazonaws.com \\
+      --app meteorapp --tag 1.4.2 --env staging.json --execution-role ecsTaskExecutionRole
+  ecsd deploy verify --template ecs_task_template.json --image busybox --env staging.json
+
+Exit codes: 0 done (or nothing to deploy), 1 unexpected or transport failure, 2 bad input,
+3 a role, secret, parameter or image label could not be resolved, 4 ECS rejected a request,
+5 the deployment failed or was rolled back, 6 waiting timed out, 130 interrupted (the
+deployment goes on); diff --exit-code: 1 when the definitions differ.")]
+pub struct DeployArgs {
+    #[command(subcommand)]
+    pub verb: Option<Verb>,
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Verb {
+    /// Render, register the task definition and update the service (the default verb).
+    Apply,
+    /// Print the final RegisterTaskDefinition input (what `aws ecs register-task-definition
+    /// --cli-input-json` accepts). Resolves roles and secrets; writes nothing.
+    Render,
+    /// Resolve everything (template, overlays, roles, secrets) and report; writes nothing.
+    Verify,
+    /// Show how the rendered definition differs from the service's current revision, ECS's
+    /// defaults and orderings ignored (a unified diff on stdout); writes nothing.
+    Diff {
+        /// Exit 1 when they differ (0 when they are the same), like `git diff --exit-code`.
+        #[arg(long)]
+        exit_code: bool,
+    },
+    /// Show the service's revision, counts, deployments and last events.
+    Status {
+        /// How many of the newest events to show.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        events: usize,
+    },
+    /// Wait on the service's deployment in flight, with apply's outcomes and exit codes.
+    Wait,
+    /// Stop the deployment in flight (ECS rolls it back), or else update the service to the
+    /// last revision a deployment completed with; then wait like apply.
+    Rollback {
+        /// The revision to roll back to instead (family:revision or ARN).
+        #[arg(long, value_name = "FAMILY:REV")]
+        to: Option<String>,
+    },
+}
+
+/// How the rendered definition is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The flags every verb takes (they may come before or after the verb).
+#[derive(Debug, Clone, Args)]
+pub struct Flags {
+    /// The ECS endpoint, e.g. http://127.0.0.1:8000 for a local ecsd. [default: AWS_ENDPOINT_URL_ECS,
+    /// AWS_ENDPOINT_URL, else ECS of the region]
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// The AWS region. [default: AWS_REGION, AWS_DEFAULT_REGION, the profile's, us-east-1]
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// The AWS profile for credentials and region.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// The cluster (name or ARN). [default: default]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The service to deploy to (required by apply, diff, status, wait and rollback).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub service: Option<String>,
+    /// The image of the first container, and where the template label is read from.
+    #[arg(long, global = true, value_name = "URI", conflicts_with_all = ["registry", "app", "tag"])]
+    pub image: Option<String>,
+    /// With --app and --tag: the image is REGISTRY/APP:TAG (the post's variables).
+    #[arg(long, global = true, value_name = "REGISTRY", requires_all = ["app", "tag"])]
+    pub registry: Option<String>,
+    #[arg(long, global = true, value_name = "APP", requires_all = ["registry", "tag"])]
+    pub app: Option<String>,
+    #[arg(long, global = true, value_name = "TAG", requires_all = ["registry", "app"])]
+    pub tag: Option<String>,
+    /// A template file (JSON or YAML) instead of the image's label.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub template: Option<PathBuf>,
+    /// The image label holding the template.
+    #[arg(long, global = true, value_name = "NAME", default_value = "ECS_TASK_TEMPLATE")]
+    pub template_label: String,
+    /// An environment overlay (JSON, or YAML when named .yaml/.yml), merged in order.
+    #[arg(long = "env", global = true, value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// A last-wins value at a JSON pointer, e.g. /containerDefinitions/0/cpu=256.
+    #[arg(long = "set", global = true, value_name = "POINTER=JSON")]
+    pub sets: Vec<String>,
+    /// How overlays merge: strategic (lists of containers, environment, secrets... matched
+    /// by key), lodash (the post's _.merge, byte for byte), merge-patch (RFC 7396).
+    #[arg(long = "merge", global = true, value_enum, default_value_t = Mode::Strategic)]
+    pub merge: Mode,
+    /// The task execution role, by name (looked up with iam:GetRole) or ARN.
+    #[arg(long, global = true, value_name = "NAME|ARN")]
+    pub execution_role: Option<String>,
+    /// The task role, by name or ARN.
+    #[arg(long, global = true, value_name = "NAME|ARN")]
+    pub task_role: Option<String>,
+    /// A secret without valueFrom named N is the Secrets Manager secret named PREFIX+N.
+    #[arg(long, global = true, value_name = "PREFIX", default_value = "")]
+    pub secret_prefix: String,
+    /// The account for role ARNs when iam:GetRole is denied. [default: sts:GetCallerIdentity]
+    #[arg(long, global = true, value_name = "ID")]
+    pub account_id: Option<String>,
+    /// Registries (host[:port]) reached over plain HTTP or without certificate checks;
+    /// loopback registries always are.
+    #[arg(long, global = true, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+    /// The platform whose image config holds the label in a multi-platform image.
+    #[arg(long, global = true, value_name = "OS/ARCH", default_value = "linux/amd64")]
+    pub platform: String,
+    /// Indentation of the rendered JSON.
+    #[arg(long, global = true, value_name = "N", default_value_t = 2)]
+    pub indent: usize,
+    /// apply: render, resolve and compare with the service's current revision; write nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// apply: register and update even when the rendered definition is unchanged.
+    #[arg(long, global = true)]
+    pub force_new_deployment: bool,
+    /// apply, rollback: return once the service is updated, without waiting for the deployment.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+    /// apply, wait, rollback: how long to wait for the deployment (e.g. 90s, 15m, 1h; bare numbers are
+    /// seconds).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// verify: the report as text or one JSON object.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+impl Flags {
+    /// The image the flags name: --image, or REGISTRY/APP:TAG.
+    pub fn image(&self) -> Option<String> {
+        match (&self.image, &self.registry, &self.app, &self.tag) {
+            (Some(image), ..) => Some(image.clone()),
+            (None, Some(r), Some(a), Some(t)) => Some(format!("{}/{a}:{t}", r.trim_end_matches('/'))),
+            _ => None,
+        }
+    }
+}
+
+/// `90s`, `15m`, `1h`, `1h30m` or bare seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("'{s}' is not a duration such as 90s, 15m or 1h");
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(n));
+    }
+    let (mut total, mut number) = (0u64, String::new());
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        number.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+    }
+    if !number.is_empty() || s.is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}

@@ -21,6 +21,7 @@ use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
 
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -93,6 +94,25 @@ pub enum StoreError {
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Database(e.into())
+}
+
+/// How long [`open_database`] waits for the database file's lock.
+const DATABASE_LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens (creating) the database. We hold the data dir's lock, so a database that is still
+/// locked is ours being let go: by the last transaction of a store just closed, or by a
+/// process another thread was starting at that moment, which holds a copy of the file's
+/// descriptor until its exec. Both end within moments; it is asked again until then.
+fn open_database(path: &Path) -> Result<redb::Database, StoreError> {
+    let deadline = std::time::Instant::now() + DATABASE_LOCK_WAIT;
+    loop {
+        match redb::Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.map_err(db_err),
+        }
+    }
 }
 
 /// The format recorded in `db`; 0 when none is (a new database, or one from before formats).
@@ -168,7 +188,7 @@ impl Store {
             }
             Err(TryLockError::Error(e)) => return Err(data_dir_err(e)),
         }
-        let db = Arc::new(redb::Database::create(dir.join("state.redb")).map_err(db_err)?);
+        let db = Arc::new(open_database(&dir.join("state.redb"))?);
         // Checked before anything is written: a newer format is left exactly as it is.
         let found = stored_format(&db)?;
         if found > STORE_FORMAT {

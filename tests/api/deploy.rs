@@ -350,7 +350,7 @@ async fn diff_shows_what_apply_would_change_and_nothing_after_it() {
     // ECS's defaults (cpu 0, essential true, empty lists) are not differences.
     assert!(!diff.contains("essential") && !diff.contains("\"cpu\""), "{diff}");
     let out = lab.run(&["diff", "--exit-code", "--service", "web"]).await;
-    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    assert_eq!(code(&out), 10, "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), diff);
 
     let out = lab.run_advancing(&["--service", "web"]).await;
@@ -360,7 +360,7 @@ async fn diff_shows_what_apply_would_change_and_nothing_after_it() {
     let out = lab
         .run(&["diff", "--exit-code", "--service", "web", "--set", "/containerDefinitions/0/memory=64"])
         .await;
-    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    assert_eq!(code(&out), 10, "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("-      \"memory\": 32,\n+      \"memory\": 64,\n"),
         "{}",

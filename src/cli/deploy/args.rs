@@ -19,7 +19,7 @@ Examples:
 Exit codes: 0 done (or nothing to deploy), 1 unexpected or transport failure, 2 bad input,
 3 a role, secret, parameter or image label could not be resolved, 4 ECS rejected a request,
 5 the deployment failed or was rolled back, 6 waiting timed out, 130 interrupted (the
-deployment goes on); diff --exit-code: 1 when the definitions differ.")]
+deployment goes on); diff --exit-code: 10 when the definitions differ.")]
 pub struct DeployArgs {
     #[command(subcommand)]
     pub verb: Option<Verb>,
@@ -39,7 +39,7 @@ pub enum Verb {
     /// Show how the rendered definition differs from the service's current revision, ECS's
     /// defaults and orderings ignored (a unified diff on stdout); writes nothing.
     Diff {
-        /// Exit 1 when they differ (0 when they are the same), like `git diff --exit-code`.
+        /// Exit 10 when they differ, 0 when they are the same (1 stays "an error").
         #[arg(long)]
         exit_code: bool,
     },

@@ -11,7 +11,10 @@ use super::run::{Prepared, print};
 use super::session::Session;
 use super::unified::unified;
 
-/// Prints the diff; returns 1 when `exit_code` and the definitions differ, else 0.
+/// Exit status of `diff --exit-code` when the definitions differ (1 means an error here).
+pub const DIFFERENT: u8 = 10;
+
+/// Prints the diff; returns [`DIFFERENT`] when `exit_code` and the definitions differ, else 0.
 pub async fn diff(
     flags: &Flags,
     session: &Session,
@@ -29,7 +32,7 @@ pub async fn diff(
         .collect();
     let new_name = format!("rendered ({})", inputs.join(" + "));
     print(&unified(&pretty(&current), &pretty(&rendered), &old_name, &new_name))?;
-    Ok(if exit_code && !changed.is_empty() { 1 } else { 0 })
+    Ok(if exit_code && !changed.is_empty() { DIFFERENT } else { 0 })
 }
 
 /// Indented JSON, keys sorted; nothing for no revision.

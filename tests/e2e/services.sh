@@ -135,9 +135,12 @@ call "update-service --task-definition e2e-svc:2" update-service --service web -
     (.service.deployments | length) == 2 and .service.deployments[0].status == \"PRIMARY\"
     and .service.deployments[0].taskDefinition == \"$td:2\" and .service.deployments[1].status == \"ACTIVE\"
     and .service.deployments[1].rolloutState == \"COMPLETED\""
-call "list-service-deployments --status IN_PROGRESS" list-service-deployments --service web --status IN_PROGRESS &&
-  check "the in-flight service deployment is listed" "$out" '(.serviceDeployments | length) == 1'
-sd=$(jq -r '.serviceDeployments[0].serviceDeploymentArn // empty' <<<"$out")
+# The service deployment this update started (with a 1 s stabilisation it may already be over
+# by the time the next call is made on a loaded machine: its status is checked after the wait).
+sd=$(jq -r '.service.currentServiceDeployment // empty' <<<"$out")
+call "list-service-deployments" list-service-deployments --service web &&
+  check "both service deployments are listed, this update's among them" "$out" "
+    (.serviceDeployments | length) == 2 and ([.serviceDeployments[].serviceDeploymentArn] | index(\"$sd\")) != null"
 
 waiter "wait services-stable after update-service" 0 services-stable --services web
 call "describe-services after the rollout" describe-services --services web &&
@@ -155,6 +158,10 @@ if [[ -n $sd ]]; then
   check "the service deployment ends SUCCESSFUL (what ecspresso waits for)" "$out" \
     '.serviceDeployments[0].status == "SUCCESSFUL"'
 fi
+call "list-service-deployments --status IN_PROGRESS" list-service-deployments --service web --status IN_PROGRESS &&
+  check "--status IN_PROGRESS lists none once both are over" "$out" '(.serviceDeployments | length) == 0'
+call "list-service-deployments --status SUCCESSFUL" list-service-deployments --service web --status SUCCESSFUL &&
+  check "--status SUCCESSFUL lists both" "$out" '(.serviceDeployments | length) == 2'
 
 if table=$(AWS_ENDPOINT_URL_ECS=$URL "$ECSD_BIN" services 2>"$tmp/stderr"); then
   if grep -Eq '^web +ACTIVE +2 +2 +0 +e2e-svc:2 ' <<<"$table" && grep -q '^  PRIMARY ecs-svc/' <<<"$table"; then

@@ -434,6 +434,8 @@ pub struct Config {
     pub retention: Duration,
     /// The service scheduler's stabilisation time and INACTIVE retention.
     pub services: crate::scheduler::SchedulerConfig,
+    /// `ECS_RESERVED_MEMORY` and `ECS_INSTANCE_ATTRIBUTES`: this host as a container instance.
+    pub instance: crate::engine::placement::InstanceSettings,
     pub log_format: LogFormat,
     pub log_filter: String,
     /// Task networks and ports.
@@ -664,6 +666,23 @@ impl Config {
             )?,
         };
 
+        let reserved_memory_mib = match non_empty("ECS_RESERVED_MEMORY") {
+            None => 0,
+            Some(v) => v.trim().parse::<u32>().map(i64::from).map_err(|_| ConfigError {
+                name: "ECS_RESERVED_MEMORY".into(),
+                value: v.clone(),
+                reason: "not a whole number of MiB such as 256".into(),
+            })?,
+        };
+        let attributes =
+            match non_empty("ECS_INSTANCE_ATTRIBUTES") {
+                None => Default::default(),
+                Some(v) => crate::model::attribute::instance_attributes(&v).map_err(|reason| {
+                    ConfigError { name: "ECS_INSTANCE_ATTRIBUTES".into(), value: v.clone(), reason }
+                })?,
+            };
+        let instance = crate::engine::placement::InstanceSettings { reserved_memory_mib, attributes };
+
         let log_filter = match non_empty("RUST_LOG").or_else(|| non_empty("ECSD_LOG")) {
             Some(f) => f,
             None => match non_empty("ECS_LOGLEVEL") {
@@ -747,6 +766,7 @@ impl Config {
             start_timeout,
             retention,
             services,
+            instance,
             log_format: args.log_format,
             log_filter,
             cluster,
@@ -1353,7 +1373,8 @@ mod tests {
             &ecs,
             "# agent settings\nECS_CLUSTER=prod\nECS_RESERVED_PORTS=[22, 9000]\nECS_LOGLEVEL=debug\n\
              ECS_CONTAINER_STOP_TIMEOUT=\"10s\"\nECS_ENGINE_TASK_CLEANUP_WAIT_DURATION=2h\n\
-             ECS_NO_SUCH=1\nECS_RESERVED_MEMORY=256\nECS_SKIP_LOCALHOST_TRAFFIC_FILTER=true\n",
+             ECS_NO_SUCH=1\nECS_UPDATES_ENABLED=true\nECS_SKIP_LOCALHOST_TRAFFIC_FILTER=true\n\
+             ECS_RESERVED_MEMORY=256\nECS_INSTANCE_ATTRIBUTES={\"stack\": \"prod\"}\n",
         )
         .unwrap();
         std::fs::write(&toml, "[tasks]\nreserved_ports = [22]\n").unwrap();
@@ -1367,12 +1388,14 @@ mod tests {
         assert_eq!(c.stop_timeout, Duration::from_secs(10));
         assert_eq!(c.retention, Duration::from_secs(7200));
         assert_eq!(c.firewall, Firewall { localhost_filter: false, block_offhost_introspection: true });
+        assert_eq!(c.instance.reserved_memory_mib, 256);
+        assert_eq!(c.instance.attributes.get("stack").map(String::as_str), Some("prod"));
         assert_eq!(
             c.warnings,
             [
                 format!("{path}: ECS_NO_SUCH: not an ECS agent variable ecsd knows; ignored"),
                 format!(
-                    "{path}: ECS_RESERVED_MEMORY: an ECS agent variable ecsd does not honour yet; ignored"
+                    "{path}: ECS_UPDATES_ENABLED: an ECS agent variable ecsd does not honour yet; ignored"
                 ),
             ]
         );

@@ -323,6 +323,7 @@ async fn serve(
                 host_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 51679)),
             }),
             images: config.images.clone(),
+            instance: config.instance.clone(),
         },
         Arc::clone(&store),
         runtime,

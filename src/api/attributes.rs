@@ -5,6 +5,7 @@ use std::ops::{Bound, ControlFlow};
 
 use super::pagination::{decode_token, encode_token};
 use super::{ApiError, Ctx, Exception, cluster_name, clusters, container_instances};
+use crate::model::attribute::{valid_name, valid_value};
 use crate::model::shapes::{
     Attribute, DeleteAttributesRequest, DeleteAttributesResponse, ListAttributesRequest,
     ListAttributesResponse, PutAttributesRequest, PutAttributesResponse,
@@ -15,18 +16,6 @@ use crate::store::{Reader, Scan, StoreError, prefix_end};
 const TARGET_TYPE: &str = "container-instance";
 /// ECS's limit of custom attributes per resource, and per PutAttributes call.
 const MAX_ATTRIBUTES: usize = 10;
-
-fn valid_name(n: &str) -> bool {
-    (1..=128).contains(&n.chars().count())
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_/\\.".contains(c))
-}
-
-fn valid_value(v: &str) -> bool {
-    (1..=128).contains(&v.chars().count())
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_./\\@: ".contains(c))
-        && !v.starts_with(' ')
-        && !v.ends_with(' ')
-}
 
 /// The custom attributes of the instance in `cluster`.
 pub fn custom(r: &Reader<'_>, cluster: &str) -> Result<Vec<Attribute>, StoreError> {

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 
 use super::pagination::Page;
 use super::{ApiError, Ctx, cluster_name, clusters};
-use crate::engine::placement;
 use crate::model::arn::ResourceArn;
 use crate::model::shapes::{
     Attribute, ContainerInstance, DescribeContainerInstancesRequest, DescribeContainerInstancesResponse,
@@ -90,11 +89,15 @@ pub fn builtin_attributes(ctx: &Ctx) -> Vec<Attribute> {
     ] {
         attributes.push(attribute(cap, None));
     }
+    // ECS_INSTANCE_ATTRIBUTES, as the agent registers them.
+    for (name, value) in &ctx.engine.cfg.instance.attributes {
+        attributes.push(attribute(name, Some(value)));
+    }
     attributes
 }
 
 fn instance(ctx: &Ctx, cluster: &str, connected: bool) -> Result<ContainerInstance, ApiError> {
-    let reg = placement::registered();
+    let reg = ctx.engine.registered();
     let usage = ctx.engine.usage();
     let used = usage.demand;
     let tasks = ctx.engine.tasks(cluster, None);

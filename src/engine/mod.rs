@@ -80,6 +80,8 @@ pub struct EngineConfig {
     pub endpoints: Arc<crate::endpoints::Endpoints>,
     /// Pull behaviour, registry credentials, image cleanup.
     pub images: images::ImageSettings,
+    /// Reserved memory and custom attributes of this host as a container instance.
+    pub instance: placement::InstanceSettings,
 }
 
 impl EngineConfig {
@@ -336,7 +338,7 @@ impl Engine {
         let demand = (spec.launch_type != "FARGATE")
             .then(|| placement::Demand::of(&spec.definition, &checked.effective));
         let wanted = placement::wanted_ports(&self.cfg.network, &spec.definition, &checked.effective);
-        let registered = placement::registered();
+        let registered = self.registered();
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
             let id = launch::new_task_id();
@@ -397,6 +399,14 @@ impl Engine {
     }
 
     /// One task of a cluster, any status.
+    /// What this host registers as a container instance: its cpus and memory, less the
+    /// memory `ECS_RESERVED_MEMORY` keeps back.
+    pub fn registered(&self) -> placement::Demand {
+        let mut host = placement::registered();
+        host.memory = (host.memory - self.cfg.instance.reserved_memory_mib).max(0);
+        host
+    }
+
     pub fn task(&self, cluster: &str, id: &str) -> Option<Arc<TaskRecord>> {
         self.view.get(cluster, id)
     }

@@ -41,6 +41,15 @@ impl Demand {
 }
 
 /// What the host registers: 1024 CPU units per core, its memory in MiB.
+/// This host as a container instance: the memory `ECS_RESERVED_MEMORY` keeps back from tasks
+/// (for the host's own processes), and the attributes `ECS_INSTANCE_ATTRIBUTES` gives it.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceSettings {
+    pub reserved_memory_mib: i64,
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// The host's cpu and memory, before any reservation (see [`crate::engine::Engine::registered`]).
 pub fn registered() -> Demand {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64;
     let mem_kib = std::fs::read_to_string("/proc/meminfo")

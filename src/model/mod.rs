@@ -6,6 +6,7 @@
 //! (`service`), network modes and port ranges.
 
 pub mod arn;
+pub mod attribute;
 pub mod awslogs;
 pub mod check;
 pub mod network;

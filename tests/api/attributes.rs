@@ -94,3 +94,43 @@ async fn attributes_are_checked() {
         .unwrap_err());
     assert_eq!(code, "ClusterNotFoundException");
 }
+
+#[tokio::test]
+async fn the_agents_reserved_memory_and_instance_attributes_shape_the_container_instance() {
+    let memory = |e: &Ecsd| {
+        let e = e.client.clone();
+        async move {
+            let ci = e.list_container_instances().send().await.unwrap().container_instance_arns()[0].clone();
+            let d = e.describe_container_instances().container_instances(ci).send().await.unwrap();
+            let i = d.container_instances()[0].clone();
+            let reg =
+                i.registered_resources().iter().find(|r| r.name() == Some("MEMORY")).unwrap().integer_value();
+            let attrs: Vec<(String, Option<String>)> =
+                i.attributes().iter().map(|a| (a.name().to_owned(), a.value().map(str::to_owned))).collect();
+            (reg, attrs)
+        }
+    };
+    // Positive control: without the variables, the whole memory and no custom attribute.
+    let plain = Ecsd::start().await;
+    let (all, attrs) = memory(&plain).await;
+    assert!(!attrs.iter().any(|(n, _)| n == "stack"), "{attrs:?}");
+    let e = Ecsd::start_with(&[
+        ("ECS_RESERVED_MEMORY", "256"),
+        ("ECS_INSTANCE_ATTRIBUTES", r#"{"stack":"prod"}"#),
+    ])
+    .await;
+    let (reserved, attrs) = memory(&e).await;
+    assert_eq!(all - reserved, 256, "ECS_RESERVED_MEMORY is kept back from tasks");
+    assert!(attrs.contains(&("stack".to_owned(), Some("prod".to_owned()))), "{attrs:?}");
+    // ListAttributes finds the instance by it, as ECS does the agent's registered attributes.
+    let listed = e
+        .client
+        .list_attributes()
+        .target_type(TargetType::ContainerInstance)
+        .attribute_name("stack")
+        .attribute_value("prod")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.attributes().len(), 1, "{listed:?}");
+}

@@ -674,13 +674,14 @@ impl Config {
                 reason: "not a whole number of MiB such as 256".into(),
             })?,
         };
-        let attributes =
-            match non_empty("ECS_INSTANCE_ATTRIBUTES") {
-                None => Default::default(),
-                Some(v) => crate::model::attribute::instance_attributes(&v).map_err(|reason| {
-                    ConfigError { name: "ECS_INSTANCE_ATTRIBUTES".into(), value: v.clone(), reason }
-                })?,
-            };
+        let attributes = match non_empty("ECS_INSTANCE_ATTRIBUTES") {
+            None => Default::default(),
+            Some(v) => crate::model::attribute::instance_attributes(&v).map_err(|e| ConfigError {
+                name: "ECS_INSTANCE_ATTRIBUTES".into(),
+                value: v.clone(),
+                reason: e.to_string(),
+            })?,
+        };
         let instance = crate::engine::placement::InstanceSettings { reserved_memory_mib, attributes };
 
         let log_filter = match non_empty("RUST_LOG").or_else(|| non_empty("ECSD_LOG")) {

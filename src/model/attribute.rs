@@ -18,25 +18,37 @@ pub fn valid_value(v: &str) -> bool {
         && !v.ends_with(' ')
 }
 
+/// Why `ECS_INSTANCE_ATTRIBUTES` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttributesError {
+    #[error("not a JSON object of names to string values such as {{\"stack\": \"prod\"}}")]
+    NotAnObject,
+    #[error(
+        "attribute name '{0}' is not valid: 1 to 128 letters, numbers, hyphens, underscores, slashes, backslashes or periods"
+    )]
+    Name(String),
+    #[error("attribute name '{0}': the ecs. prefix is ECS's own")]
+    Reserved(String),
+    #[error(
+        "attribute '{name}' value '{value}' is not valid: 1 to 128 letters, numbers, hyphens, underscores, periods, at signs, slashes, backslashes, colons or spaces"
+    )]
+    Value { name: String, value: String },
+}
+
 /// `ECS_INSTANCE_ATTRIBUTES` as the agent reads it: a JSON object of names to string values,
-/// e.g. `{"stack": "prod", "gpu": "none"}`. The reason when it is not one.
-pub fn instance_attributes(json: &str) -> Result<BTreeMap<String, String>, String> {
-    let map: BTreeMap<String, String> = serde_json::from_str(json).map_err(|_| {
-        "not a JSON object of names to string values such as {\"stack\": \"prod\"}".to_owned()
-    })?;
+/// e.g. `{"stack": "prod", "gpu": "none"}`.
+pub fn instance_attributes(json: &str) -> Result<BTreeMap<String, String>, AttributesError> {
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(json).map_err(|_| AttributesError::NotAnObject)?;
     for (name, value) in &map {
         if !valid_name(name) {
-            return Err(format!(
-                "attribute name '{name}' is not valid: 1 to 128 letters, numbers, hyphens, underscores, slashes, backslashes or periods"
-            ));
+            return Err(AttributesError::Name(name.clone()));
         }
         if name.starts_with("ecs.") {
-            return Err(format!("attribute name '{name}': the ecs. prefix is ECS's own"));
+            return Err(AttributesError::Reserved(name.clone()));
         }
         if !valid_value(value) {
-            return Err(format!(
-                "attribute '{name}' value '{value}' is not valid: 1 to 128 letters, numbers, hyphens, underscores, periods, at signs, slashes, backslashes, colons or spaces"
-            ));
+            return Err(AttributesError::Value { name: name.clone(), value: value.clone() });
         }
     }
     Ok(map)
@@ -64,7 +76,7 @@ mod tests {
                 "attribute 'a' value ' padded' is not valid: 1 to 128 letters, numbers, hyphens, underscores, periods, at signs, slashes, backslashes, colons or spaces",
             ),
         ] {
-            assert_eq!(instance_attributes(json).unwrap_err(), reason, "{json}");
+            assert_eq!(instance_attributes(json).unwrap_err().to_string(), reason, "{json}");
         }
     }
 }

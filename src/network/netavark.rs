@@ -675,16 +675,27 @@ impl Inner {
             self.ensure_isolation().await?;
             *isolated = true;
         }
+        self.run_netavark(&self.config_dir, verb, netns, &serde_json::to_vec(options).expect("serializable"))
+            .await
+    }
+
+    /// netavark `verb` on `netns` with `input`, keeping its DNS records under `config_dir`.
+    async fn run_netavark(
+        &self,
+        config_dir: &Path,
+        verb: &str,
+        netns: &Path,
+        input: &[u8],
+    ) -> Result<Vec<u8>, NetworkError> {
         let args = [
             OsStr::new("--config"),
-            self.config_dir.as_os_str(),
+            config_dir.as_os_str(),
             OsStr::new("--aardvark-binary"),
             self.settings.aardvark.as_os_str(),
             OsStr::new(verb),
             netns.as_os_str(),
         ];
-        let input = serde_json::to_vec(options).expect("serializable");
-        self.runner.run(self.settings.netavark.as_os_str(), &args, Some(&input)).await
+        self.runner.run(self.settings.netavark.as_os_str(), &args, Some(input)).await
     }
 
     /// netavark with Podman's own directory, under Podman's lock, for a Podman network.
@@ -701,16 +712,7 @@ impl Inner {
             what: format!("cannot create {}", run_dir.display()),
             source,
         })?;
-        let args = [
-            OsStr::new("--config"),
-            run_dir.as_os_str(),
-            OsStr::new("--aardvark-binary"),
-            self.settings.aardvark.as_os_str(),
-            OsStr::new(verb),
-            netns.as_os_str(),
-        ];
-        let input = serde_json::to_vec(options).expect("serializable");
-        self.runner.run(self.settings.netavark.as_os_str(), &args, Some(&input)).await
+        self.run_netavark(run_dir, verb, netns, &serde_json::to_vec(options).expect("serializable")).await
     }
 
     /// Traffic between two ecsd networks is dropped; within one it passes. The rules match

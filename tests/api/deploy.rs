@@ -82,19 +82,37 @@ impl Lab {
         self.command(args).output().await.unwrap()
     }
 
-    /// Runs while moving the daemon's clock, so the scheduler's deployments progress.
+    /// Runs while moving the daemon's clock, so the scheduler's deployments progress. The
+    /// clock moves only once the command has said something on stderr (it has read the
+    /// service by then): moved earlier, a deployment could end before `wait` looks at it.
     async fn run_advancing(&self, args: &[&str]) -> Output {
-        let child = self
+        use tokio::io::AsyncReadExt;
+        let mut child = self
             .command(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut output = std::pin::pin!(child.wait_with_output());
+        let mut stderr = child.stderr.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut out = Vec::new();
+        let read_stdout = tokio::spawn(async move { stdout.read_to_end(&mut out).await.map(|_| out) });
+        let (mut err, mut chunk, mut open) = (Vec::new(), [0u8; 4096], true);
         loop {
             tokio::select! {
-                out = &mut output => return out.unwrap(),
-                () = tokio::time::sleep(Duration::from_millis(20)) => self.ecsd.clock.advance(Duration::from_secs(5)),
+                n = stderr.read(&mut chunk), if open => match n.unwrap() {
+                    0 => open = false,
+                    n => err.extend_from_slice(&chunk[..n]),
+                },
+                status = child.wait(), if !open => {
+                    let stdout = read_stdout.await.unwrap().unwrap();
+                    return Output { status: status.unwrap(), stdout, stderr: err };
+                }
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if !err.is_empty() {
+                        self.ecsd.clock.advance(Duration::from_secs(5));
+                    }
+                }
             }
         }
     }

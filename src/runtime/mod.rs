@@ -29,6 +29,7 @@ pub use exec::{
     run_to_completion,
 };
 pub use logs::{LogDriverArgs, read_logs, run_log_driver};
+pub use podman::{PodmanOptions, PodmanRuntime, PodmanService};
 pub use reference::normalize;
 
 /// An image present in the runtime, resolved for this host's platform.

@@ -582,3 +582,105 @@ async fn an_exit_while_the_service_is_down_is_replayed() {
     assert_eq!((code, exited), (42, pid));
     env.rt.remove(&id).await.unwrap();
 }
+
+/// `ecsd serve --runtime podman`, in process: ecsd starts its own Podman service under its
+/// data dir (whose store already holds the test images), and a busybox task goes through
+/// RUNNING to STOPPED with its exit code.
+#[tokio::test]
+#[ignore = "needs root and podman"]
+async fn ecsd_serve_runs_a_task_on_podman() {
+    use aws_sdk_ecs::types::{ContainerDefinition, NetworkMode};
+    use ecsd::config::{RuntimeChoice, ServeArgs};
+
+    support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    load_test_images(data.path());
+    let conf = data.path().join("config.toml");
+    std::fs::write(&conf, "").unwrap();
+    let conf = conf.display().to_string();
+    let args = ServeArgs { runtime: Some(RuntimeChoice::Podman), ..ServeArgs::default() };
+    let config = support::config_with(
+        args,
+        data.path(),
+        &[
+            ("ECSD_CONFIG", conf.as_str()),
+            ("ECS_IMAGE_PULL_BEHAVIOR", "prefer-cached"),
+            ("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER", "true"),
+            ("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS", "true"),
+        ],
+    );
+    let daemon = ecsd::start(&config).await.expect("ecsd starts on Podman");
+    let cleanup = scopeguard(data.path().to_owned());
+    let client = support::client(&format!("http://{}", daemon.addr()));
+    client
+        .register_task_definition()
+        .family("podman-exit")
+        .network_mode(NetworkMode::None)
+        .container_definitions(
+            ContainerDefinition::builder()
+                .name("app")
+                .image("busybox")
+                .essential(true)
+                .memory(64)
+                .command("sh")
+                .command("-c")
+                .command("echo started; read x < /dev/zero & sleep 2; exit 7")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let run = client.run_task().task_definition("podman-exit").send().await.unwrap();
+    let arn = run.tasks()[0].task_arn().unwrap().to_owned();
+    let describe = || async {
+        let out = client.describe_tasks().tasks(&arn).send().await.unwrap();
+        out.tasks()[0].clone()
+    };
+    let running = eventually(30, "the task RUNNING", || async {
+        let t = describe().await;
+        (t.last_status() == Some("RUNNING") || t.last_status() == Some("STOPPED")).then_some(t)
+    })
+    .await;
+    eprintln!("RunTask → {} in {:?}", running.last_status().unwrap(), started.elapsed());
+    assert_eq!(running.last_status(), Some("RUNNING"), "{running:?}");
+    let c = &running.containers()[0];
+    assert_eq!(
+        c.image_digest(),
+        Some("sha256:67ba8c157395fbafb76d5e800960c18d6dc67c3a28cdffb53b670b0f6769e0c0")
+    );
+    let stopped = eventually(30, "the task STOPPED", || async {
+        let t = describe().await;
+        (t.last_status() == Some("STOPPED")).then_some(t)
+    })
+    .await;
+    let c = &stopped.containers()[0];
+    assert_eq!(c.exit_code(), Some(7), "{stopped:?}");
+    assert_eq!(stopped.stop_code().map(|s| s.as_str()), Some("EssentialContainerExited"));
+
+    daemon.shutdown().await.expect("clean shutdown");
+    let left = std::process::Command::new("podman")
+        .env("CONTAINERS_CONF", data.path().join("podman/containers.conf"))
+        .args(store_flags(data.path()))
+        .args(["ps", "--all", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&left.stdout), "", "containers left in the store");
+    drop(cleanup);
+}
+
+/// Cleans the store of data dir `dir` when dropped (after a failed assertion too).
+fn scopeguard(dir: PathBuf) -> impl Drop {
+    struct Guard(PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let pid = std::fs::read_to_string(self.0.join("podman/podman.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0);
+            clean_store(&self.0, pid);
+        }
+    }
+    Guard(dir)
+}

@@ -81,8 +81,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Import an OCI image layout tar or a `docker save` tar into ecsd's containerd
-    /// namespace, unpacked and ready for tasks.
+    /// Import an OCI image layout tar or a `docker save` tar, or an image of the host's
+    /// Podman (--from-podman), into ecsd's containerd namespace, unpacked and ready for tasks.
     Import(ImportArgs),
     /// Pull an image from its registry into ecsd's containerd namespace, unpacked and ready
     /// for tasks, with the credentials a task would use (docker config, ECS_ENGINE_AUTH_DATA,

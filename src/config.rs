@@ -81,8 +81,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Import an OCI image layout tar or a `docker save` tar into ecsd's containerd
-    /// namespace, unpacked and ready for tasks.
+    /// Import an OCI image layout tar or a `docker save` tar, or an image of the host's
+    /// Podman (--from-podman), into ecsd's containerd namespace, unpacked and ready for tasks.
     Import(ImportArgs),
     /// Pull an image from its registry into ecsd's containerd namespace, unpacked and ready
     /// for tasks, with the credentials a task would use (docker config, ECS_ENGINE_AUTH_DATA,
@@ -276,9 +276,15 @@ pub struct CleanupArgs {
 
 /// Arguments of `ecsd image import`.
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["file", "from_podman"])))]
 pub struct ImportArgs {
     /// The image tar (OCI image layout or `docker save` format).
-    pub file: PathBuf,
+    pub file: Option<PathBuf>,
+    /// Copy image REF from the host's Podman store instead (as `podman images` names it, or
+    /// its id); it keeps the name REF and, when Podman pulled it, its registry digest.
+    /// The podman binary is ECSD_PODMAN's, else the one on PATH.
+    #[arg(long, value_name = "REF")]
+    pub from_podman: Option<String>,
     /// containerd's socket (env ECSD_CONTAINERD_ADDRESS); when nothing answers there, the
     /// embedded containerd of the data dir is used. [default: /run/containerd/containerd.sock]
     #[arg(long, value_name = "PATH")]

@@ -209,16 +209,35 @@ fn import(args: &ImportArgs) -> ExitCode {
                 address = embedded;
             }
         }
-        match ecsd::runtime::import::import(&address, &config.namespace, &args.file).await {
-            Ok(names) => {
-                for n in names {
-                    println!("{n}");
+        use ecsd::runtime::import::{ImportError, import, import_from_podman};
+        let imported = match (&args.from_podman, &args.file) {
+            (Some(reference), _) => {
+                import_from_podman(&address, &config.namespace, &config.network.podman, reference)
+                    .await
+                    .map(|i| vec![format!("{} {}", i.name, i.digest)])
+            }
+            (None, Some(file)) => import(&address, &config.namespace, file).await,
+            (None, None) => {
+                eprintln!("ecsd: name an image archive FILE, or an image of Podman's with --from-podman REF");
+                return ExitCode::from(2);
+            }
+        };
+        match imported {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
                 }
                 ExitCode::SUCCESS
             }
             Err(e) => {
                 eprintln!("ecsd: {}", ecsd::error_chain(&e));
-                ExitCode::FAILURE
+                // An image that is not there, or not a name: the command line is wrong.
+                let usage = matches!(
+                    e,
+                    ImportError::Podman(ecsd::runtime::from_podman::PodmanImageError::NoSuchImage { .. })
+                        | ImportError::Runtime(ecsd::runtime::RuntimeError::InvalidReference { .. })
+                );
+                if usage { ExitCode::from(2) } else { ExitCode::FAILURE }
             }
         }
     })

@@ -35,8 +35,13 @@ use super::{
     SandboxSpec, Settings, key_of, private_dns_name, task_of,
 };
 
-/// The mangle-table chain that keeps ecsd's networks apart (netavark 1.4 does not).
+/// The mangle-table chain that keeps ecsd's networks apart (netavark 1.4 does not), and
+/// them from Podman's.
 const ISOLATION_CHAIN: &str = "ECSD-ISOLATION";
+
+/// The bridges Podman names itself: `podman0` (its default network) and `podman1`, … (each
+/// `podman network create`) with netavark; `cni-podman0`, … with CNI.
+const PODMAN_BRIDGES: [&str; 2] = ["podman+", "cni-podman+"];
 
 /// netavark teardowns of one sandbox before a removal gives up and reports what is held.
 const TEARDOWN_ATTEMPTS: u32 = 3;
@@ -715,9 +720,14 @@ impl Inner {
         self.run_netavark(run_dir, verb, netns, &serde_json::to_vec(options).expect("serializable")).await
     }
 
-    /// Traffic between two ecsd networks is dropped; within one it passes. The rules match
-    /// bridge names (`-i ecsd+ -o ecsd+`), so they hold for networks made later too, and
-    /// adding them is idempotent, so several ecsds on a host share them.
+    /// Traffic between two ecsd networks is dropped; within one it passes. So is traffic
+    /// between an ecsd network and one of Podman's, both ways (netavark 1.4 forwards between
+    /// any two bridges), except to a port published on the host (DNAT): that is public on
+    /// purpose. A task joined to a Podman network (`ECS_EXTERNAL_NETWORKS`) reaches it on the
+    /// interface it has there, through Podman's bridge alone, which these rules never match.
+    /// The rules match bridge names (`-i ecsd+ -o ecsd+`, `podman+`), so they hold for
+    /// networks made later too, and adding them is idempotent, so several ecsds on a host
+    /// share them; they stay, as netavark's own base chains do.
     async fn ensure_isolation(&self) -> Result<(), NetworkError> {
         let t = ["-w", super::XTABLES_WAIT_SECS, "-t", "mangle"];
         if self.iptables(&[&t[..], &["-n", "-L", ISOLATION_CHAIN]].concat()).await.is_err() {
@@ -739,6 +749,12 @@ impl Inner {
         }
         if self.iptables(&[&t[..], &["-C", ISOLATION_CHAIN], &drop[..]].concat()).await.is_err() {
             self.iptables(&[&t[..], &["-A", ISOLATION_CHAIN], &drop[..]].concat()).await?;
+        }
+        for rule in podman_isolation_rules() {
+            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+            if self.iptables(&[&t[..], &["-C", ISOLATION_CHAIN], &rule[..]].concat()).await.is_err() {
+                self.iptables(&[&t[..], &["-A", ISOLATION_CHAIN], &rule[..]].concat()).await?;
+            }
         }
         Ok(())
     }
@@ -827,6 +843,21 @@ fn joined<T>(joined: Result<Result<T, NetworkError>, tokio::task::JoinError>) ->
 }
 
 /// Where [`Ipam`] keeps the addresses of a Podman network (apart from ecsd's own networks).
+/// The ECSD-ISOLATION rules that drop traffic between ecsd's bridges and Podman's, each way,
+/// unless its connection was DNAT'd to a published port. One rule per direction, so no order
+/// among them matters.
+fn podman_isolation_rules() -> Vec<Vec<String>> {
+    let ours = format!("{BRIDGE_PREFIX}+");
+    let mut rules = vec![];
+    for podman in PODMAN_BRIDGES {
+        for (from, to) in [(ours.as_str(), podman), (podman, ours.as_str())] {
+            let rule = ["-i", from, "-o", to, "-m", "conntrack", "!", "--ctstate", "DNAT", "-j", "DROP"];
+            rules.push(rule.iter().map(|s| s.to_string()).collect());
+        }
+    }
+    rules
+}
+
 fn external_key(network: &str) -> String {
     format!("podman:{network}")
 }
@@ -1399,5 +1430,20 @@ mod tests {
         );
         assert_eq!(container_id("abc"), container_id("abc"));
         assert!(mac_address().starts_with("0a:"));
+    }
+
+    #[test]
+    fn podmans_bridges_and_ecsds_are_cut_apart_both_ways_but_for_published_ports() {
+        let rules: Vec<String> = podman_isolation_rules().iter().map(|r| r.join(" ")).collect();
+        let exempt = "-m conntrack ! --ctstate DNAT -j DROP";
+        assert_eq!(
+            rules,
+            [
+                format!("-i ecsd+ -o podman+ {exempt}"),
+                format!("-i podman+ -o ecsd+ {exempt}"),
+                format!("-i ecsd+ -o cni-podman+ {exempt}"),
+                format!("-i cni-podman+ -o ecsd+ {exempt}"),
+            ]
+        );
     }
 }

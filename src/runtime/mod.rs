@@ -16,6 +16,7 @@ mod error;
 mod exec;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
+pub mod from_podman;
 pub mod podman;
 pub mod reference;
 pub mod registry;

@@ -257,31 +257,52 @@ pub(crate) fn bad_json(image: &str, digest: &str, e: &serde_json::Error) -> Runt
 
 /// Resolves image `name` (a normalised reference) in the connection's namespace.
 pub(crate) async fn resolve(conn: &Conn, name: &str) -> Result<Resolved, RuntimeError> {
-    let target = find_image(conn, name).await?;
-    resolve_target(conn, name, &target).await
+    let (target, labels) = find_image(conn, name).await?;
+    let mut resolved = resolve_target(conn, name, &target).await?;
+    if let Some(d) = registry_digest(&labels, &target.digest) {
+        resolved.image.digest = d;
+    }
+    Ok(resolved)
 }
 
-/// The target descriptor of image `name`. A reference with a digest also finds an image
-/// stored under another tag of the same repository whose target has that digest (as Docker
-/// finds `repo@digest` by its repo digests).
-async fn find_image(conn: &Conn, name: &str) -> Result<Descriptor, RuntimeError> {
+/// The registry's digest of an image whose stored manifest has another (one copied from
+/// Podman's store), while the image still names the manifest the label was written for.
+fn registry_digest(labels: &HashMap<String, String>, target: &str) -> Option<String> {
+    use super::import::{LABEL_REGISTRY_DIGEST, LABEL_REGISTRY_DIGEST_OF};
+    let of = labels.get(LABEL_REGISTRY_DIGEST_OF)?;
+    (of == target).then(|| labels.get(LABEL_REGISTRY_DIGEST).cloned()).flatten()
+}
+
+/// The target descriptor and labels of image `name`. A reference with a digest also finds
+/// an image stored under another tag of the same repository whose target has that digest, or
+/// whose registry digest it is (as Docker finds `repo@digest` by its repo digests).
+async fn find_image(conn: &Conn, name: &str) -> Result<(Descriptor, HashMap<String, String>), RuntimeError> {
     let not_found =
         || RuntimeError::ImageNotFound { reference: name.to_owned(), namespace: conn.namespace().to_owned() };
     let get_at = at("resolve image", "image", name);
     let req = conn.request(api::GetImageRequest { name: name.to_owned() });
     if let Some(resp) = conn.call_opt(get_at, conn.images().get(req)).await? {
-        return resp.image.and_then(|i| i.target).map(|t| Descriptor::from_proto(&t)).ok_or_else(not_found);
+        return resp
+            .image
+            .and_then(|i| Some((Descriptor::from_proto(i.target.as_ref()?), i.labels)))
+            .ok_or_else(not_found);
     }
     let Some((repo, digest)) = name.split_once('@') else { return Err(not_found()) };
     let repo = repo.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(repo, |(r, _)| r);
-    let filter = format!("target.digest==\"{digest}\"");
-    let req = conn.request(api::ListImagesRequest { filters: vec![filter] });
+    // Either filter matching is enough (containerd ORs them).
+    let filters = vec![
+        format!("target.digest==\"{digest}\""),
+        format!("labels.\"{}\"==\"{digest}\"", super::import::LABEL_REGISTRY_DIGEST),
+    ];
+    let req = conn.request(api::ListImagesRequest { filters });
     let images = conn.call(get_at, conn.images().list(req)).await?.images;
     images
         .iter()
         .filter(|i| image_repository(&i.name) == repo)
-        .find_map(|i| i.target.as_ref())
-        .map(Descriptor::from_proto)
+        .filter_map(|i| Some((Descriptor::from_proto(i.target.as_ref()?), i.labels.clone())))
+        .find(|(t, labels)| {
+            t.digest == digest || registry_digest(labels, &t.digest).as_deref() == Some(digest)
+        })
         .ok_or_else(not_found)
 }
 

@@ -6,6 +6,11 @@
 //! before an image references it. Images are named from the `io.containerd.image.name` or
 //! `org.opencontainers.image.ref.name` annotations of `index.json`, or from `RepoTags` in a
 //! docker `manifest.json`, normalised as Docker does.
+//!
+//! `--from-podman REF` reads the archive from `podman image save` as it is written, names
+//! the one image in it REF (normalised), and records the digest the image's registry gave it
+//! (Podman re-compresses layers on save, so the manifest written here has another digest):
+//! tasks of the image then report the registry's digest as `imageDigest`, as if pulled.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read};
@@ -15,11 +20,12 @@ use std::time::Duration;
 use containerd_client::services::v1 as api;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::connection::{Conn, at};
 use super::content::{self, ContentWriter, Opened, content_exists};
 use super::images::{self as image, BlobKind, Descriptor, Index, Manifest};
+use crate::runtime::from_podman::{self, PodmanImageError};
 use crate::runtime::{RuntimeError, reference};
 
 const IMPORT_LEASE_TTL: Duration = Duration::from_secs(3600);
@@ -29,43 +35,188 @@ const METADATA_MAX: u64 = 16 << 20;
 const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The image label holding the digest the image's registry gives its manifest, when the
+/// stored manifest has another (an image copied from Podman's store).
+pub const LABEL_REGISTRY_DIGEST: &str = "io.ecsd.image.registry-digest";
+/// The stored manifest digest that [`LABEL_REGISTRY_DIGEST`] stands for: the label counts
+/// only while the image still names that manifest.
+pub const LABEL_REGISTRY_DIGEST_OF: &str = "io.ecsd.image.registry-digest-of";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read image archive {path}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not an image archive: {reason}")]
-    Format { path: PathBuf, reason: String },
+    #[error("cannot read image archive {archive}")]
+    Read { archive: String, source: std::io::Error },
+    #[error("{archive} is not an image archive: {reason}")]
+    Format { archive: String, reason: String },
     #[error(
-        "{path} has no image names (no io.containerd.image.name or org.opencontainers.image.ref.name annotation and no RepoTags); name the images when saving them"
+        "{archive} has no image names (no io.containerd.image.name or org.opencontainers.image.ref.name annotation and no RepoTags); name the images when saving them"
     )]
-    Unnamed { path: PathBuf },
+    Unnamed { archive: String },
+    #[error("{archive} holds {count} images where one was expected")]
+    NotOne { archive: String, count: usize },
+    #[error(transparent)]
+    Podman(#[from] PodmanImageError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+}
+
+/// An image archive to read.
+enum Source {
+    File(PathBuf),
+    /// A stream (Podman's save), named for messages.
+    Stream {
+        name: String,
+        reader: Box<dyn Read + Send>,
+    },
+}
+
+impl Source {
+    fn name(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Stream { name, .. } => name.clone(),
+        }
+    }
+
+    fn open(self) -> std::io::Result<Box<dyn Read + Send>> {
+        match self {
+            Source::File(p) => Ok(Box::new(std::fs::File::open(p)?)),
+            Source::Stream { reader, .. } => Ok(reader),
+        }
+    }
+}
+
+/// How to name what an archive holds: from the archive, or (`Some`) as this one image.
+#[derive(Debug, Default)]
+struct Naming {
+    name: Option<String>,
+    registry_digest: Option<String>,
+}
+
+/// What `ecsd image import --from-podman` made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromPodman {
+    /// The image's name in containerd.
+    pub name: String,
+    /// The digest tasks of it report: the registry's when Podman knows it, else the stored
+    /// manifest's.
+    pub digest: String,
+    /// Whether that is the registry's digest.
+    pub registry_digest: bool,
 }
 
 /// Imports the images in `file` into containerd at `address`, namespace `namespace`, and
 /// returns their names.
 pub async fn import(address: &Path, namespace: &str, file: &Path) -> Result<Vec<String>, ImportError> {
+    let conn = connect(address, namespace).await?;
+    let imported = import_on(&conn, Source::File(file.to_owned()), Naming::default()).await?;
+    Ok(imported.into_iter().map(|(name, _)| name).collect())
+}
+
+/// Copies image `reference` of Podman's store (Podman's `podman` binary) into containerd at
+/// `address`, namespace `namespace`, under the reference's normalised name.
+pub async fn import_from_podman(
+    address: &Path,
+    namespace: &str,
+    podman: &Path,
+    reference: &str,
+) -> Result<FromPodman, ImportError> {
+    // Podman's save, its inspect and the connection to containerd go side by side (each
+    // podman process costs about 100 ms). Podman's errors come first: they are about the
+    // argument. Until the archive is read, dropping `save` stops Podman.
+    let mut save = from_podman::Save::start(podman, reference)?;
+    let (program, asked) = (podman.to_owned(), reference.to_owned());
+    let inspecting = tokio::task::spawn_blocking(move || from_podman::inspect(&program, &asked));
+    let (found, conn) = tokio::join!(inspecting, connect(address, namespace));
+    let found = found.map_err(|e| ImportError::Read {
+        archive: reference.to_owned(),
+        source: std::io::Error::other(e),
+    })??;
+    let name = found.name_for(reference)?;
+    let registry_digest = found.registry_digest(&name);
+    let conn = conn?;
+    let archive = format!("Podman's image {}", found.id);
+    let Some(reader) = save.reader() else {
+        let source = std::io::Error::other("podman image save gave no output pipe");
+        return Err(ImportError::Read { archive, source });
+    };
+    let source = Source::Stream { name: archive.clone(), reader };
+    let naming = Naming { name: Some(name.clone()), registry_digest: registry_digest.clone() };
+    let imported = import_on(&conn, source, naming).await;
+    let saved = tokio::task::spawn_blocking(move || save.finish())
+        .await
+        .map_err(|e| ImportError::Read { archive, source: std::io::Error::other(e) })?;
+    let imported = match (imported, saved) {
+        // What Podman says explains a short archive better than what was missing from it.
+        (
+            Err(
+                ImportError::Read { .. }
+                | ImportError::Format { .. }
+                | ImportError::Unnamed { .. }
+                | ImportError::NotOne { .. },
+            ),
+            Err(podman),
+        ) => return Err(podman.into()),
+        (Err(e), Err(podman)) => {
+            debug!(error = %podman, "podman image save stopped as the import failed");
+            return Err(e);
+        }
+        (imported, Ok(())) => imported?,
+        // Every blob arrived with its digest checked: the image is whole whatever Podman says.
+        (Ok(imported), Err(podman)) => {
+            warn!(error = %podman, "podman image save failed after writing the whole image");
+            imported
+        }
+    };
+    let stored = imported.into_iter().next().map(|(_, d)| d).unwrap_or_default();
+    Ok(FromPodman {
+        name,
+        registry_digest: registry_digest.is_some(),
+        digest: registry_digest.unwrap_or(stored),
+    })
+}
+
+async fn connect(address: &Path, namespace: &str) -> Result<Conn, ImportError> {
     let conn = Conn::new(address, namespace)?;
     conn.server_version().await?;
+    Ok(conn)
+}
+
+/// Imports `source` and returns each image's name and stored target digest.
+async fn import_on(
+    conn: &Conn,
+    source: Source,
+    naming: Naming,
+) -> Result<Vec<(String, String)>, ImportError> {
     let lease = format!("ecsd-import-{}", uuid::Uuid::new_v4().simple());
     conn.create_lease(&lease, IMPORT_LEASE_TTL).await?;
-    let result = import_leased(&conn, &lease, file).await;
+    let result = import_leased(conn, &lease, source, naming).await;
     if let Err(e) = conn.delete_lease(&lease).await {
         warn!(lease, error = %e, "cannot delete the import lease; it expires by itself");
     }
     result
 }
 
-async fn import_leased(conn: &Conn, lease: &str, file: &Path) -> Result<Vec<String>, ImportError> {
+async fn import_leased(
+    conn: &Conn,
+    lease: &str,
+    source: Source,
+    naming: Naming,
+) -> Result<Vec<(String, String)>, ImportError> {
     let started = std::time::Instant::now();
-    let archive = load_archive(conn, lease, file).await?;
+    let file = source.name();
+    let file = file.as_str();
+    let archive = load_archive(conn, lease, source).await?;
     let mut images: Vec<(String, Descriptor)> = Vec::new();
     if let Some(index) = archive.small.get("index.json") {
         let index: Index = serde_json::from_slice(index)
             .map_err(|e| format_error(file, format!("index.json is not an OCI image index: {e}")))?;
         for d in &index.manifests {
-            if let Some(name) = oci_name(d) {
+            let name = match &naming.name {
+                Some(n) => Some(n.clone()),
+                None => oci_name(d),
+            };
+            if let Some(name) = name {
                 let target = Descriptor { platform: None, annotations: BTreeMap::new(), ..d.clone() };
                 images.push((name, target));
             }
@@ -79,7 +230,7 @@ async fn import_leased(conn: &Conn, lease: &str, file: &Path) -> Result<Vec<Stri
     if images.is_empty() {
         return Err(
             if archive.small.contains_key("index.json") || archive.small.contains_key("manifest.json") {
-                ImportError::Unnamed { path: file.to_owned() }
+                ImportError::Unnamed { archive: file.to_owned() }
             } else {
                 format_error(
                     file,
@@ -88,11 +239,20 @@ async fn import_leased(conn: &Conn, lease: &str, file: &Path) -> Result<Vec<Stri
             },
         );
     }
+    if naming.name.is_some() && images.len() != 1 {
+        return Err(ImportError::NotOne { archive: file.to_owned(), count: images.len() });
+    }
 
     let mut names = Vec::new();
+    let mut imported = Vec::new();
     for (name, target) in &images {
         label_children(conn, name, target, 0).await?;
-        image::create_image(conn, name, target, &HashMap::new()).await?;
+        let mut labels = HashMap::new();
+        if let Some(d) = &naming.registry_digest {
+            labels.insert(LABEL_REGISTRY_DIGEST.to_owned(), d.clone());
+            labels.insert(LABEL_REGISTRY_DIGEST_OF.to_owned(), target.digest.clone());
+        }
+        image::create_image(conn, name, target, &labels).await?;
         if image::has_host_manifest(conn, name, target).await? {
             let resolved = image::resolve_target(conn, name, target).await?;
             image::ensure_unpacked(conn, &resolved).await?;
@@ -102,14 +262,15 @@ async fn import_leased(conn: &Conn, lease: &str, file: &Path) -> Result<Vec<Stri
         }
         if !names.contains(name) {
             names.push(name.clone());
+            imported.push((name.clone(), target.digest.clone()));
         }
     }
-    info!(file = %file.display(), images = ?names, elapsed_ms = started.elapsed().as_millis() as u64, "imported");
-    Ok(names)
+    info!(archive = %file, images = ?names, elapsed_ms = started.elapsed().as_millis() as u64, "imported");
+    Ok(imported)
 }
 
-fn format_error(file: &Path, reason: String) -> ImportError {
-    ImportError::Format { path: file.to_owned(), reason }
+fn format_error(file: &str, reason: String) -> ImportError {
+    ImportError::Format { archive: file.to_owned(), reason }
 }
 
 /// The image name of an `index.json` entry: a full name annotation, or a ref name that is a
@@ -215,8 +376,8 @@ enum Msg {
     Link { path: String, target: String },
 }
 
-fn read_archive(file: &Path, tx: &mpsc::Sender<Msg>) -> std::io::Result<()> {
-    let mut reader = BufReader::with_capacity(CHUNK, std::fs::File::open(file)?);
+fn read_archive(source: Source, tx: &mpsc::Sender<Msg>) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(CHUNK, source.open()?);
     let compressed = sniff(reader.fill_buf()?) == Compression::Gzip;
     let input: Box<dyn Read> =
         if compressed { Box::new(flate2::read::GzDecoder::new(reader)) } else { Box::new(reader) };
@@ -268,13 +429,14 @@ fn read_archive(file: &Path, tx: &mpsc::Sender<Msg>) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn load_archive(conn: &Conn, lease: &str, file: &Path) -> Result<Archive, ImportError> {
+async fn load_archive(conn: &Conn, lease: &str, source: Source) -> Result<Archive, ImportError> {
     let (tx, mut rx) = mpsc::channel::<Msg>(4);
-    let path = file.to_owned();
-    let reader = tokio::task::spawn_blocking(move || read_archive(&path, &tx));
+    let file = source.name();
+    let file = file.as_str();
+    let reader = tokio::task::spawn_blocking(move || read_archive(source, &tx));
     let mut archive = Archive::default();
     let mut current: Option<BlobSink> = None;
-    let read_error = |source| ImportError::Read { path: file.to_owned(), source };
+    let read_error = |source| ImportError::Read { archive: file.to_owned(), source };
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Small { path, data } => {
@@ -337,7 +499,7 @@ impl BlobSink {
         Ok(())
     }
 
-    async fn finish(self, file: &Path) -> Result<(String, Blob), ImportError> {
+    async fn finish(self, file: &str) -> Result<(String, Blob), ImportError> {
         let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
         if self.written != self.size || self.expected.as_ref().is_some_and(|e| *e != digest) {
             return Err(format_error(
@@ -383,7 +545,7 @@ struct DockerEntry {
 async fn docker_images(
     conn: &Conn,
     lease: &str,
-    file: &Path,
+    file: &str,
     archive: &Archive,
     manifest_json: &[u8],
 ) -> Result<Vec<(String, Descriptor)>, ImportError> {

@@ -99,12 +99,26 @@ impl Lab {
         }
     }
 
+    /// The service's task definition (`web:N`), desired and running counts.
+    async fn service(&self) -> (String, i32, i32) {
+        let out = self.ecsd.client.describe_services().services("web").send().await.unwrap();
+        let s = &out.services()[0];
+        let td = s.task_definition().unwrap().rsplit('/').next().unwrap().to_owned();
+        (td, s.desired_count(), s.running_count())
+    }
+
     async fn revisions(&self) -> Vec<String> {
         let out = self.ecsd.client.list_task_definitions().family_prefix("web").send().await.unwrap();
         out.task_definition_arns().to_vec()
     }
 
     async fn create_service(&self, image: &str) {
+        self.create_service_with(image, true).await;
+    }
+
+    /// A service whose deployments fail with a circuit breaker that rolls back, or (without
+    /// `breaker`) stay IN_PROGRESS for as long as their tasks keep failing.
+    async fn create_service_with(&self, image: &str, breaker: bool) {
         let td = self
             .ecsd
             .client
@@ -124,7 +138,7 @@ impl Lab {
             .deployment_configuration(
                 DeploymentConfiguration::builder()
                     .deployment_circuit_breaker(
-                        DeploymentCircuitBreaker::builder().enable(true).rollback(true).build(),
+                        DeploymentCircuitBreaker::builder().enable(breaker).rollback(breaker).build(),
                     )
                     .build(),
             )
@@ -497,4 +511,154 @@ async fn render_verify_diff_status_and_dry_run_make_only_describe_and_list_calls
     let ops = served.take();
     let writes: Vec<&String> = ops.iter().filter(|op| !reads_only(op)).collect();
     assert_eq!(writes, ["RegisterTaskDefinition", "UpdateService"], "{ops:?}");
+}
+
+#[tokio::test]
+async fn rollback_on_failure_after_a_timeout_puts_the_last_good_revision_back_and_exits_5() {
+    let lab = lab().await;
+    lab.create_service_with("busybox", false).await;
+    let out = lab.run_advancing(&["--service", "web"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    // Control: without the flag a deployment whose tasks never start times out (6) and the
+    // service stays on it.
+    let out = lab.run_advancing(&["--service", "web", "--image", "nope", "--timeout", "3s"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 6, "{stderr}");
+    assert!(!stderr.contains("rolling back"), "{stderr}");
+    assert_eq!(lab.service().await.0, "web:3");
+
+    let out = lab
+        .run_advancing(&["--service", "web", "--image", "nope2", "--timeout", "5s", "--rollback-on-failure"])
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 5, "{stderr}");
+    assert!(stderr.contains("registered web:4"), "{stderr}");
+    assert!(stderr.contains("error: timed out after 5s; deployment ecs-svc/"), "{stderr}");
+    assert!(stderr.contains("rolling back (--rollback-on-failure)\nstopped deployment "), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: deployment ecs-svc/")
+            && last.ends_with(" of web:4 failed; rolled back to web:2"),
+        "the last revision that completed, not web:3: {stderr}"
+    );
+    assert_eq!(lab.service().await, ("web:2".to_owned(), 1, 1));
+    assert_eq!(lab.revisions().await.len(), 4, "rollback registers nothing");
+}
+
+#[tokio::test]
+async fn rollback_on_failure_exits_7_when_the_rollback_does_not_complete() {
+    let lab = lab().await;
+    // No revision of this service ever completed a deployment: there is nothing to go back to.
+    lab.create_service_with("nope", false).await;
+    let out = lab
+        .run_advancing(&["--service", "web", "--image", "nope", "--timeout", "3s", "--rollback-on-failure"])
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 7, "{stderr}");
+    assert!(stderr.contains("rolling back (--rollback-on-failure)"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("error: rollback of default/web did not complete"),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("; service state unknown\n"), "{stderr}");
+}
+
+#[tokio::test]
+async fn rollback_on_failure_leaves_a_circuit_breaker_rollback_alone() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let out = lab.run_advancing(&["--service", "web"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = lab.run_advancing(&["--service", "web", "--image", "nope", "--rollback-on-failure"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 5, "{stderr}");
+    assert!(!stderr.contains("rolling back (--rollback-on-failure)"), "ECS had rolled back: {stderr}");
+    assert!(stderr.trim_end().ends_with("service runs web:2"), "{stderr}");
+    assert_eq!(lab.service().await.0, "web:2");
+}
+
+#[tokio::test]
+async fn wait_until_deployed_asks_ecs_for_the_service_deployment_and_stable_does_not() {
+    let (served, _guard) = Served::record();
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    served.take();
+    let out = lab.run_advancing(&["--service", "web"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stderr.lines().last().unwrap_or_default().starts_with("deployed web:2 to default/web in "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SUCCESSFUL"), "{stderr}");
+    let ops = served.take();
+    assert!(
+        !ops.contains(&"DescribeServiceDeployments".to_owned()),
+        "stable waits by DescribeServices: {ops:?}"
+    );
+
+    let out = lab
+        .run_advancing(&[
+            "--service",
+            "web",
+            "--wait-until",
+            "deployed",
+            "--set",
+            "/containerDefinitions/0/memory=64",
+        ])
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("deployed web:3 to default/web in ")
+            && last.ends_with("s (service deployment SUCCESSFUL)"),
+        "{stderr}"
+    );
+    let ops = served.take();
+    assert!(ops.contains(&"DescribeServiceDeployments".to_owned()), "{ops:?}");
+
+    // A deployment the circuit breaker rolls back is a failure under `deployed` too.
+    let out = lab.run_advancing(&["--service", "web", "--wait-until", "deployed", "--image", "nope"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 5, "{stderr}");
+    assert!(stderr.trim_end().ends_with("service runs web:3"), "{stderr}");
+    let out = lab.run(&["--service", "web", "--wait-until", "soon"]).await;
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn desired_count_is_sent_with_the_update_and_alone_when_the_definition_is_unchanged() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let out = lab.run_advancing(&["--service", "web", "--desired-count", "2"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stderr.contains("registered web:2\nupdated default/web to web:2, desired count 2 (deployment "),
+        "{stderr}"
+    );
+    assert_eq!(lab.service().await, ("web:2".to_owned(), 2, 2));
+
+    let out = lab.run(&["--service", "web", "--desired-count", "2"]).await;
+    assert_eq!(text(&out.stderr), "task definition unchanged (matches web:2); nothing to deploy\n");
+    let out = lab.run(&["--service", "web", "--desired-count", "1", "--dry-run"]).await;
+    assert_eq!(
+        (code(&out), text(&out.stderr)),
+        (0, "dry run: would keep web:2 and set the desired count to 1; nothing was written\n".to_owned())
+    );
+    assert_eq!(lab.service().await.1, 2, "--dry-run changed the count");
+
+    let out = lab.run_advancing(&["--service", "web", "--desired-count", "1"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.starts_with("updated default/web to web:2, desired count 1 (deployment "), "{stderr}");
+    assert_eq!(lab.service().await, ("web:2".to_owned(), 1, 1));
+    assert_eq!(lab.revisions().await.len(), 2, "a count alone registers nothing");
+    let out = lab.run(&["--service", "web", "--desired-count", "-1"]).await;
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
 }

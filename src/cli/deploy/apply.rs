@@ -7,14 +7,15 @@ use serde_json::{Value, json};
 
 use crate::aws::Client;
 
-use super::args::Flags;
-use super::ecs::{call, checked, describe_service, op, short};
-use super::error::{DeployError, is_rejection};
+use super::args::{Flags, WaitUntil};
+use super::ecs::{call, checked, describe_service, event_ids, op, primary, short};
+use super::error::{DeployError, exit, is_rejection};
 use super::normalise::{canonical, differences};
 use super::render::request;
+use super::rollback;
 use super::run::Prepared;
 use super::session::Session;
-use super::wait::Target;
+use super::wait::{Started, Target};
 
 /// The service's current revision next to the rendered request, both canonical.
 #[derive(Debug)]
@@ -68,19 +69,27 @@ pub async fn apply(flags: &Flags, session: &Session, prepared: &Prepared) -> Res
     let Comparison { service: current, current_td, changed, .. } =
         compare(client, &cluster, &service, &body).await?;
     let unchanged = changed.is_empty();
-    if unchanged && !flags.force_new_deployment {
+    let current_count = current["desiredCount"].as_i64();
+    let rescale = flags.desired_count.filter(|n| Some(i64::from(*n)) != current_count);
+    if unchanged && !flags.force_new_deployment && rescale.is_none() {
         eprintln!("task definition unchanged (matches {}); nothing to deploy", short(&current_td));
         return Ok(0);
     }
     if flags.dry_run {
-        if unchanged {
-            eprintln!("dry run: would force a new deployment of {}; nothing was written", short(&current_td));
-        } else {
+        let count = rescale.map(|n| format!(" and set the desired count to {n}")).unwrap_or_default();
+        if !unchanged {
             eprintln!(
-                "dry run: would register a new revision replacing {} (changed: {}); nothing was written",
+                "dry run: would register a new revision replacing {}{count} (changed: {}); nothing was written",
                 short(&current_td),
                 changed.join(", ")
             );
+        } else if flags.force_new_deployment {
+            eprintln!(
+                "dry run: would force a new deployment of {}{count}; nothing was written",
+                short(&current_td)
+            );
+        } else {
+            eprintln!("dry run: would keep {}{count}; nothing was written", short(&current_td));
         }
         return Ok(0);
     }
@@ -115,8 +124,66 @@ pub async fn apply(flags: &Flags, session: &Session, prepared: &Prepared) -> Res
         service: &service,
         timeout: flags.timeout,
         no_wait: flags.no_wait,
+        until: flags.wait_until.unwrap_or_default(),
     };
-    target.update(&td, flags.force_new_deployment, &current, started).await
+    let deployment = target.start(&td, flags.force_new_deployment, flags.desired_count).await?;
+    if flags.no_wait {
+        return Ok(0);
+    }
+    let code = target.wait(&td, &deployment, event_ids(&current), started).await?;
+    if !flags.rollback_on_failure || !matches!(code, exit::FAILED | exit::TIMEOUT) {
+        return Ok(code);
+    }
+    roll_back_after_failure(&target, &td, &deployment).await
+}
+
+/// `--rollback-on-failure`: unless ECS already put another deployment in place, rolls back
+/// as `ecsd deploy rollback` does. Exit 5 when the service is back on a revision that works,
+/// 7 when the rollback did not complete.
+async fn roll_back_after_failure(target: &Target<'_>, td: &str, ours: &Started) -> Result<u8, DeployError> {
+    let s = describe_service(target.client, target.cluster, target.service).await?;
+    if primary(&s).is_none_or(|p| p["id"] != ours.deployment.as_str()) {
+        // ECS rolled back already (the wait said to what).
+        return Ok(exit::FAILED);
+    }
+    eprintln!("rolling back (--rollback-on-failure)");
+    // The rollback's wait is over when the service is stable on the old revision.
+    let rollback = Target { until: WaitUntil::Stable, no_wait: false, ..*target };
+    let outcome = rollback::rollback(&rollback, None).await;
+    let after = describe_service(target.client, target.cluster, target.service).await;
+    let running = after
+        .as_ref()
+        .ok()
+        .and_then(primary)
+        .and_then(|p| p["taskDefinition"].as_str())
+        .map_or("an unknown revision", short)
+        .to_owned();
+    match outcome {
+        Ok(0) => {
+            eprintln!(
+                "error: deployment {} of {} failed; rolled back to {running}",
+                ours.deployment,
+                short(td)
+            );
+            Ok(exit::FAILED)
+        }
+        Ok(exit::INTERRUPTED) => Ok(exit::INTERRUPTED),
+        Ok(_) => {
+            eprintln!(
+                "error: rollback of {}/{} did not complete (its PRIMARY deployment runs {running}); service state \
+                 unknown",
+                target.cluster, target.service
+            );
+            Ok(exit::ROLLBACK_FAILED)
+        }
+        Err(e) => {
+            eprintln!(
+                "error: rollback of {}/{} failed: {e}; service state unknown",
+                target.cluster, target.service
+            );
+            Ok(exit::ROLLBACK_FAILED)
+        }
+    }
 }
 
 /// Writes the rendered input where the user can look at it after a refusal.

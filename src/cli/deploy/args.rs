@@ -18,8 +18,9 @@ Examples:
 
 Exit codes: 0 done (or nothing to deploy), 1 unexpected or transport failure, 2 bad input,
 3 a role, secret, parameter or image label could not be resolved, 4 ECS rejected a request,
-5 the deployment failed or was rolled back, 6 waiting timed out, 130 interrupted (the
-deployment goes on); diff --exit-code: 10 when the definitions differ.")]
+5 the deployment failed or was rolled back, 6 waiting timed out, 7 the deployment failed and
+so did --rollback-on-failure's rollback, 130 interrupted (the deployment goes on); diff
+--exit-code: 10 when the definitions differ.")]
 pub struct DeployArgs {
     #[command(subcommand)]
     pub verb: Option<Verb>,
@@ -58,6 +59,17 @@ pub enum Verb {
         #[arg(long, value_name = "FAMILY:REV")]
         to: Option<String>,
     },
+}
+
+/// When a wait on a deployment is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum WaitUntil {
+    /// The deployment is the service's only one, with all its tasks running.
+    #[default]
+    Stable,
+    /// ECS calls the deployment done: its service deployment SUCCESSFUL (where ECS offers
+    /// service deployments; else its rolloutState COMPLETED), older tasks may still drain.
+    Deployed,
 }
 
 /// How the rendered definition is printed.
@@ -144,6 +156,18 @@ pub struct Flags {
     /// apply, rollback: return once the service is updated, without waiting for the deployment.
     #[arg(long, global = true)]
     pub no_wait: bool,
+    /// apply, wait, rollback: wait until the service is stable (only this deployment, all its
+    /// tasks running) or until ECS calls the deployment deployed. [default: stable]
+    #[arg(long, global = true, value_enum, value_name = "WHEN")]
+    pub wait_until: Option<WaitUntil>,
+    /// apply: the service's desired count, sent with UpdateService (also when the definition is
+    /// unchanged). [default: keep the service's]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    pub desired_count: Option<i32>,
+    /// apply: when the deployment fails or the wait times out, and ECS has not rolled it back
+    /// itself, roll back as `ecsd deploy rollback` does; exit 5 when that worked, 7 when not.
+    #[arg(long, global = true)]
+    pub rollback_on_failure: bool,
     /// apply, wait, rollback: how long to wait for the deployment (e.g. 90s, 15m, 1h; bare numbers are
     /// seconds).
     #[arg(long, global = true, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]

@@ -16,6 +16,8 @@ pub mod exit {
     pub const REJECTED: u8 = 4;
     pub const FAILED: u8 = 5;
     pub const TIMEOUT: u8 = 6;
+    /// The deployment failed and `--rollback-on-failure`'s rollback did not complete.
+    pub const ROLLBACK_FAILED: u8 = 7;
     pub const INTERRUPTED: u8 = 130;
 }
 

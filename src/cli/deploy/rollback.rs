@@ -11,7 +11,7 @@ use crate::aws::Client;
 
 use super::ecs::{call, call_error, checked, describe_service, event_ids, op, primary, short, unavailable};
 use super::error::DeployError;
-use super::wait::Target;
+use super::wait::{Started, Target};
 
 pub async fn rollback(target: &Target<'_>, to: Option<&str>) -> Result<u8, DeployError> {
     let started = Instant::now();
@@ -90,8 +90,10 @@ async fn stop(target: &Target<'_>, current: &Value, started: Instant) -> Result<
     let after = describe_service(client, target.cluster, target.service).await?;
     let Some(p) = primary(&after) else { return Ok(Some(0)) };
     let td = p["taskDefinition"].as_str().unwrap_or_default();
-    let id = p["id"].as_str().unwrap_or_default();
-    target.wait(td, id, event_ids(current), started).await.map(Some)
+    // The rollback's own deployment: judged by its rollout, not by the stopped one's status.
+    let deployment =
+        Started { deployment: p["id"].as_str().unwrap_or_default().to_owned(), service_deployment: None };
+    target.wait(td, &deployment, event_ids(current), started).await.map(Some)
 }
 
 /// The newest revision other than `current_td` that a deployment of the service completed

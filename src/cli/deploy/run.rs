@@ -48,6 +48,7 @@ pub async fn run(args: &DeployArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         service: &service,
         timeout: flags.timeout,
         no_wait: flags.no_wait,
+        until: flags.wait_until.unwrap_or_default(),
     };
     match verb {
         // The verbs about the service alone need no template.

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use crate::aws::Client;
 
-use super::ecs::{call, checked, describe_service, op, primary, short};
+use super::args::WaitUntil;
+use super::ecs::{call, call_error, checked, describe_service, op, primary, short, unavailable};
 use super::error::{DeployError, exit};
 
 const POLL: Duration = Duration::from_secs(2);
@@ -24,9 +25,51 @@ pub struct Target<'a> {
     pub service: &'a str,
     pub timeout: Duration,
     pub no_wait: bool,
+    pub until: WaitUntil,
+}
+
+/// The deployment an UpdateService started (or the PRIMARY one it left in place).
+#[derive(Debug, Clone, Default)]
+pub struct Started {
+    /// `ecs-svc/…`, the id in DescribeServices' deployments.
+    pub deployment: String,
+    /// Its service deployment's ARN, where ECS offers them.
+    pub service_deployment: Option<String>,
 }
 
 impl Target<'_> {
+    /// UpdateService to `td`, forcing a new deployment and setting the desired count when
+    /// asked; returns the deployment the service is on afterwards.
+    pub async fn start(
+        &self,
+        td: &str,
+        force: bool,
+        desired_count: Option<i32>,
+    ) -> Result<Started, DeployError> {
+        let mut update = json!({ "cluster": self.cluster, "service": self.service, "taskDefinition": td });
+        if force {
+            update["forceNewDeployment"] = json!(true);
+        }
+        if let Some(n) = desired_count {
+            update["desiredCount"] = json!(n);
+        }
+        let updated = checked(self.client, op!("UpdateService"), "the update", &update).await?;
+        let deployment =
+            primary(&updated["service"]).and_then(|d| d["id"].as_str()).unwrap_or_default().to_owned();
+        let count = desired_count.map(|n| format!(", desired count {n}")).unwrap_or_default();
+        eprintln!(
+            "updated {}/{} to {}{count} (deployment {deployment})",
+            self.cluster,
+            self.service,
+            short(td)
+        );
+        let service_deployment = updated["service"]["currentServiceDeployment"]
+            .as_str()
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned);
+        Ok(Started { deployment, service_deployment })
+    }
+
     /// UpdateService to `td` (forcing a new deployment when asked), then waits on the
     /// deployment it starts. `current` is the service before the update (its events are not
     /// shown again).
@@ -37,14 +80,7 @@ impl Target<'_> {
         current: &Value,
         started: Instant,
     ) -> Result<u8, DeployError> {
-        let mut update = json!({ "cluster": self.cluster, "service": self.service, "taskDefinition": td });
-        if force {
-            update["forceNewDeployment"] = json!(true);
-        }
-        let updated = checked(self.client, op!("UpdateService"), "the update", &update).await?;
-        let deployment =
-            primary(&updated["service"]).and_then(|d| d["id"].as_str()).unwrap_or_default().to_owned();
-        eprintln!("updated {}/{} to {} (deployment {deployment})", self.cluster, self.service, short(td));
+        let deployment = self.start(td, force, None).await?;
         if self.no_wait {
             return Ok(0);
         }
@@ -55,15 +91,27 @@ impl Target<'_> {
     pub async fn wait(
         &self,
         td: &str,
-        deployment: &str,
+        deployment: &Started,
         seen_events: BTreeSet<String>,
         started: Instant,
     ) -> Result<u8, DeployError> {
-        let wait = Wait { client: self.client, cluster: self.cluster, service: self.service, td, deployment };
+        let wait = Wait {
+            client: self.client,
+            cluster: self.cluster,
+            service: self.service,
+            td,
+            deployment: &deployment.deployment,
+            service_deployment: match self.until {
+                WaitUntil::Deployed => deployment.service_deployment.as_deref(),
+                WaitUntil::Stable => None,
+            },
+            until: self.until,
+        };
+        let id = &deployment.deployment;
         tokio::select! {
             code = wait.run(started, self.timeout, seen_events) => code,
             _ = tokio::signal::ctrl_c() => {
-                eprintln!("interrupted; deployment {deployment} continues in ECS");
+                eprintln!("interrupted; deployment {id} continues in ECS");
                 Ok(exit::INTERRUPTED)
             }
         }
@@ -76,6 +124,19 @@ struct Wait<'a> {
     service: &'a str,
     td: &'a str,
     deployment: &'a str,
+    /// The service deployment to ask about (`--wait-until deployed` only).
+    service_deployment: Option<&'a str>,
+    until: WaitUntil,
+}
+
+/// What DescribeServiceDeployments says of a service deployment.
+enum Verdict {
+    Pending,
+    Successful,
+    /// Over without success: the status and its reason.
+    Failed(String, String),
+    /// The API is not offered here: judge by the rollout state.
+    Unavailable,
 }
 
 impl Wait<'_> {
@@ -88,6 +149,7 @@ impl Wait<'_> {
         let mut seen_stopped = BTreeSet::new();
         let mut last_lines = String::new();
         let mut failed_at: Option<Instant> = None;
+        let mut service_deployment = self.service_deployment;
         loop {
             let s = describe_service(self.client, self.cluster, self.service).await?;
             // Events oldest first, each once.
@@ -111,6 +173,32 @@ impl Wait<'_> {
             let primary = deployments.iter().find(|d| d["status"] == "PRIMARY");
             let running_td = primary.and_then(|d| d["taskDefinition"].as_str()).unwrap_or_default();
             let primary_is_ours = primary.is_some_and(|p| p["id"] == self.deployment);
+            if self.until == WaitUntil::Deployed {
+                let verdict = match service_deployment {
+                    Some(arn) => self.verdict(arn).await?,
+                    None => Verdict::Unavailable,
+                };
+                match verdict {
+                    Verdict::Successful => return Ok(self.deployed(started, "service deployment SUCCESSFUL")),
+                    Verdict::Failed(status, reason) => {
+                        eprintln!(
+                            "error: deployment {} of {} ended {status}: {}; service runs {}",
+                            self.deployment,
+                            short(self.td),
+                            reason.trim_end_matches('.'),
+                            short(running_td)
+                        );
+                        return Ok(exit::FAILED);
+                    }
+                    Verdict::Unavailable => {
+                        service_deployment = None;
+                        if ours.is_some_and(|d| d["rolloutState"] == "COMPLETED") {
+                            return Ok(self.deployed(started, "rollout COMPLETED"));
+                        }
+                    }
+                    Verdict::Pending => {}
+                }
+            }
             match ours {
                 // A circuit breaker with rollback puts a new PRIMARY in place shortly after
                 // failing ours: wait for it (a while) so the message names what really runs.
@@ -134,14 +222,7 @@ impl Wait<'_> {
                         && d["runningCount"] == d["desiredCount"]
                         && (d["rolloutState"].is_null() || d["rolloutState"] == "COMPLETED") =>
                 {
-                    eprintln!(
-                        "deployed {} to {}/{} in {}s",
-                        short(self.td),
-                        self.cluster,
-                        self.service,
-                        started.elapsed().as_secs()
-                    );
-                    return Ok(0);
+                    return Ok(self.deployed(started, ""));
                 }
                 None if !self.deployment.is_empty() => {
                     eprintln!(
@@ -165,6 +246,41 @@ impl Wait<'_> {
             }
             tokio::time::sleep(POLL.min(timeout.saturating_sub(started.elapsed()))).await;
         }
+    }
+
+    /// Says the deployment is done; `how` tells what said so when not the service's state.
+    fn deployed(&self, started: Instant, how: &str) -> u8 {
+        let how = if how.is_empty() { String::new() } else { format!(" ({how})") };
+        eprintln!(
+            "deployed {} to {}/{} in {}s{how}",
+            short(self.td),
+            self.cluster,
+            self.service,
+            started.elapsed().as_secs()
+        );
+        0
+    }
+
+    /// The status of service deployment `arn`.
+    async fn verdict(&self, arn: &str) -> Result<Verdict, DeployError> {
+        let input = json!({ "serviceDeploymentArns": [arn] });
+        let described = match call(self.client, op!("DescribeServiceDeployments"), &input).await {
+            Ok(v) => v,
+            Err(e) if unavailable(&e) => return Ok(Verdict::Unavailable),
+            Err(e) => return Err(call_error("DescribeServiceDeployments", "the service deployment", e)),
+        };
+        let Some(sd) = described["serviceDeployments"].as_array().and_then(|l| l.first()) else {
+            return Ok(Verdict::Unavailable);
+        };
+        let status = sd["status"].as_str().unwrap_or_default();
+        Ok(match status {
+            "SUCCESSFUL" => Verdict::Successful,
+            "ROLLBACK_SUCCESSFUL" | "ROLLBACK_FAILED" | "STOPPED" => Verdict::Failed(
+                status.to_owned(),
+                sd["statusReason"].as_str().unwrap_or("no reason given").to_owned(),
+            ),
+            _ => Verdict::Pending,
+        })
     }
 
     /// Prints every newly stopped task of this deployment with its reason and exit codes.
@@ -244,5 +360,12 @@ pub async fn follow(target: &Target<'_>) -> Result<u8, DeployError> {
         return Ok(0);
     }
     eprintln!("waiting on deployment {id} of {}", short(td));
-    target.wait(td, id, super::ecs::event_ids(&s), Instant::now()).await
+    let deployment = Started {
+        deployment: id.to_owned(),
+        service_deployment: s["currentServiceDeployment"]
+            .as_str()
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned),
+    };
+    target.wait(td, &deployment, super::ecs::event_ids(&s), Instant::now()).await
 }

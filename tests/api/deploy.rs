@@ -84,12 +84,19 @@ impl Lab {
 
     /// Runs while moving the daemon's clock, so the scheduler's deployments progress.
     async fn run_advancing(&self, args: &[&str]) -> Output {
-        let child = self
-            .command(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        self.advancing(self.command(args)).await
+    }
+
+    /// `ecsd deploy` with only these arguments and variables (none of [`Lab::command`]'s).
+    fn bare(&self, args: &[&str], vars: &[(&str, &str)]) -> tokio::process::Command {
+        let mut cmd = crate::support::ecsd_deploy(self.dir.path(), &self.moto);
+        cmd.args(args).envs(vars.iter().copied());
+        cmd
+    }
+
+    async fn advancing(&self, mut cmd: tokio::process::Command) -> Output {
+        let child =
+            cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let mut output = std::pin::pin!(child.wait_with_output());
         loop {
             tokio::select! {
@@ -661,4 +668,81 @@ async fn desired_count_is_sent_with_the_update_and_alone_when_the_definition_is_
     assert_eq!(lab.revisions().await.len(), 2, "a count alone registers nothing");
     let out = lab.run(&["--service", "web", "--desired-count", "-1"]).await;
     assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn settings_come_from_flags_then_ecsd_deploy_variables_then_ecsd_deploy_toml() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let file = format!(
+        r#"# Everything apply needs, so that the command line names only the environment.
+endpoint-url = "{}"
+service = "web"
+template = "template.json"
+image = "busybox"
+execution-role = "ecsTaskExecutionRole"
+secret-prefix = "prod/"
+
+[env.staging]
+secret-prefix = "staging/"
+timeout = "5m"
+"#,
+        lab.ecsd.url
+    );
+    std::fs::write(lab.dir.path().join("ecsd-deploy.toml"), &file).unwrap();
+    // --environment staging: the [env.staging] table and the overlay staging.json.
+    let out = lab.bare(&["render", "--environment", "staging"], &[]).output().await.unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["executionRoleArn"], lab.role_arn.as_str());
+    let c = &doc["containerDefinitions"][0];
+    assert_eq!(c["secrets"][0]["valueFrom"], lab.secret_arns[0].as_str());
+    assert_eq!(c["environment"][2]["name"], "ROOT_URL", "staging.json was merged: {c}");
+    // Without it, the file's top level: no secret prod/MONGO_URL.
+    let prod = "no Secrets Manager secret named 'prod/MONGO_URL'";
+    let out = lab.bare(&["render"], &[]).output().await.unwrap();
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(prod), "{}", text(&out.stderr));
+    // A variable beats the file's table; a flag beats the variable.
+    let variable = [("ECSD_DEPLOY_SECRET_PREFIX", "prod/")];
+    let out = lab.bare(&["render", "--environment", "staging"], &variable).output().await.unwrap();
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(prod), "{}", text(&out.stderr));
+    let out = lab
+        .bare(&["render", "--environment", "staging", "--secret-prefix", "staging/"], &variable)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = lab.bare(&["render"], &[("ECSD_DEPLOY_ENVIRONMENT", "staging")]).output().await.unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+
+    // apply with nothing but the environment on the command line.
+    let out = lab.advancing(lab.bare(&["--environment", "staging"], &[])).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.contains("deployed web:2 to default/web"), "{stderr}");
+
+    // A key the file should not have stops the run before any call.
+    std::fs::write(
+        lab.dir.path().join("ecsd-deploy.toml"),
+        file.replace("[env.staging]\n", "[env.staging]\nclustr = \"x\"\n"),
+    )
+    .unwrap();
+    let out = lab.bare(&["--environment", "staging"], &[]).output().await.unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("error: ecsd-deploy.toml: unknown key 'clustr' in [env.staging] "),
+        "{}",
+        text(&out.stderr)
+    );
+    let out =
+        lab.bare(&["--environment", "qa"], &[("ECSD_DEPLOY_CONFIG", "none.toml")]).output().await.unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("error: config file 'none.toml' not found (from ECSD_DEPLOY_CONFIG; "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(lab.revisions().await.len(), 2);
 }

@@ -122,9 +122,9 @@ pub async fn apply(flags: &Flags, session: &Session, prepared: &Prepared) -> Res
         client,
         cluster: &cluster,
         service: &service,
-        timeout: flags.timeout,
+        timeout: flags.timeout(),
         no_wait: flags.no_wait,
-        until: flags.wait_until.unwrap_or_default(),
+        until: flags.wait_until(),
     };
     let deployment = target.start(&td, flags.force_new_deployment, flags.desired_count).await?;
     if flags.no_wait {

@@ -112,19 +112,31 @@ pub struct Flags {
     /// A template file (JSON or YAML) instead of the image's label.
     #[arg(long, global = true, value_name = "FILE")]
     pub template: Option<PathBuf>,
-    /// The image label holding the template.
-    #[arg(long, global = true, value_name = "NAME", default_value = "ECS_TASK_TEMPLATE")]
-    pub template_label: String,
+    /// The image label holding the template. [default: ECS_TASK_TEMPLATE]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub template_label: Option<String>,
     /// An environment overlay (JSON, or YAML when named .yaml/.yml), merged in order.
     #[arg(long = "env", global = true, value_name = "FILE")]
     pub env_files: Vec<PathBuf>,
+    /// The environment: its overlay NAME.json (or .yaml/.yml) in --env-dir, merged before the
+    /// --env files, and the [env.NAME] table of ecsd-deploy.toml.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub environment: Option<String>,
+    /// Where --environment's overlay is looked for. [default: .]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub env_dir: Option<PathBuf>,
+    /// Settings for the flags not given, below ECSD_DEPLOY_<FLAG> variables: a TOML file whose
+    /// keys are the long flags. [default: ECSD_DEPLOY_CONFIG, else ./ecsd-deploy.toml if present]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// A last-wins value at a JSON pointer, e.g. /containerDefinitions/0/cpu=256.
     #[arg(long = "set", global = true, value_name = "POINTER=JSON")]
     pub sets: Vec<String>,
     /// How overlays merge: strategic (lists of containers, environment, secrets... matched
     /// by key), lodash (the post's _.merge, byte for byte), merge-patch (RFC 7396).
-    #[arg(long = "merge", global = true, value_enum, default_value_t = Mode::Strategic)]
-    pub merge: Mode,
+    /// [default: strategic]
+    #[arg(long = "merge", global = true, value_enum, value_name = "MODE")]
+    pub merge: Option<Mode>,
     /// The task execution role, by name (looked up with iam:GetRole) or ARN.
     #[arg(long, global = true, value_name = "NAME|ARN")]
     pub execution_role: Option<String>,
@@ -132,8 +144,8 @@ pub struct Flags {
     #[arg(long, global = true, value_name = "NAME|ARN")]
     pub task_role: Option<String>,
     /// A secret without valueFrom named N is the Secrets Manager secret named PREFIX+N.
-    #[arg(long, global = true, value_name = "PREFIX", default_value = "")]
-    pub secret_prefix: String,
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub secret_prefix: Option<String>,
     /// The account for role ARNs when iam:GetRole is denied. [default: sts:GetCallerIdentity]
     #[arg(long, global = true, value_name = "ID")]
     pub account_id: Option<String>,
@@ -142,11 +154,12 @@ pub struct Flags {
     #[arg(long, global = true, value_name = "HOST")]
     pub insecure_registry: Vec<String>,
     /// The platform whose image config holds the label in a multi-platform image.
-    #[arg(long, global = true, value_name = "OS/ARCH", default_value = "linux/amd64")]
-    pub platform: String,
-    /// Indentation of the rendered JSON.
-    #[arg(long, global = true, value_name = "N", default_value_t = 2)]
-    pub indent: usize,
+    /// [default: linux/amd64]
+    #[arg(long, global = true, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// Indentation of the rendered JSON. [default: 2]
+    #[arg(long, global = true, value_name = "N")]
+    pub indent: Option<usize>,
     /// apply: render, resolve and compare with the service's current revision; write nothing.
     #[arg(long, global = true)]
     pub dry_run: bool,
@@ -169,15 +182,47 @@ pub struct Flags {
     #[arg(long, global = true)]
     pub rollback_on_failure: bool,
     /// apply, wait, rollback: how long to wait for the deployment (e.g. 90s, 15m, 1h; bare numbers are
-    /// seconds).
-    #[arg(long, global = true, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
-    pub timeout: std::time::Duration,
-    /// verify: the report as text or one JSON object.
-    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    /// seconds). [default: 15m]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// verify: the report as text or one JSON object. [default: text]
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub output: Option<Output>,
 }
 
 impl Flags {
+    pub fn template_label(&self) -> &str {
+        self.template_label.as_deref().unwrap_or("ECS_TASK_TEMPLATE")
+    }
+
+    pub fn merge(&self) -> Mode {
+        self.merge.unwrap_or_default()
+    }
+
+    pub fn secret_prefix(&self) -> &str {
+        self.secret_prefix.as_deref().unwrap_or_default()
+    }
+
+    pub fn platform(&self) -> &str {
+        self.platform.as_deref().unwrap_or("linux/amd64")
+    }
+
+    pub fn indent(&self) -> usize {
+        self.indent.unwrap_or(2)
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout.unwrap_or(std::time::Duration::from_secs(15 * 60))
+    }
+
+    pub fn output(&self) -> Output {
+        self.output.unwrap_or_default()
+    }
+
+    pub fn wait_until(&self) -> WaitUntil {
+        self.wait_until.unwrap_or_default()
+    }
+
     /// The image the flags name: --image, or REGISTRY/APP:TAG.
     pub fn image(&self) -> Option<String> {
         match (&self.image, &self.registry, &self.app, &self.tag) {
@@ -189,7 +234,7 @@ impl Flags {
 }
 
 /// `90s`, `15m`, `1h`, `1h30m` or bare seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("'{s}' is not a duration such as 90s, 15m or 1h");
     if let Ok(n) = s.parse::<u64>() {
         return Ok(std::time::Duration::from_secs(n));

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::aws::AwsError;
 use crate::runtime::RuntimeError;
 
+use super::config::ConfigError;
 use super::merge::MergeError;
 
 /// Exit codes users and CI scripts rely on.
@@ -36,6 +37,8 @@ pub enum DeployError {
     NotAnObject { path: PathBuf, what: &'static str, kind: &'static str },
     #[error(transparent)]
     Merge(#[from] MergeError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("--set {arg}: {reason}")]
     Set { arg: String, reason: SetProblem },
     #[error(
@@ -146,6 +149,7 @@ impl DeployError {
             | Syntax { .. }
             | NotAnObject { .. }
             | Merge(_)
+            | Config(_)
             | Set { .. }
             | NoTemplate { .. }
             | Platform(_)

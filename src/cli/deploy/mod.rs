@@ -9,6 +9,7 @@
 
 mod apply;
 pub mod args;
+pub mod config;
 mod diff;
 mod ecs;
 pub mod error;

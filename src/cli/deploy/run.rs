@@ -12,7 +12,7 @@ use super::resolve::{Resolved, Resolver};
 use super::session::Session;
 use super::value::Json;
 use super::wait::Target;
-use super::{apply, diff, label, rollback, session, status, wait};
+use super::{apply, config, diff, label, rollback, session, status, wait};
 
 /// The definition ready to register, and what was found on the way.
 #[derive(Debug)]
@@ -26,7 +26,8 @@ pub struct Prepared {
 
 /// Runs `ecsd deploy` and returns its exit code; warnings and progress go to stderr.
 pub async fn run(args: &DeployArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, DeployError> {
-    let flags = &args.flags;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| Path::new(".").to_owned());
+    let flags = &config::resolve(args.flags.clone(), env, &cwd)?;
     let session = session::open(flags, env).await;
     let verb = args.verb.clone().unwrap_or(Verb::Apply);
     let needs_service = match verb {
@@ -46,9 +47,9 @@ pub async fn run(args: &DeployArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         client: &session.client,
         cluster: &cluster,
         service: &service,
-        timeout: flags.timeout,
+        timeout: flags.timeout(),
         no_wait: flags.no_wait,
-        until: flags.wait_until.unwrap_or_default(),
+        until: flags.wait_until(),
     };
     match verb {
         // The verbs about the service alone need no template.
@@ -57,7 +58,7 @@ pub async fn run(args: &DeployArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         Verb::Rollback { to } => rollback::rollback(&target, to.as_deref()).await,
         Verb::Render => {
             let prepared = prepare(flags, &session).await?;
-            print(&(prepared.doc.stringify(flags.indent) + "\n"))?;
+            print(&(prepared.doc.stringify(flags.indent()) + "\n"))?;
             Ok(0)
         }
         Verb::Verify => {
@@ -79,10 +80,11 @@ pub async fn prepare(flags: &Flags, session: &Session) -> Result<Prepared, Deplo
         (Some(path), _) => (read_document(path, &cwd, FileRole::Template)?, path.display().to_string()),
         (None, Some(image)) => {
             let (doc, digest) =
-                label::read(image, &flags.template_label, &flags.platform, &flags.insecure_registry).await?;
-            (doc, format!("label {} of {image}@{digest}", flags.template_label))
+                label::read(image, flags.template_label(), flags.platform(), &flags.insecure_registry)
+                    .await?;
+            (doc, format!("label {} of {image}@{digest}", flags.template_label()))
         }
-        (None, None) => return Err(DeployError::NoTemplate { label: flags.template_label.clone() }),
+        (None, None) => return Err(DeployError::NoTemplate { label: flags.template_label().to_owned() }),
     };
     let mut overlays = Vec::new();
     for path in &flags.env_files {
@@ -94,12 +96,12 @@ pub async fn prepare(flags: &Flags, session: &Session) -> Result<Prepared, Deplo
         execution_role: flags.execution_role.clone(),
         task_role: flags.task_role.clone(),
     };
-    let (mut doc, warnings) = assemble(flags.merge, template, &overlays, &dynamic, &sets)?;
+    let (mut doc, warnings) = assemble(flags.merge(), template, &overlays, &dynamic, &sets)?;
     for w in warnings {
         eprintln!("warning: {w}");
     }
     let mut resolver =
-        Resolver::new(&session.client, &session.region, &flags.secret_prefix, flags.account_id.clone());
+        Resolver::new(&session.client, &session.region, flags.secret_prefix(), flags.account_id.clone());
     resolver.resolve(&mut doc).await?;
     for w in &resolver.warnings {
         eprintln!("warning: {w}");
@@ -110,7 +112,7 @@ pub async fn prepare(flags: &Flags, session: &Session) -> Result<Prepared, Deplo
 
 fn verify_report(flags: &Flags, prepared: &Prepared) -> Result<(), DeployError> {
     let family = prepared.doc.get("family").and_then(Json::as_str).unwrap_or("(no family)");
-    match flags.output {
+    match flags.output() {
         Output::Json => {
             let resolved: Vec<serde_json::Value> = prepared
                 .resolved

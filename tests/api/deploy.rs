@@ -746,3 +746,127 @@ timeout = "5m"
     );
     assert_eq!(lab.revisions().await.len(), 2);
 }
+
+#[tokio::test]
+async fn sigint_and_sigterm_stop_the_wait_and_leave_the_deployment_going() {
+    use tokio::io::AsyncBufReadExt;
+    let lab = lab().await;
+    lab.create_service_with("busybox", false).await;
+    for (image, signal, expected, td) in [("nope", "-INT", 130, "web:2"), ("nope2", "-TERM", 143, "web:3")] {
+        // The clock does not move and the image does not exist: the wait goes on until the signal.
+        let mut child = lab
+            .command(&["--service", "web", "--image", image])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut stderr = String::new();
+        // The first deployment lines come from inside the wait, once its signal watches are set.
+        while let Some(line) = lines.next_line().await.unwrap() {
+            stderr.push_str(&line);
+            stderr.push('\n');
+            if line.contains(" PRIMARY ") {
+                break;
+            }
+        }
+        assert!(stderr.contains(&format!("updated default/web to {td}")), "{stderr}");
+        let pid = child.id().unwrap().to_string();
+        let kill = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(kill.success());
+        while let Some(line) = lines.next_line().await.unwrap() {
+            stderr.push_str(&line);
+            stderr.push('\n');
+        }
+        let status = child.wait().await.unwrap();
+        assert_eq!(status.code(), Some(expected), "{signal}: {stderr}");
+        let name = if expected == 130 { "SIGINT" } else { "SIGTERM" };
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("error: interrupted ({name}); deployment ecs-svc/"))
+                && last.ends_with(" continues in ECS"),
+            "{stderr}"
+        );
+        // The deployment was not stopped: it is still the service's, in progress.
+        let out = lab.ecsd.client.describe_services().services("web").send().await.unwrap();
+        let s = &out.services()[0];
+        assert!(s.task_definition().unwrap().ends_with(td), "{s:?}");
+        let primary = s.deployments().iter().find(|d| d.status() == Some("PRIMARY")).unwrap();
+        assert_eq!(primary.rollout_state().map(|r| r.as_str()), Some("IN_PROGRESS"), "{s:?}");
+    }
+}
+
+#[tokio::test]
+async fn output_json_writes_one_object_per_line_and_ends_with_the_result() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let objects = |out: &Output| -> Vec<serde_json::Value> {
+        text(&out.stderr)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line: {l}: {e}")))
+            .collect()
+    };
+    let out = lab.run_advancing(&["--service", "web", "--output", "json"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let lines = objects(&out);
+    for o in &lines {
+        assert!(o["time"].is_string() && o["level"].is_string() && o["msg"].is_string(), "{o}");
+        assert_eq!(
+            (&o["cluster"], &o["service"]),
+            (&serde_json::json!("default"), &serde_json::json!("web")),
+            "{o}"
+        );
+    }
+    let events: Vec<&str> = lines.iter().map(|o| o["event"].as_str().unwrap()).collect();
+    for event in ["registered", "updated", "deployment", "event", "deployed"] {
+        assert!(events.contains(&event), "{event} missing from {events:?}");
+    }
+    assert!(
+        lines.iter().any(|o| o["event"] == "deployment"
+            && o["status"] == "PRIMARY"
+            && o["taskDefinition"] == "web:2"
+            && o["rolloutState"] == "COMPLETED"),
+        "{lines:?}"
+    );
+    let result = lines.last().unwrap();
+    assert_eq!(
+        (&result["event"], &result["exit"], &result["outcome"], &result["taskDefinition"]),
+        (
+            &serde_json::json!("result"),
+            &serde_json::json!(0),
+            &serde_json::json!("deployed"),
+            &serde_json::json!("web:2")
+        ),
+        "{result}"
+    );
+
+    let out = lab.run_advancing(&["--service", "web", "--output", "json", "--image", "nope"]).await;
+    assert_eq!(code(&out), 5, "{}", text(&out.stderr));
+    let lines = objects(&out);
+    assert!(
+        lines.iter().any(|o| o["event"] == "task-stopped" && o["stoppedReason"].is_string()),
+        "{lines:?}"
+    );
+    let result = lines.last().unwrap();
+    assert_eq!(
+        (&result["exit"], &result["outcome"], &result["running"]),
+        (&serde_json::json!(5), &serde_json::json!("failed"), &serde_json::json!("web:2")),
+        "{result}"
+    );
+    assert_eq!(result["level"], "error");
+
+    // A failure before any deployment: the result object carries the error, and no plain line.
+    let out = lab.run(&["--service", "web", "--output", "json", "--env", "missing.json"]).await;
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    let lines = objects(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["exit"], 2);
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("environment file 'missing.json' not found (from --env; "),
+        "{}",
+        lines[0]
+    );
+}

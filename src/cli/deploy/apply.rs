@@ -11,6 +11,7 @@ use super::args::{Flags, WaitUntil};
 use super::ecs::{call, checked, describe_service, event_ids, op, primary, short};
 use super::error::{DeployError, exit, is_rejection};
 use super::normalise::{canonical, differences};
+use super::progress::Progress;
 use super::render::request;
 use super::rollback;
 use super::run::Prepared;
@@ -60,7 +61,12 @@ pub async fn compare(
     Ok(Comparison { service: described_service, current_td, current, rendered, changed })
 }
 
-pub async fn apply(flags: &Flags, session: &Session, prepared: &Prepared) -> Result<u8, DeployError> {
+pub async fn apply(
+    flags: &Flags,
+    session: &Session,
+    prepared: &Prepared,
+    progress: &Progress,
+) -> Result<u8, DeployError> {
     let client = &session.client;
     let service = flags.service.clone().ok_or(DeployError::NoService { verb: "apply" })?;
     let cluster = flags.cluster.clone().unwrap_or_else(|| "default".to_owned());
@@ -72,25 +78,31 @@ pub async fn apply(flags: &Flags, session: &Session, prepared: &Prepared) -> Res
     let current_count = current["desiredCount"].as_i64();
     let rescale = flags.desired_count.filter(|n| Some(i64::from(*n)) != current_count);
     if unchanged && !flags.force_new_deployment && rescale.is_none() {
-        eprintln!("task definition unchanged (matches {}); nothing to deploy", short(&current_td));
+        let msg = format!("task definition unchanged (matches {}); nothing to deploy", short(&current_td));
+        progress.say("unchanged", &msg, json!({ "taskDefinition": short(&current_td) }));
+        progress.outcome("unchanged", json!({ "taskDefinition": short(&current_td) }));
         return Ok(0);
     }
     if flags.dry_run {
         let count = rescale.map(|n| format!(" and set the desired count to {n}")).unwrap_or_default();
-        if !unchanged {
-            eprintln!(
+        let msg = if !unchanged {
+            format!(
                 "dry run: would register a new revision replacing {}{count} (changed: {}); nothing was written",
                 short(&current_td),
                 changed.join(", ")
-            );
+            )
         } else if flags.force_new_deployment {
-            eprintln!(
+            format!(
                 "dry run: would force a new deployment of {}{count}; nothing was written",
                 short(&current_td)
-            );
+            )
         } else {
-            eprintln!("dry run: would keep {}{count}; nothing was written", short(&current_td));
-        }
+            format!("dry run: would keep {}{count}; nothing was written", short(&current_td))
+        };
+        let fields =
+            json!({ "taskDefinition": short(&current_td), "changed": changed, "desiredCount": rescale });
+        progress.say("dry-run", &msg, fields.clone());
+        progress.outcome("dry-run", fields);
         return Ok(0);
     }
     let td = if unchanged {
@@ -115,7 +127,11 @@ pub async fn apply(flags: &Flags, session: &Session, prepared: &Prepared) -> Res
             }
         };
         let arn = registered["taskDefinition"]["taskDefinitionArn"].as_str().unwrap_or_default().to_owned();
-        eprintln!("registered {}", short(&arn));
+        progress.say(
+            "registered",
+            &format!("registered {}", short(&arn)),
+            json!({ "taskDefinition": short(&arn) }),
+        );
         arn
     };
     let target = Target {
@@ -125,9 +141,12 @@ pub async fn apply(flags: &Flags, session: &Session, prepared: &Prepared) -> Res
         timeout: flags.timeout(),
         no_wait: flags.no_wait,
         until: flags.wait_until(),
+        progress,
     };
     let deployment = target.start(&td, flags.force_new_deployment, flags.desired_count).await?;
     if flags.no_wait {
+        progress
+            .outcome("updated", json!({ "taskDefinition": short(&td), "deployment": deployment.deployment }));
         return Ok(0);
     }
     let code = target.wait(&td, &deployment, event_ids(&current), started).await?;
@@ -146,7 +165,7 @@ async fn roll_back_after_failure(target: &Target<'_>, td: &str, ours: &Started) 
         // ECS rolled back already (the wait said to what).
         return Ok(exit::FAILED);
     }
-    eprintln!("rolling back (--rollback-on-failure)");
+    target.progress.say("rolling-back", "rolling back (--rollback-on-failure)", json!({}));
     // The rollback's wait is over when the service is stable on the old revision.
     let rollback = Target { until: WaitUntil::Stable, no_wait: false, ..*target };
     let outcome = rollback::rollback(&rollback, None).await;
@@ -158,32 +177,31 @@ async fn roll_back_after_failure(target: &Target<'_>, td: &str, ours: &Started) 
         .and_then(|p| p["taskDefinition"].as_str())
         .map_or("an unknown revision", short)
         .to_owned();
-    match outcome {
-        Ok(0) => {
-            eprintln!(
-                "error: deployment {} of {} failed; rolled back to {running}",
-                ours.deployment,
-                short(td)
-            );
-            Ok(exit::FAILED)
-        }
-        Ok(exit::INTERRUPTED) => Ok(exit::INTERRUPTED),
-        Ok(_) => {
-            eprintln!(
-                "error: rollback of {}/{} did not complete (its PRIMARY deployment runs {running}); service state \
-                 unknown",
+    let fields = json!({ "deployment": ours.deployment, "taskDefinition": short(td), "running": running });
+    let (outcome, msg, code) = match outcome {
+        Ok(0) => (
+            "rolled-back",
+            format!("deployment {} of {} failed; rolled back to {running}", ours.deployment, short(td)),
+            exit::FAILED,
+        ),
+        Ok(code @ (exit::INTERRUPTED | exit::TERMINATED)) => return Ok(code),
+        Ok(_) => (
+            "rollback-failed",
+            format!(
+                "rollback of {}/{} did not complete (its PRIMARY deployment runs {running}); service state unknown",
                 target.cluster, target.service
-            );
-            Ok(exit::ROLLBACK_FAILED)
-        }
-        Err(e) => {
-            eprintln!(
-                "error: rollback of {}/{} failed: {e}; service state unknown",
-                target.cluster, target.service
-            );
-            Ok(exit::ROLLBACK_FAILED)
-        }
-    }
+            ),
+            exit::ROLLBACK_FAILED,
+        ),
+        Err(e) => (
+            "rollback-failed",
+            format!("rollback of {}/{} failed: {e}; service state unknown", target.cluster, target.service),
+            exit::ROLLBACK_FAILED,
+        ),
+    };
+    target.progress.fail(outcome, &msg, fields.clone());
+    target.progress.outcome(outcome, fields);
+    Ok(code)
 }
 
 /// Writes the rendered input where the user can look at it after a refusal.

@@ -19,8 +19,11 @@ Examples:
 Exit codes: 0 done (or nothing to deploy), 1 unexpected or transport failure, 2 bad input,
 3 a role, secret, parameter or image label could not be resolved, 4 ECS rejected a request,
 5 the deployment failed or was rolled back, 6 waiting timed out, 7 the deployment failed and
-so did --rollback-on-failure's rollback, 130 interrupted (the deployment goes on); diff
---exit-code: 10 when the definitions differ.")]
+so did --rollback-on-failure's rollback, 130/143 interrupted by SIGINT/SIGTERM while waiting
+(the deployment goes on); diff --exit-code: 10 when the definitions differ.
+
+Settings: a flag, else ECSD_DEPLOY_<FLAG> (e.g. ECSD_DEPLOY_EXECUTION_ROLE), else
+ecsd-deploy.toml (keys are the long flags; [env.NAME] tables chosen by --environment NAME).")]
 pub struct DeployArgs {
     #[command(subcommand)]
     pub verb: Option<Verb>,
@@ -185,7 +188,8 @@ pub struct Flags {
     /// seconds). [default: 15m]
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
-    /// verify: the report as text or one JSON object. [default: text]
+    /// Progress on stderr as plain lines, or (json) one JSON object per line ending with a
+    /// "result" object carrying the exit code; verify's report on stdout likewise. [default: text]
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     pub output: Option<Output>,
 }

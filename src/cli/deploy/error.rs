@@ -19,7 +19,10 @@ pub mod exit {
     pub const TIMEOUT: u8 = 6;
     /// The deployment failed and `--rollback-on-failure`'s rollback did not complete.
     pub const ROLLBACK_FAILED: u8 = 7;
+    /// SIGINT while waiting (the deployment goes on).
     pub const INTERRUPTED: u8 = 130;
+    /// SIGTERM while waiting (the deployment goes on).
+    pub const TERMINATED: u8 = 143;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,7 @@ pub mod input;
 mod label;
 pub mod merge;
 pub mod normalise;
+pub mod progress;
 pub mod render;
 pub mod resolve;
 mod rollback;

@@ -44,13 +44,14 @@ pub async fn rollback(target: &Target<'_>, to: Option<&str>) -> Result<u8, Deplo
             })?,
         },
     };
-    eprintln!(
+    let msg = format!(
         "rolling back {}/{} from {} to {}",
         target.cluster,
         target.service,
         short(&current_td),
         short(&td)
     );
+    target.progress.say("rolling-back", &msg, json!({ "from": short(&current_td), "to": short(&td) }));
     target.update(&td, false, &current, started).await
 }
 
@@ -78,12 +79,13 @@ async fn stop(target: &Target<'_>, current: &Value, started: Instant) -> Result<
         Err(e) if unavailable(&e) => return Ok(None),
         Err(e) => return Err(call_error("StopServiceDeployment", "the rollback", e)),
     }
-    eprintln!(
+    let msg = format!(
         "stopped deployment {} of {}/{}; ECS rolls it back",
         short(arn),
         target.cluster,
         target.service
     );
+    target.progress.say("stopped", &msg, json!({ "serviceDeployment": arn }));
     if target.no_wait {
         return Ok(Some(0));
     }

@@ -7,6 +7,7 @@ use std::path::Path;
 use super::args::{DeployArgs, Flags, Output, Verb};
 use super::error::DeployError;
 use super::input::{FileRole, parse_set, read_document};
+use super::progress::Progress;
 use super::render::{Dynamic, assemble};
 use super::resolve::{Resolved, Resolver};
 use super::session::Session;
@@ -24,10 +25,25 @@ pub struct Prepared {
     pub sources: Vec<String>,
 }
 
-/// Runs `ecsd deploy` and returns its exit code; warnings and progress go to stderr.
+/// Runs `ecsd deploy` and returns its exit code; warnings, progress and (once the settings
+/// are read) errors go to stderr through [`Progress`]. An error in the settings themselves is
+/// returned.
 pub async fn run(args: &DeployArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, DeployError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| Path::new(".").to_owned());
     let flags = &config::resolve(args.flags.clone(), env, &cwd)?;
+    let cluster = flags.cluster.clone().unwrap_or_else(|| "default".to_owned());
+    let service = flags.service.clone().unwrap_or_default();
+    let progress = Progress::new(flags.output() == Output::Json, &cluster, &service);
+    let result = verb(args, flags, env, &progress).await;
+    Ok(progress.finish(result))
+}
+
+async fn verb(
+    args: &DeployArgs,
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    progress: &Progress,
+) -> Result<u8, DeployError> {
     let session = session::open(flags, env).await;
     let verb = args.verb.clone().unwrap_or(Verb::Apply);
     let needs_service = match verb {
@@ -50,6 +66,7 @@ pub async fn run(args: &DeployArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         timeout: flags.timeout(),
         no_wait: flags.no_wait,
         until: flags.wait_until(),
+        progress,
     };
     match verb {
         // The verbs about the service alone need no template.
@@ -57,23 +74,25 @@ pub async fn run(args: &DeployArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         Verb::Wait => wait::follow(&target).await,
         Verb::Rollback { to } => rollback::rollback(&target, to.as_deref()).await,
         Verb::Render => {
-            let prepared = prepare(flags, &session).await?;
+            let prepared = prepare(flags, &session, progress).await?;
             print(&(prepared.doc.stringify(flags.indent()) + "\n"))?;
             Ok(0)
         }
         Verb::Verify => {
-            verify_report(flags, &prepare(flags, &session).await?)?;
+            verify_report(flags, &prepare(flags, &session, progress).await?)?;
             Ok(0)
         }
         Verb::Diff { exit_code } => {
-            diff::diff(flags, &session, &prepare(flags, &session).await?, exit_code).await
+            diff::diff(flags, &session, &prepare(flags, &session, progress).await?, exit_code).await
         }
-        Verb::Apply => apply::apply(flags, &session, &prepare(flags, &session).await?).await,
+        Verb::Apply => {
+            apply::apply(flags, &session, &prepare(flags, &session, progress).await?, progress).await
+        }
     }
 }
 
 /// Steps 2–7 of the pipeline: template, overlays, dynamic values, merge, strip, resolve.
-pub async fn prepare(flags: &Flags, session: &Session) -> Result<Prepared, DeployError> {
+pub async fn prepare(flags: &Flags, session: &Session, progress: &Progress) -> Result<Prepared, DeployError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| Path::new(".").to_owned());
     let image = flags.image();
     let (template, template_source) = match (&flags.template, &image) {
@@ -98,13 +117,13 @@ pub async fn prepare(flags: &Flags, session: &Session) -> Result<Prepared, Deplo
     };
     let (mut doc, warnings) = assemble(flags.merge(), template, &overlays, &dynamic, &sets)?;
     for w in warnings {
-        eprintln!("warning: {w}");
+        progress.warn(&w.to_string());
     }
     let mut resolver =
         Resolver::new(&session.client, &session.region, flags.secret_prefix(), flags.account_id.clone());
     resolver.resolve(&mut doc).await?;
     for w in &resolver.warnings {
-        eprintln!("warning: {w}");
+        progress.warn(&w.to_string());
     }
     let sources = overlays.into_iter().map(|(name, _)| name).collect();
     Ok(Prepared { doc, resolved: resolver.resolved, template_source, sources })

@@ -12,6 +12,7 @@ use crate::aws::Client;
 use super::args::WaitUntil;
 use super::ecs::{call, call_error, checked, describe_service, op, primary, short, unavailable};
 use super::error::{DeployError, exit};
+use super::progress::Progress;
 
 const POLL: Duration = Duration::from_secs(2);
 /// How long a failed deployment may stay PRIMARY before we stop waiting for its rollback.
@@ -26,6 +27,7 @@ pub struct Target<'a> {
     pub timeout: Duration,
     pub no_wait: bool,
     pub until: WaitUntil,
+    pub progress: &'a Progress,
 }
 
 /// The deployment an UpdateService started (or the PRIMARY one it left in place).
@@ -57,11 +59,15 @@ impl Target<'_> {
         let deployment =
             primary(&updated["service"]).and_then(|d| d["id"].as_str()).unwrap_or_default().to_owned();
         let count = desired_count.map(|n| format!(", desired count {n}")).unwrap_or_default();
-        eprintln!(
-            "updated {}/{} to {}{count} (deployment {deployment})",
-            self.cluster,
-            self.service,
-            short(td)
+        self.progress.say(
+            "updated",
+            &format!(
+                "updated {}/{} to {}{count} (deployment {deployment})",
+                self.cluster,
+                self.service,
+                short(td)
+            ),
+            json!({ "taskDefinition": short(td), "deployment": deployment, "desiredCount": desired_count }),
         );
         let service_deployment = updated["service"]["currentServiceDeployment"]
             .as_str()
@@ -106,14 +112,22 @@ impl Target<'_> {
                 WaitUntil::Stable => None,
             },
             until: self.until,
+            progress: self.progress,
         };
         let id = &deployment.deployment;
+        let interrupted = |signal: &str, code: u8| {
+            self.progress.fail(
+                "interrupted",
+                &format!("interrupted ({signal}); deployment {id} continues in ECS"),
+                json!({ "deployment": id, "signal": signal }),
+            );
+            self.progress.outcome("interrupted", json!({ "deployment": id, "taskDefinition": short(td) }));
+            Ok(code)
+        };
         tokio::select! {
             code = wait.run(started, self.timeout, seen_events) => code,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("interrupted; deployment {id} continues in ECS");
-                Ok(exit::INTERRUPTED)
-            }
+            _ = tokio::signal::ctrl_c() => interrupted("SIGINT", exit::INTERRUPTED),
+            () = terminated() => interrupted("SIGTERM", exit::TERMINATED),
         }
     }
 }
@@ -127,6 +141,7 @@ struct Wait<'a> {
     /// The service deployment to ask about (`--wait-until deployed` only).
     service_deployment: Option<&'a str>,
     until: WaitUntil,
+    progress: &'a Progress,
 }
 
 /// What DescribeServiceDeployments says of a service deployment.
@@ -158,14 +173,20 @@ impl Wait<'_> {
             events.reverse();
             for e in events {
                 let id = e["id"].as_str().unwrap_or_default().to_owned();
-                if seen_events.insert(id) {
-                    eprintln!("event: {}", e["message"].as_str().unwrap_or_default());
+                if seen_events.insert(id.clone()) {
+                    let message = e["message"].as_str().unwrap_or_default();
+                    self.progress.say(
+                        "event",
+                        &format!("event: {message}"),
+                        json!({ "id": id, "message": message, "createdAt": e["createdAt"] }),
+                    );
                 }
             }
             let deployments = s["deployments"].as_array().cloned().unwrap_or_default();
             let lines: String = deployments.iter().map(line).collect::<Vec<_>>().join("\n");
             if lines != last_lines {
-                eprintln!("{lines}");
+                self.progress
+                    .deployments(&deployments.iter().map(|d| (line(d), fields(d))).collect::<Vec<_>>());
                 last_lines = lines;
             }
             self.report_stopped(&mut seen_stopped).await;
@@ -181,14 +202,14 @@ impl Wait<'_> {
                 match verdict {
                     Verdict::Successful => return Ok(self.deployed(started, "service deployment SUCCESSFUL")),
                     Verdict::Failed(status, reason) => {
-                        eprintln!(
-                            "error: deployment {} of {} ended {status}: {}; service runs {}",
+                        let msg = format!(
+                            "deployment {} of {} ended {status}: {}; service runs {}",
                             self.deployment,
                             short(self.td),
                             reason.trim_end_matches('.'),
                             short(running_td)
                         );
-                        return Ok(exit::FAILED);
+                        return Ok(self.failed(&msg, running_td));
                     }
                     Verdict::Unavailable => {
                         service_deployment = None;
@@ -206,14 +227,14 @@ impl Wait<'_> {
                     let since = *failed_at.get_or_insert_with(Instant::now);
                     if !primary_is_ours || since.elapsed() >= ROLLBACK_GRACE {
                         let rolled_back = if primary_is_ours { "" } else { ", rolled back" };
-                        eprintln!(
-                            "error: deployment {} of {} failed: {}{rolled_back}; service runs {}",
+                        let msg = format!(
+                            "deployment {} of {} failed: {}{rolled_back}; service runs {}",
                             self.deployment,
                             short(self.td),
                             d["rolloutStateReason"].as_str().unwrap_or_default().trim_end_matches('.'),
                             short(running_td)
                         );
-                        return Ok(exit::FAILED);
+                        return Ok(self.failed(&msg, running_td));
                     }
                 }
                 Some(d)
@@ -225,23 +246,26 @@ impl Wait<'_> {
                     return Ok(self.deployed(started, ""));
                 }
                 None if !self.deployment.is_empty() => {
-                    eprintln!(
-                        "error: deployment {} was rolled back by the deployment circuit breaker; service runs {}",
+                    let msg = format!(
+                        "deployment {} was rolled back by the deployment circuit breaker; service runs {}",
                         self.deployment,
                         short(running_td)
                     );
-                    return Ok(exit::FAILED);
+                    return Ok(self.failed(&msg, running_td));
                 }
                 _ => {}
             }
             if started.elapsed() >= timeout {
-                eprintln!(
-                    "error: timed out after {}s; deployment {} is still IN_PROGRESS in ECS (check with 'ecsd deploy \
+                let msg = format!(
+                    "timed out after {}s; deployment {} is still IN_PROGRESS in ECS (check with 'ecsd deploy \
                      status', undo with 'ecsd deploy rollback'; the service runs {})",
                     timeout.as_secs(),
                     self.deployment,
                     short(running_td)
                 );
+                let fields = json!({ "deployment": self.deployment, "taskDefinition": short(self.td), "running": short(running_td) });
+                self.progress.fail("timeout", &msg, fields.clone());
+                self.progress.outcome("timeout", fields);
                 return Ok(exit::TIMEOUT);
             }
             tokio::time::sleep(POLL.min(timeout.saturating_sub(started.elapsed()))).await;
@@ -250,15 +274,27 @@ impl Wait<'_> {
 
     /// Says the deployment is done; `how` tells what said so when not the service's state.
     fn deployed(&self, started: Instant, how: &str) -> u8 {
-        let how = if how.is_empty() { String::new() } else { format!(" ({how})") };
-        eprintln!(
-            "deployed {} to {}/{} in {}s{how}",
+        let how_text = if how.is_empty() { String::new() } else { format!(" ({how})") };
+        let seconds = started.elapsed().as_secs();
+        let msg = format!(
+            "deployed {} to {}/{} in {seconds}s{how_text}",
             short(self.td),
             self.cluster,
-            self.service,
-            started.elapsed().as_secs()
+            self.service
         );
+        let fields =
+            json!({ "deployment": self.deployment, "taskDefinition": short(self.td), "seconds": seconds });
+        self.progress.say("deployed", &msg, fields.clone());
+        self.progress.outcome("deployed", fields);
         0
+    }
+
+    /// Says the deployment failed (exit 5); `running`: the revision the service runs.
+    fn failed(&self, msg: &str, running: &str) -> u8 {
+        let fields = json!({ "deployment": self.deployment, "taskDefinition": short(self.td), "running": short(running) });
+        self.progress.fail("failed", msg, fields.clone());
+        self.progress.outcome("failed", fields);
+        exit::FAILED
     }
 
     /// The status of service deployment `arn`.
@@ -319,14 +355,34 @@ impl Wait<'_> {
                     format!("{}: {code}{reason}", c["name"].as_str().unwrap_or_default())
                 })
                 .collect();
-            eprintln!(
-                "task {} stopped: {} ({})",
-                short(&arn),
-                t["stoppedReason"].as_str().unwrap_or_default(),
-                containers.join("; ")
+            let reason = t["stoppedReason"].as_str().unwrap_or_default();
+            self.progress.say(
+                "task-stopped",
+                &format!("task {} stopped: {reason} ({})", short(&arn), containers.join("; ")),
+                json!({ "task": arn, "stoppedReason": reason, "containers": containers }),
             );
             seen.insert(arn);
         }
+    }
+}
+
+/// A deployment as a JSON line's fields.
+fn fields(d: &Value) -> Value {
+    json!({
+        "deployment": d["id"], "status": d["status"],
+        "taskDefinition": short(d["taskDefinition"].as_str().unwrap_or_default()),
+        "desiredCount": d["desiredCount"], "pendingCount": d["pendingCount"], "runningCount": d["runningCount"],
+        "rolloutState": d["rolloutState"], "rolloutStateReason": d["rolloutStateReason"],
+    })
+}
+
+/// Resolves when the process gets SIGTERM (never, where that cannot be watched).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -348,7 +404,11 @@ pub fn line(d: &Value) -> String {
 pub async fn follow(target: &Target<'_>) -> Result<u8, DeployError> {
     let s = describe_service(target.client, target.cluster, target.service).await?;
     let Some(p) = primary(&s) else {
-        eprintln!("{}/{} has no deployment", target.cluster, target.service);
+        target.progress.say(
+            "idle",
+            &format!("{}/{} has no deployment", target.cluster, target.service),
+            json!({}),
+        );
         return Ok(0);
     };
     let (td, id) = (p["taskDefinition"].as_str().unwrap_or_default(), p["id"].as_str().unwrap_or_default());
@@ -356,10 +416,14 @@ pub async fn follow(target: &Target<'_>) -> Result<u8, DeployError> {
         && p["rolloutState"] == "COMPLETED"
         && p["runningCount"] == p["desiredCount"];
     if settled {
-        eprintln!("no deployment in flight; {}/{} runs {}", target.cluster, target.service, short(td));
+        let msg =
+            format!("no deployment in flight; {}/{} runs {}", target.cluster, target.service, short(td));
+        target.progress.say("idle", &msg, json!({ "taskDefinition": short(td) }));
+        target.progress.outcome("idle", json!({ "taskDefinition": short(td) }));
         return Ok(0);
     }
-    eprintln!("waiting on deployment {id} of {}", short(td));
+    let msg = format!("waiting on deployment {id} of {}", short(td));
+    target.progress.say("waiting", &msg, json!({ "deployment": id, "taskDefinition": short(td) }));
     let deployment = Started {
         deployment: id.to_owned(),
         service_deployment: s["currentServiceDeployment"]

@@ -94,16 +94,43 @@ impl Lab {
         cmd
     }
 
+    /// Runs `cmd`, moving the daemon's clock once it has said something (so that `wait`
+    /// finds the deployment still in flight however long the process took to start).
     async fn advancing(&self, mut cmd: tokio::process::Command) -> Output {
-        let child =
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut child =
             cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        let mut output = std::pin::pin!(child.wait_with_output());
-        loop {
+        let mut stdout = child.stdout.take().unwrap();
+        let stdout = tokio::spawn(async move {
+            let mut out = Vec::new();
+            stdout.read_to_end(&mut out).await.unwrap();
+            out
+        });
+        let spoke = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stderr = {
+            let spoke = spoke.clone();
+            let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+            tokio::spawn(async move {
+                let mut text = String::new();
+                while let Some(line) = lines.next_line().await.unwrap() {
+                    text.push_str(&line);
+                    text.push('\n');
+                    spoke.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                text
+            })
+        };
+        let status = loop {
             tokio::select! {
-                out = &mut output => return out.unwrap(),
-                () = tokio::time::sleep(Duration::from_millis(20)) => self.ecsd.clock.advance(Duration::from_secs(5)),
+                status = child.wait() => break status.unwrap(),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if spoke.load(std::sync::atomic::Ordering::SeqCst) {
+                        self.ecsd.clock.advance(Duration::from_secs(5));
+                    }
+                }
             }
-        }
+        };
+        Output { status, stdout: stdout.await.unwrap(), stderr: stderr.await.unwrap().into_bytes() }
     }
 
     /// The service's task definition (`web:N`), desired and running counts.

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::aws::AwsError;
+use crate::engine::registry_auth::AuthError;
 use crate::runtime::RuntimeError;
 
 use super::config::ConfigError;
@@ -55,6 +56,12 @@ pub enum DeployError {
     /// The registry could not give the image's config.
     #[error("cannot read the template label of {image}: {cause}")]
     Registry { image: String, cause: Box<RuntimeError> },
+    /// The registry's credentials could not be had (an ECR login, a credential helper).
+    #[error("cannot get credentials for the registry of {image}: {cause}")]
+    RegistryAuth { image: String, cause: Box<AuthError> },
+    /// The registry or AWS settings in the environment are unusable.
+    #[error("{0}")]
+    Settings(crate::config::ConfigError),
     #[error(
         "image {image} has no label '{label}' (labels: {}); build with --build-arg {label}=\"$(cat ecs_task_template.json)\" and LABEL {label}=${label}, or pass --template",
         if .labels.is_empty() { "none".to_owned() } else { .labels.join(", ") }
@@ -153,11 +160,13 @@ impl DeployError {
             | NotAnObject { .. }
             | Merge(_)
             | Config(_)
+            | Settings(_)
             | Set { .. }
             | NoTemplate { .. }
             | Platform(_)
             | NoService { .. } => exit::USAGE,
             Registry { .. }
+            | RegistryAuth { .. }
             | NoLabel { .. }
             | LabelNotJson { .. }
             | Role { .. }

@@ -44,7 +44,7 @@ async fn verb(
     env: &dyn Fn(&str) -> Option<String>,
     progress: &Progress,
 ) -> Result<u8, DeployError> {
-    let session = session::open(flags, env).await;
+    let session = session::open(flags, env).await?;
     let verb = args.verb.clone().unwrap_or(Verb::Apply);
     let needs_service = match verb {
         Verb::Apply => Some("apply"),
@@ -98,9 +98,7 @@ pub async fn prepare(flags: &Flags, session: &Session, progress: &Progress) -> R
     let (template, template_source) = match (&flags.template, &image) {
         (Some(path), _) => (read_document(path, &cwd, FileRole::Template)?, path.display().to_string()),
         (None, Some(image)) => {
-            let (doc, digest) =
-                label::read(image, flags.template_label(), flags.platform(), &flags.insecure_registry)
-                    .await?;
+            let (doc, digest) = label::read(image, flags.template_label(), flags.platform(), session).await?;
             (doc, format!("label {} of {image}@{digest}", flags.template_label()))
         }
         (None, None) => return Err(DeployError::NoTemplate { label: flags.template_label().to_owned() }),

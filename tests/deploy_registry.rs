@@ -108,6 +108,66 @@ fn the_template_comes_from_the_image_label_without_a_layer_download() {
     let blob_gets = log.lines().filter(|l| l.contains("\"GET /v2/labelled/blobs/")).count();
     assert_eq!(blob_gets, 1, "only the config blob is fetched: {log}");
 
+    // --pin-digest: the image by the digest the registry gives for the tag.
+    let digest_of = |name: &str| {
+        let accept = "Accept: application/vnd.oci.image.index.v1+json, \
+                      application/vnd.docker.distribution.manifest.list.v2+json, \
+                      application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+        let url = format!("http://{}/v2/{name}/manifests/latest", registry.addr);
+        let headers = run("curl", &["-sfI", "-H", accept, &url]);
+        let digest = headers
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("docker-content-digest: ").map(|d| d.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no digest in {headers}"));
+        assert!(digest.starts_with("sha256:"), "{digest}");
+        digest
+    };
+    let out = render_with(&image, "com.example.ecs.task-definition", &[]);
+    let pinned = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        .args([
+            "deploy",
+            "render",
+            "--image",
+            &image,
+            "--template-label",
+            "com.example.ecs.task-definition",
+            "--pin-digest",
+        ])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert_eq!(pinned.status.code(), Some(0), "{}", String::from_utf8_lossy(&pinned.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&pinned.stdout).unwrap();
+    let want = format!("{}/labelled@{}", registry.addr, digest_of("labelled"));
+    assert_eq!(doc["containerDefinitions"][0]["image"], want.as_str());
+    // Control: without the flag the tag stays.
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["containerDefinitions"][0]["image"], image.as_str());
+    // With a template file the tag is resolved on its own.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.json"),
+        r#"{"family":"f","containerDefinitions":[{"name":"app","memory":32}]}"#,
+    )
+    .unwrap();
+    let busybox = format!("{}/busybox:latest", registry.addr);
+    let pinned = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        .args(["deploy", "render", "--template", "t.json", "--image", &busybox, "--pin-digest"])
+        .current_dir(dir.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert_eq!(pinned.status.code(), Some(0), "{}", String::from_utf8_lossy(&pinned.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&pinned.stdout).unwrap();
+    let want = format!("{}/busybox@{}", registry.addr, digest_of("busybox"));
+    assert_eq!(doc["containerDefinitions"][0]["image"], want.as_str());
+
     // The same image, a label it does not have: exit 3 listing the labels it has.
     let out = render(&image, "ECS_TASK_TEMPLATE");
     assert_eq!(out.status.code(), Some(3));

@@ -305,6 +305,12 @@ async fn unresolvable_names_and_bad_inputs_exit_with_their_codes() {
     let out = lab.run(&["render", "--env", "bad.json"]).await;
     assert_eq!(code(&out), 2);
     assert_eq!(text(&out.stderr), "error: bad.json:3:3: expected `,` or `}`\n");
+    let out =
+        lab.bare(&["render", "--template", "template.json", "--pin-digest"], &[]).output().await.unwrap();
+    assert_eq!(
+        (code(&out), text(&out.stderr)),
+        (2, "error: --pin-digest needs --image (or --registry/--app/--tag): the image to pin\n".to_owned())
+    );
     assert!(lab.revisions().await.is_empty());
 }
 

@@ -160,6 +160,10 @@ pub struct Flags {
     /// [default: linux/amd64]
     #[arg(long, global = true, value_name = "OS/ARCH")]
     pub platform: Option<String>,
+    /// The image by digest (repo@sha256:…) in the rendered definition: the digest the label
+    /// was read from, else the one the tag resolves to now.
+    #[arg(long, global = true)]
+    pub pin_digest: bool,
     /// Indentation of the rendered JSON. [default: 2]
     #[arg(long, global = true, value_name = "N")]
     pub indent: Option<usize>,

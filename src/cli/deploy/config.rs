@@ -32,7 +32,7 @@ enum Kind {
 }
 
 /// The long flags a variable or the file may set.
-const KEYS: [(&str, Kind); 30] = [
+const KEYS: [(&str, Kind); 31] = [
     ("endpoint-url", Kind::Text),
     ("region", Kind::Text),
     ("profile", Kind::Text),
@@ -54,6 +54,7 @@ const KEYS: [(&str, Kind); 30] = [
     ("account-id", Kind::Text),
     ("insecure-registry", Kind::List),
     ("platform", Kind::Text),
+    ("pin-digest", Kind::Bool),
     ("indent", Kind::Text),
     ("dry-run", Kind::Bool),
     ("force-new-deployment", Kind::Bool),
@@ -359,6 +360,7 @@ fn set(
                 "force-new-deployment" => &mut flags.force_new_deployment,
                 "no-wait" => &mut flags.no_wait,
                 "rollback-on-failure" => &mut flags.rollback_on_failure,
+                "pin-digest" => &mut flags.pin_digest,
                 _ => return Err(bad(ValueProblem::NotText)),
             };
             // A flag given stays; false cannot be given as a flag.

@@ -51,6 +51,8 @@ pub enum DeployError {
     NoTemplate { label: String },
     #[error("--platform {0}: not a linux platform such as linux/amd64 or linux/arm64/v8")]
     Platform(String),
+    #[error("--pin-digest needs --image (or --registry/--app/--tag): the image to pin")]
+    PinWithoutImage,
     #[error("{verb} needs --service")]
     NoService { verb: &'static str },
     /// The registry could not give the image's config.
@@ -164,7 +166,8 @@ impl DeployError {
             | Set { .. }
             | NoTemplate { .. }
             | Platform(_)
-            | NoService { .. } => exit::USAGE,
+            | NoService { .. }
+            | PinWithoutImage => exit::USAGE,
             Registry { .. }
             | RegistryAuth { .. }
             | NoLabel { .. }

@@ -95,13 +95,25 @@ async fn verb(
 pub async fn prepare(flags: &Flags, session: &Session, progress: &Progress) -> Result<Prepared, DeployError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| Path::new(".").to_owned());
     let image = flags.image();
-    let (template, template_source) = match (&flags.template, &image) {
-        (Some(path), _) => (read_document(path, &cwd, FileRole::Template)?, path.display().to_string()),
+    let (template, template_source, label_digest) = match (&flags.template, &image) {
+        (Some(path), _) => (read_document(path, &cwd, FileRole::Template)?, path.display().to_string(), None),
         (None, Some(image)) => {
             let (doc, digest) = label::read(image, flags.template_label(), flags.platform(), session).await?;
-            (doc, format!("label {} of {image}@{digest}", flags.template_label()))
+            (doc, format!("label {} of {image}@{digest}", flags.template_label()), Some(digest))
         }
         (None, None) => return Err(DeployError::NoTemplate { label: flags.template_label().to_owned() }),
+    };
+    // Pinned to the digest the label was read from, so a tag moved meanwhile changes nothing.
+    let image = match (image, flags.pin_digest) {
+        (Some(image), true) => {
+            let digest = match label_digest {
+                Some(d) => d,
+                None => label::digest(&image, flags.platform(), session).await?,
+            };
+            Some(label::pinned(&image, &digest))
+        }
+        (None, true) => return Err(DeployError::PinWithoutImage),
+        (image, false) => image,
     };
     let mut overlays = Vec::new();
     for path in &flags.env_files {

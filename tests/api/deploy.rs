@@ -903,3 +903,103 @@ async fn output_json_writes_one_object_per_line_and_ends_with_the_result() {
         lines[0]
     );
 }
+
+/// An ECS endpoint without the service-deployment API, as an older one: `upstream` behind a
+/// proxy that answers UnknownOperationException to those operations and forwards the rest.
+async fn without_service_deployments(upstream: String) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    const MISSING: [&str; 4] = [
+        "ListServiceDeployments",
+        "DescribeServiceDeployments",
+        "DescribeServiceRevisions",
+        "StopServiceDeployment",
+    ];
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if MISSING.iter().any(|op| target.ends_with(&format!(".{op}"))) {
+                let body = r#"{"__type":"UnknownOperationException","message":"Unknown operation"}"#;
+                return (StatusCode::BAD_REQUEST, [("content-type", "application/x-amz-json-1.1")], body)
+                    .into_response();
+            }
+            let mut request = client.post(&upstream).body(body);
+            for (name, value) in &headers {
+                if name != "content-length" {
+                    request = request.header(name, value);
+                }
+            }
+            let response = request.send().await.unwrap();
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+            let content_type = response.headers().get("content-type").cloned();
+            let mut out = (status, response.bytes().await.unwrap()).into_response();
+            if let Some(ct) = content_type {
+                out.headers_mut().insert("content-type", ct);
+            }
+            out
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn without_the_service_deployment_api_wait_and_rollback_go_by_describe_services() {
+    let (served, _guard) = Served::record();
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let old = without_service_deployments(lab.ecsd.url.clone()).await;
+    let deploy = |args: &[&str]| {
+        let defaults = [
+            ("--endpoint-url", old.as_str()),
+            ("--template", "template.json"),
+            ("--env", "staging.json"),
+            ("--image", "busybox"),
+            ("--execution-role", "ecsTaskExecutionRole"),
+            ("--secret-prefix", "staging/"),
+            ("--service", "web"),
+            ("--timeout", "5m"),
+        ];
+        let mut all = args.to_vec();
+        all.extend(defaults.iter().filter(|(flag, _)| !args.contains(flag)).flat_map(|(f, v)| [*f, *v]));
+        lab.advancing(lab.bare(&all, &[]))
+    };
+    let out = deploy(&[]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    // The proxy refuses the API (the daemon never sees those calls; straight to it, the same
+    // wait asks DescribeServiceDeployments: wait_until_deployed_asks_ecs_for_…).
+    let out = deploy(&["--wait-until", "deployed", "--set", "/containerDefinitions/0/memory=64"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.trim_end().ends_with("s (rollout COMPLETED)"), "the rollout state decided: {stderr}");
+    let ops = served.take();
+    assert!(ops.iter().all(|op| !op.contains("ServiceDeployment")), "{ops:?}");
+    assert!(ops.contains(&"UpdateService".to_owned()), "{ops:?}");
+
+    let out = deploy(&["--image", "nope"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 5, "{stderr}");
+    assert!(stderr.trim_end().ends_with("service runs web:3"), "{stderr}");
+    // No SUCCESSFUL deployments to look at: the previous ACTIVE revision of the family.
+    let out = deploy(&["rollback"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.starts_with("rolling back default/web from web:3 to web:2\n"), "{stderr}");
+    assert!(stderr.contains("deployed web:2 to default/web"), "{stderr}");
+    let out = deploy(&["wait"]).await;
+    assert_eq!(
+        (code(&out), text(&out.stderr)),
+        (0, "no deployment in flight; default/web runs web:2\n".to_owned())
+    );
+    let ops = served.take();
+    assert!(
+        ops.iter().all(|op| !op.contains("ServiceDeployment") && !op.contains("ServiceRevision")),
+        "{ops:?}"
+    );
+    assert!(ops.contains(&"ListTaskDefinitions".to_owned()), "{ops:?}");
+}

@@ -1003,3 +1003,39 @@ async fn without_the_service_deployment_api_wait_and_rollback_go_by_describe_ser
     );
     assert!(ops.contains(&"ListTaskDefinitions".to_owned()), "{ops:?}");
 }
+
+#[tokio::test]
+async fn secrets_lookup_list_matches_names_exactly_not_by_prefix() {
+    let lab = lab().await;
+    let out = lab.run(&["render", "--secrets-lookup", "list"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &doc["containerDefinitions"][0];
+    assert_eq!(c["secrets"][0]["valueFrom"], lab.secret_arns[0].as_str());
+    assert_eq!(c["secrets"][1]["valueFrom"], lab.secret_arns[1].as_str());
+    let out = lab.run(&["verify", "--secrets-lookup", "list"]).await;
+    assert!(
+        text(&out.stdout).contains("<- secretsmanager:ListSecrets staging/MAIL_URL: "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Without a prefix, MONGO_URL exists, and MAIL_URL does not: MAIL_URL_OLD, which a prefix
+    // or substring match would take, is not it.
+    lab.moto.aws(&["secretsmanager", "create-secret", "--name", "MONGO_URL", "--secret-string", "x"]).await;
+    let out = lab.run(&["render", "--secrets-lookup", "list", "--secret-prefix", ""]).await;
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "error: containerDefinitions[0] ('app').secrets[1] 'MAIL_URL': no Secrets Manager secret named 'MAIL_URL' in \
+         us-east-1 (ListSecrets: no secret of exactly that name; longer names that start with it: MAIL_URL_OLD)\n"
+    );
+    // Control: DescribeSecret finds MONGO_URL the same way and fails on MAIL_URL too.
+    let out = lab.run(&["render", "--secret-prefix", ""]).await;
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("secrets[1] 'MAIL_URL': no Secrets Manager secret named 'MAIL_URL'"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -75,6 +75,26 @@ pub enum WaitUntil {
     Deployed,
 }
 
+/// How a secret without `valueFrom` is found by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum SecretsLookup {
+    /// DescribeSecret per name (can be allowed per secret in IAM).
+    #[default]
+    Describe,
+    /// One paginated ListSecrets (the post's way), names matched exactly.
+    List,
+}
+
+impl SecretsLookup {
+    /// The Secrets Manager operation it calls.
+    pub fn operation(self) -> &'static str {
+        match self {
+            SecretsLookup::Describe => "DescribeSecret",
+            SecretsLookup::List => "ListSecrets",
+        }
+    }
+}
+
 /// How the rendered definition is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Output {
@@ -149,6 +169,10 @@ pub struct Flags {
     /// A secret without valueFrom named N is the Secrets Manager secret named PREFIX+N.
     #[arg(long, global = true, value_name = "PREFIX")]
     pub secret_prefix: Option<String>,
+    /// How a secret without valueFrom is found: DescribeSecret per name, or one ListSecrets
+    /// with exact name matching. [default: describe]
+    #[arg(long, global = true, value_enum, value_name = "HOW")]
+    pub secrets_lookup: Option<SecretsLookup>,
     /// The account for role ARNs when iam:GetRole is denied. [default: sts:GetCallerIdentity]
     #[arg(long, global = true, value_name = "ID")]
     pub account_id: Option<String>,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 
-use super::args::{Flags, Output, WaitUntil, parse_duration};
+use super::args::{Flags, Output, SecretsLookup, WaitUntil, parse_duration};
 use super::merge::Mode;
 
 /// The file looked for in the working directory when neither `--config` nor
@@ -32,7 +32,7 @@ enum Kind {
 }
 
 /// The long flags a variable or the file may set.
-const KEYS: [(&str, Kind); 31] = [
+const KEYS: [(&str, Kind); 32] = [
     ("endpoint-url", Kind::Text),
     ("region", Kind::Text),
     ("profile", Kind::Text),
@@ -51,6 +51,7 @@ const KEYS: [(&str, Kind); 31] = [
     ("execution-role", Kind::Text),
     ("task-role", Kind::Text),
     ("secret-prefix", Kind::Text),
+    ("secrets-lookup", Kind::Text),
     ("account-id", Kind::Text),
     ("insecure-registry", Kind::List),
     ("platform", Kind::Text),
@@ -400,6 +401,9 @@ fn set(
                 "execution-role" => fill(&mut flags.execution_role, text)?,
                 "task-role" => fill(&mut flags.task_role, text)?,
                 "secret-prefix" => fill(&mut flags.secret_prefix, text)?,
+                "secrets-lookup" => {
+                    fill(&mut flags.secrets_lookup, || choice::<SecretsLookup>(&s).map_err(bad))?
+                }
                 "account-id" => fill(&mut flags.account_id, text)?,
                 "platform" => fill(&mut flags.platform, text)?,
                 "indent" => fill(&mut flags.indent, || s.parse().map_err(|_| bad(ValueProblem::NotCount)))?,

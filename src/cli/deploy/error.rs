@@ -113,6 +113,19 @@ pub enum Unresolved {
         cause: Box<AwsError>,
     },
     #[error(
+        "containerDefinitions[{container}] ('{container_name}').{field}[{index}] '{name}': no Secrets Manager secret named '{secret}' in {region} (ListSecrets: {cause})"
+    )]
+    Listed {
+        container: usize,
+        container_name: String,
+        field: &'static str,
+        index: usize,
+        name: String,
+        secret: String,
+        region: String,
+        cause: ListProblem,
+    },
+    #[error(
         "containerDefinitions[{container}] ('{container_name}').{field}[{index}] '{name}': parameter '{parameter}' not found in {region} (ssm:GetParameters: {cause})"
     )]
     Parameter {
@@ -140,6 +153,18 @@ pub enum SetProblem {
     Missing(String),
     #[error("{0} is not an object or an array")]
     NotContainer(String),
+}
+
+/// Why `--secrets-lookup list` found no secret of a name.
+#[derive(Debug, thiserror::Error)]
+pub enum ListProblem {
+    #[error(
+        "no secret of exactly that name{}",
+        if .similar.is_empty() { String::new() } else { format!("; longer names that start with it: {}", .similar.join(", ")) }
+    )]
+    NoExactName { similar: Vec<String> },
+    #[error("{0}")]
+    Call(Box<AwsError>),
 }
 
 /// Why an `ssm:` reference did not resolve.

@@ -131,6 +131,7 @@ pub async fn prepare(flags: &Flags, session: &Session, progress: &Progress) -> R
     }
     let mut resolver =
         Resolver::new(&session.client, &session.region, flags.secret_prefix(), flags.account_id.clone());
+    resolver.lookup = flags.secrets_lookup.unwrap_or_default();
     resolver.resolve(&mut doc).await?;
     for w in &resolver.warnings {
         progress.warn(&w.to_string());

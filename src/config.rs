@@ -301,6 +301,8 @@ Environment:
   ECSD_ACCOUNT_ID          12-digit account id in ARNs (default 000000000000)
   ECSD_CONTAINERD_ADDRESS  containerd socket (as --containerd-address)
   ECSD_NAMESPACE           containerd namespace (as --namespace)
+  ECSD_RUNTIME             auto, containerd or podman (as --runtime)
+  ECSD_PODMAN_SOCKET       a running Podman service's socket (as --podman-socket)
   ECS_CONTAINER_STOP_TIMEOUT   SIGKILL this long after the stop signal (default 30s)
   ECS_CONTAINER_START_TIMEOUT  how long a container waits for its dependencies (default 3m)
   ECSD_TASK_RETENTION      how long STOPPED tasks stay visible (default 1h)
@@ -388,6 +390,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME")]
     pub namespace: Option<String>,
 
+    /// The container runtime: containerd, podman, or auto (containerd when one answers or is
+    /// installed, else Podman). [default: auto]
+    #[arg(long, value_enum, value_name = "RUNTIME")]
+    pub runtime: Option<RuntimeChoice>,
+
+    /// The socket of a running Podman service (`podman system service`) to use instead of the
+    /// one ecsd starts under its data dir.
+    #[arg(long, value_name = "PATH")]
+    pub podman_socket: Option<PathBuf>,
+
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -401,6 +413,16 @@ pub struct ServeArgs {
     /// or `off`. [default: 127.0.0.1:51678]
     #[arg(long, value_name = "ADDR")]
     pub introspection_listen: Option<String>,
+}
+
+/// Which container runtime `ecsd serve` runs tasks on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeChoice {
+    /// containerd when one answers or is installed, else Podman.
+    #[default]
+    Auto,
+    Containerd,
+    Podman,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -427,6 +449,11 @@ pub struct Config {
     /// its own, waiting for it to answer instead.
     pub containerd_address_explicit: bool,
     pub namespace: String,
+    /// `--runtime` / `ECSD_RUNTIME`.
+    pub runtime: RuntimeChoice,
+    /// `--podman-socket` / `ECSD_PODMAN_SOCKET`: a Podman service to use; `None`: ecsd starts
+    /// its own when the runtime is Podman.
+    pub podman_socket: Option<PathBuf>,
     /// The binary the shim runs as `log-driver` (`ECSD_LOG_DRIVER`); `None`: this one.
     pub log_driver: Option<PathBuf>,
     pub stop_timeout: Duration,
@@ -627,6 +654,17 @@ impl Config {
             Some(n) => n.clone(),
             None => non_empty("ECSD_NAMESPACE").unwrap_or_else(|| "ecs".into()),
         };
+        let runtime = match (args.runtime, non_empty("ECSD_RUNTIME")) {
+            (Some(r), _) => r,
+            (None, None) => RuntimeChoice::Auto,
+            (None, Some(v)) => RuntimeChoice::from_str(&v, true).map_err(|_| ConfigError {
+                name: "ECSD_RUNTIME".into(),
+                value: v.clone(),
+                reason: "expected auto, containerd or podman".into(),
+            })?,
+        };
+        let podman_socket =
+            args.podman_socket.clone().or_else(|| non_empty("ECSD_PODMAN_SOCKET").map(PathBuf::from));
         let duration = |name: &str, default: Duration, min: Duration| -> Result<Duration, ConfigError> {
             match non_empty(name) {
                 None => Ok(default),
@@ -761,6 +799,8 @@ impl Config {
             forward_signature,
             containerd_address,
             containerd_address_explicit,
+            runtime,
+            podman_socket,
             namespace,
             log_driver: non_empty("ECSD_LOG_DRIVER").map(PathBuf::from),
             stop_timeout,
@@ -1097,6 +1137,21 @@ mod tests {
     fn resolve(args: ServeArgs, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::resolve(&args, &|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn runtime_choice_from_flag_env_or_default() {
+        assert_eq!(resolve(ServeArgs::default(), &[]).unwrap().runtime, RuntimeChoice::Auto);
+        let c = resolve(
+            ServeArgs::default(),
+            &[("ECSD_RUNTIME", "podman"), ("ECSD_PODMAN_SOCKET", "/run/p.sock")],
+        )
+        .unwrap();
+        assert_eq!((c.runtime, c.podman_socket), (RuntimeChoice::Podman, Some(PathBuf::from("/run/p.sock"))));
+        let flag = ServeArgs { runtime: Some(RuntimeChoice::Containerd), ..ServeArgs::default() };
+        assert_eq!(resolve(flag, &[("ECSD_RUNTIME", "podman")]).unwrap().runtime, RuntimeChoice::Containerd);
+        let e = resolve(ServeArgs::default(), &[("ECSD_RUNTIME", "docker")]).unwrap_err();
+        assert_eq!(e.to_string(), "ECSD_RUNTIME=docker: expected auto, containerd or podman");
     }
 
     #[test]

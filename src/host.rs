@@ -193,25 +193,27 @@ impl HostFacts {
                     self.containerd.socket.display()
                 ),
             ),
-            (None, false) => say(
-                Level::Blocker,
-                match &self.podman.binary {
-                    Some(p) => format!(
-                        "no containerd (binary or socket); Podman is installed ({}) but ecsd cannot run tasks on Podman yet: \
-                         install containerd (Debian: apt-get install containerd runc) to run beside it",
+            (None, false) => match &self.podman.binary {
+                Some(p) => say(
+                    Level::Ok,
+                    format!(
+                        "no containerd (binary or socket); Podman is installed ({}): ecsd serve (--runtime auto, \
+                         the default) runs tasks on Podman, through a Podman service of its own in the data dir",
                         p.display()
                     ),
-                    None => {
-                        "no containerd: install it (Debian: apt-get install containerd runc, or hack/setup)"
-                            .into()
-                    }
-                },
-            ),
+                ),
+                None => say(
+                    Level::Blocker,
+                    "no containerd and no Podman: install one (Debian: apt-get install containerd runc, or hack/setup)"
+                        .into(),
+                ),
+            },
         }
         if self.oci_runtimes.is_empty() {
             say(
                 Level::Blocker,
-                "no OCI runtime (runc or crun) on PATH: containerd cannot start containers".into(),
+                "no OCI runtime (runc or crun) on PATH: neither containerd nor Podman can start containers"
+                    .into(),
             );
         }
         if self.netavark.is_none() {
@@ -336,15 +338,23 @@ mod tests {
     }
 
     #[test]
-    fn podman_without_containerd_is_a_blocker_that_says_what_to_install() {
+    fn podman_without_containerd_runs_tasks_on_podman_and_neither_is_a_blocker() {
         let mut host = this_machine();
         host.bins.remove("containerd");
         host.answering.clear();
         let f = HostFacts::probe(&host, Path::new(SOCKET));
+        assert!(f.can_serve(), "{:#?}", f.findings());
+        let texts: Vec<String> = f.findings().into_iter().map(|f| f.text).collect();
+        assert!(
+            texts.iter().any(|t| t.contains("Podman is installed (/usr/bin/podman): ecsd serve")),
+            "{texts:#?}"
+        );
+        // Without Podman either, nothing can run tasks: a blocker that says what to install.
+        host.bins.remove("podman");
+        let f = HostFacts::probe(&host, Path::new(SOCKET));
         assert!(!f.can_serve());
         let first = &f.findings()[0];
         assert_eq!(first.level, Level::Blocker);
-        assert!(first.text.contains("Podman is installed (/usr/bin/podman)"), "{}", first.text);
         assert!(first.text.contains("apt-get install containerd runc"), "{}", first.text);
         // Installed but not running is fine: ecsd starts its own.
         host.bins.insert("containerd");

@@ -65,6 +65,8 @@ pub enum StartError {
     Instance { source: ApiError },
     #[error("cannot set up containerd")]
     Containerd { source: runtime::embedded::EmbeddedError },
+    #[error("cannot start the Podman service")]
+    Podman { source: runtime::podman::ServiceError },
     #[error("cannot set up the containerd client")]
     Runtime { source: runtime::RuntimeError },
     #[error("cannot set up task networking")]
@@ -89,6 +91,8 @@ pub struct Daemon {
     store: Arc<Store>,
     /// The containerd ecsd started itself, if it did; stopped last.
     embedded: Option<runtime::EmbeddedContainerd>,
+    /// The Podman service ecsd started itself, if it did; stopped last.
+    podman: Option<runtime::PodmanService>,
     /// The host firewall rules ecsd added (as root); removed at a clean stop.
     firewall: Option<network::firewall::HostFirewall>,
 }
@@ -151,6 +155,9 @@ impl Daemon {
         if let Some(containerd) = self.embedded {
             containerd.shutdown().await;
         }
+        if let Some(podman) = self.podman {
+            podman.shutdown().await;
+        }
         match result {
             Ok(joined) => joined.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             Err(_) => {
@@ -165,10 +172,47 @@ impl Daemon {
     }
 }
 
+/// The runtime `ecsd serve` runs tasks on, once `auto` is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChosenRuntime {
+    Containerd,
+    Podman,
+}
+
+/// Decides `--runtime` from the host's facts: `auto` takes containerd when one answers or is
+/// installed, else Podman when it is installed or answers, else containerd (which then reports
+/// itself unavailable). Returns the choice and why, for the log.
+pub fn choose_runtime(
+    choice: config::RuntimeChoice,
+    facts: &host::HostFacts,
+) -> (ChosenRuntime, &'static str) {
+    use config::RuntimeChoice;
+    match choice {
+        RuntimeChoice::Containerd => (ChosenRuntime::Containerd, "--runtime containerd"),
+        RuntimeChoice::Podman => (ChosenRuntime::Podman, "--runtime podman"),
+        RuntimeChoice::Auto if facts.containerd.answers => {
+            (ChosenRuntime::Containerd, "a containerd answers")
+        }
+        RuntimeChoice::Auto if facts.containerd.binary.is_some() => {
+            (ChosenRuntime::Containerd, "containerd is installed")
+        }
+        RuntimeChoice::Auto if facts.podman.binary.is_some() || facts.podman.answers => {
+            (ChosenRuntime::Podman, "no containerd is installed or answers, and Podman is installed")
+        }
+        RuntimeChoice::Auto => (ChosenRuntime::Containerd, "neither containerd nor Podman is installed"),
+    }
+}
+
 /// Opens the state, connects the runtime, binds the listener and starts serving.
 pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     // The data dir's lock comes first: a second ecsd must not touch containerd at all.
     let store = open_store(config)?;
+    let facts = host::HostFacts::probe(&host::RealHost, &config.containerd_address);
+    let (chosen, why) = choose_runtime(config.runtime, &facts);
+    info!(runtime = ?chosen, reason = why, "container runtime chosen");
+    if chosen == ChosenRuntime::Podman {
+        return start_on_podman(config, store).await;
+    }
     // A configured address is the containerd to use, even while it is down; only the
     // default one is replaced by an embedded containerd when nothing answers there.
     let embedded = if config.containerd_address_explicit {
@@ -199,6 +243,61 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let mut daemon =
         serve(config, store, Arc::new(runtime), Arc::new(network), Arc::new(SystemClock), os).await?;
     daemon.embedded = embedded;
+    add_host_firewall(config, daemon).await
+}
+
+/// [`start`] on Podman: ecsd's own Podman service, or the one at `--podman-socket`.
+async fn start_on_podman(config: &Config, store: Store) -> Result<Daemon, StartError> {
+    let (service, socket) = match &config.podman_socket {
+        Some(socket) => {
+            info!(socket = %socket.display(), "using the Podman service at --podman-socket");
+            (None, socket.clone())
+        }
+        None => {
+            let service = runtime::podman::service::start(&config.data_dir)
+                .await
+                .map_err(|source| StartError::Podman { source })?;
+            let socket = service.socket().to_owned();
+            (Some(service), socket)
+        }
+    };
+    let mut options = runtime::PodmanOptions::new(&socket);
+    if config.podman_socket.is_some() {
+        // A service ecsd did not configure has Podman's stock default capabilities.
+        options.default_capabilities = PODMAN_STOCK_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+    }
+    let runtime = runtime::PodmanRuntime::new(options);
+    let os = Os {
+        cgroups: Some(engine::cgroups::Cgroups::new(std::path::Path::new("/sys/fs/cgroup"))),
+        init: ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists()),
+        endpoints: true,
+    };
+    let network =
+        network::Netavark::new(config.network.clone(), namespaces(config), &config.data_dir.join("network"))
+            .map_err(|source| StartError::Network { source })?;
+    let mut daemon =
+        serve(config, store, Arc::new(runtime), Arc::new(network), Arc::new(SystemClock), os).await?;
+    daemon.podman = service;
+    add_host_firewall(config, daemon).await
+}
+
+/// Podman 4's default capabilities (containers.conf `default_capabilities`).
+const PODMAN_STOCK_CAPABILITIES: [&str; 11] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+];
+
+/// Adds ecs-init's host firewall rules to a started daemon (shutting it down if that fails).
+async fn add_host_firewall(config: &Config, mut daemon: Daemon) -> Result<Daemon, StartError> {
     if let Some(firewall) = host_firewall(config, daemon.introspection_addr()) {
         if let Err(source) = firewall.apply().await {
             // What apply added before failing goes with the rest.
@@ -419,6 +518,7 @@ async fn serve(
         scheduler,
         store,
         embedded: None,
+        podman: None,
         firewall: None,
     })
 }
@@ -452,4 +552,55 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod runtime_choice_tests {
+    use std::path::PathBuf;
+
+    use super::{ChosenRuntime, choose_runtime};
+    use crate::config::RuntimeChoice;
+    use crate::host::{CgroupVersion, HostFacts, RuntimeFact};
+
+    fn facts(containerd: (bool, bool), podman: (bool, bool)) -> HostFacts {
+        let fact = |(installed, answers): (bool, bool), name: &str| RuntimeFact {
+            binary: installed.then(|| PathBuf::from(format!("/usr/bin/{name}"))),
+            socket: PathBuf::from(format!("/run/{name}/{name}.sock")),
+            answers,
+        };
+        HostFacts {
+            euid: 0,
+            rootless: false,
+            containerd: fact(containerd, "containerd"),
+            podman: fact(podman, "podman"),
+            cgroup: CgroupVersion::V1,
+            cgroup_delegated: false,
+            oci_runtimes: vec![PathBuf::from("/usr/sbin/runc")],
+            netavark: None,
+            tun_usable: false,
+            unprivileged_port_start: None,
+        }
+    }
+
+    #[test]
+    fn auto_prefers_containerd_and_falls_back_to_podman() {
+        let auto = RuntimeChoice::Auto;
+        assert_eq!(choose_runtime(auto, &facts((false, true), (true, true))).0, ChosenRuntime::Containerd);
+        assert_eq!(choose_runtime(auto, &facts((true, false), (true, false))).0, ChosenRuntime::Containerd);
+        let (chosen, why) = choose_runtime(auto, &facts((false, false), (true, false)));
+        assert_eq!(
+            (chosen, why),
+            (ChosenRuntime::Podman, "no containerd is installed or answers, and Podman is installed")
+        );
+        // Nothing at all: containerd, which then says it is unavailable.
+        assert_eq!(choose_runtime(auto, &facts((false, false), (false, false))).0, ChosenRuntime::Containerd);
+    }
+
+    #[test]
+    fn an_explicit_choice_wins_over_the_host() {
+        let host = facts((true, true), (false, false));
+        assert_eq!(choose_runtime(RuntimeChoice::Podman, &host).0, ChosenRuntime::Podman);
+        let host = facts((false, false), (true, true));
+        assert_eq!(choose_runtime(RuntimeChoice::Containerd, &host).0, ChosenRuntime::Containerd);
+    }
 }

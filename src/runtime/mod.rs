@@ -1,6 +1,6 @@
 //! The container runtime boundary: a narrow trait the engine drives, the plain types that
-//! cross it, and its containerd implementation (the only code that imports containerd-client
-//! or tonic).
+//! cross it, and its implementations: containerd (the only code that imports containerd-client
+//! or tonic) and Podman (over libpod's REST API).
 //!
 //! The engine never sees gRPC types: images, containers, processes and exits cross this
 //! boundary as the plain types below, and failures as [`RuntimeError`] classified by kind.
@@ -16,6 +16,7 @@ mod error;
 mod exec;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
+pub mod podman;
 pub mod reference;
 pub mod registry;
 
@@ -28,6 +29,7 @@ pub use exec::{
     run_to_completion,
 };
 pub use logs::{LogDriverArgs, read_logs, run_log_driver};
+pub use podman::{PodmanOptions, PodmanRuntime, PodmanService};
 pub use reference::normalize;
 
 /// An image present in the runtime, resolved for this host's platform.

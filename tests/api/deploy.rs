@@ -82,7 +82,9 @@ impl Lab {
         self.command(args).output().await.unwrap()
     }
 
-    /// Runs while moving the daemon's clock, so the scheduler's deployments progress.
+    /// Runs while moving the daemon's clock, so the scheduler's deployments progress. The
+    /// clock moves only once the command has said something on stderr (it has read the
+    /// service by then): moved earlier, a deployment could end before `wait` looks at it.
     async fn run_advancing(&self, args: &[&str]) -> Output {
         self.advancing(self.command(args)).await
     }

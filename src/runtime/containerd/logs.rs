@@ -275,10 +275,36 @@ pub struct LogLine {
     pub time: String,
 }
 
-/// Parses one json-file line; `None` for anything else.
+/// Parses one json-file line, or one k8s-file line (what conmon writes for the Podman
+/// runtime); `None` for anything else.
 pub fn parse_line(line: &[u8]) -> Option<LogLine> {
-    let e: Entry<'_> = serde_json::from_slice(line).ok()?;
-    Some(LogLine { log: e.log.into_owned(), stream: e.stream.into_owned(), time: e.time.into_owned() })
+    match serde_json::from_slice::<Entry<'_>>(line) {
+        Ok(e) => Some(LogLine {
+            log: e.log.into_owned(),
+            stream: e.stream.into_owned(),
+            time: e.time.into_owned(),
+        }),
+        Err(_) => parse_k8s_line(line),
+    }
+}
+
+/// `2024-01-02T03:04:05.123456789+00:00 stdout F text`: `F` ends a line, `P` is part of a
+/// longer one (no newline is added).
+fn parse_k8s_line(line: &[u8]) -> Option<LogLine> {
+    let text = String::from_utf8_lossy(line);
+    let mut parts = text.splitn(4, ' ');
+    let (time, stream, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    let message = parts.next().unwrap_or("");
+    if !matches!(stream, "stdout" | "stderr") || !time.contains('T') {
+        return None;
+    }
+    let log = match tag {
+        "F" => format!("{message}\n"),
+        "P" => message.to_owned(),
+        _ => return None,
+    };
+    let time = time.strip_suffix("+00:00").map_or_else(|| time.to_owned(), |t| format!("{t}Z"));
+    Some(LogLine { log, stream: stream.to_owned(), time })
 }
 
 /// Writes the text of every entry in log directory `dir` to `out`, oldest first; with
@@ -408,6 +434,19 @@ mod tests {
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(secs, nanos)
+    }
+
+    #[test]
+    fn k8s_file_lines_parse_like_json_file_entries() {
+        let full = parse_line(b"2026-12-06T04:10:10.495058666+00:00 stdout F hi there").unwrap();
+        assert_eq!(full.log, "hi there\n");
+        assert_eq!(full.stream, "stdout");
+        assert_eq!(full.time, "2026-12-06T04:10:10.495058666Z");
+        let part = parse_line(b"2026-12-06T04:10:10.495058666+00:00 stderr P abc").unwrap();
+        assert_eq!((part.log.as_str(), part.stream.as_str()), ("abc", "stderr"));
+        assert_eq!(parse_line(b"2026-12-06T04:10:10Z stdout F ").unwrap().log, "\n");
+        assert_eq!(parse_line(b"2026-12-06T04:10:10Z stdin F x"), None);
+        assert_eq!(parse_line(b"not a log line"), None);
     }
 
     #[test]

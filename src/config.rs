@@ -857,7 +857,7 @@ fn resolve_exec(
 /// `ECS_IMAGE_*`, `ECS_ENGINE_AUTH_*`, the docker config and ecsd's registry settings, as
 /// the agent reads its variables (an unknown pull behaviour is `default`, intervals below
 /// the agent's floors are raised to them).
-fn resolve_images(
+pub fn resolve_images(
     env: &dyn Fn(&str) -> Option<String>,
     ecr_endpoint: bool,
 ) -> Result<crate::engine::images::ImageSettings, ConfigError> {

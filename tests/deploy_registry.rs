@@ -35,11 +35,22 @@ struct Registry {
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_as("none", &[])
+    }
+
+    /// A registry of `mode` (none, basic…); `env` for hack/registry (e.g. the Basic login).
+    fn start_as(mode: &str, env: &[(&str, &str)]) -> Registry {
         let images = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/lab-images");
         run(&hack("registry"), &["images", images.to_str().unwrap()]);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap().to_owned();
-        let addr = run(&hack("registry"), &["start", &d, "none"]).trim().to_owned();
+        let out = std::process::Command::new(hack("registry"))
+            .args(["start", &d, mode])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "hack/registry start: {}", String::from_utf8_lossy(&out.stderr));
+        let addr = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         let registry = Registry { dir, addr };
         run(&hack("registry"), &["push", &d, images.to_str().unwrap()]);
         registry
@@ -59,11 +70,20 @@ impl Drop for Registry {
 }
 
 fn render(image: &str, label: &str) -> Output {
+    render_with(image, label, &[])
+}
+
+/// `ecsd deploy render` with the variables `env` and an empty docker config.
+fn render_with(image: &str, label: &str, env: &[(&str, &str)]) -> Output {
+    let docker_config = tempfile::tempdir().unwrap();
     std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
         .args(["deploy", "render", "--image", image, "--template-label", label, "--set", "/cpu=\"256\""])
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("DOCKER_CONFIG", docker_config.path())
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -88,6 +108,66 @@ fn the_template_comes_from_the_image_label_without_a_layer_download() {
     let blob_gets = log.lines().filter(|l| l.contains("\"GET /v2/labelled/blobs/")).count();
     assert_eq!(blob_gets, 1, "only the config blob is fetched: {log}");
 
+    // --pin-digest: the image by the digest the registry gives for the tag.
+    let digest_of = |name: &str| {
+        let accept = "Accept: application/vnd.oci.image.index.v1+json, \
+                      application/vnd.docker.distribution.manifest.list.v2+json, \
+                      application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+        let url = format!("http://{}/v2/{name}/manifests/latest", registry.addr);
+        let headers = run("curl", &["-sfI", "-H", accept, &url]);
+        let digest = headers
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("docker-content-digest: ").map(|d| d.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no digest in {headers}"));
+        assert!(digest.starts_with("sha256:"), "{digest}");
+        digest
+    };
+    let out = render_with(&image, "com.example.ecs.task-definition", &[]);
+    let pinned = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        .args([
+            "deploy",
+            "render",
+            "--image",
+            &image,
+            "--template-label",
+            "com.example.ecs.task-definition",
+            "--pin-digest",
+        ])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert_eq!(pinned.status.code(), Some(0), "{}", String::from_utf8_lossy(&pinned.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&pinned.stdout).unwrap();
+    let want = format!("{}/labelled@{}", registry.addr, digest_of("labelled"));
+    assert_eq!(doc["containerDefinitions"][0]["image"], want.as_str());
+    // Control: without the flag the tag stays.
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["containerDefinitions"][0]["image"], image.as_str());
+    // With a template file the tag is resolved on its own.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.json"),
+        r#"{"family":"f","containerDefinitions":[{"name":"app","memory":32}]}"#,
+    )
+    .unwrap();
+    let busybox = format!("{}/busybox:latest", registry.addr);
+    let pinned = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
+        .args(["deploy", "render", "--template", "t.json", "--image", &busybox, "--pin-digest"])
+        .current_dir(dir.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert_eq!(pinned.status.code(), Some(0), "{}", String::from_utf8_lossy(&pinned.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&pinned.stdout).unwrap();
+    let want = format!("{}/busybox@{}", registry.addr, digest_of("busybox"));
+    assert_eq!(doc["containerDefinitions"][0]["image"], want.as_str());
+
     // The same image, a label it does not have: exit 3 listing the labels it has.
     let out = render(&image, "ECS_TASK_TEMPLATE");
     assert_eq!(out.status.code(), Some(3));
@@ -103,6 +183,75 @@ fn the_template_comes_from_the_image_label_without_a_layer_download() {
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("has no label 'ECS_TASK_TEMPLATE' (labels: ecsd.test.image)"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn the_label_is_read_with_the_registry_credentials_a_pull_would_use() {
+    const LABEL: &str = "com.example.ecs.task-definition";
+    let family = |out: &Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["family"].as_str().unwrap_or_default().to_owned()
+    };
+    let refused = |out: &Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(stderr.starts_with("error: cannot read the template label of "), "{stderr}");
+    };
+    // Basic auth (htpasswd): ECS_ENGINE_AUTH_DATA, as for a pull.
+    let basic = Registry::start_as("basic", &[]);
+    let image = format!("{}/labelled:latest", basic.addr);
+    let login =
+        |password: &str| format!(r#"{{"{}":{{"username":"ecsuser","password":"{password}"}}}}"#, basic.addr);
+    refused(&render_with(&image, LABEL, &[]));
+    let wrong = login("wrong");
+    refused(&render_with(
+        &image,
+        LABEL,
+        &[("ECS_ENGINE_AUTH_TYPE", "docker"), ("ECS_ENGINE_AUTH_DATA", &wrong)],
+    ));
+    let right = login("s3cret!");
+    let out =
+        render_with(&image, LABEL, &[("ECS_ENGINE_AUTH_TYPE", "docker"), ("ECS_ENGINE_AUTH_DATA", &right)]);
+    assert_eq!(family(&out), "from-label");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"), "a password was printed");
+    // The same from the docker config (`docker login`'s file).
+    let docker = tempfile::tempdir().unwrap();
+    let auth = run("sh", &["-c", "printf %s 'ecsuser:s3cret!' | base64 -w0"]);
+    std::fs::write(
+        docker.path().join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, basic.addr),
+    )
+    .unwrap();
+    let out = render_with(&image, LABEL, &[("DOCKER_CONFIG", docker.path().to_str().unwrap())]);
+    assert_eq!(family(&out), "from-label");
+
+    // ECR: moto's GetAuthorizationToken gives AWS:123456789012-auth-token, which this
+    // registry takes; it is ECR because ECSD_ECR_REGISTRIES names it.
+    let moto = Moto::start();
+    let ecr = Registry::start_as(
+        "basic",
+        &[("ECSD_LAB_USER", "AWS"), ("ECSD_LAB_PASSWORD", "123456789012-auth-token")],
+    );
+    let image = format!("{}/labelled:latest", ecr.addr);
+    refused(&render_with(&image, LABEL, &[("AWS_ENDPOINT_URL_ECR", &moto.url)]));
+    let out = render_with(
+        &image,
+        LABEL,
+        &[("AWS_ENDPOINT_URL_ECR", &moto.url), ("ECSD_ECR_REGISTRIES", &ecr.addr)],
+    );
+    assert_eq!(family(&out), "from-label");
+    // An ECR login that fails is its own error (exit 3), naming the registry.
+    let out = render_with(
+        &image,
+        LABEL,
+        &[("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:9"), ("ECSD_ECR_REGISTRIES", &ecr.addr)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.starts_with("error: cannot get credentials for the registry of "), "{stderr}");
 }
 
 /// What the overlay gives the label's container `app`: a command that prints the two

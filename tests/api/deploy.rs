@@ -86,35 +86,61 @@ impl Lab {
     /// clock moves only once the command has said something on stderr (it has read the
     /// service by then): moved earlier, a deployment could end before `wait` looks at it.
     async fn run_advancing(&self, args: &[&str]) -> Output {
-        use tokio::io::AsyncReadExt;
-        let mut child = self
-            .command(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
+        self.advancing(self.command(args)).await
+    }
+
+    /// `ecsd deploy` with only these arguments and variables (none of [`Lab::command`]'s).
+    fn bare(&self, args: &[&str], vars: &[(&str, &str)]) -> tokio::process::Command {
+        let mut cmd = crate::support::ecsd_deploy(self.dir.path(), &self.moto);
+        cmd.args(args).envs(vars.iter().copied());
+        cmd
+    }
+
+    /// Runs `cmd`, moving the daemon's clock once it has said something (so that `wait`
+    /// finds the deployment still in flight however long the process took to start).
+    async fn advancing(&self, mut cmd: tokio::process::Command) -> Output {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut child =
+            cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let mut stdout = child.stdout.take().unwrap();
-        let mut out = Vec::new();
-        let read_stdout = tokio::spawn(async move { stdout.read_to_end(&mut out).await.map(|_| out) });
-        let (mut err, mut chunk, mut open) = (Vec::new(), [0u8; 4096], true);
-        loop {
-            tokio::select! {
-                n = stderr.read(&mut chunk), if open => match n.unwrap() {
-                    0 => open = false,
-                    n => err.extend_from_slice(&chunk[..n]),
-                },
-                status = child.wait(), if !open => {
-                    let stdout = read_stdout.await.unwrap().unwrap();
-                    return Output { status: status.unwrap(), stdout, stderr: err };
+        let stdout = tokio::spawn(async move {
+            let mut out = Vec::new();
+            stdout.read_to_end(&mut out).await.unwrap();
+            out
+        });
+        let spoke = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stderr = {
+            let spoke = spoke.clone();
+            let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+            tokio::spawn(async move {
+                let mut text = String::new();
+                while let Some(line) = lines.next_line().await.unwrap() {
+                    text.push_str(&line);
+                    text.push('\n');
+                    spoke.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
+                text
+            })
+        };
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status.unwrap(),
                 () = tokio::time::sleep(Duration::from_millis(20)) => {
-                    if !err.is_empty() {
+                    if spoke.load(std::sync::atomic::Ordering::SeqCst) {
                         self.ecsd.clock.advance(Duration::from_secs(5));
                     }
                 }
             }
-        }
+        };
+        Output { status, stdout: stdout.await.unwrap(), stderr: stderr.await.unwrap().into_bytes() }
+    }
+
+    /// The service's task definition (`web:N`), desired and running counts.
+    async fn service(&self) -> (String, i32, i32) {
+        let out = self.ecsd.client.describe_services().services("web").send().await.unwrap();
+        let s = &out.services()[0];
+        let td = s.task_definition().unwrap().rsplit('/').next().unwrap().to_owned();
+        (td, s.desired_count(), s.running_count())
     }
 
     async fn revisions(&self) -> Vec<String> {
@@ -123,6 +149,12 @@ impl Lab {
     }
 
     async fn create_service(&self, image: &str) {
+        self.create_service_with(image, true).await;
+    }
+
+    /// A service whose deployments fail with a circuit breaker that rolls back, or (without
+    /// `breaker`) stay IN_PROGRESS for as long as their tasks keep failing.
+    async fn create_service_with(&self, image: &str, breaker: bool) {
         let td = self
             .ecsd
             .client
@@ -142,7 +174,7 @@ impl Lab {
             .deployment_configuration(
                 DeploymentConfiguration::builder()
                     .deployment_circuit_breaker(
-                        DeploymentCircuitBreaker::builder().enable(true).rollback(true).build(),
+                        DeploymentCircuitBreaker::builder().enable(breaker).rollback(breaker).build(),
                     )
                     .build(),
             )
@@ -275,6 +307,12 @@ async fn unresolvable_names_and_bad_inputs_exit_with_their_codes() {
     let out = lab.run(&["render", "--env", "bad.json"]).await;
     assert_eq!(code(&out), 2);
     assert_eq!(text(&out.stderr), "error: bad.json:3:3: expected `,` or `}`\n");
+    let out =
+        lab.bare(&["render", "--template", "template.json", "--pin-digest"], &[]).output().await.unwrap();
+    assert_eq!(
+        (code(&out), text(&out.stderr)),
+        (2, "error: --pin-digest needs --image (or --registry/--app/--tag): the image to pin\n".to_owned())
+    );
     assert!(lab.revisions().await.is_empty());
 }
 
@@ -515,4 +553,491 @@ async fn render_verify_diff_status_and_dry_run_make_only_describe_and_list_calls
     let ops = served.take();
     let writes: Vec<&String> = ops.iter().filter(|op| !reads_only(op)).collect();
     assert_eq!(writes, ["RegisterTaskDefinition", "UpdateService"], "{ops:?}");
+}
+
+#[tokio::test]
+async fn rollback_on_failure_after_a_timeout_puts_the_last_good_revision_back_and_exits_5() {
+    let lab = lab().await;
+    lab.create_service_with("busybox", false).await;
+    let out = lab.run_advancing(&["--service", "web"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    // Control: without the flag a deployment whose tasks never start times out (6) and the
+    // service stays on it.
+    let out = lab.run_advancing(&["--service", "web", "--image", "nope", "--timeout", "3s"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 6, "{stderr}");
+    assert!(!stderr.contains("rolling back"), "{stderr}");
+    assert_eq!(lab.service().await.0, "web:3");
+
+    let out = lab
+        .run_advancing(&["--service", "web", "--image", "nope2", "--timeout", "5s", "--rollback-on-failure"])
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 5, "{stderr}");
+    assert!(stderr.contains("registered web:4"), "{stderr}");
+    assert!(stderr.contains("error: timed out after 5s; deployment ecs-svc/"), "{stderr}");
+    assert!(stderr.contains("rolling back (--rollback-on-failure)\nstopped deployment "), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: deployment ecs-svc/")
+            && last.ends_with(" of web:4 failed; rolled back to web:2"),
+        "the last revision that completed, not web:3: {stderr}"
+    );
+    assert_eq!(lab.service().await, ("web:2".to_owned(), 1, 1));
+    assert_eq!(lab.revisions().await.len(), 4, "rollback registers nothing");
+}
+
+#[tokio::test]
+async fn rollback_on_failure_exits_7_when_the_rollback_does_not_complete() {
+    let lab = lab().await;
+    // No revision of this service ever completed a deployment: there is nothing to go back to.
+    lab.create_service_with("nope", false).await;
+    let out = lab
+        .run_advancing(&["--service", "web", "--image", "nope", "--timeout", "3s", "--rollback-on-failure"])
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 7, "{stderr}");
+    assert!(stderr.contains("rolling back (--rollback-on-failure)"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("error: rollback of default/web did not complete"),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("; service state unknown\n"), "{stderr}");
+}
+
+#[tokio::test]
+async fn rollback_on_failure_leaves_a_circuit_breaker_rollback_alone() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let out = lab.run_advancing(&["--service", "web"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = lab.run_advancing(&["--service", "web", "--image", "nope", "--rollback-on-failure"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 5, "{stderr}");
+    assert!(!stderr.contains("rolling back (--rollback-on-failure)"), "ECS had rolled back: {stderr}");
+    assert!(stderr.trim_end().ends_with("service runs web:2"), "{stderr}");
+    assert_eq!(lab.service().await.0, "web:2");
+}
+
+#[tokio::test]
+async fn wait_until_deployed_asks_ecs_for_the_service_deployment_and_stable_does_not() {
+    let (served, _guard) = Served::record();
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    served.take();
+    let out = lab.run_advancing(&["--service", "web"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stderr.lines().last().unwrap_or_default().starts_with("deployed web:2 to default/web in "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SUCCESSFUL"), "{stderr}");
+    let ops = served.take();
+    assert!(
+        !ops.contains(&"DescribeServiceDeployments".to_owned()),
+        "stable waits by DescribeServices: {ops:?}"
+    );
+
+    let out = lab
+        .run_advancing(&[
+            "--service",
+            "web",
+            "--wait-until",
+            "deployed",
+            "--set",
+            "/containerDefinitions/0/memory=64",
+        ])
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("deployed web:3 to default/web in ")
+            && last.ends_with("s (service deployment SUCCESSFUL)"),
+        "{stderr}"
+    );
+    let ops = served.take();
+    assert!(ops.contains(&"DescribeServiceDeployments".to_owned()), "{ops:?}");
+
+    // A deployment the circuit breaker rolls back is a failure under `deployed` too.
+    let out = lab.run_advancing(&["--service", "web", "--wait-until", "deployed", "--image", "nope"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 5, "{stderr}");
+    assert!(stderr.trim_end().ends_with("service runs web:3"), "{stderr}");
+    let out = lab.run(&["--service", "web", "--wait-until", "soon"]).await;
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn desired_count_is_sent_with_the_update_and_alone_when_the_definition_is_unchanged() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let out = lab.run_advancing(&["--service", "web", "--desired-count", "2"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stderr.contains("registered web:2\nupdated default/web to web:2, desired count 2 (deployment "),
+        "{stderr}"
+    );
+    assert_eq!(lab.service().await, ("web:2".to_owned(), 2, 2));
+
+    let out = lab.run(&["--service", "web", "--desired-count", "2"]).await;
+    assert_eq!(text(&out.stderr), "task definition unchanged (matches web:2); nothing to deploy\n");
+    let out = lab.run(&["--service", "web", "--desired-count", "1", "--dry-run"]).await;
+    assert_eq!(
+        (code(&out), text(&out.stderr)),
+        (0, "dry run: would keep web:2 and set the desired count to 1; nothing was written\n".to_owned())
+    );
+    assert_eq!(lab.service().await.1, 2, "--dry-run changed the count");
+
+    let out = lab.run_advancing(&["--service", "web", "--desired-count", "1"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.starts_with("updated default/web to web:2, desired count 1 (deployment "), "{stderr}");
+    assert_eq!(lab.service().await, ("web:2".to_owned(), 1, 1));
+    assert_eq!(lab.revisions().await.len(), 2, "a count alone registers nothing");
+    let out = lab.run(&["--service", "web", "--desired-count", "-1"]).await;
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn settings_come_from_flags_then_ecsd_deploy_variables_then_ecsd_deploy_toml() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let file = format!(
+        r#"# Everything apply needs, so that the command line names only the environment.
+endpoint-url = "{}"
+service = "web"
+template = "template.json"
+image = "busybox"
+execution-role = "ecsTaskExecutionRole"
+secret-prefix = "prod/"
+
+[env.staging]
+secret-prefix = "staging/"
+timeout = "5m"
+"#,
+        lab.ecsd.url
+    );
+    std::fs::write(lab.dir.path().join("ecsd-deploy.toml"), &file).unwrap();
+    // --environment staging: the [env.staging] table and the overlay staging.json.
+    let out = lab.bare(&["render", "--environment", "staging"], &[]).output().await.unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["executionRoleArn"], lab.role_arn.as_str());
+    let c = &doc["containerDefinitions"][0];
+    assert_eq!(c["secrets"][0]["valueFrom"], lab.secret_arns[0].as_str());
+    assert_eq!(c["environment"][2]["name"], "ROOT_URL", "staging.json was merged: {c}");
+    // Without it, the file's top level: no secret prod/MONGO_URL.
+    let prod = "no Secrets Manager secret named 'prod/MONGO_URL'";
+    let out = lab.bare(&["render"], &[]).output().await.unwrap();
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(prod), "{}", text(&out.stderr));
+    // A variable beats the file's table; a flag beats the variable.
+    let variable = [("ECSD_DEPLOY_SECRET_PREFIX", "prod/")];
+    let out = lab.bare(&["render", "--environment", "staging"], &variable).output().await.unwrap();
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(prod), "{}", text(&out.stderr));
+    let out = lab
+        .bare(&["render", "--environment", "staging", "--secret-prefix", "staging/"], &variable)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = lab.bare(&["render"], &[("ECSD_DEPLOY_ENVIRONMENT", "staging")]).output().await.unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+
+    // apply with nothing but the environment on the command line.
+    let out = lab.advancing(lab.bare(&["--environment", "staging"], &[])).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.contains("deployed web:2 to default/web"), "{stderr}");
+
+    // A key the file should not have stops the run before any call.
+    std::fs::write(
+        lab.dir.path().join("ecsd-deploy.toml"),
+        file.replace("[env.staging]\n", "[env.staging]\nclustr = \"x\"\n"),
+    )
+    .unwrap();
+    let out = lab.bare(&["--environment", "staging"], &[]).output().await.unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("error: ecsd-deploy.toml: unknown key 'clustr' in [env.staging] "),
+        "{}",
+        text(&out.stderr)
+    );
+    let out =
+        lab.bare(&["--environment", "qa"], &[("ECSD_DEPLOY_CONFIG", "none.toml")]).output().await.unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("error: config file 'none.toml' not found (from ECSD_DEPLOY_CONFIG; "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(lab.revisions().await.len(), 2);
+}
+
+#[tokio::test]
+async fn sigint_and_sigterm_stop_the_wait_and_leave_the_deployment_going() {
+    use tokio::io::AsyncBufReadExt;
+    let lab = lab().await;
+    lab.create_service_with("busybox", false).await;
+    for (image, signal, expected, td) in [("nope", "-INT", 130, "web:2"), ("nope2", "-TERM", 143, "web:3")] {
+        // The clock does not move and the image does not exist: the wait goes on until the signal.
+        let mut child = lab
+            .command(&["--service", "web", "--image", image])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut stderr = String::new();
+        // The first deployment lines come from inside the wait, once its signal watches are set.
+        while let Some(line) = lines.next_line().await.unwrap() {
+            stderr.push_str(&line);
+            stderr.push('\n');
+            if line.contains(" PRIMARY ") {
+                break;
+            }
+        }
+        assert!(stderr.contains(&format!("updated default/web to {td}")), "{stderr}");
+        let pid = child.id().unwrap().to_string();
+        let kill = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(kill.success());
+        while let Some(line) = lines.next_line().await.unwrap() {
+            stderr.push_str(&line);
+            stderr.push('\n');
+        }
+        let status = child.wait().await.unwrap();
+        assert_eq!(status.code(), Some(expected), "{signal}: {stderr}");
+        let name = if expected == 130 { "SIGINT" } else { "SIGTERM" };
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("error: interrupted ({name}); deployment ecs-svc/"))
+                && last.ends_with(" continues in ECS"),
+            "{stderr}"
+        );
+        // The deployment was not stopped: it is still the service's, in progress.
+        let out = lab.ecsd.client.describe_services().services("web").send().await.unwrap();
+        let s = &out.services()[0];
+        assert!(s.task_definition().unwrap().ends_with(td), "{s:?}");
+        let primary = s.deployments().iter().find(|d| d.status() == Some("PRIMARY")).unwrap();
+        assert_eq!(primary.rollout_state().map(|r| r.as_str()), Some("IN_PROGRESS"), "{s:?}");
+    }
+}
+
+#[tokio::test]
+async fn output_json_writes_one_object_per_line_and_ends_with_the_result() {
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let objects = |out: &Output| -> Vec<serde_json::Value> {
+        text(&out.stderr)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line: {l}: {e}")))
+            .collect()
+    };
+    let out = lab.run_advancing(&["--service", "web", "--output", "json"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let lines = objects(&out);
+    for o in &lines {
+        assert!(o["time"].is_string() && o["level"].is_string() && o["msg"].is_string(), "{o}");
+        assert_eq!(
+            (&o["cluster"], &o["service"]),
+            (&serde_json::json!("default"), &serde_json::json!("web")),
+            "{o}"
+        );
+    }
+    let events: Vec<&str> = lines.iter().map(|o| o["event"].as_str().unwrap()).collect();
+    for event in ["registered", "updated", "deployment", "event", "deployed"] {
+        assert!(events.contains(&event), "{event} missing from {events:?}");
+    }
+    assert!(
+        lines.iter().any(|o| o["event"] == "deployment"
+            && o["status"] == "PRIMARY"
+            && o["taskDefinition"] == "web:2"
+            && o["rolloutState"] == "COMPLETED"),
+        "{lines:?}"
+    );
+    let result = lines.last().unwrap();
+    assert_eq!(
+        (&result["event"], &result["exit"], &result["outcome"], &result["taskDefinition"]),
+        (
+            &serde_json::json!("result"),
+            &serde_json::json!(0),
+            &serde_json::json!("deployed"),
+            &serde_json::json!("web:2")
+        ),
+        "{result}"
+    );
+
+    let out = lab.run_advancing(&["--service", "web", "--output", "json", "--image", "nope"]).await;
+    assert_eq!(code(&out), 5, "{}", text(&out.stderr));
+    let lines = objects(&out);
+    assert!(
+        lines.iter().any(|o| o["event"] == "task-stopped" && o["stoppedReason"].is_string()),
+        "{lines:?}"
+    );
+    let result = lines.last().unwrap();
+    assert_eq!(
+        (&result["exit"], &result["outcome"], &result["running"]),
+        (&serde_json::json!(5), &serde_json::json!("failed"), &serde_json::json!("web:2")),
+        "{result}"
+    );
+    assert_eq!(result["level"], "error");
+
+    // A failure before any deployment: the result object carries the error, and no plain line.
+    let out = lab.run(&["--service", "web", "--output", "json", "--env", "missing.json"]).await;
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    let lines = objects(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["exit"], 2);
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("environment file 'missing.json' not found (from --env; "),
+        "{}",
+        lines[0]
+    );
+}
+
+/// An ECS endpoint without the service-deployment API, as an older one: `upstream` behind a
+/// proxy that answers UnknownOperationException to those operations and forwards the rest.
+async fn without_service_deployments(upstream: String) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    const MISSING: [&str; 4] = [
+        "ListServiceDeployments",
+        "DescribeServiceDeployments",
+        "DescribeServiceRevisions",
+        "StopServiceDeployment",
+    ];
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if MISSING.iter().any(|op| target.ends_with(&format!(".{op}"))) {
+                let body = r#"{"__type":"UnknownOperationException","message":"Unknown operation"}"#;
+                return (StatusCode::BAD_REQUEST, [("content-type", "application/x-amz-json-1.1")], body)
+                    .into_response();
+            }
+            let mut request = client.post(&upstream).body(body);
+            for (name, value) in &headers {
+                if name != "content-length" {
+                    request = request.header(name, value);
+                }
+            }
+            let response = request.send().await.unwrap();
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+            let content_type = response.headers().get("content-type").cloned();
+            let mut out = (status, response.bytes().await.unwrap()).into_response();
+            if let Some(ct) = content_type {
+                out.headers_mut().insert("content-type", ct);
+            }
+            out
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn without_the_service_deployment_api_wait_and_rollback_go_by_describe_services() {
+    let (served, _guard) = Served::record();
+    let lab = lab().await;
+    lab.create_service("busybox").await;
+    let old = without_service_deployments(lab.ecsd.url.clone()).await;
+    let deploy = |args: &[&str]| {
+        let defaults = [
+            ("--endpoint-url", old.as_str()),
+            ("--template", "template.json"),
+            ("--env", "staging.json"),
+            ("--image", "busybox"),
+            ("--execution-role", "ecsTaskExecutionRole"),
+            ("--secret-prefix", "staging/"),
+            ("--service", "web"),
+            ("--timeout", "5m"),
+        ];
+        let mut all = args.to_vec();
+        all.extend(defaults.iter().filter(|(flag, _)| !args.contains(flag)).flat_map(|(f, v)| [*f, *v]));
+        lab.advancing(lab.bare(&all, &[]))
+    };
+    let out = deploy(&[]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    // The proxy refuses the API (the daemon never sees those calls; straight to it, the same
+    // wait asks DescribeServiceDeployments: wait_until_deployed_asks_ecs_for_…).
+    let out = deploy(&["--wait-until", "deployed", "--set", "/containerDefinitions/0/memory=64"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.trim_end().ends_with("s (rollout COMPLETED)"), "the rollout state decided: {stderr}");
+    let ops = served.take();
+    assert!(ops.iter().all(|op| !op.contains("ServiceDeployment")), "{ops:?}");
+    assert!(ops.contains(&"UpdateService".to_owned()), "{ops:?}");
+
+    let out = deploy(&["--image", "nope"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 5, "{stderr}");
+    assert!(stderr.trim_end().ends_with("service runs web:3"), "{stderr}");
+    // No SUCCESSFUL deployments to look at: the previous ACTIVE revision of the family.
+    let out = deploy(&["rollback"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stderr.starts_with("rolling back default/web from web:3 to web:2\n"), "{stderr}");
+    assert!(stderr.contains("deployed web:2 to default/web"), "{stderr}");
+    let out = deploy(&["wait"]).await;
+    assert_eq!(
+        (code(&out), text(&out.stderr)),
+        (0, "no deployment in flight; default/web runs web:2\n".to_owned())
+    );
+    let ops = served.take();
+    assert!(
+        ops.iter().all(|op| !op.contains("ServiceDeployment") && !op.contains("ServiceRevision")),
+        "{ops:?}"
+    );
+    assert!(ops.contains(&"ListTaskDefinitions".to_owned()), "{ops:?}");
+}
+
+#[tokio::test]
+async fn secrets_lookup_list_matches_names_exactly_not_by_prefix() {
+    let lab = lab().await;
+    let out = lab.run(&["render", "--secrets-lookup", "list"]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &doc["containerDefinitions"][0];
+    assert_eq!(c["secrets"][0]["valueFrom"], lab.secret_arns[0].as_str());
+    assert_eq!(c["secrets"][1]["valueFrom"], lab.secret_arns[1].as_str());
+    let out = lab.run(&["verify", "--secrets-lookup", "list"]).await;
+    assert!(
+        text(&out.stdout).contains("<- secretsmanager:ListSecrets staging/MAIL_URL: "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Without a prefix, MONGO_URL exists, and MAIL_URL does not: MAIL_URL_OLD, which a prefix
+    // or substring match would take, is not it.
+    lab.moto.aws(&["secretsmanager", "create-secret", "--name", "MONGO_URL", "--secret-string", "x"]).await;
+    let out = lab.run(&["render", "--secrets-lookup", "list", "--secret-prefix", ""]).await;
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "error: containerDefinitions[0] ('app').secrets[1] 'MAIL_URL': no Secrets Manager secret named 'MAIL_URL' in \
+         us-east-1 (ListSecrets: no secret of exactly that name; longer names that start with it: MAIL_URL_OLD)\n"
+    );
+    // Control: DescribeSecret finds MONGO_URL the same way and fails on MAIL_URL too.
+    let out = lab.run(&["render", "--secret-prefix", ""]).await;
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("secrets[1] 'MAIL_URL': no Secrets Manager secret named 'MAIL_URL'"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 
 use crate::aws::AwsError;
+use crate::engine::registry_auth::AuthError;
 use crate::runtime::RuntimeError;
 
+use super::config::ConfigError;
 use super::merge::MergeError;
 
 /// Exit codes users and CI scripts rely on.
@@ -16,7 +18,12 @@ pub mod exit {
     pub const REJECTED: u8 = 4;
     pub const FAILED: u8 = 5;
     pub const TIMEOUT: u8 = 6;
+    /// The deployment failed and `--rollback-on-failure`'s rollback did not complete.
+    pub const ROLLBACK_FAILED: u8 = 7;
+    /// SIGINT while waiting (the deployment goes on).
     pub const INTERRUPTED: u8 = 130;
+    /// SIGTERM while waiting (the deployment goes on).
+    pub const TERMINATED: u8 = 143;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +41,8 @@ pub enum DeployError {
     NotAnObject { path: PathBuf, what: &'static str, kind: &'static str },
     #[error(transparent)]
     Merge(#[from] MergeError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("--set {arg}: {reason}")]
     Set { arg: String, reason: SetProblem },
     #[error(
@@ -42,11 +51,19 @@ pub enum DeployError {
     NoTemplate { label: String },
     #[error("--platform {0}: not a linux platform such as linux/amd64 or linux/arm64/v8")]
     Platform(String),
+    #[error("--pin-digest needs --image (or --registry/--app/--tag): the image to pin")]
+    PinWithoutImage,
     #[error("{verb} needs --service")]
     NoService { verb: &'static str },
     /// The registry could not give the image's config.
     #[error("cannot read the template label of {image}: {cause}")]
     Registry { image: String, cause: Box<RuntimeError> },
+    /// The registry's credentials could not be had (an ECR login, a credential helper).
+    #[error("cannot get credentials for the registry of {image}: {cause}")]
+    RegistryAuth { image: String, cause: Box<AuthError> },
+    /// The registry or AWS settings in the environment are unusable.
+    #[error("{0}")]
+    Settings(crate::config::ConfigError),
     #[error(
         "image {image} has no label '{label}' (labels: {}); build with --build-arg {label}=\"$(cat ecs_task_template.json)\" and LABEL {label}=${label}, or pass --template",
         if .labels.is_empty() { "none".to_owned() } else { .labels.join(", ") }
@@ -96,6 +113,19 @@ pub enum Unresolved {
         cause: Box<AwsError>,
     },
     #[error(
+        "containerDefinitions[{container}] ('{container_name}').{field}[{index}] '{name}': no Secrets Manager secret named '{secret}' in {region} (ListSecrets: {cause})"
+    )]
+    Listed {
+        container: usize,
+        container_name: String,
+        field: &'static str,
+        index: usize,
+        name: String,
+        secret: String,
+        region: String,
+        cause: ListProblem,
+    },
+    #[error(
         "containerDefinitions[{container}] ('{container_name}').{field}[{index}] '{name}': parameter '{parameter}' not found in {region} (ssm:GetParameters: {cause})"
     )]
     Parameter {
@@ -125,6 +155,18 @@ pub enum SetProblem {
     NotContainer(String),
 }
 
+/// Why `--secrets-lookup list` found no secret of a name.
+#[derive(Debug, thiserror::Error)]
+pub enum ListProblem {
+    #[error(
+        "no secret of exactly that name{}",
+        if .similar.is_empty() { String::new() } else { format!("; longer names that start with it: {}", .similar.join(", ")) }
+    )]
+    NoExactName { similar: Vec<String> },
+    #[error("{0}")]
+    Call(Box<AwsError>),
+}
+
 /// Why an `ssm:` reference did not resolve.
 #[derive(Debug, thiserror::Error)]
 pub enum ParameterProblem {
@@ -144,11 +186,15 @@ impl DeployError {
             | Syntax { .. }
             | NotAnObject { .. }
             | Merge(_)
+            | Config(_)
+            | Settings(_)
             | Set { .. }
             | NoTemplate { .. }
             | Platform(_)
-            | NoService { .. } => exit::USAGE,
+            | NoService { .. }
+            | PinWithoutImage => exit::USAGE,
             Registry { .. }
+            | RegistryAuth { .. }
             | NoLabel { .. }
             | LabelNotJson { .. }
             | Role { .. }

@@ -9,6 +9,7 @@
 
 mod apply;
 pub mod args;
+pub mod config;
 mod diff;
 mod ecs;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod input;
 mod label;
 pub mod merge;
 pub mod normalise;
+pub mod progress;
 pub mod render;
 pub mod resolve;
 mod rollback;

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::aws::{AwsError, Client};
+use crate::aws::{AwsError, Client, Service};
 
-use super::error::{DeployError, ParameterProblem, Unresolved};
+use super::args::SecretsLookup;
+use super::error::{DeployError, ListProblem, ParameterProblem, Unresolved};
 use super::value::Json;
 
 /// What a lookup found, for `verify` and the log: `executionRoleArn ← iam:GetRole NAME`.
@@ -25,8 +26,11 @@ pub struct Resolver<'a> {
     pub region: String,
     pub secret_prefix: String,
     pub account_id: Option<String>,
+    pub lookup: SecretsLookup,
     roles: BTreeMap<String, String>,
     secret_arns: BTreeMap<String, String>,
+    /// `--secrets-lookup list`: every secret whose name starts with the prefix, by name.
+    listed: Option<BTreeMap<String, String>>,
     pub resolved: Vec<Resolved>,
     pub warnings: Vec<String>,
 }
@@ -43,8 +47,10 @@ impl<'a> Resolver<'a> {
             region: region.to_owned(),
             secret_prefix: secret_prefix.to_owned(),
             account_id,
+            lookup: SecretsLookup::Describe,
             roles: BTreeMap::new(),
             secret_arns: BTreeMap::new(),
+            listed: None,
             resolved: Vec::new(),
             warnings: Vec::new(),
         }
@@ -92,8 +98,8 @@ impl<'a> Resolver<'a> {
             let at = Place { container, container_name, field, index, name: &name };
             let arn = if value_from.is_empty() {
                 let secret_name = format!("{}{name}", self.secret_prefix);
-                let arn = self.secret_arn(&secret_name, &at).await?;
-                self.note(&at, format!("secretsmanager:DescribeSecret {secret_name}"), &arn);
+                let arn = self.secret_arn(&secret_name, &at, self.lookup).await?;
+                self.note(&at, format!("secretsmanager:{} {secret_name}", self.lookup.operation()), &arn);
                 arn
             } else if let Some(reference) = value_from.strip_prefix("sm:") {
                 // NAME[:json-key[:version-stage[:version-id]]]; secret names cannot hold ':'.
@@ -101,7 +107,9 @@ impl<'a> Resolver<'a> {
                     Some((n, rest)) => (n.to_owned(), format!(":{rest}")),
                     None => (reference.to_owned(), String::new()),
                 };
-                let arn = format!("{}{suffix}", self.secret_arn(&secret_name, &at).await?);
+                // Named outright, maybe outside the prefix: looked up by itself.
+                let arn =
+                    format!("{}{suffix}", self.secret_arn(&secret_name, &at, SecretsLookup::Describe).await?);
                 self.note(&at, format!("secretsmanager:DescribeSecret {secret_name}"), &arn);
                 arn
             } else if let Some(parameter) = value_from.strip_prefix("ssm:") {
@@ -156,9 +164,17 @@ impl<'a> Resolver<'a> {
         Ok(arn)
     }
 
-    async fn secret_arn(&mut self, secret_name: &str, at: &Place<'_>) -> Result<String, DeployError> {
+    async fn secret_arn(
+        &mut self,
+        secret_name: &str,
+        at: &Place<'_>,
+        lookup: SecretsLookup,
+    ) -> Result<String, DeployError> {
         if let Some(arn) = self.secret_arns.get(secret_name) {
             return Ok(arn.clone());
+        }
+        if lookup == SecretsLookup::List {
+            return self.listed_arn(secret_name, at).await;
         }
         let found = self.aws.describe_secret(secret_name).await.map_err(|cause| {
             DeployError::Unresolved(Box::new(Unresolved::Secret {
@@ -174,6 +190,69 @@ impl<'a> Resolver<'a> {
         })?;
         self.secret_arns.insert(secret_name.to_owned(), found.arn.clone());
         Ok(found.arn)
+    }
+
+    /// The ARN of the secret named exactly `secret_name` among those one paginated ListSecrets
+    /// (names starting with the prefix) gives: a longer name it starts (`MAIL_URL_OLD` for
+    /// `MAIL_URL`) is not it, as it was for the post's `contains` match.
+    async fn listed_arn(&mut self, secret_name: &str, at: &Place<'_>) -> Result<String, DeployError> {
+        let unresolved = |cause| {
+            DeployError::Unresolved(Box::new(Unresolved::Listed {
+                container: at.container,
+                container_name: at.container_name.to_owned(),
+                field: at.field,
+                index: at.index,
+                name: at.name.to_owned(),
+                secret: secret_name.to_owned(),
+                region: self.region.clone(),
+                cause,
+            }))
+        };
+        if self.listed.is_none() {
+            let mut listed = BTreeMap::new();
+            let mut token: Option<String> = None;
+            loop {
+                let mut input = serde_json::json!({ "MaxResults": 100 });
+                if !self.secret_prefix.is_empty() {
+                    input["Filters"] = serde_json::json!([{ "Key": "name", "Values": [self.secret_prefix] }]);
+                }
+                if let Some(t) = &token {
+                    input["NextToken"] = serde_json::json!(t);
+                }
+                let page: serde_json::Value = self
+                    .aws
+                    .json(Service::SecretsManager, "secretsmanager.ListSecrets", &input)
+                    .await
+                    .map_err(|e| unresolved(ListProblem::Call(Box::new(e))))?;
+                for secret in page["SecretList"].as_array().into_iter().flatten() {
+                    if let (Some(name), Some(arn)) = (secret["Name"].as_str(), secret["ARN"].as_str()) {
+                        listed.insert(name.to_owned(), arn.to_owned());
+                    }
+                }
+                match page["NextToken"].as_str() {
+                    Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                    _ => break,
+                }
+            }
+            self.listed = Some(listed);
+        }
+        let listed = self.listed.as_ref().map(|l| l.get(secret_name).cloned());
+        match listed.flatten() {
+            Some(arn) => {
+                self.secret_arns.insert(secret_name.to_owned(), arn.clone());
+                Ok(arn)
+            }
+            None => {
+                let similar: Vec<String> = self
+                    .listed
+                    .iter()
+                    .flat_map(|l| l.keys())
+                    .filter(|n| n.starts_with(secret_name))
+                    .cloned()
+                    .collect();
+                Err(unresolved(ListProblem::NoExactName { similar }))
+            }
+        }
     }
 
     async fn parameter_arn(&mut self, parameter: &str, at: &Place<'_>) -> Result<String, DeployError> {

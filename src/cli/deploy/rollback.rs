@@ -11,7 +11,7 @@ use crate::aws::Client;
 
 use super::ecs::{call, call_error, checked, describe_service, event_ids, op, primary, short, unavailable};
 use super::error::DeployError;
-use super::wait::Target;
+use super::wait::{Started, Target};
 
 pub async fn rollback(target: &Target<'_>, to: Option<&str>) -> Result<u8, DeployError> {
     let started = Instant::now();
@@ -44,13 +44,14 @@ pub async fn rollback(target: &Target<'_>, to: Option<&str>) -> Result<u8, Deplo
             })?,
         },
     };
-    eprintln!(
+    let msg = format!(
         "rolling back {}/{} from {} to {}",
         target.cluster,
         target.service,
         short(&current_td),
         short(&td)
     );
+    target.progress.say("rolling-back", &msg, json!({ "from": short(&current_td), "to": short(&td) }));
     target.update(&td, false, &current, started).await
 }
 
@@ -78,20 +79,23 @@ async fn stop(target: &Target<'_>, current: &Value, started: Instant) -> Result<
         Err(e) if unavailable(&e) => return Ok(None),
         Err(e) => return Err(call_error("StopServiceDeployment", "the rollback", e)),
     }
-    eprintln!(
+    let msg = format!(
         "stopped deployment {} of {}/{}; ECS rolls it back",
         short(arn),
         target.cluster,
         target.service
     );
+    target.progress.say("stopped", &msg, json!({ "serviceDeployment": arn }));
     if target.no_wait {
         return Ok(Some(0));
     }
     let after = describe_service(client, target.cluster, target.service).await?;
     let Some(p) = primary(&after) else { return Ok(Some(0)) };
     let td = p["taskDefinition"].as_str().unwrap_or_default();
-    let id = p["id"].as_str().unwrap_or_default();
-    target.wait(td, id, event_ids(current), started).await.map(Some)
+    // The rollback's own deployment: judged by its rollout, not by the stopped one's status.
+    let deployment =
+        Started { deployment: p["id"].as_str().unwrap_or_default().to_owned(), service_deployment: None };
+    target.wait(td, &deployment, event_ids(current), started).await.map(Some)
 }
 
 /// The newest revision other than `current_td` that a deployment of the service completed

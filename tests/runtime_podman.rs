@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use ecsd::runtime::podman::service::{self, PodmanService};
 use ecsd::runtime::{
-    ConsoleSize, Event, ExecOutput, ExecSpec, Image, PodmanOptions, PodmanRuntime, ProcessStatus, Runtime,
-    RuntimeError, Stdio, normalize, read_logs, run_to_completion,
+    Backend, ConsoleSize, Event, ExecOutput, ExecSpec, Image, PodmanOptions, PodmanRuntime, ProcessStatus,
+    Runtime, RuntimeError, Stdio, normalize, read_logs, run_to_completion,
 };
 use oci_spec::runtime::{Capability, LinuxBuilder, LinuxCapabilitiesBuilder, Process, ProcessBuilder, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -329,8 +329,15 @@ async fn unreachable_podman_is_unavailable_not_a_panic() {
         [rt.list().await.map(|_| ()), rt.version().await.map(|_| ()), rt.start("x").await.map(|_| ())]
     {
         match result {
-            Err(RuntimeError::Unavailable { address, .. }) => assert!(address.ends_with("nothing.sock")),
-            other => panic!("want Unavailable, got {other:?}"),
+            Err(e @ RuntimeError::Unavailable { runtime: Backend::Podman, .. }) => {
+                // The text names the runtime in use, not containerd.
+                let text = e.to_string();
+                assert!(
+                    text.starts_with("Podman is unreachable at ") && text.contains("nothing.sock"),
+                    "{text}"
+                );
+            }
+            other => panic!("want Unavailable from Podman, got {other:?}"),
         }
     }
     assert!(matches!(
@@ -370,8 +377,10 @@ async fn images_resolve_with_the_registry_digest_and_layers() {
         assert!(listed.contains(&name.to_owned()), "{name} not in {listed:?}");
     }
     match env.rt.image("docker.io/nope/never-loaded:1").await {
-        Err(RuntimeError::ImageNotFound { reference, .. }) => {
-            assert_eq!(reference, "docker.io/nope/never-loaded:1")
+        Err(e @ RuntimeError::ImageNotFound { runtime: Backend::Podman, .. }) => {
+            let text = e.to_string();
+            assert!(text.starts_with("image docker.io/nope/never-loaded:1 is not present in the image store of the Podman service at "), "{text}");
+            assert!(!text.contains("containerd"), "{text}");
         }
         other => panic!("want ImageNotFound, got {other:?}"),
     }

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use ecsd::runtime::embedded::ensure;
 use ecsd::runtime::import::import;
 use ecsd::runtime::{
-    ConsoleSize, ContainerdOptions, ContainerdRuntime, Event, ExecOutput, ExecSpec, Image, ProcessStatus,
-    Runtime, RuntimeError, Stdio, normalize, read_logs, run_to_completion,
+    Backend, ConsoleSize, ContainerdOptions, ContainerdRuntime, Event, ExecOutput, ExecSpec, Image,
+    ProcessStatus, Runtime, RuntimeError, Stdio, normalize, read_logs, run_to_completion,
 };
 use oci_spec::runtime::{LinuxBuilder, Process, ProcessBuilder, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -201,7 +201,10 @@ async fn unreachable_containerd_is_unavailable_not_a_panic() {
         [rt.list().await.map(|_| ()), rt.version().await.map(|_| ()), rt.start("x").await.map(|_| ())]
     {
         match result {
-            Err(RuntimeError::Unavailable { address, .. }) => assert!(address.ends_with("nothing.sock")),
+            Err(e @ RuntimeError::Unavailable { runtime: Backend::Containerd, .. }) => {
+                assert!(e.to_string().starts_with("containerd is unreachable at "), "{e}");
+                assert!(e.to_string().contains("nothing.sock"), "{e}");
+            }
             other => panic!("want Unavailable, got {other:?}"),
         }
     }
@@ -252,7 +255,7 @@ async fn missing_image_is_image_not_found() {
     let env = Env::new().await;
     let name = normalize("nope/never-imported:1").unwrap();
     match env.rt.image(&name).await {
-        Err(RuntimeError::ImageNotFound { reference, namespace: ns }) => {
+        Err(RuntimeError::ImageNotFound { reference, store: ns, .. }) => {
             assert_eq!(reference, "docker.io/nope/never-imported:1");
             assert_eq!(ns, namespace());
         }

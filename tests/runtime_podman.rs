@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use ecsd::runtime::podman::service::{self, PodmanService};
 use ecsd::runtime::{
-    ConsoleSize, Event, ExecOutput, ExecSpec, Image, PodmanOptions, PodmanRuntime, ProcessStatus, Runtime,
-    RuntimeError, Stdio, normalize, read_logs, run_to_completion,
+    Backend, ConsoleSize, Event, ExecOutput, ExecSpec, Image, PodmanOptions, PodmanRuntime, ProcessStatus,
+    Runtime, RuntimeError, Stdio, normalize, read_logs, run_to_completion,
 };
 use oci_spec::runtime::{Capability, LinuxBuilder, LinuxCapabilitiesBuilder, Process, ProcessBuilder, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -329,8 +329,15 @@ async fn unreachable_podman_is_unavailable_not_a_panic() {
         [rt.list().await.map(|_| ()), rt.version().await.map(|_| ()), rt.start("x").await.map(|_| ())]
     {
         match result {
-            Err(RuntimeError::Unavailable { address, .. }) => assert!(address.ends_with("nothing.sock")),
-            other => panic!("want Unavailable, got {other:?}"),
+            Err(e @ RuntimeError::Unavailable { runtime: Backend::Podman, .. }) => {
+                // The text names the runtime in use, not containerd.
+                let text = e.to_string();
+                assert!(
+                    text.starts_with("Podman is unreachable at ") && text.contains("nothing.sock"),
+                    "{text}"
+                );
+            }
+            other => panic!("want Unavailable from Podman, got {other:?}"),
         }
     }
     assert!(matches!(
@@ -370,8 +377,10 @@ async fn images_resolve_with_the_registry_digest_and_layers() {
         assert!(listed.contains(&name.to_owned()), "{name} not in {listed:?}");
     }
     match env.rt.image("docker.io/nope/never-loaded:1").await {
-        Err(RuntimeError::ImageNotFound { reference, .. }) => {
-            assert_eq!(reference, "docker.io/nope/never-loaded:1")
+        Err(e @ RuntimeError::ImageNotFound { runtime: Backend::Podman, .. }) => {
+            let text = e.to_string();
+            assert!(text.starts_with("image docker.io/nope/never-loaded:1 is not present in the image store of the Podman service at "), "{text}");
+            assert!(!text.contains("containerd"), "{text}");
         }
         other => panic!("want ImageNotFound, got {other:?}"),
     }
@@ -777,4 +786,108 @@ fn scopeguard(dir: PathBuf) -> impl Drop {
         }
     }
     Guard(dir)
+}
+
+/// Checklist: a container exiting on its own is STOPPED with its exit code, even when the Podman
+/// service was down for 10 s when it exited. ecsd runs on a Podman service of the test's
+/// (`--podman-socket`), which the test stops right after RUNNING and starts again 10 s later;
+/// the container exits 3 s after it started, so in between. ecsd learns of the exit from the
+/// service's replayed events once it is back.
+#[tokio::test]
+#[ignore = "needs root and podman"]
+async fn an_exit_while_the_podman_service_is_down_is_recorded() {
+    if !podman_tools("an_exit_while_the_podman_service_is_down_is_recorded") {
+        return;
+    }
+    use aws_sdk_ecs::types::{ContainerDefinition, NetworkMode};
+    use ecsd::config::{RuntimeChoice, ServeArgs};
+
+    support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    load_test_images(data.path());
+    let cleanup = scopeguard(data.path().to_owned());
+    let service = service::start(data.path()).await.expect("start the Podman service");
+    let socket = service.socket().to_owned();
+    let conf = data.path().join("config.toml");
+    std::fs::write(&conf, "").unwrap();
+    let conf = conf.display().to_string();
+    let args = ServeArgs {
+        runtime: Some(RuntimeChoice::Podman),
+        podman_socket: Some(socket.clone()),
+        ..ServeArgs::default()
+    };
+    let config = support::config_with(
+        args,
+        data.path(),
+        &[
+            ("ECSD_CONFIG", conf.as_str()),
+            ("ECS_IMAGE_PULL_BEHAVIOR", "prefer-cached"),
+            ("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER", "true"),
+            ("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS", "true"),
+        ],
+    );
+    let daemon = ecsd::start(&config).await.expect("ecsd starts on Podman");
+    let client = support::client(&format!("http://{}", daemon.addr()));
+    client
+        .register_task_definition()
+        .family("podman-down")
+        .network_mode(NetworkMode::None)
+        .container_definitions(
+            ContainerDefinition::builder()
+                .name("app")
+                .image("busybox")
+                .essential(true)
+                .memory(64)
+                .command("sh")
+                .command("-c")
+                .command("sleep 3; exit 42")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let run = client.run_task().task_definition("podman-down").send().await.unwrap();
+    let arn = run.tasks()[0].task_arn().unwrap().to_owned();
+    let describe = || async {
+        let out = client.describe_tasks().tasks(&arn).send().await.unwrap();
+        out.tasks()[0].clone()
+    };
+    let running = eventually(30, "the task RUNNING", || async {
+        let t = describe().await;
+        (t.last_status() == Some("RUNNING") || t.last_status() == Some("STOPPED")).then_some(t)
+    })
+    .await;
+    assert_eq!(running.last_status(), Some("RUNNING"), "{running:?}");
+    let started = running.started_at().map(|t| t.as_secs_f64()).expect("startedAt");
+
+    service.shutdown().await;
+    let down = Instant::now();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    // The premise: the service was down before the container's `sleep 3` ended.
+    assert!(now() - started < 2.5, "the service took until {:.1} s after the start to stop", now() - started);
+    assert!(!service::answers(&socket).await, "the service still answers after its shutdown");
+    // Ten seconds down: the behaviour under test, not a wait for something.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Positive control for the check below: while the service was down, ecsd did not (could
+    // not) learn of the exit.
+    assert_eq!(describe().await.last_status(), Some("RUNNING"));
+    assert!(now() - started > 3.5, "the container must have exited while the service was down");
+
+    let service = service::start(data.path()).await.expect("start the Podman service again");
+    let back = Instant::now();
+    let stopped = eventually(30, "the task STOPPED", || async {
+        let t = describe().await;
+        (t.last_status() == Some("STOPPED")).then_some(t)
+    })
+    .await;
+    let lag = back.elapsed();
+    eprintln!("service down {:?}; STOPPED {lag:?} after it was back", back - down);
+    let c = &stopped.containers()[0];
+    assert_eq!(c.exit_code(), Some(42), "{stopped:?}");
+    assert_eq!(stopped.stop_code().map(|s| s.as_str()), Some("EssentialContainerExited"));
+    assert!(lag <= Duration::from_secs(1), "STOPPED {lag:?} after the service was back (want ≤ 1 s)");
+
+    daemon.shutdown().await.expect("clean shutdown");
+    service.shutdown().await;
+    drop(cleanup);
 }

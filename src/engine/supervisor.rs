@@ -301,11 +301,11 @@ impl Supervisor {
                 if c.status != ContainerStatus::Running || c.started_at.is_none_or(|s| s >= listed_at) {
                     return;
                 }
-                warn!(container = %c.name, "container is gone from containerd");
+                warn!(container = %c.name, "container is gone from the runtime");
                 c.status = ContainerStatus::Stopped;
                 c.finished_at = Some(now);
                 c.reason = Some(
-                    "CannotInspectContainerError: the container was gone from containerd when ecsd reconnected".into(),
+                    "CannotInspectContainerError: the container was gone from the runtime when ecsd reconnected".into(),
                 );
                 self.dirty = true;
             }
@@ -898,7 +898,7 @@ impl Supervisor {
                 c.status = ContainerStatus::Stopped;
                 c.finished_at = Some(now);
                 c.reason = Some(
-                    "CannotInspectContainerError: the container was gone from containerd before its exit was reported"
+                    "CannotInspectContainerError: the container was gone from the runtime before its exit was reported"
                         .into(),
                 );
             }
@@ -1065,7 +1065,7 @@ pub(crate) async fn readopt(
                     warn!(container = %c.name, "container vanished while ecsd was down");
                     c.status = ContainerStatus::Stopped;
                     c.reason = Some(
-                        "CannotInspectContainerError: the container was gone from containerd when ecsd restarted"
+                        "CannotInspectContainerError: the container was gone from the runtime when ecsd restarted"
                             .into(),
                     );
                     c.finished_at = Some(now);

@@ -1,22 +1,43 @@
 //! How the runtime fails, by kind.
 //!
 //! Failures of containerd calls are classified from the gRPC code alone (see
-//! `containerd::connection::classify`); the server's message travels along as text to show, never
-//! as something to decide on. Local failures (files, FIFOs, encoding) carry their cause as a
-//! typed source.
+//! `containerd::connection::classify`), those of Podman calls from the HTTP status alone; the
+//! server's message travels along as text to show, never as something to decide on. Variants that
+//! talk about the runtime itself carry which one ([`Backend`]), so the text names the runtime in
+//! use. Local failures (files, FIFOs, encoding) carry their cause as a typed source.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Which runtime a [`RuntimeError`] comes from, for its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Containerd,
+    Podman,
+    /// The in-memory runtime of the tests (`runtime::fake`).
+    Fake,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Containerd => "containerd",
+            Backend::Podman => "Podman",
+            Backend::Fake => "the fake runtime",
+        })
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     /// The runtime cannot be reached (no socket, refused, or gone mid-call).
-    #[error("containerd is unreachable at {address}: {message}")]
-    Unavailable { address: String, message: String },
-    /// The image is not present in the runtime.
-    #[error("image {reference} is not present in containerd namespace {namespace}")]
-    ImageNotFound { reference: String, namespace: String },
+    #[error("{runtime} is unreachable at {address}: {message}")]
+    Unavailable { runtime: Backend, address: String, message: String },
+    /// The image is not present in the runtime: `store` is containerd's namespace, or the
+    /// Podman service's image store.
+    #[error("image {reference} is not present in {}", image_store(*.runtime, .store))]
+    ImageNotFound { reference: String, runtime: Backend, store: String },
     /// The pull from the registry failed (see the registry error for the cause).
     #[error("{error}")]
     Pull { reference: String, error: Box<super::registry::RegistryError> },
@@ -37,25 +58,32 @@ pub enum RuntimeError {
     /// The container cannot be removed while its process runs.
     #[error("container {id} is still running; stop it first")]
     StillRunning { id: String },
-    /// containerd refused the request itself (InvalidArgument, OutOfRange).
-    #[error("{operation} failed: containerd rejected the request for {what} {id}: {message}")]
-    Invalid { operation: &'static str, what: &'static str, id: String, message: String },
+    /// The runtime refused the request itself (containerd: InvalidArgument, OutOfRange;
+    /// Podman: 400, 422), or ecsd refused to send what the runtime cannot express.
+    #[error("{operation} failed: {runtime} rejected the request for {what} {id}: {message}")]
+    Invalid { runtime: Backend, operation: &'static str, what: &'static str, id: String, message: String },
     /// The object is not in a state that allows the call (FailedPrecondition).
     #[error("{operation} failed: {what} {id} is not in a state that allows it: {message}")]
     WrongState { operation: &'static str, what: &'static str, id: String, message: String },
-    /// PermissionDenied or Unauthenticated.
-    #[error("{operation} failed: containerd denied access to {what} {id}: {message}")]
-    PermissionDenied { operation: &'static str, what: &'static str, id: String, message: String },
+    /// PermissionDenied or Unauthenticated (Podman: 401, 403).
+    #[error("{operation} failed: {runtime} denied access to {what} {id}: {message}")]
+    PermissionDenied {
+        runtime: Backend,
+        operation: &'static str,
+        what: &'static str,
+        id: String,
+        message: String,
+    },
     /// ResourceExhausted.
-    #[error("{operation} failed: containerd ran out of resources for {what} {id}: {message}")]
-    Exhausted { operation: &'static str, what: &'static str, id: String, message: String },
+    #[error("{operation} failed: {runtime} ran out of resources for {what} {id}: {message}")]
+    Exhausted { runtime: Backend, operation: &'static str, what: &'static str, id: String, message: String },
     /// Aborted: someone else changed the object at the same time; retrying may succeed.
     #[error("{operation} failed: {what} {id} was changed concurrently: {message}")]
     Conflict { operation: &'static str, what: &'static str, id: String, message: String },
-    /// Unimplemented: this containerd does not offer the call (an older version).
-    #[error("{operation} is not supported by this containerd: {message}")]
-    Unsupported { operation: &'static str, message: String },
-    /// containerd (or the OCI runtime below it) failed while carrying out a valid request:
+    /// Unimplemented: this runtime does not offer the call (an older version).
+    #[error("{operation} is not supported by this {runtime}: {message}")]
+    Unsupported { runtime: Backend, operation: &'static str, message: String },
+    /// The runtime (or the OCI runtime below it) failed while carrying out a valid request:
     /// Unknown, Internal or DataLoss. A process that cannot be executed lands here.
     #[error("{operation} failed for {what} {id}: {message}")]
     Internal { operation: &'static str, what: &'static str, id: String, message: String },
@@ -65,8 +93,8 @@ pub enum RuntimeError {
     #[error("{operation} timed out after {after:?}")]
     Timeout { operation: &'static str, after: Duration },
     /// A streaming call ended before it said what it had to.
-    #[error("{operation} failed: containerd ended the stream early")]
-    StreamEnded { operation: &'static str },
+    #[error("{operation} failed: {runtime} ended the stream early")]
+    StreamEnded { runtime: Backend, operation: &'static str },
     /// A local file, directory or FIFO the runtime needs.
     #[error("cannot {operation} {path}")]
     Io {
@@ -75,7 +103,7 @@ pub enum RuntimeError {
         #[source]
         source: Arc<std::io::Error>,
     },
-    /// A spec could not be encoded for containerd.
+    /// A spec could not be encoded for the runtime.
     #[error("the {what} of {id} cannot be encoded")]
     Encode {
         what: &'static str,
@@ -83,7 +111,7 @@ pub enum RuntimeError {
         #[source]
         source: Arc<serde_json::Error>,
     },
-    /// A name the runtime was given cannot be sent to containerd.
+    /// A name the runtime was given cannot be sent to it.
     #[error("{value:?} is not a valid {what}")]
     InvalidName { what: &'static str, value: String },
     #[error("{signal} is not a signal number")]
@@ -132,6 +160,15 @@ impl RuntimeError {
     }
 }
 
+/// Where [`RuntimeError::ImageNotFound`] looked.
+fn image_store(runtime: Backend, store: &str) -> String {
+    match runtime {
+        Backend::Containerd => format!("containerd namespace {store}"),
+        Backend::Podman => format!("the image store of the Podman service at {store}"),
+        Backend::Fake => format!("the fake runtime's images ({store})"),
+    }
+}
+
 fn join(errors: &[RuntimeError]) -> String {
     errors.iter().map(|e| crate::error_chain(e)).collect::<Vec<_>>().join("; ")
 }
@@ -166,7 +203,11 @@ mod tests {
             "remove container c1 failed: lease ecsd-c1 does not exist; remove snapshot timed out after 60s"
         );
         assert!(!e.is_unavailable());
-        let gone = RuntimeError::Unavailable { address: "/run/c.sock".into(), message: "refused".into() };
+        let gone = RuntimeError::Unavailable {
+            runtime: Backend::Containerd,
+            address: "/run/c.sock".into(),
+            message: "refused".into(),
+        };
         let e = RuntimeError::Several {
             operation: "remove container",
             id: "c1".into(),

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    ConsoleSize, ContainerState, Event, ExecControl, ExecOutput, ExecProcess, ExecSpec, ExecStdin, Image,
-    ImageConfig, ProcessStatus, Rootfs, Runtime, RuntimeError, Stdio,
+    Backend, ConsoleSize, ContainerState, Event, ExecControl, ExecOutput, ExecProcess, ExecSpec, ExecStdin,
+    Image, ImageConfig, ProcessStatus, Rootfs, Runtime, RuntimeError, Stdio,
 };
 
 /// Pipes between a caller and a driven exec hold this much, as a kernel pipe does.
@@ -204,6 +204,7 @@ impl FakeRuntime {
         if s.unavailable {
             s.refused += 1;
             Err(RuntimeError::Unavailable {
+                runtime: Backend::Fake,
                 address: "fake".into(),
                 message: "set unavailable by the test".into(),
             })
@@ -274,9 +275,11 @@ impl Runtime for FakeRuntime {
         self.check()?;
         match self.lock().images.remove(reference) {
             Some(_) => Ok(()),
-            None => {
-                Err(RuntimeError::ImageNotFound { reference: reference.to_owned(), namespace: "fake".into() })
-            }
+            None => Err(RuntimeError::ImageNotFound {
+                reference: reference.to_owned(),
+                runtime: Backend::Fake,
+                store: "fake".into(),
+            }),
         }
     }
 
@@ -287,9 +290,12 @@ impl Runtime for FakeRuntime {
 
     async fn image(&self, reference: &str) -> Result<Image, RuntimeError> {
         self.check()?;
-        let config = self.lock().images.get(reference).cloned().ok_or_else(|| {
-            RuntimeError::ImageNotFound { reference: reference.to_owned(), namespace: "fake".into() }
-        })?;
+        let config =
+            self.lock().images.get(reference).cloned().ok_or_else(|| RuntimeError::ImageNotFound {
+                reference: reference.to_owned(),
+                runtime: Backend::Fake,
+                store: "fake".into(),
+            })?;
         Ok(fake_image(reference, config))
     }
 

@@ -24,7 +24,7 @@ pub mod registry;
 pub use containerd::pull::{LABEL_LAST_USED, LABEL_PULLED_AT, PullOptions};
 pub use containerd::{ContainerdOptions, ContainerdRuntime, embedded, import, logs};
 pub use embedded::EmbeddedContainerd;
-pub use error::{ImageDefect, RuntimeError};
+pub use error::{Backend, ImageDefect, RuntimeError};
 pub use exec::{
     ConsoleSize, EXEC_OUTPUT_MAX, ExecControl, ExecOutput, ExecProcess, ExecResult, ExecSpec, ExecStdin,
     run_to_completion,

@@ -459,7 +459,7 @@ async fn an_unreachable_runtime_is_a_placement_failure() {
     let f = &out.failures()[0];
     assert_eq!(f.reason(), Some("AGENT"));
     assert!(f.arn().unwrap().starts_with(&arn("container-instance/default/")));
-    assert_eq!(f.detail(), Some("containerd is unreachable at fake: set unavailable by the test"));
+    assert_eq!(f.detail(), Some("the fake runtime is unreachable at fake: set unavailable by the test"));
     let ci = e.client.list_container_instances().send().await.unwrap().container_instance_arns()[0].clone();
     let d = e.client.describe_container_instances().container_instances(ci).send().await.unwrap();
     assert!(!d.container_instances()[0].agent_connected(), "ecsd is cut off from its runtime");
@@ -637,7 +637,7 @@ async fn containers_gone_while_ecsd_was_down_stop_their_tasks() {
     assert_eq!(stopped.stop_code().map(|c| c.as_str()), Some("EssentialContainerExited"));
     assert_eq!(
         stopped.containers()[0].reason(),
-        Some("CannotInspectContainerError: the container was gone from containerd when ecsd restarted")
+        Some("CannotInspectContainerError: the container was gone from the runtime when ecsd restarted")
     );
 }
 

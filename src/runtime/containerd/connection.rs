@@ -19,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use super::logs;
-use crate::runtime::RuntimeError;
+use crate::runtime::{Backend, RuntimeError};
 
 const NAMESPACE_HEADER: &str = "containerd-namespace";
 const LEASE_HEADER: &str = "containerd-lease";
@@ -137,17 +137,29 @@ impl Conn {
         let message = status.message().to_owned();
         let (operation, what, id) = (at.operation, at.what, at.id.to_owned());
         match classify(&status) {
-            StatusKind::Unavailable => RuntimeError::Unavailable { address: self.address.clone(), message },
+            StatusKind::Unavailable => RuntimeError::Unavailable {
+                runtime: Backend::Containerd,
+                address: self.address.clone(),
+                message,
+            },
             StatusKind::NotFound => RuntimeError::NotFound { what, id },
             StatusKind::AlreadyExists => RuntimeError::AlreadyExists { what, id },
             StatusKind::DeadlineExceeded => RuntimeError::Timeout { operation, after: CALL_TIMEOUT },
             StatusKind::Cancelled => RuntimeError::Cancelled { operation },
-            StatusKind::Invalid => RuntimeError::Invalid { operation, what, id, message },
+            StatusKind::Invalid => {
+                RuntimeError::Invalid { runtime: Backend::Containerd, operation, what, id, message }
+            }
             StatusKind::WrongState => RuntimeError::WrongState { operation, what, id, message },
-            StatusKind::PermissionDenied => RuntimeError::PermissionDenied { operation, what, id, message },
-            StatusKind::Exhausted => RuntimeError::Exhausted { operation, what, id, message },
+            StatusKind::PermissionDenied => {
+                RuntimeError::PermissionDenied { runtime: Backend::Containerd, operation, what, id, message }
+            }
+            StatusKind::Exhausted => {
+                RuntimeError::Exhausted { runtime: Backend::Containerd, operation, what, id, message }
+            }
             StatusKind::Conflict => RuntimeError::Conflict { operation, what, id, message },
-            StatusKind::Unsupported => RuntimeError::Unsupported { operation, message },
+            StatusKind::Unsupported => {
+                RuntimeError::Unsupported { runtime: Backend::Containerd, operation, message }
+            }
             StatusKind::Internal => RuntimeError::Internal { operation, what, id, message },
         }
     }

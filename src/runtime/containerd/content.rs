@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use super::connection::{CALL_TIMEOUT, Conn, StatusKind, at, classify};
-use crate::runtime::RuntimeError;
+use crate::runtime::{Backend, RuntimeError};
 
 /// What opening a write session found.
 #[derive(Debug)]
@@ -78,7 +78,9 @@ impl ContentWriter {
                 offset: status.offset,
                 skip: 0,
             }))),
-            Ok(Ok(None)) => Err(RuntimeError::StreamEnded { operation: write_at.operation }),
+            Ok(Ok(None)) => {
+                Err(RuntimeError::StreamEnded { runtime: Backend::Containerd, operation: write_at.operation })
+            }
             Ok(Err(s)) => opened(&s).map(Ok).unwrap_or_else(|| Err(conn.error(s, write_at))),
             Err(_) => Err(RuntimeError::Timeout { operation: write_at.operation, after: CALL_TIMEOUT }),
         }
@@ -92,7 +94,8 @@ impl ContentWriter {
 
     async fn exchange(&mut self, req: api::WriteContentRequest) -> Result<Option<i64>, RuntimeError> {
         let write_at = at("write image content", "content", &self.reference);
-        let closed = || RuntimeError::StreamEnded { operation: write_at.operation };
+        let closed =
+            || RuntimeError::StreamEnded { runtime: Backend::Containerd, operation: write_at.operation };
         if self.tx.send(req).await.is_err() {
             // The request stream is gone: the session's error, if any, is in the responses.
             return match self.responses.message().await {

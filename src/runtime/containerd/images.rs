@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::SNAPSHOTTER;
 use super::connection::{CALL_TIMEOUT, Conn, StatusKind, at, classify};
-use crate::runtime::{Image, ImageConfig, ImageDefect, ImageSummary, RuntimeError};
+use crate::runtime::{Backend, Image, ImageConfig, ImageDefect, ImageSummary, RuntimeError};
 
 pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -277,8 +277,11 @@ fn registry_digest(labels: &HashMap<String, String>, target: &str) -> Option<Str
 /// an image stored under another tag of the same repository whose target has that digest, or
 /// whose registry digest it is (as Docker finds `repo@digest` by its repo digests).
 async fn find_image(conn: &Conn, name: &str) -> Result<(Descriptor, HashMap<String, String>), RuntimeError> {
-    let not_found =
-        || RuntimeError::ImageNotFound { reference: name.to_owned(), namespace: conn.namespace().to_owned() };
+    let not_found = || RuntimeError::ImageNotFound {
+        reference: name.to_owned(),
+        runtime: Backend::Containerd,
+        store: conn.namespace().to_owned(),
+    };
     let get_at = at("resolve image", "image", name);
     let req = conn.request(api::GetImageRequest { name: name.to_owned() });
     if let Some(resp) = conn.call_opt(get_at, conn.images().get(req)).await? {
@@ -656,7 +659,8 @@ pub(crate) async fn remove_image(conn: &Conn, name: &str) -> Result<(), RuntimeE
         Some(_) => Ok(()),
         None => Err(RuntimeError::ImageNotFound {
             reference: name.to_owned(),
-            namespace: conn.namespace().to_owned(),
+            runtime: Backend::Containerd,
+            store: conn.namespace().to_owned(),
         }),
     }
 }

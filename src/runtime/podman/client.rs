@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::runtime::RuntimeError;
+use crate::runtime::{Backend, RuntimeError};
 
 /// The API prefix: libpod's own endpoints of API version 4 (Podman 4.0 and later).
 pub const PREFIX: &str = "/v4.0.0/libpod";
@@ -69,7 +69,11 @@ impl Client {
     }
 
     fn unavailable(&self, message: String) -> RuntimeError {
-        RuntimeError::Unavailable { address: self.socket.display().to_string(), message }
+        RuntimeError::Unavailable {
+            runtime: Backend::Podman,
+            address: self.socket.display().to_string(),
+            message,
+        }
     }
 
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, RuntimeError> {
@@ -186,10 +190,10 @@ pub fn classify(status: StatusCode, body: &[u8], at: At<'_>) -> RuntimeError {
         StatusCode::NOT_FOUND => RuntimeError::NotFound { what, id },
         StatusCode::CONFLICT => RuntimeError::WrongState { operation, what, id, message },
         StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
-            RuntimeError::Invalid { operation, what, id, message }
+            RuntimeError::Invalid { runtime: Backend::Podman, operation, what, id, message }
         }
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            RuntimeError::PermissionDenied { operation, what, id, message }
+            RuntimeError::PermissionDenied { runtime: Backend::Podman, operation, what, id, message }
         }
         _ => RuntimeError::Internal { operation, what, id, message },
     }

@@ -38,7 +38,7 @@ pub use self::service::{PodmanService, ServiceError};
 pub use self::specgen::{RlimitPair, SpecGenerator, SpecgenError, SpecgenInput, to_specgen};
 use crate::runtime::logs::LOG_FILE;
 use crate::runtime::{
-    ContainerState, Event, ExecProcess, ExecSpec, Image, ImageConfig, ImageSummary, ProcessStatus,
+    Backend, ContainerState, Event, ExecProcess, ExecSpec, Image, ImageConfig, ImageSummary, ProcessStatus,
     PullOptions, Rootfs, Runtime, RuntimeError, Stdio,
 };
 
@@ -53,7 +53,7 @@ const EVENT_LINE_MAX: usize = 1 << 20;
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 /// A pull may take long; the registry's own timeouts are Podman's.
 const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// What the "namespace" of [`RuntimeError::ImageNotFound`] says for this runtime.
+/// The "id" of calls about the whole store, for their errors.
 const STORE: &str = "podman";
 
 /// How to reach the Podman service.
@@ -246,9 +246,11 @@ impl PodmanRuntime {
         let path = format!("/images/{}/json", escape(reference));
         match self.client.call_opt(Method::GET, &path, None, a).await? {
             Some(answer) => answer.json(a),
-            None => {
-                Err(RuntimeError::ImageNotFound { reference: reference.to_owned(), namespace: STORE.into() })
-            }
+            None => Err(RuntimeError::ImageNotFound {
+                reference: reference.to_owned(),
+                runtime: Backend::Podman,
+                store: self.client.socket().display().to_string(),
+            }),
         }
     }
 
@@ -541,6 +543,7 @@ impl Runtime for PodmanRuntime {
             default_capabilities: &caps,
         };
         let generator = to_specgen(spec, &input).map_err(|e| RuntimeError::Invalid {
+            runtime: Backend::Podman,
             operation: "create container",
             what: "container",
             id: id.to_owned(),

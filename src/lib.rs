@@ -262,6 +262,7 @@ async fn start_on_podman(config: &Config, store: Store) -> Result<Daemon, StartE
         }
     };
     let mut options = runtime::PodmanOptions::new(&socket);
+    options.registry = config.images.registry.clone();
     if config.podman_socket.is_some() {
         // A service ecsd did not configure has Podman's stock default capabilities.
         options.default_capabilities = PODMAN_STOCK_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();

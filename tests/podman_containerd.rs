@@ -17,54 +17,6 @@ use std::time::Instant;
 
 use harness::*;
 
-fn hack(script: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script).display().to_string()
-}
-
-/// The registry lab with its images pushed, stopped on drop.
-struct Registry {
-    dir: tempfile::TempDir,
-    addr: String,
-}
-
-impl Registry {
-    async fn start() -> Registry {
-        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lab-images");
-        run_cmd(&hack("registry"), &["images", images.to_str().unwrap()]).await;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_str().unwrap().to_owned();
-        let addr = run_cmd(&hack("registry"), &["start", &d, "none"]).await.trim().to_owned();
-        let r = Registry { dir, addr };
-        run_cmd(&hack("registry"), &["push", &d, images.to_str().unwrap()]).await;
-        r
-    }
-
-    /// The digest the registry gives `name:latest`: that of its stored manifest's bytes.
-    async fn digest(&self, name: &str) -> String {
-        use sha2::Digest;
-        let image = format!("docker://{}/{name}:latest", self.addr);
-        let raw = tokio::process::Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false", &image])
-            .output()
-            .await
-            .unwrap();
-        assert!(raw.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&raw.stderr));
-        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw.stdout)))
-    }
-
-    fn stop(&self) {
-        let _ = std::process::Command::new(hack("registry"))
-            .args(["stop", self.dir.path().to_str().unwrap()])
-            .output();
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// A Podman image store of the test's own (graph root and run root in a temporary
 /// directory); its images are removed and its overlay mount undone on drop.
 struct PodmanStore {
@@ -178,11 +130,11 @@ fn import_from_podman_without_podman_says_so() {
 #[ignore = "needs root, containerd and podman"]
 async fn an_image_from_podmans_store_runs_with_its_registry_digest() {
     let _g = CONTAINERD.read().await;
-    let registry = Registry::start().await;
+    let registry = support::registry::LabRegistry::start("none");
     let store = PodmanStore::new();
     let reference = format!("{}/busybox:latest", registry.addr);
     store.ok(&["pull", "-q", "--tls-verify=false", &reference]);
-    let registry_digest = registry.digest("busybox").await;
+    let registry_digest = registry.digest("busybox");
     // From here on only Podman's store and containerd have the image.
     registry.stop();
     let e = Ecsd::start(&[]).await;

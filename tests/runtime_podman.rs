@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ecsd::runtime::podman::service::{self, PodmanService};
+use ecsd::runtime::registry::Credentials;
 use ecsd::runtime::{
     Backend, ConsoleSize, Event, ExecOutput, ExecSpec, Image, PodmanOptions, PodmanRuntime, ProcessStatus,
-    Runtime, RuntimeError, Stdio, normalize, read_logs, run_to_completion,
+    PullOptions, Runtime, RuntimeError, Stdio, normalize, read_logs, run_to_completion,
 };
 use oci_spec::runtime::{Capability, LinuxBuilder, LinuxCapabilitiesBuilder, Process, ProcessBuilder, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -384,6 +385,32 @@ async fn images_resolve_with_the_registry_digest_and_layers() {
         }
         other => panic!("want ImageNotFound, got {other:?}"),
     }
+}
+
+#[tokio::test]
+#[ignore = "needs root and podman"]
+async fn pulls_pass_registry_credentials_to_podman() {
+    if !podman_tools("pulls_pass_registry_credentials_to_podman") {
+        return;
+    }
+    let env = Env::new().await;
+    let lab = support::registry::LabRegistry::start("basic");
+    let reference = normalize(&lab.image("busybox")).unwrap();
+    let (user, password) = lab.credentials().expect("a basic registry has credentials");
+    // Without credentials the registry refuses (the control), with a wrong password too.
+    let anonymous = env.rt.pull(&reference, PullOptions::default()).await;
+    assert!(anonymous.is_err(), "an anonymous pull of {reference} worked: {anonymous:?}");
+    let wrong =
+        PullOptions { credentials: Some(Credentials::basic(&user, "wrong")), ..PullOptions::default() };
+    assert!(env.rt.pull(&reference, wrong).await.is_err(), "a wrong password was accepted");
+    // The registry is on 127.0.0.1 over plain HTTP: reached as containerd reaches it.
+    let right =
+        PullOptions { credentials: Some(Credentials::basic(&user, &password)), ..PullOptions::default() };
+    let image = env.rt.pull(&reference, right).await.unwrap_or_else(|e| panic!("pull {reference}: {e}"));
+    assert_eq!(image.name, reference);
+    assert!(image.digest.starts_with("sha256:"), "{image:?}");
+    let listed: Vec<String> = env.rt.images().await.unwrap().into_iter().map(|i| i.name).collect();
+    assert!(listed.contains(&reference), "{reference} not in {listed:?}");
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //! (the API tests with a `#[path]`).
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -106,13 +106,19 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<&serde_json::Value>,
-        headers: &[(&'static str, &'static str)],
+        headers: &[(&'static str, &str)],
     ) -> Result<Response<Incoming>, RuntimeError> {
-        let mut sender = self.connect().await?;
         let mut req = Self::build(method, path, body);
         for (k, v) in headers {
-            req.headers_mut().insert(*k, hyper::header::HeaderValue::from_static(v));
+            let value = hyper::header::HeaderValue::from_str(v).map_err(|e| RuntimeError::Internal {
+                operation: "send a request",
+                what: "header",
+                id: (*k).to_owned(),
+                message: e.to_string(),
+            })?;
+            req.headers_mut().insert(*k, value);
         }
+        let mut sender = self.connect().await?;
         sender.send_request(req).await.map_err(|e| self.unavailable(e.to_string()))
     }
 
@@ -125,8 +131,21 @@ impl Client {
         at: At<'_>,
         timeout: Duration,
     ) -> Result<Answer, RuntimeError> {
+        self.call_with_headers(method, path, body, &[], at, timeout).await
+    }
+
+    /// [`Client::call_with`] with extra request headers.
+    pub async fn call_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        headers: &[(&'static str, &str)],
+        at: At<'_>,
+        timeout: Duration,
+    ) -> Result<Answer, RuntimeError> {
         let call = async {
-            let resp = self.send(method, path, body, &[]).await?;
+            let resp = self.send(method, path, body, headers).await?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), BODY_LIMIT)
                 .collect()

@@ -37,6 +37,7 @@ use self::client::{Client, at, escape};
 pub use self::service::{PodmanService, ServiceError};
 pub use self::specgen::{RlimitPair, SpecGenerator, SpecgenError, SpecgenInput, to_specgen};
 use crate::runtime::logs::LOG_FILE;
+use crate::runtime::registry::{Credentials, RegistrySettings};
 use crate::runtime::{
     Backend, ContainerState, Event, ExecProcess, ExecSpec, Image, ImageConfig, ImageSummary, ProcessStatus,
     PullOptions, Rootfs, Runtime, RuntimeError, Stdio,
@@ -67,6 +68,9 @@ pub struct PodmanOptions {
     /// Where cgroups are mounted: the empty cgroups Podman leaves under a container's
     /// parent (conmon's) are removed with the container.
     pub cgroup_root: PathBuf,
+    /// Which registries are reached without TLS verification (loopback ones always, as
+    /// on containerd); their pulls ask libpod for `tlsVerify=false`.
+    pub registry: RegistrySettings,
 }
 
 impl PodmanOptions {
@@ -76,6 +80,7 @@ impl PodmanOptions {
             socket: socket.to_owned(),
             default_capabilities: service::DEFAULT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            registry: RegistrySettings::default(),
         }
     }
 }
@@ -86,6 +91,7 @@ pub struct PodmanRuntime {
     client: Client,
     default_capabilities: Vec<String>,
     cgroup_root: PathBuf,
+    registry: RegistrySettings,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 }
@@ -220,6 +226,7 @@ impl PodmanRuntime {
             client: Client::new(&options.socket),
             default_capabilities: options.default_capabilities,
             cgroup_root: options.cgroup_root,
+            registry: options.registry,
             shared: Arc::new(Shared::default()),
             shutdown: CancellationToken::new(),
         }
@@ -414,6 +421,20 @@ fn status_of(state: &str, pid: i64, exit_code: i32, exited_at: f64) -> ProcessSt
     }
 }
 
+/// libpod's `X-Registry-Auth`: one Docker auth config as base64url JSON. A bare registry
+/// token has no field there (`None`).
+fn registry_auth_header(c: &Credentials) -> Option<String> {
+    use base64::Engine as _;
+    let json = match c {
+        Credentials::Basic { username, password } => {
+            serde_json::json!({"username": username, "password": password})
+        }
+        Credentials::IdentityToken(token) => serde_json::json!({"identitytoken": token}),
+        Credentials::Bearer(_) => return None,
+    };
+    Some(base64::engine::general_purpose::URL_SAFE.encode(json.to_string()))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -427,16 +448,26 @@ impl Runtime for PodmanRuntime {
 
     async fn pull(&self, reference: &str, options: PullOptions) -> Result<Image, RuntimeError> {
         let mut query = format!("/images/pull?reference={}&quiet=true&policy=always", escape(reference));
-        if options.credentials.is_some() {
-            // libpod takes registry credentials in the X-Registry-Auth header only; ecsd's
-            // private-registry credentials are not passed on yet.
-            warn!(image = reference, "registry credentials are not passed to Podman; pulling without them");
+        if crate::runtime::reference::parse_normalized(reference)
+            .is_ok_and(|r| self.registry.is_insecure(&r.domain))
+        {
+            query.push_str("&tlsVerify=false");
         }
+        let auth = match &options.credentials {
+            Some(c) => registry_auth_header(c).or_else(|| {
+                warn!(image = reference, "libpod takes no registry token: pulling without credentials");
+                None
+            }),
+            None => None,
+        };
         if let Some(platform) = &options.platform {
             query.push_str(&format!("&os=linux&arch={}", escape(&platform.architecture)));
         }
         let a = at("pull image", "image", reference);
-        let answer = self.client.call_with(Method::POST, &query, None, a, PULL_TIMEOUT).await?;
+        let headers: Vec<(&'static str, &str)> =
+            auth.iter().map(|v| ("x-registry-auth", v.as_str())).collect();
+        let answer =
+            self.client.call_with_headers(Method::POST, &query, None, &headers, a, PULL_TIMEOUT).await?;
         let answer = client::check(answer, a)?;
         // A failed pull still answers 200, with an `error` line in the stream.
         for line in answer.body.split(|b| *b == b'\n') {
@@ -821,6 +852,21 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-12-06T05:10:10+01:00"), Some(1_796_530_210.0));
         assert_eq!(epoch_of("0001-01-01T00:00:00Z"), 0.0);
         assert_eq!(epoch_of("garbage"), 0.0);
+    }
+
+    #[test]
+    fn registry_credentials_become_libpods_x_registry_auth() {
+        use base64::Engine as _;
+        let decode = |h: String| -> serde_json::Value {
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE.decode(h).unwrap()).unwrap()
+        };
+        // A password whose base64 differs between the standard and the URL alphabet.
+        let basic = registry_auth_header(&Credentials::basic("AWS", "a?b>c~")).unwrap();
+        assert!(!basic.contains('+') && !basic.contains('/'), "{basic}");
+        assert_eq!(decode(basic), serde_json::json!({"username": "AWS", "password": "a?b>c~"}));
+        let token = registry_auth_header(&Credentials::IdentityToken("rt".into())).unwrap();
+        assert_eq!(decode(token), serde_json::json!({"identitytoken": "rt"}));
+        assert_eq!(registry_auth_header(&Credentials::Bearer("t".into())), None);
     }
 
     #[test]

@@ -64,6 +64,14 @@ pub struct RegistrySettings {
     pub max_concurrent_downloads: usize,
 }
 
+impl RegistrySettings {
+    /// Whether registry `host` (`host[:port]`) is reached without certificate checks or
+    /// over plain HTTP: a loopback host, or one listed in `insecure`.
+    pub fn is_insecure(&self, host: &str) -> bool {
+        is_loopback(host) || self.insecure.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+}
+
 impl Default for RegistrySettings {
     fn default() -> Self {
         RegistrySettings {
@@ -128,7 +136,7 @@ impl Registries {
     }
 
     fn insecure(&self, host: &str) -> bool {
-        is_loopback(host) || self.settings.insecure.iter().any(|h| h.eq_ignore_ascii_case(host))
+        self.settings.is_insecure(host)
     }
 
     /// Where the registry `domain` (as in a normalised reference) is served from, in the

@@ -666,28 +666,18 @@ async fn an_exit_while_the_service_is_down_is_replayed() {
     env.rt.remove(&id).await.unwrap();
 }
 
-/// `ecsd serve --runtime podman`, in process: ecsd starts its own Podman service under its
-/// data dir (whose store already holds the test images), and a busybox task goes through
-/// RUNNING to STOPPED with its exit code.
-#[tokio::test]
-#[ignore = "needs root and podman"]
-async fn ecsd_serve_runs_a_task_on_podman() {
-    if !podman_tools("ecsd_serve_runs_a_task_on_podman") {
-        return;
-    }
-    use aws_sdk_ecs::types::{ContainerDefinition, NetworkMode};
+/// An in-process `ecsd serve --runtime podman` on data dir `data` (its own Podman service, or
+/// the one at `socket`), with no host firewall rules and images used as the store has them.
+async fn serve_on_podman(data: &Path, socket: Option<PathBuf>) -> ecsd::Daemon {
     use ecsd::config::{RuntimeChoice, ServeArgs};
-
-    support::init_tracing();
-    let data = tempfile::tempdir().unwrap();
-    load_test_images(data.path());
-    let conf = data.path().join("config.toml");
+    let conf = data.join("config.toml");
     std::fs::write(&conf, "").unwrap();
     let conf = conf.display().to_string();
-    let args = ServeArgs { runtime: Some(RuntimeChoice::Podman), ..ServeArgs::default() };
+    let args =
+        ServeArgs { runtime: Some(RuntimeChoice::Podman), podman_socket: socket, ..ServeArgs::default() };
     let config = support::config_with(
         args,
-        data.path(),
+        data,
         &[
             ("ECSD_CONFIG", conf.as_str()),
             ("ECS_IMAGE_PULL_BEHAVIOR", "prefer-cached"),
@@ -695,12 +685,15 @@ async fn ecsd_serve_runs_a_task_on_podman() {
             ("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS", "true"),
         ],
     );
-    let daemon = ecsd::start(&config).await.expect("ecsd starts on Podman");
-    let cleanup = scopeguard(data.path().to_owned());
-    let client = support::client(&format!("http://{}", daemon.addr()));
+    ecsd::start(&config).await.expect("ecsd starts on Podman")
+}
+
+/// Registers `family`: one essential busybox container running `sh -c script`, no network.
+async fn register_busybox(client: &aws_sdk_ecs::Client, family: &str, script: &str) {
+    use aws_sdk_ecs::types::{ContainerDefinition, NetworkMode};
     client
         .register_task_definition()
-        .family("podman-exit")
+        .family(family)
         .network_mode(NetworkMode::None)
         .container_definitions(
             ContainerDefinition::builder()
@@ -710,12 +703,30 @@ async fn ecsd_serve_runs_a_task_on_podman() {
                 .memory(64)
                 .command("sh")
                 .command("-c")
-                .command("echo started; read x < /dev/zero & sleep 2; exit 7")
+                .command(script)
                 .build(),
         )
         .send()
         .await
         .unwrap();
+}
+
+/// `ecsd serve --runtime podman`, in process: ecsd starts its own Podman service under its
+/// data dir (whose store already holds the test images), and a busybox task goes through
+/// RUNNING to STOPPED with its exit code.
+#[tokio::test]
+#[ignore = "needs root and podman"]
+async fn ecsd_serve_runs_a_task_on_podman() {
+    if !podman_tools("ecsd_serve_runs_a_task_on_podman") {
+        return;
+    }
+    support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    load_test_images(data.path());
+    let daemon = serve_on_podman(data.path(), None).await;
+    let cleanup = scopeguard(data.path().to_owned());
+    let client = support::client(&format!("http://{}", daemon.addr()));
+    register_busybox(&client, "podman-exit", "echo started; read x < /dev/zero & sleep 2; exit 7").await;
 
     let started = Instant::now();
     let run = client.run_task().task_definition("podman-exit").send().await.unwrap();
@@ -747,24 +758,7 @@ async fn ecsd_serve_runs_a_task_on_podman() {
 
     // RunTask → RUNNING, ten times (one at a time, each stopped before the next): a
     // measurement printed for the record, not an assertion.
-    client
-        .register_task_definition()
-        .family("podman-sleep")
-        .network_mode(NetworkMode::None)
-        .container_definitions(
-            ContainerDefinition::builder()
-                .name("app")
-                .image("busybox")
-                .essential(true)
-                .memory(64)
-                .command("sh")
-                .command("-c")
-                .command("trap 'exit 0' TERM; sleep 3600 & wait")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    register_busybox(&client, "podman-sleep", "trap 'exit 0' TERM; sleep 3600 & wait").await;
     let mut times = Vec::new();
     for _ in 0..10 {
         let started = Instant::now();
@@ -826,53 +820,15 @@ async fn an_exit_while_the_podman_service_is_down_is_recorded() {
     if !podman_tools("an_exit_while_the_podman_service_is_down_is_recorded") {
         return;
     }
-    use aws_sdk_ecs::types::{ContainerDefinition, NetworkMode};
-    use ecsd::config::{RuntimeChoice, ServeArgs};
-
     support::init_tracing();
     let data = tempfile::tempdir().unwrap();
     load_test_images(data.path());
     let cleanup = scopeguard(data.path().to_owned());
     let service = service::start(data.path()).await.expect("start the Podman service");
     let socket = service.socket().to_owned();
-    let conf = data.path().join("config.toml");
-    std::fs::write(&conf, "").unwrap();
-    let conf = conf.display().to_string();
-    let args = ServeArgs {
-        runtime: Some(RuntimeChoice::Podman),
-        podman_socket: Some(socket.clone()),
-        ..ServeArgs::default()
-    };
-    let config = support::config_with(
-        args,
-        data.path(),
-        &[
-            ("ECSD_CONFIG", conf.as_str()),
-            ("ECS_IMAGE_PULL_BEHAVIOR", "prefer-cached"),
-            ("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER", "true"),
-            ("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS", "true"),
-        ],
-    );
-    let daemon = ecsd::start(&config).await.expect("ecsd starts on Podman");
+    let daemon = serve_on_podman(data.path(), Some(socket.clone())).await;
     let client = support::client(&format!("http://{}", daemon.addr()));
-    client
-        .register_task_definition()
-        .family("podman-down")
-        .network_mode(NetworkMode::None)
-        .container_definitions(
-            ContainerDefinition::builder()
-                .name("app")
-                .image("busybox")
-                .essential(true)
-                .memory(64)
-                .command("sh")
-                .command("-c")
-                .command("sleep 3; exit 42")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    register_busybox(&client, "podman-down", "sleep 3; exit 42").await;
     let run = client.run_task().task_definition("podman-down").send().await.unwrap();
     let arn = run.tasks()[0].task_arn().unwrap().to_owned();
     let describe = || async {

@@ -24,6 +24,7 @@ mod sim;
 mod task_locks;
 
 pub use netavark::Netavark;
+pub use podman::ExternalProblem;
 
 pub use settings::{NetworkDef, Settings, SettingsError};
 
@@ -109,7 +110,7 @@ pub enum NetworkError {
     UnknownNetwork(String),
     /// A Podman network of `ECS_EXTERNAL_NETWORKS` that cannot be joined.
     #[error("ECS_EXTERNAL_NETWORKS: Podman network '{network}' cannot be joined: {reason}")]
-    External { network: String, reason: String },
+    External { network: String, reason: ExternalProblem },
     #[error("network '{network}' ({subnet}) has no free address left")]
     Exhausted { network: String, subnet: String },
     #[error("{what}")]

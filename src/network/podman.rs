@@ -18,6 +18,27 @@ use tracing::warn;
 
 use super::NetworkError;
 
+/// Why a Podman network of `ECS_EXTERNAL_NETWORKS` cannot be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum ExternalProblem {
+    #[error("cannot run {podman}: {source}")]
+    CannotRun { podman: String, source: std::io::Error },
+    #[error("podman network inspect failed: {stderr} (`podman network ls` lists the networks there are)")]
+    InspectFailed { stderr: String },
+    #[error("unexpected answer from podman network inspect: {0}")]
+    UnexpectedAnswer(serde_json::Error),
+    #[error("podman describes no such network")]
+    NotDescribed,
+    #[error("unexpected definition: {0}")]
+    UnexpectedDefinition(serde_json::Error),
+    #[error("its driver is {0}; only bridge networks can be joined")]
+    NotBridge(String),
+    #[error("its IPAM driver is {0}; only host-local addresses can be shared")]
+    NotHostLocal(String),
+    #[error("it has no IPv4 subnet of /30 or larger")]
+    NoIpv4Subnet,
+}
+
 /// netavark's `--config` directory as Podman runs it as root: aardvark-dns's records of
 /// Podman's networks live below it.
 pub(super) const RUN_DIR: &str = "/run/containers/networks";
@@ -74,14 +95,14 @@ pub(super) struct Joined {
 
 impl External {
     /// Reads Podman's description of one network (an element of `podman network inspect`).
-    pub(super) fn parse(definition: serde_json::Value) -> Result<External, String> {
+    pub(super) fn parse(definition: serde_json::Value) -> Result<External, ExternalProblem> {
         let d: Definition =
-            serde_json::from_value(definition.clone()).map_err(|e| format!("unexpected definition: {e}"))?;
+            serde_json::from_value(definition.clone()).map_err(ExternalProblem::UnexpectedDefinition)?;
         if d.driver != "bridge" {
-            return Err(format!("its driver is {}; only bridge networks can be joined", d.driver));
+            return Err(ExternalProblem::NotBridge(d.driver));
         }
         if let Some(ipam) = d.ipam_options.get("driver").filter(|i| *i != "host-local") {
-            return Err(format!("its IPAM driver is {ipam}; only host-local addresses can be shared"));
+            return Err(ExternalProblem::NotHostLocal(ipam.clone()));
         }
         let ((ip, prefix), lease, gateway) = d
             .subnets
@@ -91,7 +112,7 @@ impl External {
                 let (ip, prefix) = (ip.parse::<Ipv4Addr>().ok()?, prefix.parse::<u8>().ok()?);
                 (prefix <= 30).then_some(((ip, prefix), s.lease_range.as_ref(), s.gateway))
             })
-            .ok_or_else(|| "it has no IPv4 subnet of /30 or larger".to_owned())?;
+            .ok_or(ExternalProblem::NoIpv4Subnet)?;
         let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
         let base = u32::from(ip) & mask;
         let last = base | !mask;
@@ -134,22 +155,20 @@ impl External {
 pub(super) fn inspect(podman: &Path, names: &[String]) -> Result<Vec<External>, NetworkError> {
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let failed = |reason: String| NetworkError::External { network: name.clone(), reason };
+        let failed = |reason: ExternalProblem| NetworkError::External { network: name.clone(), reason };
         let output = std::process::Command::new(podman)
             .args(["network", "inspect", "--format", "json", name])
             .output()
-            .map_err(|e| failed(format!("cannot run {}: {e}", podman.display())))?;
+            .map_err(|source| {
+                failed(ExternalProblem::CannotRun { podman: podman.display().to_string(), source })
+            })?;
         if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(failed(format!(
-                "podman network inspect failed: {} (`podman network ls` lists the networks there are)",
-                stderr.trim()
-            )));
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+            return Err(failed(ExternalProblem::InspectFailed { stderr }));
         }
         let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)
-            .map_err(|e| failed(format!("unexpected answer from podman network inspect: {e}")))?;
-        let definition =
-            listed.into_iter().next().ok_or_else(|| failed("podman describes no such network".into()))?;
+            .map_err(|e| failed(ExternalProblem::UnexpectedAnswer(e)))?;
+        let definition = listed.into_iter().next().ok_or_else(|| failed(ExternalProblem::NotDescribed))?;
         let external = External::parse(definition).map_err(failed)?;
         if !external.has_lease_range() {
             warn!(
@@ -243,18 +262,18 @@ mod tests {
         let mut macvlan = with_range();
         macvlan["driver"] = json!("macvlan");
         assert_eq!(
-            External::parse(macvlan).unwrap_err(),
+            External::parse(macvlan).unwrap_err().to_string(),
             "its driver is macvlan; only bridge networks can be joined"
         );
         let mut dhcp = with_range();
         dhcp["ipam_options"]["driver"] = json!("dhcp");
         assert_eq!(
-            External::parse(dhcp).unwrap_err(),
+            External::parse(dhcp).unwrap_err().to_string(),
             "its IPAM driver is dhcp; only host-local addresses can be shared"
         );
         let mut v6 = with_range();
         v6["subnets"] = json!([{"subnet": "fd00::/64", "gateway": "fd00::1"}]);
-        assert_eq!(External::parse(v6).unwrap_err(), "it has no IPv4 subnet of /30 or larger");
+        assert_eq!(External::parse(v6).unwrap_err().to_string(), "it has no IPv4 subnet of /30 or larger");
         // Positive control: the unchanged definition is accepted.
         assert!(External::parse(with_range()).is_ok());
     }

@@ -232,6 +232,18 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let runtime = runtime::ContainerdRuntime::new(options)
         .map_err(|source| StartError::Runtime { source })?
         .with_registry(config.images.registry.clone());
+    let mut daemon = serve_on_host(config, store, Arc::new(runtime)).await?;
+    daemon.embedded = embedded;
+    add_host_firewall(config, daemon).await
+}
+
+/// Serves with `runtime` on this host's cgroups, init binary, netavark networks and endpoints:
+/// what [`start`] shares between containerd and Podman.
+async fn serve_on_host(
+    config: &Config,
+    store: Store,
+    runtime: Arc<dyn Runtime>,
+) -> Result<Daemon, StartError> {
     let os = Os {
         cgroups: Some(engine::cgroups::Cgroups::new(std::path::Path::new("/sys/fs/cgroup"))),
         init: ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists()),
@@ -240,10 +252,7 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let network =
         network::Netavark::new(config.network.clone(), namespaces(config), &config.data_dir.join("network"))
             .map_err(|source| StartError::Network { source })?;
-    let mut daemon =
-        serve(config, store, Arc::new(runtime), Arc::new(network), Arc::new(SystemClock), os).await?;
-    daemon.embedded = embedded;
-    add_host_firewall(config, daemon).await
+    serve(config, store, runtime, Arc::new(network), Arc::new(SystemClock), os).await
 }
 
 /// [`start`] on Podman: ecsd's own Podman service, or the one at `--podman-socket`.
@@ -268,16 +277,7 @@ async fn start_on_podman(config: &Config, store: Store) -> Result<Daemon, StartE
         options.default_capabilities = PODMAN_STOCK_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
     }
     let runtime = runtime::PodmanRuntime::new(options);
-    let os = Os {
-        cgroups: Some(engine::cgroups::Cgroups::new(std::path::Path::new("/sys/fs/cgroup"))),
-        init: ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists()),
-        endpoints: true,
-    };
-    let network =
-        network::Netavark::new(config.network.clone(), namespaces(config), &config.data_dir.join("network"))
-            .map_err(|source| StartError::Network { source })?;
-    let mut daemon =
-        serve(config, store, Arc::new(runtime), Arc::new(network), Arc::new(SystemClock), os).await?;
+    let mut daemon = serve_on_host(config, store, Arc::new(runtime)).await?;
     daemon.podman = service;
     add_host_firewall(config, daemon).await
 }

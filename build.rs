@@ -18,15 +18,23 @@ fn main() {
     let commit = match std::env::var("ECSD_COMMIT") {
         Ok(c) if !c.is_empty() => c,
         _ => {
-            // Rebuild when HEAD moves: HEAD itself, the branch it names, packed refs.
+            // Rebuild when HEAD moves: HEAD itself, the branch it names, packed refs. Only
+            // files that exist: cargo reruns a build script on every build while a path it
+            // watches is missing (a checkout without packed-refs recompiled ecsd each time).
+            // Packing a loose ref deletes it, which the watch on it sees.
+            let watch = |path: PathBuf| {
+                if path.exists() {
+                    println!("cargo:rerun-if-changed={}", path.display());
+                }
+            };
             if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-                println!("cargo:rerun-if-changed={}", PathBuf::from(&dir).join("HEAD").display());
+                watch(PathBuf::from(&dir).join("HEAD"));
             }
             if let (Some(common), Some(branch)) =
                 (git(&["rev-parse", "--git-common-dir"]), git(&["symbolic-ref", "-q", "HEAD"]))
             {
-                println!("cargo:rerun-if-changed={}", PathBuf::from(&common).join(&branch).display());
-                println!("cargo:rerun-if-changed={}", PathBuf::from(&common).join("packed-refs").display());
+                watch(PathBuf::from(&common).join(&branch));
+                watch(PathBuf::from(&common).join("packed-refs"));
             }
             git(&["rev-parse", "--short=8", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
         }

@@ -1,11 +1,21 @@
 //! Rootless networking, the runtime-neutral part, as root: task namespaces made in-process
 //! (also inside a user namespace that does not own the host's network namespace, where
-//! `ip netns add` fails).
+//! `ip netns add` fails), and task networks in an uplink namespace of ecsd's own
+//! (`ECSD_NETWORK_UPLINK=netns`) with published ports forwarded by ecsd.
+//!
+//! Same set-up as tests/network_containerd.rs (root, `ECSD_TEST_CONTAINERD`, `ECSD_TEST_IMAGE`).
+//! All traffic stays between the host's loopback and namespaces these tests create.
+
+mod harness;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
+use aws_sdk_ecs::types::{ContainerOverride, KeyValuePair, PortMapping, TaskOverride};
 use ecsd::network::Namespaces;
+use harness::*;
 
 /// A key of the form task namespaces have (32 hex characters).
 fn key(n: u32) -> String {
@@ -99,4 +109,169 @@ async fn probe_in_a_user_namespace() {
 
     make_check_delete("ecsd-probe-", 3).await;
     println!("probe: in-process namespace ok");
+}
+
+/// A busybox httpd on `port` answering with the container's hostname.
+const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html; trap 'exit 0' TERM; \
+                     httpd -f -p $PORT -h /www & wait";
+
+fn httpd(name: &str, port: u16) -> aws_sdk_ecs::types::builders::ContainerDefinitionBuilder {
+    sh(name, HTTPD).environment(KeyValuePair::builder().name("PORT").value(port.to_string()).build())
+}
+
+/// Fetches `http://$TARGET/` (10 tries of up to 3 s: a loaded machine answers slowly).
+const FETCH: &str = "for i in $(seq 10); do if timeout 3 wget -qO- http://$TARGET/; then exit 0; fi; \
+                     sleep 0.2; done; exit 1";
+
+/// Fetches the task's own metadata (v4) from inside the task.
+const METADATA: &str = "for i in $(seq 10); do if timeout 3 wget -qO- $ECS_CONTAINER_METADATA_URI_V4/task; \
+                        then exit 0; fi; sleep 0.2; done; exit 1";
+
+async fn http_get(url: &str) -> Result<String, reqwest::Error> {
+    reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?.get(url).send().await?.text().await
+}
+
+async fn run_client(e: &Ecsd, family: &str, target: &str) -> String {
+    let nc = aws_sdk_ecs::types::NetworkConfiguration::builder()
+        .awsvpc_configuration(
+            aws_sdk_ecs::types::AwsVpcConfiguration::builder().subnets("subnet-default").build().unwrap(),
+        )
+        .build();
+    let overrides = TaskOverride::builder()
+        .container_overrides(
+            ContainerOverride::builder()
+                .name(family)
+                .environment(KeyValuePair::builder().name("TARGET").value(target).build())
+                .build(),
+        )
+        .build();
+    let out = e
+        .client
+        .run_task()
+        .task_definition(family)
+        .network_configuration(nc)
+        .overrides(overrides)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.failures(), &[]);
+    arn_of(&out.tasks()[0])
+}
+
+/// What a network namespace holds of an ecsd network: its bridge, veths on it, and firewall
+/// rules naming its subnet or its published port (`ip netns exec NAME …`; `None`: the host's).
+async fn footprint(netns: Option<&str>, bridge: &str, subnet: &str, port: u16) -> (bool, usize, usize, bool) {
+    let run = |argv: &[&str]| {
+        let mut cmd = Command::new(if netns.is_some() { "ip" } else { argv[0] });
+        if let Some(n) = netns {
+            cmd.args(["netns", "exec", n]).arg(argv[0]);
+        }
+        let out = cmd.args(&argv[1..]).output().unwrap();
+        assert!(out.status.success(), "{argv:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let links = run(&["ip", "-o", "link", "show"]);
+    let has_bridge = links.lines().any(|l| l.split(": ").nth(1).is_some_and(|n| n == bridge));
+    let members = links.lines().filter(|l| l.contains(&format!(" master {bridge} "))).count();
+    let rules = run(&["iptables-save"]);
+    let naming_subnet = rules.lines().filter(|l| l.starts_with("-A ") && l.contains(subnet)).count();
+    let isolation = rules.lines().any(|l| l.starts_with(":ECSD-ISOLATION"));
+    let dnat = rules.lines().any(|l| l.contains(&format!("--dport {port} ")));
+    (has_bridge, members, naming_subnet, isolation && dnat)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn with_an_uplink_namespace_tasks_network_and_publish_ports_leaving_the_host_netns_alone() {
+    let _g = CONTAINERD.read().await;
+    let host_veths = || {
+        let out = Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let veths_before = host_veths();
+    let e = Ecsd::start(&[("ECSD_NETWORK_UPLINK", "netns")]).await;
+    let n = e.network_index;
+    let (bridge, subnet) = (format!("ecsdt{n}"), format!("10.223.{n}."));
+    let uplink = format!("ecsd-{}-uplink", e.namespace);
+    let fixed = 42600 + n as u16;
+
+    e.register_mode("web", "awsvpc", vec![httpd("web", 8080).build()]).await;
+    e.register_mode("client", "awsvpc", vec![sh("client", FETCH).build()]).await;
+    e.register_mode("meta", "awsvpc", vec![sh("meta", METADATA).build()]).await;
+    let published = httpd("pub", 80)
+        .port_mappings(PortMapping::builder().container_port(80).host_port(fixed as i32).build())
+        .build();
+    e.register("pub", vec![published]).await;
+
+    let web = arn_of(&e.run_awsvpc("web", "subnet-default").await);
+    let t = e.wait_status(&web, "RUNNING").await;
+    let ip = t.attachments()[0]
+        .details()
+        .iter()
+        .find(|kv| kv.name() == Some("privateIPv4Address"))
+        .and_then(|kv| kv.value())
+        .unwrap()
+        .to_owned();
+    assert!(ip.starts_with(&subnet), "{ip}");
+    let pubt = arn_of(&e.run("pub").await);
+    let t = e.wait_status(&pubt, "RUNNING").await;
+    let pub_hostname = named(&t, "pub").runtime_id().unwrap()[..12].to_owned();
+
+    // Tasks on the network reach each other, by address and by name (aardvark-dns in the uplink).
+    let short = format!("ip-{}", ip.replace('.', "-"));
+    let by_ip = run_client(&e, "client", &format!("{ip}:8080")).await;
+    let by_name = run_client(&e, "client", &format!("{short}:8080")).await;
+    // The endpoints answer inside the task (bound in its own namespace).
+    let meta = arn_of(&e.run_awsvpc("meta", "subnet-default").await);
+    for (arn, name) in [(&by_ip, "client"), (&by_name, "client"), (&meta, "meta")] {
+        let t = e.wait_status_for(arn, "STOPPED", 90).await;
+        assert_eq!(named(&t, name).exit_code(), Some(0), "{name}: {}", e.logs(arn, name));
+    }
+    let said = e.logs(&meta, "meta");
+    assert!(said.contains(&format!("\"TaskARN\":\"{meta}\"")), "the task's own metadata: {said}");
+
+    // The published port answers on the host's loopback, through ecsd's forwarder.
+    let body = eventually(WAIT, "the published port to answer", || async {
+        http_get(&format!("http://127.0.0.1:{fixed}/")).await.ok()
+    })
+    .await;
+    assert_eq!(body.trim(), pub_hostname);
+
+    // Positive control: ecsd's bridge, veths, rules and the port's DNAT are in the uplink...
+    let (has_bridge, members, rules, isolation_and_dnat) =
+        footprint(Some(&uplink), &bridge, &subnet, fixed).await;
+    assert!(
+        has_bridge && members >= 2 && rules > 0 && isolation_and_dnat,
+        "in the uplink: {has_bridge} {members} {rules} {isolation_and_dnat}"
+    );
+    // ...and none of it in the host's namespace.
+    let (has_bridge, members, rules, _) = footprint(None, &bridge, &subnet, fixed).await;
+    assert_eq!((has_bridge, members, rules), (false, 0, 0), "in the host's namespace");
+    assert_eq!(host_veths(), veths_before, "no veth in the host's namespace");
+    let host_rules =
+        String::from_utf8_lossy(&Command::new("iptables-save").output().unwrap().stdout).into_owned();
+    assert!(!host_rules.contains(&format!("--dport {fixed} ")), "no DNAT for {fixed} on the host");
+
+    // Once the task stops, its port is closed (negative control of the answer above).
+    e.stop(&pubt, "done").await;
+    e.wait_status(&pubt, "STOPPED").await;
+    assert!(http_get(&format!("http://127.0.0.1:{fixed}/")).await.is_err(), "the port is unpublished");
+    // The next task still networks and publishes (the last teardown took nothing it needs).
+    e.stop(&web, "done").await;
+    e.wait_status(&web, "STOPPED").await;
+    let again = arn_of(&e.run("pub").await);
+    e.wait_status(&again, "RUNNING").await;
+    eventually(WAIT, "the published port to answer again", || async {
+        http_get(&format!("http://127.0.0.1:{fixed}/")).await.ok()
+    })
+    .await;
+    e.stop(&again, "done").await;
+    e.wait_status(&again, "STOPPED").await;
+
+    assert_eq!(e.netns_left(), vec![uplink.clone()], "only the uplink is left while ecsd runs");
+    assert_eq!(e.sandboxes_left(), Vec::<String>::new());
+    let mut e = e;
+    e.down().await;
+    assert!(!Path::new("/run/netns").join(&uplink).exists(), "shutdown removes the uplink");
+    assert_eq!(host_veths(), veths_before);
 }

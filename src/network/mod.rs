@@ -16,6 +16,7 @@ use tokio::process::Command;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod firewall;
+mod forward;
 mod netavark;
 pub mod netns;
 mod podman;
@@ -27,7 +28,7 @@ mod task_locks;
 pub use netavark::Netavark;
 pub use podman::ExternalProblem;
 
-pub use settings::{NetworkDef, Settings, SettingsError};
+pub use settings::{NetworkDef, Settings, SettingsError, Uplink};
 
 /// The search domain aardvark-dns answers task names in (netavark's default).
 pub const DNS_DOMAIN: &str = "dns.podman";
@@ -110,6 +111,13 @@ pub enum NetworkError {
     /// Making, entering or deleting a network namespace in-process.
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
+    /// A published port ecsd forwards itself (uplink namespace) cannot be listened on.
+    #[error("cannot listen on host port {port} to forward it to the task")]
+    Publish {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no network named '{0}' is configured")]
     UnknownNetwork(String),
     /// A Podman network of `ECS_EXTERNAL_NETWORKS` that cannot be joined.
@@ -159,6 +167,8 @@ impl NetworkError {
             NetworkError::StillHeld { cause, .. } => cause.as_ref().is_none_or(|c| c.is_transient()),
             NetworkError::Interrupted => true,
             NetworkError::Netns(e) => e.is_transient(),
+            // A port in use may be freed; one below the unprivileged start stays refused.
+            NetworkError::Publish { source, .. } => source.kind() != PermissionDenied,
         }
     }
 }
@@ -226,6 +236,9 @@ pub trait Network: Send + Sync + std::fmt::Debug + 'static {
     async fn remove(&self, task_id: &str) -> Result<(), NetworkError>;
     /// The task ids that hold anything now (to find leaks after a crash).
     async fn list(&self) -> Result<Vec<String>, NetworkError>;
+    /// Called once when the daemon stops: closes what serves the running tasks from ecsd
+    /// itself (port forwarders) and removes what no task needs any more. Tasks keep running.
+    async fn shutdown(&self) {}
 }
 
 /// Runs the network tools (`ip`, `iptables`, `iptables-save`, netavark) and makes and
@@ -260,12 +273,22 @@ pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug, Clone)]
 pub struct Processes {
     pub timeout: Duration,
+    /// The network namespace the tools run in (the uplink namespace); `None`: ecsd's own.
+    pub netns: Option<PathBuf>,
 }
 
 impl Default for Processes {
     fn default() -> Self {
         // netavark takes ~40 ms; a loaded host and the xtables lock make it seconds.
-        Processes { timeout: Duration::from_secs(60) }
+        Processes { timeout: Duration::from_secs(60), netns: None }
+    }
+}
+
+impl Processes {
+    /// Tools that run inside the network namespace at `netns` (they are forked by a thread
+    /// that entered it: no `nsenter` needed).
+    pub fn in_netns(netns: &Path) -> Processes {
+        Processes { netns: Some(netns.to_owned()), ..Processes::default() }
     }
 }
 
@@ -301,14 +324,24 @@ impl Runner for Processes {
             .collect::<Vec<_>>()
             .join(" ");
         let spawn_err = |source| NetworkError::Spawn { command: command.clone(), source };
-        let mut child = Command::new(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(spawn_err)?;
+            .kill_on_drop(true);
+        let mut child = match &self.netns {
+            None => cmd.spawn().map_err(spawn_err)?,
+            Some(netns) => {
+                let runtime = tokio::runtime::Handle::current();
+                netns::in_netns(netns, move || {
+                    let _entered = runtime.enter();
+                    Ok(cmd.spawn())
+                })
+                .await?
+                .map_err(spawn_err)?
+            }
+        };
         let finished = tokio::time::timeout(self.timeout, async {
             if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
                 stdin.write_all(input).await?;

@@ -203,6 +203,21 @@ impl Sim {
                 }
                 Ok(serde_json::to_vec(&links).unwrap())
             }
+            // The host's links (as the uplink namespace sees them): bridges and their members.
+            ["-j", "link", "show"] => {
+                let mut links = vec![serde_json::json!({"ifname": "lo"})];
+                for bridge in std::fs::read_dir(&self.sys_dir).unwrap().flatten() {
+                    let name = bridge.file_name().to_string_lossy().into_owned();
+                    for member in
+                        std::fs::read_dir(bridge.path().join("brif")).into_iter().flatten().flatten()
+                    {
+                        let member = member.file_name().to_string_lossy().into_owned();
+                        links.push(serde_json::json!({"ifname": member, "master": name}));
+                    }
+                    links.push(serde_json::json!({"ifname": name}));
+                }
+                Ok(serde_json::to_vec(&links).unwrap())
+            }
             other => panic!("the simulated host has no `ip {other:?}`"),
         }
     }

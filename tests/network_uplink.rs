@@ -275,3 +275,34 @@ async fn with_an_uplink_namespace_tasks_network_and_publish_ports_leaving_the_ho
     assert!(!Path::new("/run/netns").join(&uplink).exists(), "shutdown removes the uplink");
     assert_eq!(host_veths(), veths_before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn a_published_port_answers_again_after_an_ecsd_restart_and_the_uplink_outlives_it() {
+    let _g = CONTAINERD.read().await;
+    let mut e = Ecsd::start(&[("ECSD_NETWORK_UPLINK", "netns")]).await;
+    let uplink = Path::new("/run/netns").join(format!("ecsd-{}-uplink", e.namespace));
+    let fixed = 42700 + e.network_index as u16;
+    let published = httpd("pub", 80)
+        .port_mappings(PortMapping::builder().container_port(80).host_port(fixed as i32).build())
+        .build();
+    e.register("pub", vec![published]).await;
+    let arn = arn_of(&e.run("pub").await);
+    e.wait_status(&arn, "RUNNING").await;
+    let url = format!("http://127.0.0.1:{fixed}/");
+    eventually(WAIT, "the published port to answer", || async { http_get(&url).await.ok() }).await;
+
+    // ecsd stops, the task keeps running: its network stays in the uplink, and the port,
+    // which ecsd itself served, is closed until ecsd is back.
+    e.down().await;
+    assert!(uplink.exists(), "the running task's uplink stays");
+    assert!(http_get(&url).await.is_err(), "no ecsd, no forwarder");
+    e.up().await;
+    eventually(WAIT, "the published port to answer again", || async { http_get(&url).await.ok() }).await;
+
+    e.stop(&arn, "done").await;
+    e.wait_status(&arn, "STOPPED").await;
+    assert!(http_get(&url).await.is_err(), "the port is unpublished");
+    e.down().await;
+    assert!(!uplink.exists(), "shutdown with no task left removes the uplink");
+}

@@ -80,6 +80,9 @@ struct Inner {
     uplink: Option<PathBuf>,
     /// Published ports, with an uplink namespace.
     forwarders: Option<Forwarders>,
+    /// Held while the uplink namespace is made: two tasks' first setups must not both make
+    /// it, nor one use it before it is mounted.
+    making_uplink: tokio::sync::Mutex<()>,
 }
 
 /// Addresses in use per network, and where the next search starts, so a released address
@@ -258,6 +261,7 @@ impl Netavark {
         let uplink = (settings.uplink == Uplink::Netns).then(|| namespaces.path(UPLINK_KEY));
         let inner = Inner {
             forwarders: uplink.as_deref().map(Forwarders::new),
+            making_uplink: tokio::sync::Mutex::new(()),
             uplink,
             settings,
             runner: tools,
@@ -684,12 +688,17 @@ impl Inner {
     /// at the first use, and again if something removed it.
     async fn ensure_uplink(&self) -> Result<(), NetworkError> {
         let Some(path) = &self.uplink else { return Ok(()) };
+        let _making = self.making_uplink.lock().await;
         if path.exists() {
             return Ok(());
         }
         self.namespaces.add_empty(UPLINK_KEY).await?;
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        self.namespaces.ip_batch(&name, "link set lo up\n").await?;
+        if let Err(e) = self.namespaces.ip_batch(&name, "link set lo up\n").await {
+            // Made again, whole, by the next call.
+            let _ = self.namespaces.delete(UPLINK_KEY).await;
+            return Err(e);
+        }
         debug!(netns = %path.display(), "made the uplink network namespace");
         Ok(())
     }
@@ -703,6 +712,7 @@ impl Inner {
         let Some(path) = &self.uplink else { return };
         match self.sandbox_keys() {
             Ok(keys) if keys.is_empty() => {
+                let _making = self.making_uplink.lock().await;
                 if let Err(e) = self.namespaces.delete(UPLINK_KEY).await {
                     warn!(netns = %path.display(), error = %crate::error_chain(&e), "cannot remove the uplink namespace");
                 }
@@ -1147,6 +1157,18 @@ mod tests {
     /// A TCP port nothing listens on now.
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn the_first_setups_of_two_tasks_make_one_uplink_between_them() {
+        let h = host_uplink();
+        let plain = vec![SandboxSpec { container: None, attach: attach(false) }];
+        let (one, two) = (task(33), task(34));
+        let (a, b) = tokio::join!(h.net.create(&one, &plain), h.net.create(&two, &plain));
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(h.sim.calls("ip netns add ecsd-t-uplink"), 1);
+        assert_eq!(h.sim.calls("ip -n ecsd-t-uplink -batch -"), 1, "loopback up, once");
     }
 
     #[tokio::test]

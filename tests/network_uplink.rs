@@ -91,6 +91,7 @@ async fn namespaces_are_made_inside_a_user_namespace_that_does_not_own_the_hosts
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{said}");
     assert!(said.contains("probe: in-process namespace ok"), "the probe ran: {said}");
+    assert!(said.contains("probe: uplink ok"), "the uplink works in the user namespace: {said}");
 }
 
 #[tokio::test]
@@ -109,6 +110,73 @@ async fn probe_in_a_user_namespace() {
 
     make_check_delete("ecsd-probe-", 3).await;
     println!("probe: in-process namespace ok");
+
+    // Nor can it make a bridge there, which is why task networks go to an uplink namespace.
+    let bridge = ip(&["link", "add", "ecsdprobex", "type", "bridge"]);
+    assert!(!bridge.status.success(), "no bridge in the host's namespace: {bridge:?}");
+    uplink_in_a_user_namespace().await;
+    println!("probe: uplink ok");
+}
+
+/// Two sandboxes on a network in the uplink namespace, made by a user namespace that owns
+/// none of the host's: one reaches the other, and a port the second publishes answers on
+/// this namespace's 127.0.0.1 through ecsd's forwarder.
+async fn uplink_in_a_user_namespace() {
+    use ecsd::network::{
+        Attach, Netavark, Network, NetworkDef, PortMap, Protocol, SandboxSpec, Settings, Uplink,
+    };
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        networks: vec![NetworkDef::new("default", "10.229.7.0/24", Some("ecsdprobe0"), true).unwrap()],
+        uplink: Uplink::Netns,
+        ..Settings::default()
+    };
+    let net = Netavark::new(settings, Namespaces::new("ecsd-probe-"), &data.path().join("network")).unwrap();
+    let host_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let spec = |ports| {
+        let attach =
+            Attach { network: "default".into(), aliases: vec![], dns_domain: "ec2.internal".into(), ports };
+        vec![SandboxSpec { container: None, attach: Some(attach) }]
+    };
+    let a = net.create(&key(10), &spec(vec![])).await.expect("sandbox a");
+    let published = PortMap { host_port, container_port: 8080, range: 1, protocol: Protocol::Tcp };
+    let b = net.create(&key(11), &spec(vec![published])).await.expect("sandbox b");
+    let b_ip = b[0].iface.as_ref().unwrap().address;
+    let listener =
+        ecsd::network::netns::in_netns(&b[0].netns, move || std::net::TcpListener::bind((b_ip, 8080)))
+            .await
+            .unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut c, _) = listener.accept().unwrap();
+            c.write_all(b"hi from b").unwrap();
+        }
+    });
+    let read = |mut s: std::net::TcpStream| {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut said = String::new();
+        s.read_to_string(&mut said).unwrap();
+        said
+    };
+    let from_a = ecsd::network::netns::in_netns(&a[0].netns, move || {
+        std::net::TcpStream::connect_timeout(&(b_ip, 8080).into(), std::time::Duration::from_secs(5))
+    })
+    .await
+    .expect("a reaches b on the uplink's bridge");
+    assert_eq!(read(from_a), "hi from b");
+    let forwarded =
+        tokio::task::spawn_blocking(move || std::net::TcpStream::connect(("127.0.0.1", host_port)))
+            .await
+            .unwrap()
+            .expect("the published port listens");
+    assert_eq!(tokio::task::spawn_blocking(move || read(forwarded)).await.unwrap(), "hi from b");
+    server.join().unwrap();
+    net.remove(&key(10)).await.unwrap();
+    net.remove(&key(11)).await.unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", host_port)).is_err(), "closed with the sandbox");
+    net.shutdown().await;
+    assert!(!Path::new("/run/netns/ecsd-probe-uplink").exists(), "shutdown removes the uplink");
 }
 
 /// A busybox httpd on `port` answering with the container's hostname.

@@ -95,6 +95,8 @@ pub struct Daemon {
     podman: Option<runtime::PodmanService>,
     /// The host firewall rules ecsd added (as root); removed at a clean stop.
     firewall: Option<network::firewall::HostFirewall>,
+    /// Told when the engine has stopped (closes forwarded ports, removes an unused uplink).
+    network: Arc<dyn Network>,
 }
 
 impl Daemon {
@@ -149,6 +151,7 @@ impl Daemon {
         self.scheduler.shutdown().await;
         // Running tasks keep running in the runtime; the next start re-adopts them.
         self.engine.shutdown().await;
+        self.network.shutdown().await;
         let store = self.store;
         // Blocks until the last commits are durable: not on a runtime worker.
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
@@ -427,7 +430,7 @@ async fn serve(
         },
         Arc::clone(&store),
         runtime,
-        network,
+        network.clone(),
         config.identity.clone(),
         clock.clone(),
     )
@@ -521,6 +524,7 @@ async fn serve(
         embedded: None,
         podman: None,
         firewall: None,
+        network,
     })
 }
 

@@ -16,7 +16,9 @@ use tokio::process::Command;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod firewall;
+mod forward;
 mod netavark;
+pub mod netns;
 mod podman;
 pub mod settings;
 #[cfg(test)]
@@ -26,7 +28,7 @@ mod task_locks;
 pub use netavark::Netavark;
 pub use podman::ExternalProblem;
 
-pub use settings::{NetworkDef, Settings, SettingsError};
+pub use settings::{NetworkDef, Settings, SettingsError, Uplink};
 
 /// The search domain aardvark-dns answers task names in (netavark's default).
 pub const DNS_DOMAIN: &str = "dns.podman";
@@ -106,6 +108,16 @@ pub enum NetworkError {
     Command { command: String, stderr: String },
     #[error("{command} did not finish within {after:?} and was killed")]
     Timeout { command: String, after: Duration },
+    /// Making, entering or deleting a network namespace in-process.
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    /// A published port ecsd forwards itself (uplink namespace) cannot be listened on.
+    #[error("cannot listen on host port {port} to forward it to the task")]
+    Publish {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no network named '{0}' is configured")]
     UnknownNetwork(String),
     /// A Podman network of `ECS_EXTERNAL_NETWORKS` that cannot be joined.
@@ -154,6 +166,9 @@ impl NetworkError {
             }
             NetworkError::StillHeld { cause, .. } => cause.as_ref().is_none_or(|c| c.is_transient()),
             NetworkError::Interrupted => true,
+            NetworkError::Netns(e) => e.is_transient(),
+            // A port in use may be freed; one below the unprivileged start stays refused.
+            NetworkError::Publish { source, .. } => source.kind() != PermissionDenied,
         }
     }
 }
@@ -221,10 +236,14 @@ pub trait Network: Send + Sync + std::fmt::Debug + 'static {
     async fn remove(&self, task_id: &str) -> Result<(), NetworkError>;
     /// The task ids that hold anything now (to find leaks after a crash).
     async fn list(&self) -> Result<Vec<String>, NetworkError>;
+    /// Called once when the daemon stops: closes what serves the running tasks from ecsd
+    /// itself (port forwarders) and removes what no task needs any more. Tasks keep running.
+    async fn shutdown(&self) {}
 }
 
-/// Runs the network tools (`ip`, `iptables`, `iptables-save`, netavark). [`Processes`]
-/// spawns them; unit tests pass a simulated host.
+/// Runs the network tools (`ip`, `iptables`, `iptables-save`, netavark) and makes and
+/// deletes network namespaces. [`Processes`] spawns the tools and does the namespaces
+/// in-process ([`netns`]); unit tests pass a simulated host.
 #[async_trait]
 pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
     /// Runs `program` to its end with `input` on its stdin; returns its stdout. A failure
@@ -235,6 +254,18 @@ pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
         args: &[&OsStr],
         input: Option<&[u8]>,
     ) -> Result<Vec<u8>, NetworkError>;
+
+    /// Creates the network namespace `<dir>/<name>` (nothing in it); fails if it exists.
+    /// In-process, so it works in a user namespace that does not own the host's network
+    /// namespace, where `ip netns add` fails.
+    async fn add_netns(&self, dir: &Path, name: &str) -> Result<(), NetworkError> {
+        netns::add(dir, name).await.map(drop).map_err(NetworkError::from)
+    }
+
+    /// Unmounts and removes the network namespace `<dir>/<name>`; removing what is gone succeeds.
+    async fn delete_netns(&self, dir: &Path, name: &str) -> Result<(), NetworkError> {
+        netns::delete(&dir.join(name)).map_err(NetworkError::from)
+    }
 }
 
 /// The real [`Runner`]: child processes, each killed when it outlives `timeout` (or when
@@ -242,17 +273,28 @@ pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug, Clone)]
 pub struct Processes {
     pub timeout: Duration,
+    /// The network namespace the tools run in (the uplink namespace); `None`: ecsd's own.
+    pub netns: Option<PathBuf>,
 }
 
 impl Default for Processes {
     fn default() -> Self {
         // netavark takes ~40 ms; a loaded host and the xtables lock make it seconds.
-        Processes { timeout: Duration::from_secs(60) }
+        Processes { timeout: Duration::from_secs(60), netns: None }
     }
 }
 
-/// Named network namespaces under `/run/netns`, made with iproute2, so `ip netns` shows them
-/// and other tools (netavark, `ip netns exec`) can join them by path.
+impl Processes {
+    /// Tools that run inside the network namespace at `netns` (they are forked by a thread
+    /// that entered it: no `nsenter` needed).
+    pub fn in_netns(netns: &Path) -> Processes {
+        Processes { netns: Some(netns.to_owned()), ..Processes::default() }
+    }
+}
+
+/// Named network namespaces under `/run/netns`, made as iproute2 makes them (but in-process:
+/// see [`netns`]), so `ip netns` shows and deletes them and other tools (netavark,
+/// `ip netns exec`) can join them by path.
 #[derive(Debug, Clone)]
 pub struct Namespaces {
     prefix: String,
@@ -282,14 +324,24 @@ impl Runner for Processes {
             .collect::<Vec<_>>()
             .join(" ");
         let spawn_err = |source| NetworkError::Spawn { command: command.clone(), source };
-        let mut child = Command::new(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(spawn_err)?;
+            .kill_on_drop(true);
+        let mut child = match &self.netns {
+            None => cmd.spawn().map_err(spawn_err)?,
+            Some(netns) => {
+                let runtime = tokio::runtime::Handle::current();
+                netns::in_netns(netns, move || {
+                    let _entered = runtime.enter();
+                    Ok(cmd.spawn())
+                })
+                .await?
+                .map_err(spawn_err)?
+            }
+        };
         let finished = tokio::time::timeout(self.timeout, async {
             if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
                 stdin.write_all(input).await?;
@@ -384,7 +436,7 @@ impl Namespaces {
         let name = self.name(key);
         let path = self.path(key);
         if !path.exists() {
-            self.ip(&["netns", "add", &name]).await?;
+            self.runner.add_netns(&self.dir, &name).await?;
         }
         let setup = self.ip_batch(&name, "link set lo up\naddr replace 169.254.170.2/32 dev lo\n").await;
         // The endpoints listen on ENDPOINTS_PORT, and 169.254.170.2:80 is forwarded there inside
@@ -396,7 +448,7 @@ impl Namespaces {
         };
         if let Err(e) = setup {
             // If this fails too, the namespace is listed and the next removal takes it.
-            let _ = self.ip(&["netns", "delete", &name]).await;
+            let _ = self.runner.delete_netns(&self.dir, &name).await;
             return Err(e);
         }
         Ok(path)
@@ -406,7 +458,7 @@ impl Namespaces {
     /// what a sandbox whose namespace is gone left on the host).
     pub(crate) async fn add_empty(&self, key: &str) -> Result<PathBuf, NetworkError> {
         if !self.path(key).exists() {
-            self.ip(&["netns", "add", &self.name(key)]).await?;
+            self.runner.add_netns(&self.dir, &self.name(key)).await?;
         }
         Ok(self.path(key))
     }
@@ -426,7 +478,7 @@ impl Namespaces {
         if !self.path(key).exists() {
             return Ok(());
         }
-        self.ip(&["netns", "delete", &self.name(key)]).await.map(drop)
+        self.runner.delete_netns(&self.dir, &self.name(key)).await
     }
 
     /// Whether the namespace `<prefix><key>` has an interface `ifname`.

@@ -27,13 +27,17 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, warn};
 
+use super::forward::{Forwarders, Route};
 use super::podman::{self, External, Joined};
-use super::settings::BRIDGE_PREFIX;
+use super::settings::{BRIDGE_PREFIX, Uplink};
 use super::task_locks::{TaskLocks, Ticket};
 use super::{
-    Attach, Held, Interface, Namespaces, Network, NetworkDef, NetworkError, PortMap, Runner, Sandbox,
-    SandboxSpec, Settings, key_of, private_dns_name, task_of,
+    Attach, Held, Interface, Namespaces, Network, NetworkDef, NetworkError, PortMap, Processes, Runner,
+    Sandbox, SandboxSpec, Settings, key_of, private_dns_name, task_of,
 };
+
+/// The key of the uplink namespace (`<prefix>uplink`), which is no task's.
+const UPLINK_KEY: &str = "uplink";
 
 /// The mangle-table chain that keeps ecsd's networks apart (netavark 1.4 does not), and
 /// them from Podman's.
@@ -71,6 +75,14 @@ struct Inner {
     retry_pause: Duration,
     /// The host's interfaces (`/sys/class/net`): a bridge's members are `<bridge>/brif/*`.
     sys_class_net: PathBuf,
+    /// The uplink namespace netavark, aardvark-dns and the isolation rules run in
+    /// ([`Uplink::Netns`]); `runner` runs the tools there.
+    uplink: Option<PathBuf>,
+    /// Published ports, with an uplink namespace.
+    forwarders: Option<Forwarders>,
+    /// Held while the uplink namespace is made: two tasks' first setups must not both make
+    /// it, nor one use it before it is mounted.
+    making_uplink: tokio::sync::Mutex<()>,
 }
 
 /// Addresses in use per network, and where the next search starts, so a released address
@@ -214,6 +226,10 @@ impl Netavark {
             true => vec![],
             false => podman::inspect(&settings.podman, &settings.external)?,
         };
+        let tools: Arc<dyn Runner> = match settings.uplink {
+            Uplink::Host => namespaces.runner().clone(),
+            Uplink::Netns => Arc::new(Processes::in_netns(&namespaces.path(UPLINK_KEY))),
+        };
         Netavark::build(
             settings,
             namespaces,
@@ -221,6 +237,7 @@ impl Netavark {
             Path::new("/sys/class/net"),
             Duration::from_millis(200),
             external,
+            tools,
         )
     }
 
@@ -231,6 +248,7 @@ impl Netavark {
         sys_class_net: &Path,
         retry_pause: Duration,
         external: Vec<External>,
+        tools: Arc<dyn Runner>,
     ) -> Result<Netavark, NetworkError> {
         let state = |what: String| move |source| NetworkError::State { what, source };
         std::fs::create_dir_all(state_dir)
@@ -240,9 +258,13 @@ impl Netavark {
         // after it has made the interface.
         std::fs::create_dir_all(config_dir.join("aardvark-dns"))
             .map_err(state(format!("cannot create {}", config_dir.display())))?;
+        let uplink = (settings.uplink == Uplink::Netns).then(|| namespaces.path(UPLINK_KEY));
         let inner = Inner {
+            forwarders: uplink.as_deref().map(Forwarders::new),
+            making_uplink: tokio::sync::Mutex::new(()),
+            uplink,
             settings,
-            runner: namespaces.runner().clone(),
+            runner: tools,
             namespaces,
             state_dir: state_dir.to_owned(),
             config_dir,
@@ -262,6 +284,20 @@ impl Netavark {
             }
         }
         drop(ipam);
+        if let Some(forwarders) = &inner.forwarders {
+            // The tasks kept running while no ecsd was up: their ports answer again.
+            for s in inner.states()? {
+                let routes = routes(&s);
+                if routes.is_empty() {
+                    continue;
+                }
+                if tokio::runtime::Handle::try_current().is_err() {
+                    warn!(sandbox = %s.key, "no runtime to forward the task's published ports from");
+                } else if let Err(e) = forwarders.start(&s.key, &routes) {
+                    warn!(sandbox = %s.key, error = %crate::error_chain(&e), "cannot forward a task's published port again");
+                }
+            }
+        }
         Ok(Netavark { inner: Arc::new(inner) })
     }
 }
@@ -425,8 +461,14 @@ impl Inner {
             .and_then(|b| b.interfaces.get("eth0"))
             .map(|i| i.mac_address.clone())
             .unwrap_or_else(|| state.options.networks[&nv_name(net)].static_mac.clone());
+        let routes = routes(&state);
         if !self.external.is_empty() {
             self.join_external(state, netns).await?;
+        }
+        if let Some(forwarders) = &self.forwarders
+            && !routes.is_empty()
+        {
+            forwarders.start(key, &routes)?;
         }
         Ok(Interface { network: net.name.clone(), address, mac, private_dns_name: dns_name })
     }
@@ -488,6 +530,9 @@ impl Inner {
     /// part (until verified gone), then the state file, which releases the address, then
     /// the namespace.
     async fn unmake(&self, key: &str) -> Result<(), Unmade> {
+        if let Some(forwarders) = &self.forwarders {
+            forwarders.stop(key).await;
+        }
         let recorded =
             self.read_state(key).map_err(|e| Unmade { held: self.namespace_held(key), cause: Some(e) })?;
         if let Recorded::Sandbox(state) = &recorded {
@@ -609,12 +654,72 @@ impl Inner {
     /// comes after this teardown, and makes the bridge again.
     async fn abandoned(&self, net: &NetworkDef) -> Result<bool, NetworkError> {
         let _between = self.serial.lock().await;
+        if self.uplink.is_some() {
+            // The bridge is in the uplink namespace, which this process's /sys does not show.
+            return self.abandoned_in_uplink(net).await;
+        }
         let members = self.sys_class_net.join(&net.bridge).join("brif");
         match std::fs::read_dir(&members) {
             Ok(mut entries) => Ok(entries.next().is_none()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(source) => {
                 Err(NetworkError::State { what: format!("cannot read {}", members.display()), source })
+            }
+        }
+    }
+
+    /// [`Inner::abandoned`] from `ip -j link show` run in the uplink namespace.
+    async fn abandoned_in_uplink(&self, net: &NetworkDef) -> Result<bool, NetworkError> {
+        #[derive(Deserialize)]
+        struct Link {
+            ifname: String,
+            master: Option<String>,
+        }
+        let out = self.run(OsStr::new("ip"), &["-j", "link", "show"], None).await?;
+        let links: Vec<Link> = serde_json::from_slice(&out).map_err(|e| NetworkError::Command {
+            command: "ip -j link show".into(),
+            stderr: format!("unexpected answer ({e}): {}", String::from_utf8_lossy(&out)),
+        })?;
+        let exists = links.iter().any(|l| l.ifname == net.bridge);
+        Ok(exists && !links.iter().any(|l| l.master.as_deref() == Some(net.bridge.as_str())))
+    }
+
+    /// Makes the uplink namespace (loopback up) if there is to be one and it is not there:
+    /// at the first use, and again if something removed it.
+    async fn ensure_uplink(&self) -> Result<(), NetworkError> {
+        let Some(path) = &self.uplink else { return Ok(()) };
+        let _making = self.making_uplink.lock().await;
+        if path.exists() {
+            return Ok(());
+        }
+        self.namespaces.add_empty(UPLINK_KEY).await?;
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if let Err(e) = self.namespaces.ip_batch(&name, "link set lo up\n").await {
+            // Made again, whole, by the next call.
+            let _ = self.namespaces.delete(UPLINK_KEY).await;
+            return Err(e);
+        }
+        debug!(netns = %path.display(), "made the uplink network namespace");
+        Ok(())
+    }
+
+    /// At daemon shutdown: closes the published ports; removes the uplink namespace when no
+    /// sandbox is left (running tasks keep theirs, and their bridge in it, for the next start).
+    async fn shutdown(&self) {
+        if let Some(forwarders) = &self.forwarders {
+            forwarders.stop_all().await;
+        }
+        let Some(path) = &self.uplink else { return };
+        match self.sandbox_keys() {
+            Ok(keys) if keys.is_empty() => {
+                let _making = self.making_uplink.lock().await;
+                if let Err(e) = self.namespaces.delete(UPLINK_KEY).await {
+                    warn!(netns = %path.display(), error = %crate::error_chain(&e), "cannot remove the uplink namespace");
+                }
+            }
+            Ok(keys) => debug!(sandboxes = keys.len(), "the uplink namespace stays for the running tasks"),
+            Err(e) => {
+                warn!(error = %crate::error_chain(&e), "cannot tell whether the uplink namespace is still needed")
             }
         }
     }
@@ -767,6 +872,9 @@ impl Inner {
     async fn create(&self, task_id: &str, sandboxes: &[SandboxSpec]) -> Result<Vec<Sandbox>, NetworkError> {
         // A second attempt (a restarted engine) starts from nothing.
         self.remove(task_id).await?;
+        if sandboxes.iter().any(|s| s.attach.is_some()) {
+            self.ensure_uplink().await?;
+        }
         let mut made = Vec::with_capacity(sandboxes.len());
         for spec in sandboxes {
             match self.make(task_id, spec).await {
@@ -784,7 +892,11 @@ impl Inner {
 
     /// Called on the task's turn.
     async fn remove(&self, task_id: &str) -> Result<(), NetworkError> {
-        let keys = self.sandbox_keys()?.into_iter().filter(|k| task_of(k) == Some(task_id));
+        let keys: Vec<String> =
+            self.sandbox_keys()?.into_iter().filter(|k| task_of(k) == Some(task_id)).collect();
+        if !keys.is_empty() {
+            self.ensure_uplink().await?;
+        }
         let mut held = vec![];
         let mut cause = None;
         for key in keys {
@@ -856,6 +968,27 @@ fn podman_isolation_rules() -> Vec<Vec<String>> {
         }
     }
     rules
+}
+
+/// The TCP ports a sandbox publishes, one route per port of each range, to its address.
+/// UDP ports are not forwarded (said once per sandbox).
+fn routes(state: &SandboxState) -> Vec<Route> {
+    let mut routes = vec![];
+    for p in &state.options.port_mappings {
+        if p.protocol != "tcp" {
+            warn!(sandbox = %state.key, host_port = p.host_port,
+                  "a published UDP port is not forwarded from the host with an uplink namespace");
+            continue;
+        }
+        for i in 0..p.range.max(1) {
+            let (Some(host_port), Some(port)) = (p.host_port.checked_add(i), p.container_port.checked_add(i))
+            else {
+                break;
+            };
+            routes.push(Route { host_port, target: std::net::SocketAddrV4::new(state.address, port) });
+        }
+    }
+    routes
 }
 
 fn external_key(network: &str) -> String {
@@ -946,6 +1079,10 @@ impl Network for Netavark {
             self.inner.sandbox_keys()?.iter().filter_map(|k| task_of(k)).map(str::to_owned).collect();
         Ok(ids.into_iter().collect())
     }
+
+    async fn shutdown(&self) {
+        self.inner.shutdown().await;
+    }
 }
 
 #[cfg(test)]
@@ -975,14 +1112,96 @@ mod tests {
         };
         let namespaces = Namespaces::with_runner("ecsd-t-", &sim.netns_dir, sim.clone());
         let state_dir = dir.path().join("network");
-        let net =
-            Netavark::build(settings, namespaces, &state_dir, &sim.sys_dir, Duration::from_millis(1), vec![])
-                .unwrap();
+        let net = Netavark::build(
+            settings,
+            namespaces,
+            &state_dir,
+            &sim.sys_dir,
+            Duration::from_millis(1),
+            vec![],
+            sim.clone(),
+        )
+        .unwrap();
         Host { dir, sim, net }
     }
 
     fn task(n: u32) -> String {
         format!("{n:032x}")
+    }
+
+    /// [`host`] with the networks in an uplink namespace.
+    fn host_uplink() -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Sim::new(dir.path());
+        let settings = Settings {
+            networks: vec![NetworkDef::new("default", "10.9.0.0/24", Some("ecsdt9"), true).unwrap()],
+            netavark: PathBuf::from("/sim/netavark"),
+            uplink: Uplink::Netns,
+            ..Settings::default()
+        };
+        let namespaces = Namespaces::with_runner("ecsd-t-", &sim.netns_dir, sim.clone());
+        let state_dir = dir.path().join("network");
+        let net = Netavark::build(
+            settings,
+            namespaces,
+            &state_dir,
+            &sim.sys_dir,
+            Duration::from_millis(1),
+            vec![],
+            sim.clone(),
+        )
+        .unwrap();
+        Host { dir, sim, net }
+    }
+
+    /// A TCP port nothing listens on now.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn the_first_setups_of_two_tasks_make_one_uplink_between_them() {
+        let h = host_uplink();
+        let plain = vec![SandboxSpec { container: None, attach: attach(false) }];
+        let (one, two) = (task(33), task(34));
+        let (a, b) = tokio::join!(h.net.create(&one, &plain), h.net.create(&two, &plain));
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(h.sim.calls("ip netns add ecsd-t-uplink"), 1);
+        assert_eq!(h.sim.calls("ip -n ecsd-t-uplink -batch -"), 1, "loopback up, once");
+    }
+
+    #[tokio::test]
+    async fn an_uplink_namespace_is_made_once_serves_published_ports_and_goes_at_shutdown() {
+        let h = host_uplink();
+        assert!(h.sim.namespaces().is_empty(), "nothing before the first task");
+        let port = free_port();
+        let published = |port| {
+            let mut a = attach(false).unwrap();
+            a.ports =
+                vec![PortMap { host_port: port, container_port: 80, range: 1, protocol: Protocol::Tcp }];
+            vec![SandboxSpec { container: None, attach: Some(a) }]
+        };
+        h.net.create(&task(30), &published(port)).await.unwrap();
+        h.net.create(&task(31), &[SandboxSpec { container: None, attach: attach(false) }]).await.unwrap();
+        assert_eq!(h.sim.calls("ip netns add ecsd-t-uplink"), 1, "one uplink for every task");
+        assert!(h.sim.namespaces().contains(&"ecsd-t-uplink".to_owned()));
+        assert_eq!(h.net.list().await.unwrap(), vec![task(30), task(31)], "the uplink is no task's");
+        // ecsd listens on the published port itself; once the task goes, the port is closed.
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("the forwarder listens");
+        let busy = h.net.create(&task(32), &published(port)).await.unwrap_err();
+        assert!(matches!(busy, NetworkError::Publish { port: p, .. } if p == port), "{busy:?}");
+        assert_eq!(h.net.list().await.unwrap(), vec![task(30), task(31)], "the failed create left nothing");
+        h.net.remove(&task(30)).await.unwrap();
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect_err("closed with the task");
+
+        // A task still running keeps the uplink (and its bridge) across a shutdown.
+        h.net.shutdown().await;
+        assert!(h.sim.namespaces().contains(&"ecsd-t-uplink".to_owned()));
+        h.net.remove(&task(31)).await.unwrap();
+        h.net.shutdown().await;
+        assert_eq!(h.left(), h.nothing_left());
+        assert_eq!(h.sim.calls("netavark teardown"), 3, "tasks 30 and 31, and the undone create of 32");
     }
 
     fn attach(ports: bool) -> Option<Attach> {
@@ -1339,6 +1558,7 @@ mod tests {
             &h.sim.sys_dir,
             Duration::from_millis(1),
             vec![],
+            h.sim.clone(),
         )
         .unwrap();
         assert!(!tmp.exists());
@@ -1356,6 +1576,7 @@ mod tests {
             &h.sim.sys_dir,
             Duration::from_millis(1),
             vec![],
+            h.sim.clone(),
         )
         .unwrap();
         let used = &again.inner.ipam.lock().unwrap().used;
@@ -1364,7 +1585,7 @@ mod tests {
 
     #[tokio::test]
     async fn processes_that_outlive_the_timeout_are_killed() {
-        let quick = Processes { timeout: Duration::from_millis(200) };
+        let quick = Processes { timeout: Duration::from_millis(200), netns: None };
         quick.run(OsStr::new("true"), &[], None).await.unwrap();
         let started = std::time::Instant::now();
         let e = quick.run(OsStr::new("sleep"), &[OsStr::new("30")], None).await.unwrap_err();

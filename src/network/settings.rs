@@ -116,6 +116,19 @@ fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((ip, len))
 }
 
+/// Where the task networks' bridges, NAT and firewall rules live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Uplink {
+    /// In ecsd's own network namespace (the host's, as root).
+    #[default]
+    Host,
+    /// In a network namespace of ecsd's own (`<prefix>uplink`), where netavark, aardvark-dns
+    /// and ecsd's isolation rules run, and published ports are forwarded into by ecsd: for a
+    /// rootless ecsd, which cannot make bridges or firewall rules in the host's namespace.
+    /// Tasks have no route to the outside (no slirp4netns yet).
+    Netns,
+}
+
 /// How ecsd networks tasks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -134,6 +147,8 @@ pub struct Settings {
     pub external: Vec<String>,
     /// The `podman` that describes them.
     pub podman: PathBuf,
+    /// `ECSD_NETWORK_UPLINK` (`host` or `netns`).
+    pub uplink: Uplink,
 }
 
 impl Default for Settings {
@@ -150,6 +165,7 @@ impl Default for Settings {
             aardvark: PathBuf::from("/usr/lib/podman/aardvark-dns"),
             external: vec![],
             podman: PathBuf::from("podman"),
+            uplink: Uplink::Host,
         }
     }
 }
@@ -204,6 +220,8 @@ pub struct FileTasks {
     pub reserved_ports: Option<Vec<u16>>,
     pub netavark: Option<PathBuf>,
     pub aardvark_dns: Option<PathBuf>,
+    /// `host` or `netns` (see [`Uplink`]).
+    pub uplink: Option<String>,
 }
 
 impl Settings {
@@ -292,7 +310,25 @@ impl Settings {
             Some(v) => external_networks(&v).map_err(|r| err("ECS_EXTERNAL_NETWORKS", r))?,
             None => vec![],
         };
+        let uplink = match env("ECSD_NETWORK_UPLINK")
+            .map(|v| ("ECSD_NETWORK_UPLINK", v))
+            .or_else(|| file.tasks.uplink.clone().map(|v| ("tasks.uplink", v)))
+        {
+            None => Uplink::Host,
+            Some((_, v)) if v == "host" => Uplink::Host,
+            Some((_, v)) if v == "netns" => Uplink::Netns,
+            Some((name, v)) => return Err(err(name, format!("'{v}' is not host or netns"))),
+        };
+        if uplink == Uplink::Netns && !external.is_empty() {
+            return Err(err(
+                "ECSD_NETWORK_UPLINK",
+                "netns cannot be combined with ECS_EXTERNAL_NETWORKS: Podman's bridges are in the \
+                 host's network namespace, out of reach of the uplink namespace"
+                    .into(),
+            ));
+        }
         Ok(Settings {
+            uplink,
             external,
             podman: env("ECSD_PODMAN").map(PathBuf::from).unwrap_or(defaults.podman),
             networks,
@@ -364,6 +400,21 @@ mod tests {
             let e = resolve("", &[("ECS_EXTERNAL_NETWORKS", value)]).unwrap_err();
             assert_eq!((e.name.as_str(), e.reason.as_str()), ("ECS_EXTERNAL_NETWORKS", reason), "{value}");
         }
+    }
+
+    #[test]
+    fn the_uplink_is_the_hosts_unless_netns_is_asked_for() {
+        assert_eq!(resolve("", &[]).unwrap().uplink, Uplink::Host);
+        assert_eq!(resolve("", &[("ECSD_NETWORK_UPLINK", "netns")]).unwrap().uplink, Uplink::Netns);
+        assert_eq!(resolve("[tasks]\nuplink = \"netns\"\n", &[]).unwrap().uplink, Uplink::Netns);
+        let e = resolve("", &[("ECSD_NETWORK_UPLINK", "slirp")]).unwrap_err();
+        assert_eq!(
+            (e.name.as_str(), e.reason.as_str()),
+            ("ECSD_NETWORK_UPLINK", "'slirp' is not host or netns")
+        );
+        let e =
+            resolve("", &[("ECSD_NETWORK_UPLINK", "netns"), ("ECS_EXTERNAL_NETWORKS", "db")]).unwrap_err();
+        assert!(e.reason.contains("cannot be combined with ECS_EXTERNAL_NETWORKS"), "{e}");
     }
 
     #[test]

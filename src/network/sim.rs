@@ -203,6 +203,21 @@ impl Sim {
                 }
                 Ok(serde_json::to_vec(&links).unwrap())
             }
+            // The host's links (as the uplink namespace sees them): bridges and their members.
+            ["-j", "link", "show"] => {
+                let mut links = vec![serde_json::json!({"ifname": "lo"})];
+                for bridge in std::fs::read_dir(&self.sys_dir).unwrap().flatten() {
+                    let name = bridge.file_name().to_string_lossy().into_owned();
+                    for member in
+                        std::fs::read_dir(bridge.path().join("brif")).into_iter().flatten().flatten()
+                    {
+                        let member = member.file_name().to_string_lossy().into_owned();
+                        links.push(serde_json::json!({"ifname": member, "master": name}));
+                    }
+                    links.push(serde_json::json!({"ifname": name}));
+                }
+                Ok(serde_json::to_vec(&links).unwrap())
+            }
             other => panic!("the simulated host has no `ip {other:?}`"),
         }
     }
@@ -380,5 +395,22 @@ impl Runner for Sim {
             "netavark" => self.netavark(&args, input.unwrap_or_default(), &command).await,
             other => panic!("the simulated host has no {other}"),
         }
+    }
+
+    /// Namespaces are plain files here, recorded as the `ip netns add` iproute2 would run.
+    async fn add_netns(&self, dir: &Path, name: &str) -> Result<(), NetworkError> {
+        assert_eq!(dir, self.netns_dir, "namespaces are made in the simulated host's directory");
+        self.run(OsStr::new("ip"), &[OsStr::new("netns"), OsStr::new("add"), OsStr::new(name)], None)
+            .await
+            .map(drop)
+    }
+
+    async fn delete_netns(&self, dir: &Path, name: &str) -> Result<(), NetworkError> {
+        assert_eq!(dir, self.netns_dir, "namespaces are made in the simulated host's directory");
+        if !dir.join(name).exists() {
+            return Ok(());
+        }
+        let args = [OsStr::new("netns"), OsStr::new("delete"), OsStr::new(name)];
+        self.run(OsStr::new("ip"), &args, None).await.map(drop)
     }
 }

@@ -71,6 +71,10 @@ pub enum LaunchError {
     NamespaceModeTask { field: &'static str },
     #[error("Task definition does not support launch_type {0}.")]
     IncompatibleLaunchType(String),
+    #[error(
+        "hostPort {port} is below net.ipv4.ip_unprivileged_port_start ({start}) and ecsd runs rootless, so it cannot be bound: use a hostPort of {start} or more, or have root lower the sysctl (sysctl -w net.ipv4.ip_unprivileged_port_start={port})"
+    )]
+    PrivilegedHostPort { port: u16, start: u16 },
 }
 
 /// Which ECS exception a [`LaunchError`] is.

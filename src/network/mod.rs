@@ -17,6 +17,7 @@ use tokio::process::Command;
 pub mod fake;
 pub mod firewall;
 mod netavark;
+pub mod netns;
 mod podman;
 pub mod settings;
 #[cfg(test)]
@@ -106,6 +107,9 @@ pub enum NetworkError {
     Command { command: String, stderr: String },
     #[error("{command} did not finish within {after:?} and was killed")]
     Timeout { command: String, after: Duration },
+    /// Making, entering or deleting a network namespace in-process.
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
     #[error("no network named '{0}' is configured")]
     UnknownNetwork(String),
     /// A Podman network of `ECS_EXTERNAL_NETWORKS` that cannot be joined.
@@ -154,6 +158,7 @@ impl NetworkError {
             }
             NetworkError::StillHeld { cause, .. } => cause.as_ref().is_none_or(|c| c.is_transient()),
             NetworkError::Interrupted => true,
+            NetworkError::Netns(e) => e.is_transient(),
         }
     }
 }
@@ -223,8 +228,9 @@ pub trait Network: Send + Sync + std::fmt::Debug + 'static {
     async fn list(&self) -> Result<Vec<String>, NetworkError>;
 }
 
-/// Runs the network tools (`ip`, `iptables`, `iptables-save`, netavark). [`Processes`]
-/// spawns them; unit tests pass a simulated host.
+/// Runs the network tools (`ip`, `iptables`, `iptables-save`, netavark) and makes and
+/// deletes network namespaces. [`Processes`] spawns the tools and does the namespaces
+/// in-process ([`netns`]); unit tests pass a simulated host.
 #[async_trait]
 pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
     /// Runs `program` to its end with `input` on its stdin; returns its stdout. A failure
@@ -235,6 +241,18 @@ pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
         args: &[&OsStr],
         input: Option<&[u8]>,
     ) -> Result<Vec<u8>, NetworkError>;
+
+    /// Creates the network namespace `<dir>/<name>` (nothing in it); fails if it exists.
+    /// In-process, so it works in a user namespace that does not own the host's network
+    /// namespace, where `ip netns add` fails.
+    async fn add_netns(&self, dir: &Path, name: &str) -> Result<(), NetworkError> {
+        netns::add(dir, name).await.map(drop).map_err(NetworkError::from)
+    }
+
+    /// Unmounts and removes the network namespace `<dir>/<name>`; removing what is gone succeeds.
+    async fn delete_netns(&self, dir: &Path, name: &str) -> Result<(), NetworkError> {
+        netns::delete(&dir.join(name)).map_err(NetworkError::from)
+    }
 }
 
 /// The real [`Runner`]: child processes, each killed when it outlives `timeout` (or when
@@ -251,8 +269,9 @@ impl Default for Processes {
     }
 }
 
-/// Named network namespaces under `/run/netns`, made with iproute2, so `ip netns` shows them
-/// and other tools (netavark, `ip netns exec`) can join them by path.
+/// Named network namespaces under `/run/netns`, made as iproute2 makes them (but in-process:
+/// see [`netns`]), so `ip netns` shows and deletes them and other tools (netavark,
+/// `ip netns exec`) can join them by path.
 #[derive(Debug, Clone)]
 pub struct Namespaces {
     prefix: String,
@@ -384,7 +403,7 @@ impl Namespaces {
         let name = self.name(key);
         let path = self.path(key);
         if !path.exists() {
-            self.ip(&["netns", "add", &name]).await?;
+            self.runner.add_netns(&self.dir, &name).await?;
         }
         let setup = self.ip_batch(&name, "link set lo up\naddr replace 169.254.170.2/32 dev lo\n").await;
         // The endpoints listen on ENDPOINTS_PORT, and 169.254.170.2:80 is forwarded there inside
@@ -396,7 +415,7 @@ impl Namespaces {
         };
         if let Err(e) = setup {
             // If this fails too, the namespace is listed and the next removal takes it.
-            let _ = self.ip(&["netns", "delete", &name]).await;
+            let _ = self.runner.delete_netns(&self.dir, &name).await;
             return Err(e);
         }
         Ok(path)
@@ -406,7 +425,7 @@ impl Namespaces {
     /// what a sandbox whose namespace is gone left on the host).
     pub(crate) async fn add_empty(&self, key: &str) -> Result<PathBuf, NetworkError> {
         if !self.path(key).exists() {
-            self.ip(&["netns", "add", &self.name(key)]).await?;
+            self.runner.add_netns(&self.dir, &self.name(key)).await?;
         }
         Ok(self.path(key))
     }
@@ -426,7 +445,7 @@ impl Namespaces {
         if !self.path(key).exists() {
             return Ok(());
         }
-        self.ip(&["netns", "delete", &self.name(key)]).await.map(drop)
+        self.runner.delete_netns(&self.dir, &self.name(key)).await
     }
 
     /// Whether the namespace `<prefix><key>` has an interface `ifname`.

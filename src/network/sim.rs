@@ -381,4 +381,21 @@ impl Runner for Sim {
             other => panic!("the simulated host has no {other}"),
         }
     }
+
+    /// Namespaces are plain files here, recorded as the `ip netns add` iproute2 would run.
+    async fn add_netns(&self, dir: &Path, name: &str) -> Result<(), NetworkError> {
+        assert_eq!(dir, self.netns_dir, "namespaces are made in the simulated host's directory");
+        self.run(OsStr::new("ip"), &[OsStr::new("netns"), OsStr::new("add"), OsStr::new(name)], None)
+            .await
+            .map(drop)
+    }
+
+    async fn delete_netns(&self, dir: &Path, name: &str) -> Result<(), NetworkError> {
+        assert_eq!(dir, self.netns_dir, "namespaces are made in the simulated host's directory");
+        if !dir.join(name).exists() {
+            return Ok(());
+        }
+        let args = [OsStr::new("netns"), OsStr::new("delete"), OsStr::new(name)];
+        self.run(OsStr::new("ip"), &args, None).await.map(drop)
+    }
 }

@@ -424,10 +424,11 @@ pub struct ServeArgs {
     /// Run as this unprivileged user: ecsd re-executes itself with its own containerd inside
     /// a rootlesskit user namespace (needs rootlesskit, newuidmap/newgidmap, ranges in
     /// /etc/subuid and /etc/subgid, and XDG_RUNTIME_DIR). State goes to $XDG_DATA_HOME/ecsd,
-    /// sockets and namespaces to $XDG_RUNTIME_DIR/ecsd, the config file is
-    /// $XDG_CONFIG_HOME/ecsd/config.toml. Task cpu and memory limits are not applied without
-    /// cgroup delegation, host ports below net.ipv4.ip_unprivileged_port_start are refused,
-    /// and only networkMode none and host tasks run.
+    /// containerd's runtime state and the containers' FIFOs to $XDG_RUNTIME_DIR/ecsd, the
+    /// config file is $XDG_CONFIG_HOME/ecsd/config.toml. Task cpu and memory limits are not
+    /// applied without cgroup delegation, host ports below net.ipv4.ip_unprivileged_port_start
+    /// are refused, and only networkMode none and host tasks run (bridge and awsvpc are
+    /// refused).
     #[arg(long)]
     pub rootless: bool,
 }

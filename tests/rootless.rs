@@ -307,6 +307,8 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
     let id = arn.rsplit('/').next().unwrap().to_owned();
     let stopped = ecsd.wait_status(&arn, "STOPPED").await;
     assert_eq!(stopped["containers"][0]["exitCode"], 3, "{stopped}");
+    // It was RUNNING on its way (too briefly to poll): ECS sets startedAt then.
+    assert!(stopped["startedAt"].is_number(), "{stopped}");
     assert_eq!(stopped["stoppedReason"], "Essential container in task exited", "{stopped}");
     let output = task_logs(&user, &arn);
     let first: Vec<&str> = output.lines().next().unwrap_or_default().split_whitespace().collect();
@@ -344,6 +346,23 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
         ),
         "{refused}"
     );
+    // Task networks need an uplink namespace rootless ecsd does not have yet: refused, named.
+    ecsd.register(
+        "vpc",
+        "awsvpc",
+        "",
+        serde_json::json!({"name": "app", "image": image, "memory": 32, "command": ["true"]}),
+    );
+    let vpc = ecsd
+        .ecs(&[
+            "run-task",
+            "--task-definition",
+            "vpc",
+            "--network-configuration",
+            "awsvpcConfiguration={subnets=[subnet-default]}",
+        ])
+        .unwrap_err();
+    assert!(vpc.contains("networkMode 'awsvpc' is not supported by a rootless ecsd yet"), "{vpc}");
     let web = ecsd.run_task(&format!("host{port}")).unwrap();
     ecsd.wait_status(&web, "RUNNING").await;
     let body = eventually(30, "the host-network task's server", || async move {

@@ -334,12 +334,21 @@ impl Engine {
         self.check_host_ports(spec, &checked.effective)
     }
 
-    /// A rootless ecsd cannot bind host ports below the unprivileged start.
+    /// A rootless ecsd has no task networks yet and cannot bind host ports below the
+    /// unprivileged start.
     fn check_host_ports(
         &self,
         spec: &LaunchSpec,
         effective: &[crate::model::shapes::ContainerDefinition],
     ) -> Result<(), LaunchError> {
+        if self.cfg.user_namespace {
+            use crate::model::network::NetworkMode;
+            match NetworkMode::of(&spec.definition) {
+                NetworkMode::Bridge => return Err(LaunchError::RootlessNetworkMode { mode: "bridge" }),
+                NetworkMode::Awsvpc => return Err(LaunchError::RootlessNetworkMode { mode: "awsvpc" }),
+                NetworkMode::None | NetworkMode::Host => {}
+            }
+        }
         let Some(start) = self.cfg.unprivileged_port_start else { return Ok(()) };
         let wanted = placement::wanted_ports(&self.cfg.network, &spec.definition, effective);
         match placement::first_fixed_below(&wanted, start) {

@@ -16,7 +16,8 @@ export ECSD_ROOT
 # iptables give tasks their interfaces, published ports and name resolution (Debian's netavark
 # 1.4 drives iptables); podman is what hack/bench-run compares awsvpc task starts with;
 # docker-registry, skopeo and apache2-utils (htpasswd) make the registry lab of the pull tests
-# (hack/registry).
+# (hack/registry); rootlesskit and uidmap (newuidmap/newgidmap) run `ecsd serve --rootless`
+# (tests/rootless.rs), and slirp4netns is its future uplink.
 ECSD_APT_PACKAGES=(
   ca-certificates curl jq
   python3 python3-venv
@@ -28,6 +29,7 @@ ECSD_APT_PACKAGES=(
   netavark aardvark-dns iptables
   podman
   docker-registry skopeo apache2-utils
+  rootlesskit slirp4netns uidmap
 )
 
 # The Python tools of the end-to-end tier and the benchmark, pinned to versions known to work

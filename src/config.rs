@@ -308,6 +308,7 @@ Environment:
   ECSD_CONTAINERD_ADDRESS  containerd socket (as --containerd-address)
   ECSD_NAMESPACE           containerd namespace (as --namespace)
   ECSD_RUNTIME             auto, containerd or podman (as --runtime)
+  ECSD_ROOTLESS            1 or true: run as an unprivileged user (as --rootless)
   ECSD_PODMAN_SOCKET       a running Podman service's socket (as --podman-socket)
   ECS_CONTAINER_STOP_TIMEOUT   SIGKILL this long after the stop signal (default 30s)
   ECS_CONTAINER_START_TIMEOUT  how long a container waits for its dependencies (default 3m)
@@ -419,6 +420,17 @@ pub struct ServeArgs {
     /// or `off`. [default: 127.0.0.1:51678]
     #[arg(long, value_name = "ADDR")]
     pub introspection_listen: Option<String>,
+
+    /// Run as this unprivileged user: ecsd re-executes itself with its own containerd inside
+    /// a rootlesskit user namespace (needs rootlesskit, newuidmap/newgidmap, ranges in
+    /// /etc/subuid and /etc/subgid, and XDG_RUNTIME_DIR). State goes to $XDG_DATA_HOME/ecsd,
+    /// containerd's runtime state and the containers' FIFOs to $XDG_RUNTIME_DIR/ecsd, the
+    /// config file is $XDG_CONFIG_HOME/ecsd/config.toml. Task cpu and memory limits are not
+    /// applied without cgroup delegation, host ports below net.ipv4.ip_unprivileged_port_start
+    /// are refused, and only networkMode none and host tasks run (bridge and awsvpc are
+    /// refused).
+    #[arg(long)]
+    pub rootless: bool,
 }
 
 /// Which container runtime `ecsd serve` runs tasks on.
@@ -457,6 +469,11 @@ pub struct Config {
     pub namespace: String,
     /// `--runtime` / `ECSD_RUNTIME`.
     pub runtime: RuntimeChoice,
+    /// `--rootless` / `ECSD_ROOTLESS`: an unprivileged user's ecsd (see [`crate::rootless`]).
+    pub rootless: bool,
+    /// Rootless only: `$XDG_RUNTIME_DIR/ecsd`, for what lives only while ecsd runs
+    /// (containerd's state, FIFOs); `None` without an XDG_RUNTIME_DIR (the data dir then).
+    pub run_dir: Option<PathBuf>,
     /// `--podman-socket` / `ECSD_PODMAN_SOCKET`: a Podman service to use; `None`: ecsd starts
     /// its own when the runtime is Podman.
     pub podman_socket: Option<PathBuf>,
@@ -585,10 +602,27 @@ impl Config {
             reason: "not an IP address and port such as 127.0.0.1:8000 (port 0 picks a free port)".into(),
         })?;
 
+        let rootless = args.rootless
+            || match non_empty("ECSD_ROOTLESS").map(|v| v.to_ascii_lowercase()).as_deref() {
+                None | Some("0") | Some("false") => false,
+                Some("1") | Some("true") => true,
+                Some(other) => {
+                    return Err(ConfigError {
+                        name: "ECSD_ROOTLESS".into(),
+                        value: other.into(),
+                        reason: "expected 1, true, 0 or false".into(),
+                    });
+                }
+            };
+        // Checked before the re-exec (crate::rootless::preflight), which says what to fix.
+        let run_dir = rootless.then(|| crate::rootless::run_dir(env)).flatten();
         let data_dir = match &args.data_dir {
             Some(d) => d.clone(),
             None => match non_empty("ECSD_DATA_DIR") {
                 Some(d) => PathBuf::from(d),
+                // Inside its user namespace a rootless ecsd is uid 0: the user's directories
+                // still hold its state.
+                None if rootless => crate::rootless::xdg_dir(env, "XDG_DATA_HOME", ".local/share"),
                 None => default_data_dir(env),
             },
         };
@@ -771,7 +805,7 @@ impl Config {
             block_offhost_introspection: !agent_flag(env, "ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS")?,
         };
 
-        let network = resolve_network(args, env)?;
+        let network = resolve_network(args, rootless, env)?;
         let metadata_rps = match non_empty("ECS_TASK_METADATA_RPS_LIMIT") {
             None => (40, 60),
             Some(v) => v
@@ -806,6 +840,8 @@ impl Config {
             containerd_address,
             containerd_address_explicit,
             runtime,
+            rootless,
+            run_dir,
             podman_socket,
             namespace,
             log_driver: non_empty("ECSD_LOG_DRIVER").map(PathBuf::from),
@@ -1062,13 +1098,18 @@ fn key_pair(
 /// resolves the network settings from it and the environment.
 fn resolve_network(
     args: &ServeArgs,
+    rootless: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<crate::network::Settings, ConfigError> {
     let explicit = match &args.config {
         Some(p) => Some(("--config", p.clone())),
         None => env("ECSD_CONFIG").filter(|v| !v.is_empty()).map(|v| ("ECSD_CONFIG", PathBuf::from(v))),
     };
-    let (name, path) = explicit.clone().unwrap_or(("--config", PathBuf::from(DEFAULT_CONFIG_FILE)));
+    let default = match rootless {
+        true => crate::rootless::xdg_dir(env, "XDG_CONFIG_HOME", ".config").join("config.toml"),
+        false => PathBuf::from(DEFAULT_CONFIG_FILE),
+    };
+    let (name, path) = explicit.clone().unwrap_or(("--config", default));
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => String::new(),
@@ -1158,6 +1199,31 @@ mod tests {
         assert_eq!(resolve(flag, &[("ECSD_RUNTIME", "podman")]).unwrap().runtime, RuntimeChoice::Containerd);
         let e = resolve(ServeArgs::default(), &[("ECSD_RUNTIME", "docker")]).unwrap_err();
         assert_eq!(e.to_string(), "ECSD_RUNTIME=docker: expected auto, containerd or podman");
+    }
+
+    #[test]
+    fn rootless_state_and_config_live_in_the_users_xdg_directories() {
+        let home = [("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "/run/user/7")];
+        let c = resolve(ServeArgs { rootless: true, ..ServeArgs::default() }, &home).unwrap();
+        assert!(c.rootless);
+        assert_eq!(c.data_dir, PathBuf::from("/home/u/.local/share/ecsd"));
+        assert_eq!(c.run_dir, Some(PathBuf::from("/run/user/7/ecsd")));
+        let env = [("ECSD_ROOTLESS", "1"), ("XDG_DATA_HOME", "/d"), ("HOME", "/home/u")];
+        let c = resolve(ServeArgs::default(), &env).unwrap();
+        assert_eq!((c.rootless, c.data_dir, c.run_dir), (true, PathBuf::from("/d/ecsd"), None));
+        assert!(!resolve(ServeArgs::default(), &[("ECSD_ROOTLESS", "false")]).unwrap().rootless);
+        let e = resolve(ServeArgs::default(), &[("ECSD_ROOTLESS", "yes")]).unwrap_err();
+        assert_eq!(e.to_string(), "ECSD_ROOTLESS=yes: expected 1, true, 0 or false");
+        // The config file is the user's: a missing one is no error, a broken one is named.
+        let rootless = || ServeArgs { rootless: true, ..ServeArgs::default() };
+        assert!(resolve(rootless(), &[("XDG_CONFIG_HOME", "/nonexistent")]).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ecsd")).unwrap();
+        std::fs::write(dir.path().join("ecsd/config.toml"), "[tasks\n").unwrap();
+        let cfg = dir.path().to_str().unwrap().to_owned();
+        let vars = [("XDG_CONFIG_HOME", cfg.as_str())];
+        let e = resolve(rootless(), &vars).unwrap_err();
+        assert_eq!(e.value, format!("{cfg}/ecsd/config.toml"));
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct HostFacts {
     pub netavark: Option<PathBuf>,
     pub tun_usable: bool,
     pub unprivileged_port_start: Option<u16>,
+    /// What `ecsd serve --rootless` re-executes under, and whether `newuidmap` and
+    /// `newgidmap` (package uidmap) are installed for it.
+    pub rootlesskit: Option<PathBuf>,
+    pub uidmap: bool,
 }
 
 /// What a fact means for running tasks here.
@@ -158,6 +162,23 @@ impl HostFacts {
             unprivileged_port_start: os
                 .read(Path::new("/proc/sys/net/ipv4/ip_unprivileged_port_start"))
                 .and_then(|v| v.trim().parse().ok()),
+            rootlesskit: os.which("rootlesskit"),
+            uidmap: os.which("newuidmap").is_some() && os.which("newgidmap").is_some(),
+        }
+    }
+
+    /// Why a rootless ecsd leaves task cpu and memory limits out, for its once-per-task warning.
+    pub fn why_no_limits(&self) -> &'static str {
+        match (self.cgroup, self.cgroup_delegated) {
+            (CgroupVersion::V1, _) => {
+                "cgroup v1 gives an unprivileged user no cgroups of its own, so the containers run unlimited in ecsd's cgroup"
+            }
+            (CgroupVersion::V2, false) => {
+                "cgroup v2 has not delegated a subtree to this user (systemd's user@.service does), so the containers run unlimited in ecsd's cgroup"
+            }
+            (CgroupVersion::V2, true) => {
+                "ecsd does not use a delegated cgroup v2 subtree yet, so the containers run unlimited in ecsd's cgroup"
+            }
         }
     }
 
@@ -170,15 +191,41 @@ impl HostFacts {
     pub fn findings(&self) -> Vec<Finding> {
         let mut out = Vec::new();
         let mut say = |level, text: String| out.push(Finding { level, text });
-        if self.rootless {
-            say(
-                Level::Blocker,
-                format!(
-                    "running as uid {} without full root: ecsd serve needs root today (network namespaces, \
-                     bridges, firewall rules, containerd's root); rootless ecsd is not built yet",
-                    self.euid
+        match (self.rootless, self.euid == 0) {
+            (false, _) => {}
+            // Inside the user namespace of `ecsd serve --rootless`.
+            (true, true) => say(
+                Level::Note,
+                "root only inside a user namespace (rootless): networkMode none and host tasks run; bridge and \
+                 awsvpc tasks need root"
+                    .into(),
+            ),
+            (true, false) => match (&self.rootlesskit, self.uidmap) {
+                (Some(_), true) => say(
+                    Level::Note,
+                    format!(
+                        "running as uid {}: run ecsd serve --rootless (it needs ranges in /etc/subuid and /etc/subgid \
+                         and XDG_RUNTIME_DIR); networkMode none and host tasks run, bridge and awsvpc tasks need root",
+                        self.euid
+                    ),
                 ),
-            );
+                (None, _) => say(
+                    Level::Blocker,
+                    format!(
+                        "running as uid {} and rootlesskit is not installed: install it (Debian: apt-get install \
+                         rootlesskit uidmap) for ecsd serve --rootless, or run ecsd as root",
+                        self.euid
+                    ),
+                ),
+                (Some(_), false) => say(
+                    Level::Blocker,
+                    format!(
+                        "running as uid {} and newuidmap/newgidmap are not installed: install them (Debian: \
+                         apt-get install uidmap) for ecsd serve --rootless, or run ecsd as root",
+                        self.euid
+                    ),
+                ),
+            },
         }
         match (&self.containerd.binary, self.containerd.answers) {
             (_, true) => say(
@@ -232,16 +279,17 @@ impl HostFacts {
             (CgroupVersion::V1, _) if !self.rootless => {
                 say(Level::Ok, "cgroup v1: task and container cpu and memory limits apply".into())
             }
-            (CgroupVersion::V1, _) => {
-                say(Level::Note, "cgroup v1 without root: cpu and memory limits could not be applied".into())
-            }
+            (CgroupVersion::V1, _) => say(
+                Level::Note,
+                "cgroup v1 without root: task cpu and memory limits are not applied (each task that sets them logs one warning)"
+                    .into(),
+            ),
             (CgroupVersion::V2, true) => {
                 say(Level::Ok, "cgroup v2: task and container cpu and memory limits apply".into())
             }
             (CgroupVersion::V2, false) => say(
                 Level::Note,
-                "cgroup v2 without delegation to this user: cpu and memory limits could not be applied"
-                    .into(),
+                "cgroup v2 without delegation to this user: task cpu and memory limits are not applied".into(),
             ),
         }
         if !self.tun_usable {
@@ -255,7 +303,7 @@ impl HostFacts {
             say(
                 Level::Note,
                 format!(
-                    "net.ipv4.ip_unprivileged_port_start is {port}: without root, host ports below it cannot be published"
+                    "net.ipv4.ip_unprivileged_port_start is {port}: without root, host ports below it cannot be published (RunTask refuses them)"
                 ),
             );
         }
@@ -370,9 +418,26 @@ mod tests {
         host.files.insert("/proc/self/cgroup", "0::/user.slice/user-1001.slice/session-1.scope\n");
         let f = HostFacts::probe(&host, Path::new(SOCKET));
         assert!(f.rootless && !f.cgroup_delegated);
+        // Without rootlesskit, a user cannot serve.
         assert!(!f.can_serve());
         let texts: Vec<String> = f.findings().into_iter().map(|f| f.text).collect();
-        assert!(texts[0].starts_with("running as uid 1001 without full root"), "{texts:#?}");
+        assert!(
+            texts[0].starts_with("running as uid 1001 and rootlesskit is not installed: install it"),
+            "{texts:#?}"
+        );
+        host.bins.extend(["rootlesskit", "newuidmap"]);
+        assert!(
+            HostFacts::probe(&host, Path::new(SOCKET)).findings()[0].text.contains("apt-get install uidmap")
+        );
+        host.bins.insert("newgidmap");
+        let f = HostFacts::probe(&host, Path::new(SOCKET));
+        assert!(f.can_serve(), "{:#?}", f.findings());
+        assert!(f.why_no_limits().starts_with("cgroup v2 has not delegated"));
+        let texts: Vec<String> = f.findings().into_iter().map(|f| f.text).collect();
+        assert!(
+            texts.iter().any(|t| t.starts_with("running as uid 1001: run ecsd serve --rootless")),
+            "{texts:#?}"
+        );
         assert!(texts.iter().any(|t| t.contains("ip_unprivileged_port_start is 1024")), "{texts:#?}");
         assert!(texts.iter().any(|t| t.starts_with("cgroup v2 without delegation")), "{texts:#?}");
         // Delegated: the user may write its own cgroup.
@@ -381,6 +446,11 @@ mod tests {
         // Root inside a user namespace is rootless too.
         let mut userns = this_machine();
         userns.files.insert("/proc/self/uid_map", "0 1001 1\n");
-        assert!(HostFacts::probe(&userns, Path::new(SOCKET)).rootless);
+        let f = HostFacts::probe(&userns, Path::new(SOCKET));
+        assert!(f.rootless && f.can_serve());
+        assert!(f.why_no_limits().starts_with("cgroup v1 gives an unprivileged user no cgroups"));
+        assert!(
+            f.findings().iter().any(|f| f.text.starts_with("root only inside a user namespace (rootless)"))
+        );
     }
 }

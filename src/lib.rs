@@ -23,6 +23,7 @@ pub mod host;
 pub mod model;
 pub mod network;
 pub mod notify;
+pub mod rootless;
 pub mod runtime;
 pub mod scheduler;
 pub mod spec;
@@ -221,14 +222,19 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let embedded = if config.containerd_address_explicit {
         None
     } else {
-        runtime::embedded::ensure(&config.containerd_address, &config.data_dir, &config.namespace)
+        let layout = match &config.run_dir {
+            Some(run) => runtime::embedded::Layout::with_state(&config.data_dir, &run.join("containerd")),
+            None => runtime::embedded::Layout::new(&config.data_dir),
+        };
+        runtime::embedded::ensure_in(&config.containerd_address, layout, &config.namespace)
             .await
             .map_err(|source| StartError::Containerd { source })?
     };
     let address = embedded.as_ref().map_or(config.containerd_address.as_path(), |e| e.address());
-    let mut options =
-        runtime::ContainerdOptions::new(address, &config.namespace, &config.data_dir.join("run"))
-            .map_err(|source| StartError::Runtime { source })?;
+    // The containers' FIFOs: in the runtime dir when rootless, else in the data dir.
+    let fifos = config.run_dir.as_ref().unwrap_or(&config.data_dir).join("run");
+    let mut options = runtime::ContainerdOptions::new(address, &config.namespace, &fifos)
+        .map_err(|source| StartError::Runtime { source })?;
     if let Some(program) = &config.log_driver {
         options.log_driver = program.clone();
     }
@@ -247,10 +253,26 @@ async fn serve_on_host(
     store: Store,
     runtime: Arc<dyn Runtime>,
 ) -> Result<Daemon, StartError> {
-    let os = Os {
-        cgroups: Some(engine::cgroups::Cgroups::new(std::path::Path::new("/sys/fs/cgroup"))),
-        init: ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists()),
-        endpoints: true,
+    let init = ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists());
+    let os = match config.rootless {
+        false => Os {
+            cgroups: Some(engine::cgroups::Cgroups::new(std::path::Path::new("/sys/fs/cgroup"))),
+            init,
+            endpoints: true,
+            ..Os::default()
+        },
+        true => {
+            let facts = host::HostFacts::probe(&host::RealHost, &config.containerd_address);
+            Os {
+                cgroups: None,
+                init,
+                endpoints: true,
+                limits_unavailable: Some(facts.why_no_limits().to_owned()),
+                // Unknown: the kernel's default.
+                unprivileged_port_start: Some(facts.unprivileged_port_start.unwrap_or(1024)),
+                user_namespace: true,
+            }
+        }
     };
     let network =
         network::Netavark::new(config.network.clone(), namespaces(config), &config.data_dir.join("network"))
@@ -331,7 +353,8 @@ fn host_firewall(
             .filter(|_| config.firewall.block_offhost_introspection)
             .map(|a| a.port()),
     };
-    if !root || (!plan.localhost_filter && plan.introspection_port.is_none()) {
+    // A rootless ecsd is uid 0 only in its own user namespace: the host's firewall is not its.
+    if !root || config.rootless || (!plan.localhost_filter && plan.introspection_port.is_none()) {
         return None;
     }
     let runner = Arc::new(network::Processes::default());
@@ -372,6 +395,12 @@ struct Os {
     init: Option<PathBuf>,
     /// Open the tasks' metadata listeners in their namespaces (not on a fake network).
     endpoints: bool,
+    /// See [`EngineConfig::limits_unavailable`].
+    limits_unavailable: Option<String>,
+    /// See [`EngineConfig::unprivileged_port_start`].
+    unprivileged_port_start: Option<u16>,
+    /// See [`EngineConfig::user_namespace`].
+    user_namespace: bool,
 }
 
 async fn serve(
@@ -406,6 +435,9 @@ async fn serve(
             start_timeout: config.start_timeout,
             retention: config.retention,
             cgroups: os.cgroups,
+            limits_unavailable: os.limits_unavailable,
+            user_namespace: os.user_namespace,
+            unprivileged_port_start: os.unprivileged_port_start,
             init: os.init,
             network: Arc::new(config.network.clone()),
             endpoints: endpoints::Endpoints::new(endpoints::EndpointConfig {
@@ -584,6 +616,8 @@ mod runtime_choice_tests {
             netavark: None,
             tun_usable: false,
             unprivileged_port_start: None,
+            rootlesskit: None,
+            uidmap: false,
         }
     }
 

@@ -41,11 +41,29 @@ fn doctor(args: &DoctorArgs) -> ExitCode {
         Err(code) => return code,
     };
     let facts = ecsd::host::HostFacts::probe(&ecsd::host::RealHost, &config.containerd_address);
-    let findings = facts.findings();
+    let mut findings = facts.findings();
+    // A user with rootlesskit installed: whether the rest of its set-up is there too.
+    if facts.euid != 0 && facts.rootlesskit.is_some() && facts.uidmap {
+        let finding = match ecsd::rootless::preflight(&ecsd::host::RealHost, &env, &owner_of) {
+            Ok(plan) => ecsd::host::Finding {
+                level: ecsd::host::Level::Ok,
+                text: format!(
+                    "ecsd serve --rootless can start: subordinate ids found, state in {}, runtime files in {}",
+                    config.data_dir.display(),
+                    plan.run_dir.display()
+                ),
+            },
+            Err(e) => ecsd::host::Finding { level: ecsd::host::Level::Blocker, text: e.to_string() },
+        };
+        match finding.level {
+            ecsd::host::Level::Blocker => findings.insert(0, finding),
+            _ => findings.push(finding),
+        }
+    }
+    let can_serve = findings.iter().all(|f| f.level != ecsd::host::Level::Blocker);
     let text = match args.output {
         OutputFormat::Json => {
-            let all =
-                serde_json::json!({ "facts": facts, "findings": findings, "canServe": facts.can_serve() });
+            let all = serde_json::json!({ "facts": facts, "findings": findings, "canServe": can_serve });
             format!("{}\n", serde_json::to_string_pretty(&all).unwrap_or_default())
         }
         OutputFormat::Table => {
@@ -85,6 +103,14 @@ fn doctor(args: &DoctorArgs) -> ExitCode {
                 ("netavark", path(&facts.netavark)),
                 ("/dev/net/tun", if facts.tun_usable { "usable" } else { "not usable by this user" }.into()),
                 (
+                    "rootlesskit",
+                    format!(
+                        "{}; newuidmap/newgidmap {}",
+                        path(&facts.rootlesskit),
+                        if facts.uidmap { "installed" } else { "not installed" }
+                    ),
+                ),
+                (
                     "unprivileged ports from",
                     facts.unprivileged_port_start.map_or("unknown".into(), |p| p.to_string()),
                 ),
@@ -105,7 +131,7 @@ fn doctor(args: &DoctorArgs) -> ExitCode {
         }
     };
     let _ = std::io::stdout().write_all(text.as_bytes());
-    if facts.can_serve() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if can_serve { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// Runs a client subcommand on a small async runtime.
@@ -313,6 +339,42 @@ async fn services_output(args: &ServicesArgs) -> ExitCode {
     }
 }
 
+/// The uid owning `path` (`None` when it cannot be read).
+fn owner_of(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.uid())
+}
+
+/// `ecsd serve --rootless` outside its namespace: checks the user's set-up, then becomes
+/// rootlesskit running this ecsd again (so the pid the user started is rootlesskit's, and
+/// killing it ends the whole namespace).
+fn reexec_rootless() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let plan = match ecsd::rootless::preflight(&ecsd::host::RealHost, &env, &owner_of) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ecsd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ecsd: cannot find this program's path to run it under rootlesskit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = plan.prepare() {
+        eprintln!("ecsd: {}", ecsd::error_chain(&e));
+        return ExitCode::FAILURE;
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let e = plan.command(&exe, &args).exec();
+    let e = ecsd::rootless::RootlessError::Exec { program: plan.rootlesskit.clone(), source: e };
+    eprintln!("ecsd: {}", ecsd::error_chain(&e));
+    ExitCode::FAILURE
+}
+
 fn serve(args: &ServeArgs) -> ExitCode {
     let config = match Config::resolve(args, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
@@ -321,6 +383,15 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if config.rootless {
+        if !ecsd::rootless::inside(&env) {
+            return reexec_rootless();
+        }
+        if let Err(e) = ecsd::rootless::prepare_inside(std::path::Path::new("/run")) {
+            eprintln!("ecsd: {}", ecsd::error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    }
     init_tracing(&config);
     for warning in &config.warnings {
         warn!("{warning}");
@@ -338,6 +409,20 @@ fn serve(args: &ServeArgs) -> ExitCode {
     );
     for f in facts.findings().iter().filter(|f| f.level == ecsd::host::Level::Blocker) {
         warn!("{}", f.text);
+    }
+    if config.rootless {
+        info!(
+            data_dir = %config.data_dir.display(),
+            run_dir = %config.run_dir.as_deref().unwrap_or(std::path::Path::new("")).display(),
+            parent_uid = env("ROOTLESSKIT_PARENT_EUID").as_deref().unwrap_or("?"),
+            "rootless: ecsd, containerd and the tasks run in one rootlesskit user namespace"
+        );
+        warn!(
+            "rootless: task cpu and memory limits are not applied ({}); host ports below {} are refused \
+             (net.ipv4.ip_unprivileged_port_start); only networkMode none and host tasks run",
+            facts.why_no_limits(),
+            facts.unprivileged_port_start.unwrap_or(1024)
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

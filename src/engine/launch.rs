@@ -71,6 +71,14 @@ pub enum LaunchError {
     NamespaceModeTask { field: &'static str },
     #[error("Task definition does not support launch_type {0}.")]
     IncompatibleLaunchType(String),
+    #[error(
+        "hostPort {port} is below net.ipv4.ip_unprivileged_port_start ({start}) and ecsd runs rootless, so it cannot be bound: use a hostPort of {start} or more, or have root lower the sysctl (sysctl -w net.ipv4.ip_unprivileged_port_start={port})"
+    )]
+    PrivilegedHostPort { port: u16, start: u16 },
+    #[error(
+        "networkMode '{mode}' is not supported by a rootless ecsd yet (its task networks need an uplink namespace): use 'none' or 'host', or run ecsd as root"
+    )]
+    RootlessNetworkMode { mode: &'static str },
 }
 
 /// Which ECS exception a [`LaunchError`] is.
@@ -85,7 +93,9 @@ impl LaunchError {
     pub fn kind(&self) -> LaunchErrorKind {
         match self {
             LaunchError::IncompatibleLaunchType(_) => LaunchErrorKind::Client,
-            LaunchError::NamespaceModeTask { .. } => LaunchErrorKind::UnsupportedFeature,
+            LaunchError::NamespaceModeTask { .. } | LaunchError::RootlessNetworkMode { .. } => {
+                LaunchErrorKind::UnsupportedFeature
+            }
             _ => LaunchErrorKind::InvalidParameter,
         }
     }

@@ -72,6 +72,16 @@ pub struct EngineConfig {
     pub retention: Duration,
     /// Task cgroups with the task's cpu and memory limits; `None` leaves them out (tests).
     pub cgroups: Option<cgroups::Cgroups>,
+    /// Why cpu and memory limits cannot be applied on this host (a rootless ecsd without
+    /// cgroups of its own): containers then get no `cgroupsPath` and no `linux.resources`,
+    /// and each task that asks for limits logs this once. `None`: limits apply.
+    pub limits_unavailable: Option<String>,
+    /// ecsd runs in a user namespace that does not own the host's network namespace (rootless):
+    /// host-network containers bind `/sys` instead of mounting sysfs.
+    pub user_namespace: bool,
+    /// A rootless ecsd's `net.ipv4.ip_unprivileged_port_start`: fixed host ports below it are
+    /// refused at launch. `None` (root): every port is allowed.
+    pub unprivileged_port_start: Option<u16>,
     /// A static init (tini) to run as PID 1 of containers with `initProcessEnabled`.
     pub init: Option<PathBuf>,
     /// Task networks and port settings.
@@ -320,7 +330,31 @@ impl Engine {
     /// Checks a launch as ECS does before placing anything (what [`Engine::launch`] checks
     /// first), for callers that validate a request before they launch from it (CreateService).
     pub fn check_launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError> {
-        launch::check(spec, &self.cfg.network).map(|_| ())
+        let checked = launch::check(spec, &self.cfg.network)?;
+        self.check_host_ports(spec, &checked.effective)
+    }
+
+    /// A rootless ecsd has no task networks yet and cannot bind host ports below the
+    /// unprivileged start.
+    fn check_host_ports(
+        &self,
+        spec: &LaunchSpec,
+        effective: &[crate::model::shapes::ContainerDefinition],
+    ) -> Result<(), LaunchError> {
+        if self.cfg.user_namespace {
+            use crate::model::network::NetworkMode;
+            match NetworkMode::of(&spec.definition) {
+                NetworkMode::Bridge => return Err(LaunchError::RootlessNetworkMode { mode: "bridge" }),
+                NetworkMode::Awsvpc => return Err(LaunchError::RootlessNetworkMode { mode: "awsvpc" }),
+                NetworkMode::None | NetworkMode::Host => {}
+            }
+        }
+        let Some(start) = self.cfg.unprivileged_port_start else { return Ok(()) };
+        let wanted = placement::wanted_ports(&self.cfg.network, &spec.definition, effective);
+        match placement::first_fixed_below(&wanted, start) {
+            Some(port) => Err(LaunchError::PrivilegedHostPort { port, start }),
+            None => Ok(()),
+        }
     }
 
     /// Places and launches `count` tasks of `spec`, one at a time against what the host has
@@ -332,6 +366,7 @@ impl Engine {
         count: usize,
     ) -> Result<Vec<Placed>, EngineError> {
         let checked = launch::check(spec, &self.cfg.network)?;
+        self.check_host_ports(spec, &checked.effective)?;
         if let Err(e) = self.runtime_ready().await {
             return Ok(vec![Placed::AgentUnavailable(e)]);
         }

@@ -226,6 +226,12 @@ pub fn wanted_ports(
     containers.iter().map(mappings).collect()
 }
 
+/// The lowest fixed host port below `start` that a task wants, if any (dynamic ports come
+/// from the dynamic range).
+pub fn first_fixed_below(wanted: &[Vec<Wanted>], start: u16) -> Option<u16> {
+    wanted.iter().flatten().filter_map(|w| w.host).filter(|p| *p < start).min()
+}
+
 fn wanted(bridge: bool, pm: &PortMapping) -> Option<Wanted> {
     let (container, ranged) = match (&pm.container_port_range, pm.container_port) {
         (Some(r), _) => (PortRange::parse(r).ok()?, true),
@@ -426,6 +432,17 @@ mod tests {
         assert!(bind_ports(&s, &held, &HashSet::new(), &w).is_ok(), "udp 8080 is free");
         let w = vec![vec![wanted_host(Protocol::Tcp, Some(22), 1)]];
         assert_eq!(bind_ports(&s, &Ports::default(), &HashSet::new(), &w).unwrap_err(), Shortfall::Ports);
+    }
+
+    #[test]
+    fn the_lowest_fixed_port_below_the_unprivileged_start_is_found() {
+        let w = vec![
+            vec![wanted_host(Protocol::Tcp, Some(8080), 1), wanted_host(Protocol::Tcp, None, 1)],
+            vec![wanted_host(Protocol::Udp, Some(443), 1), wanted_host(Protocol::Tcp, Some(80), 1)],
+        ];
+        assert_eq!(first_fixed_below(&w, 1024), Some(80));
+        assert_eq!(first_fixed_below(&w, 80), None);
+        assert_eq!(first_fixed_below(&w[..1], 1024), None);
     }
 
     #[test]

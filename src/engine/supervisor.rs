@@ -438,6 +438,22 @@ impl Supervisor {
     /// The task cgroup with the task's cpu and memory, as the agent sets it. A host that
     /// cannot (no permission, no controller) still runs the task, with container limits only.
     fn apply_cgroups(&self) {
+        if let Some(why) = &self.engine.cfg.limits_unavailable {
+            let containers = &self.rec.containers_effective;
+            let asked = self.rec.cpu.is_some()
+                || self.rec.memory.is_some()
+                || containers
+                    .iter()
+                    .any(|c| c.cpu > 0 || c.memory.is_some() || c.memory_reservation.is_some());
+            if asked {
+                warn!(
+                    cpu = self.rec.cpu.as_deref(),
+                    memory = self.rec.memory.as_deref(),
+                    "the task's cpu and memory limits are not applied: {why}"
+                );
+            }
+            return;
+        }
         let Some(cg) = &self.engine.cfg.cgroups else { return };
         let limits = super::cgroups::TaskLimits {
             cpu_units: self.rec.cpu.as_deref().and_then(|c| c.parse().ok()),
@@ -719,8 +735,14 @@ impl Supervisor {
             devices: &devices,
             hostname: &hostname,
         };
-        let built = spec::build(&task_input, &container_input, &self.engine.host_limits)
+        let mut built = spec::build(&task_input, &container_input, &self.engine.host_limits)
             .map_err(|e| create(CreateFailure::Spec(e)))?;
+        if self.engine.cfg.limits_unavailable.is_some() {
+            spec::without_cgroups(&mut built.spec);
+        }
+        if self.engine.cfg.user_namespace {
+            spec::for_user_namespace(&mut built.spec);
+        }
         for c in &built.clamped {
             warn!(container = %name, "{c}");
         }

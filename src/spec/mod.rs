@@ -388,6 +388,39 @@ pub fn build(
     Ok(BuildOutput { spec, clamped, init, stop_signal })
 }
 
+/// Takes the container out of cgroup management: no `cgroupsPath` and no `linux.resources`
+/// (limits and device rules). For a rootless ecsd without cgroups of its own (cgroup v1, or v2
+/// without delegation), where runc fails on any limit it cannot apply instead of ignoring it;
+/// the container then shares the cgroup of the runtime that starts it.
+pub fn without_cgroups(spec: &mut Spec) {
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_cgroups_path(None).set_resources(None);
+    }
+}
+
+/// Fits a host-network container to a user namespace that does not own the host's network
+/// namespace (a rootless ecsd): sysfs can only be mounted by the owner of the network
+/// namespace, so `/sys` becomes a read-only recursive bind of ecsd's own (which brings
+/// `/sys/fs/cgroup` along, so the cgroup mount goes). Containers with a network namespace of
+/// their own keep their sysfs.
+pub fn for_user_namespace(spec: &mut Spec) {
+    let own_netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network));
+    if own_netns {
+        return;
+    }
+    let Some(mounts) = spec.mounts_mut() else { return };
+    mounts.retain(|m| m.typ().as_deref() != Some("cgroup"));
+    for m in mounts.iter_mut().filter(|m| m.typ().as_deref() == Some("sysfs")) {
+        m.set_typ(Some("bind".into()))
+            .set_source(Some(PathBuf::from("/sys")))
+            .set_options(Some(["rbind", "nosuid", "noexec", "nodev", "ro"].map(String::from).to_vec()));
+    }
+}
+
 /// The container's labels: its `dockerLabels` plus those the ECS agent adds and ecsd's task id,
 /// which win, so the runtime alone can rebuild the picture.
 pub fn labels(task: &TaskInput<'_>, container: &ContainerInput<'_>) -> BTreeMap<String, String> {

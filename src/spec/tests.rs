@@ -674,6 +674,44 @@ fn resources(container: serde_json::Value) -> serde_json::Value {
 }
 
 #[test]
+fn without_cgroups_leaves_no_cgroup_path_and_no_limits() {
+    let mut spec =
+        Fixture::container(json!({"name": "w", "image": "x", "command": ["t"], "cpu": 256, "memory": 64}))
+            .spec();
+    let linux = spec.linux().clone().unwrap();
+    assert!(linux.cgroups_path().is_some() && linux.resources().is_some());
+    without_cgroups(&mut spec);
+    let linux = spec.linux().clone().unwrap();
+    assert_eq!((linux.cgroups_path(), linux.resources()), (&None, &None));
+    // The rest of `linux` stays: namespaces, masked paths.
+    assert!(linux.namespaces().is_some() && linux.masked_paths().is_some());
+}
+
+#[test]
+fn in_a_user_namespace_host_network_containers_bind_the_sys_they_have() {
+    let sys = |spec: &Spec| {
+        let m = mount_at(spec, "/sys").unwrap();
+        (m.typ().clone().unwrap(), m.source().clone().unwrap(), m.options().clone().unwrap())
+    };
+    let container = json!({"name": "w", "image": "x", "command": ["t"]});
+    let mut host =
+        Fixture::new(json!({"family": "f", "networkMode": "host", "containerDefinitions": [container]}))
+            .spec();
+    for_user_namespace(&mut host);
+    assert_eq!(
+        sys(&host),
+        ("bind".into(), PathBuf::from("/sys"), strings(&["rbind", "nosuid", "noexec", "nodev", "ro"]))
+    );
+    assert!(mount_at(&host, "/sys/fs/cgroup").is_none());
+    // With a network namespace of its own, sysfs can be mounted: nothing changes.
+    let own = Fixture::container(container.clone()).spec();
+    let mut changed = own.clone();
+    for_user_namespace(&mut changed);
+    assert_eq!(sys(&changed).0, "sysfs");
+    assert_eq!(serde_json::to_value(&changed).unwrap(), serde_json::to_value(&own).unwrap());
+}
+
+#[test]
 fn cpu_shares_are_clamped_like_the_agent() {
     let shares = |cpu: i32| {
         resources(json!({"name": "w", "image": "x", "command": ["t"], "cpu": cpu}))["cpu"]["shares"].clone()

@@ -61,6 +61,9 @@ pub enum EmbeddedError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub dir: PathBuf,
+    /// containerd's `state` (bundles, shim sockets): `dir/state`, or a rootless ecsd's
+    /// runtime dir.
+    pub state: PathBuf,
     pub config: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
@@ -75,8 +78,15 @@ impl Layout {
             socket: dir.join("containerd.sock"),
             log: dir.join("containerd.log"),
             pid_file: dir.join("containerd.pid"),
+            state: dir.join("state"),
             dir,
         }
+    }
+
+    /// [`Layout::new`] with containerd's state in `state` (a rootless ecsd keeps it in
+    /// `$XDG_RUNTIME_DIR/ecsd`, with the rest of what lives only while it runs).
+    pub fn with_state(data_dir: &Path, state: &Path) -> Self {
+        Layout { state: state.to_owned(), ..Layout::new(data_dir) }
     }
 
     /// containerd's configuration for this layout.
@@ -86,7 +96,7 @@ impl Layout {
             "version = 2\nroot = {}\nstate = {}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n\
              [grpc]\n  address = {}\n\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = {}\n",
             p(self.dir.join("root")),
-            p(self.dir.join("state")),
+            p(self.state.clone()),
             p(self.socket.clone()),
             p(self.dir.join("opt")),
         )
@@ -163,6 +173,15 @@ pub async fn ensure(
     data_dir: &Path,
     namespace: &str,
 ) -> Result<Option<EmbeddedContainerd>, EmbeddedError> {
+    ensure_in(address, Layout::new(data_dir), namespace).await
+}
+
+/// [`ensure`] with the embedded containerd's files where `layout` says.
+pub async fn ensure_in(
+    address: &Path,
+    layout: Layout,
+    namespace: &str,
+) -> Result<Option<EmbeddedContainerd>, EmbeddedError> {
     if answers(address, namespace).await {
         info!(address = %address.display(), "using the running containerd");
         return Ok(None);
@@ -171,7 +190,6 @@ pub async fn ensure(
         warn!(address = %address.display(), "no containerd answers and none is installed; tasks cannot run");
         return Ok(None);
     };
-    let layout = Layout::new(data_dir);
     if layout.socket.as_os_str().len() > SOCKET_PATH_MAX {
         return Err(EmbeddedError::SocketPathTooLong { path: layout.socket });
     }
@@ -373,6 +391,17 @@ mod tests {
         assert!(toml.contains("state = \"/var/lib/ecsd/containerd/state\"\n"));
         assert!(toml.contains("address = \"/var/lib/ecsd/containerd/containerd.sock\"\n"));
         assert!(toml.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]"));
+    }
+
+    #[test]
+    fn a_rootless_layout_keeps_the_state_in_the_runtime_dir() {
+        let l = Layout::with_state(
+            Path::new("/home/u/.local/share/ecsd"),
+            Path::new("/run/user/7/ecsd/containerd"),
+        );
+        let toml = l.config_toml();
+        assert!(toml.contains("state = \"/run/user/7/ecsd/containerd\"\n"), "{toml}");
+        assert!(toml.contains("root = \"/home/u/.local/share/ecsd/containerd/root\"\n"), "{toml}");
     }
 
     #[test]

@@ -549,12 +549,9 @@ async fn session(
     (outcome, reading.await.unwrap())
 }
 
-/// The exec'd processes containerd has in a container (`ctr task ps` shows their exec ids).
-async fn exec_processes(e: &Ecsd, runtime_id: &str) -> Vec<String> {
-    match e.try_ctr(&["tasks", "ps", runtime_id]).await {
-        Ok(out) => out.lines().filter(|l| l.contains("exec-")).map(str::to_owned).collect(),
-        Err(_) => vec![],
-    }
+/// The exec'd processes the runtime runs in a container.
+async fn exec_processes(e: &Ecsd, runtime_id: &str) -> Vec<u32> {
+    e.exec_pids(runtime_id).await
 }
 
 /// A session whose process printed `ready` and waits: the client keeps going in the

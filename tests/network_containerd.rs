@@ -222,7 +222,7 @@ async fn host_mode_uses_the_host_namespace_and_none_has_loopback_only() {
     let t = e.wait_status(&h, "RUNNING").await;
     let b = &named(&t, "app").network_bindings()[0];
     assert_eq!((b.container_port(), b.host_port()), (Some(port), Some(port)));
-    let pid = e.ctr_tasks().await[named(&t, "app").runtime_id().unwrap()].0;
+    let pid = e.runtime_tasks().await[named(&t, "app").runtime_id().unwrap()].0;
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
         std::fs::read_link("/proc/self/ns/net").unwrap(),
@@ -349,9 +349,9 @@ async fn a_task_that_ends_while_ecsd_is_killed_is_torn_down_at_restart() {
     // SIGKILL ecsd, then the container dies while nobody watches.
     child.kill();
     // (A loaded machine may have ended it already: either way it ends while ecsd is down.)
-    let _ = e.try_ctr(&["tasks", "kill", "--signal", "SIGKILL", &runtime_id]).await;
+    e.kill_container(&runtime_id).await;
     eventually(WAIT, "the container to exit", || async {
-        e.ctr_tasks().await.get(&runtime_id).is_none_or(|(_, s)| s == "STOPPED").then_some(())
+        e.runtime_tasks().await.get(&runtime_id).is_none_or(|(_, s)| s == "STOPPED").then_some(())
     })
     .await;
 

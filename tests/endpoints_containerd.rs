@@ -22,16 +22,9 @@ const APP: &str = "env | sort; trap 'exit 0' TERM; \
                    dd if=/dev/zero of=/dev/shm/fill bs=1M count=32 2>/dev/null; echo filled; \
                    sleep 1000 & wait";
 
-/// The environment a container was created with (from containerd's copy of its spec).
+/// The environment a container was created with (from the runtime's copy of its spec).
 async fn container_env(e: &Ecsd, runtime_id: &str) -> BTreeMap<String, String> {
-    let info: serde_json::Value =
-        serde_json::from_str(&e.ctr(&["containers", "info", runtime_id]).await).unwrap();
-    info["Spec"]["process"]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str()?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect()
+    e.container_config(runtime_id).await.env
 }
 
 /// GET `url` from inside the namespace with the host's static busybox wget.

@@ -474,8 +474,20 @@ async fn ecsd_exec_runs_commands_pipes_and_exits_with_their_codes() {
     assert_eq!(code, 255);
     assert!(err.starts_with("ecsd exec: InvalidParameterException: The execute command failed because execute command was not enabled"), "{err}");
     let (code, _, err) = ecsd_exec(&e, &["--task", &task, "--", "/no/such/program"], b"").await;
-    assert_eq!(code, 126, "{err}");
-    assert!(err.contains("cannot run /no/such/program in container app"), "{err}");
+    match e.runtime {
+        TestRuntime::Containerd => {
+            assert_eq!(code, 126, "{err}");
+            assert!(err.contains("cannot run /no/such/program in container app"), "{err}");
+        }
+        // Known difference: libpod answers the exec start before runc has tried, and its
+        // session then looks like a process that exited 127 (its pid is reset at the end), so
+        // ecsd cannot tell "never started" from "exited 127": the code is libpod's and the
+        // text is runc's, not ecsd's notice.
+        TestRuntime::Podman => {
+            assert_eq!(code, 127, "{err}");
+            assert!(err.contains("/no/such/program"), "{err}");
+        }
+    }
     // The service's tasks go with it: draining ends INACTIVE once every task is STOPPED.
     e.client.delete_service().service("web").force(true).send().await.unwrap();
     eventually(WAIT, "the service to drain", || async {
@@ -549,12 +561,9 @@ async fn session(
     (outcome, reading.await.unwrap())
 }
 
-/// The exec'd processes containerd has in a container (`ctr task ps` shows their exec ids).
-async fn exec_processes(e: &Ecsd, runtime_id: &str) -> Vec<String> {
-    match e.try_ctr(&["tasks", "ps", runtime_id]).await {
-        Ok(out) => out.lines().filter(|l| l.contains("exec-")).map(str::to_owned).collect(),
-        Err(_) => vec![],
-    }
+/// The exec'd processes the runtime runs in a container.
+async fn exec_processes(e: &Ecsd, runtime_id: &str) -> Vec<u32> {
+    e.exec_pids(runtime_id).await
 }
 
 /// A session whose process printed `ready` and waits: the client keeps going in the

@@ -9,7 +9,8 @@
 
 mod support;
 
-use support::{eventually, image_tar};
+use support::eventually;
+use support::podman::{IMAGES, clean_store, load_test_images, store_flags};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,110 +27,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
-const IMAGES: [&str; 2] = ["docker.io/library/busybox:latest", "docker.io/library/busybox-stopsignal:latest"];
 
-/// Whether podman and skopeo are installed. A test that needs them and does not find them
-/// fails, unless `ECSD_TEST_SKIPPED` names a file: then it writes its name there and returns,
-/// and hack/test reports it as skipped by name, never as passed.
+/// [`support::podman::podman_tools`] for a test of this file.
 fn podman_tools(test: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing: Vec<&str> = ["podman", "skopeo"]
-        .into_iter()
-        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    match std::env::var_os("ECSD_TEST_SKIPPED") {
-        Some(file) => {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(file).unwrap();
-            writeln!(f, "runtime_podman::{test}: {} not installed", missing.join(" and ")).unwrap();
-            false
-        }
-        None => panic!("{test} needs {} on PATH", missing.join(" and ")),
-    }
+    support::podman::podman_tools(&format!("runtime_podman::{test}"))
 }
 
 fn short_id(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
-
-/// The global flags that point the podman CLI at the store of data dir `dir`.
-fn store_flags(dir: &Path) -> Vec<String> {
-    let p = dir.join("podman");
-    vec![
-        "--root".into(),
-        p.join("root").display().to_string(),
-        "--runroot".into(),
-        p.join("runroot").display().to_string(),
-        "--tmpdir".into(),
-        p.join("tmp").display().to_string(),
-        "--storage-driver".into(),
-        "overlay".into(),
-    ]
-}
-
-/// Copies the test images into the Podman store of data dir `dir` (made if missing). The
-/// archive holds two images that skopeo can only tell apart by full name, so the layout's
-/// `ref.name` annotations are set to the names first.
-pub fn load_test_images(dir: &Path) {
-    let layout = tempfile::tempdir().unwrap();
-    let file = std::fs::File::open(image_tar()).unwrap();
-    tar::Archive::new(file).unpack(layout.path()).unwrap();
-    let index_path = layout.path().join("index.json");
-    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
-    for m in index["manifests"].as_array_mut().unwrap() {
-        let name = m["annotations"]["io.containerd.image.name"].clone();
-        m["annotations"]["org.opencontainers.image.ref.name"] = name;
-    }
-    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
-    let p = dir.join("podman");
-    let store =
-        format!("containers-storage:[overlay@{}+{}]", p.join("root").display(), p.join("runroot").display());
-    for name in IMAGES {
-        let out = std::process::Command::new("skopeo")
-            .args([
-                "copy",
-                "-q",
-                &format!("oci:{}:{name}", layout.path().display()),
-                &format!("{store}{name}"),
-            ])
-            .output()
-            .expect("run skopeo");
-        assert!(out.status.success(), "skopeo copy {name}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-/// Removes every container of data dir `dir`'s store, stops its service (pid `pid`, if any)
-/// and unmounts what containers/storage left mounted, so the temp dir can go.
-pub fn clean_store(dir: &Path, pid: u32) {
-    let p = dir.join("podman");
-    if !p.exists() {
-        return;
-    }
-    let _ = std::process::Command::new("podman")
-        .env("CONTAINERS_CONF", p.join("containers.conf"))
-        .args(store_flags(dir))
-        .args(["rm", "--all", "--force", "--time", "0"])
-        .output();
-    if pid != 0 {
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).output();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&*p.to_string_lossy()))
-        .collect();
-    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in points {
-        let _ = std::process::Command::new("umount").arg("-l").arg(m).output();
-    }
 }
 
 /// A private Podman service with the test images, a runtime on it with a live exit stream,

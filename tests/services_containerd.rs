@@ -333,7 +333,7 @@ async fn delete_service_with_force_stops_every_task_and_ends_inactive() {
         assert_eq!(t.last_status(), Some("STOPPED"));
         assert_eq!(t.stop_code().map(|c| c.as_str()), Some("ServiceSchedulerInitiated"));
     }
-    assert!(e.ctr_tasks().await.is_empty(), "no container left running");
+    assert!(e.runtime_tasks().await.is_empty(), "no container left running");
     e.finish().await;
 }
 

@@ -1,5 +1,11 @@
-//! The harness of the tests that run ECS tasks on a real containerd through a whole
-//! in-process ecsd: see tests/tasks_containerd.rs for what it sets up and checks.
+//! The harness of the tests that run ECS tasks on a real runtime through a whole in-process
+//! ecsd: see tests/tasks_containerd.rs for what it sets up and checks.
+//!
+//! The runtime is containerd unless `ECSD_TEST_RUNTIME=podman`: then every [`Ecsd`] runs
+//! `ecsd serve --runtime podman` with a Podman service and store of its own under its data dir
+//! (the test images copied in with skopeo), and the checks of what a test left read that store
+//! with the podman CLI and look for the store's conmon processes. Tests that are about
+//! containerd itself skip themselves there with [`skip_on_podman`], by name.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,8 +24,47 @@ use tokio::sync::RwLock;
 pub static CONTAINERD: RwLock<()> = RwLock::const_new(());
 
 /// The images of `hack/build-test-image`.
-pub const IMAGES: [&str; 2] =
-    ["docker.io/library/busybox:latest", "docker.io/library/busybox-stopsignal:latest"];
+pub use crate::support::podman::IMAGES;
+
+/// The container runtime the root tests run their daemons on (`ECSD_TEST_RUNTIME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestRuntime {
+    Containerd,
+    Podman,
+}
+
+/// `ECSD_TEST_RUNTIME`: `containerd` (the default) or `podman`.
+pub fn test_runtime() -> TestRuntime {
+    match std::env::var("ECSD_TEST_RUNTIME").as_deref() {
+        Err(_) | Ok("") | Ok("containerd") => TestRuntime::Containerd,
+        Ok("podman") => TestRuntime::Podman,
+        Ok(other) => panic!("ECSD_TEST_RUNTIME={other}: expected containerd or podman"),
+    }
+}
+
+/// Whether the root tests run on Podman.
+pub fn on_podman() -> bool {
+    test_runtime() == TestRuntime::Podman
+}
+
+/// For a test that is about containerd itself: on Podman it names itself (`file::test`) and
+/// `why` in the file `ECSD_TEST_SKIPPED` names, which hack/test counts as skipped, never as
+/// passed, and returns true (the test returns at once). Without that file it panics: a skip
+/// nobody counts would look like a pass.
+pub fn skip_on_podman(test: &str, why: &str) -> bool {
+    if !on_podman() {
+        return false;
+    }
+    match std::env::var_os("ECSD_TEST_SKIPPED") {
+        Some(file) => {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(file).unwrap();
+            writeln!(f, "{test}: not on Podman ({why})").unwrap();
+            true
+        }
+        None => panic!("{test} does not run on Podman ({why}); set ECSD_TEST_SKIPPED to count it as skipped"),
+    }
+}
 
 /// A shell that idles until SIGTERM, then exits 0. A plain `sleep` as pid 1 ignores SIGTERM
 /// (pid 1 gets no signal it has no handler for), so it would wait for SIGKILL.
@@ -107,6 +152,7 @@ impl Drop for Spawned {
 static NEXT_NETWORK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 pub struct Ecsd {
+    pub runtime: TestRuntime,
     pub daemon: Option<Daemon>,
     pub client: Client,
     pub data: tempfile::TempDir,
@@ -137,14 +183,27 @@ impl Ecsd {
             eprintln!("warning: bridge ecsdt{n} exists already (a leftover of another run); not using it");
         };
         let namespace = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let names = ecsd::runtime::import::import(&socket(), &namespace, &image_tar())
-            .await
-            .unwrap_or_else(|e| panic!("import {} into {namespace}: {e}", image_tar().display()));
-        assert_eq!(names, IMAGES, "the images of hack/build-test-image");
+        let runtime = test_runtime();
+        let data = tempfile::tempdir().unwrap();
+        match runtime {
+            TestRuntime::Containerd => {
+                let names = ecsd::runtime::import::import(&socket(), &namespace, &image_tar())
+                    .await
+                    .unwrap_or_else(|e| panic!("import {} into {namespace}: {e}", image_tar().display()));
+                assert_eq!(names, IMAGES, "the images of hack/build-test-image");
+            }
+            TestRuntime::Podman => {
+                let dir = data.path().to_owned();
+                tokio::task::spawn_blocking(move || crate::support::podman::load_test_images(&dir))
+                    .await
+                    .unwrap();
+            }
+        }
         let mut e = Ecsd {
+            runtime,
             daemon: None,
             client: client("http://127.0.0.1:1"),
-            data: tempfile::tempdir().unwrap(),
+            data,
             ctl: tempfile::tempdir().unwrap(),
             namespace,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -176,9 +235,12 @@ impl Ecsd {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--namespace", &self.namespace])
             .arg("--data-dir")
-            .arg(self.data.path())
-            .arg("--containerd-address")
-            .arg(socket())
+            .arg(self.data.path());
+        match self.runtime {
+            TestRuntime::Containerd => cmd.arg("--containerd-address").arg(socket()),
+            TestRuntime::Podman => cmd.args(["--runtime", "podman"]),
+        };
+        cmd
             // Daemons of tests run side by side: the introspection API on a free port.
             .env("ECSD_INTROSPECTION_LISTEN", "127.0.0.1:0")
             .env("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER", "true")
@@ -203,10 +265,19 @@ impl Ecsd {
     }
 
     pub fn config(&self) -> Config {
-        let args = ServeArgs {
-            containerd_address: Some(socket()),
-            namespace: Some(self.namespace.clone()),
-            ..ServeArgs::default()
+        let args = match self.runtime {
+            TestRuntime::Containerd => ServeArgs {
+                containerd_address: Some(socket()),
+                namespace: Some(self.namespace.clone()),
+                ..ServeArgs::default()
+            },
+            // ecsd starts its own Podman service on the data dir's store, as `ecsd serve
+            // --runtime podman` does, and stops it at shutdown (containers keep running).
+            TestRuntime::Podman => ServeArgs {
+                runtime: Some(ecsd::config::RuntimeChoice::Podman),
+                namespace: Some(self.namespace.clone()),
+                ..ServeArgs::default()
+            },
         };
         // The shim runs the log driver from the ecsd binary, not from this test binary.
         let mut vars: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -286,8 +357,8 @@ impl Ecsd {
     pub async fn wait_trap(&self, task_arn: &str, container: &str, signal: u32) {
         let t = self.wait_container(task_arn, container, "RUNNING").await;
         let id = named(&t, container).runtime_id().unwrap().to_owned();
-        let tasks = self.ctr_tasks().await;
-        let pid = tasks.get(&id).unwrap_or_else(|| panic!("{id} is not in containerd: {tasks:?}")).0;
+        let tasks = self.runtime_tasks().await;
+        let pid = tasks.get(&id).unwrap_or_else(|| panic!("{id} is not in the runtime: {tasks:?}")).0;
         eventually(WAIT, &format!("{container} to trap signal {signal}"), || async {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?.trim();
@@ -321,21 +392,125 @@ impl Ecsd {
         run_cmd("ctr", &all).await
     }
 
-    /// containerd's tasks of the namespace: id → (pid, status).
-    pub async fn ctr_tasks(&self) -> BTreeMap<String, (u32, String)> {
-        self.ctr(&["tasks", "ls"])
-            .await
-            .lines()
-            .skip(1)
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f[0].to_owned(), (f[1].parse().unwrap(), f[2].to_owned()))
-            })
-            .collect()
+    /// The runtime's processes of this ecsd's containers: runtime id → (pid, status), the
+    /// status as containerd says it (`CREATED`, `RUNNING`, `STOPPED`, `PAUSED`). containerd:
+    /// the tasks of the namespace; Podman: the containers of the store (pid 0 unless running).
+    pub async fn runtime_tasks(&self) -> BTreeMap<String, (u32, String)> {
+        match self.runtime {
+            TestRuntime::Containerd => self
+                .ctr(&["tasks", "ls"])
+                .await
+                .lines()
+                .skip(1)
+                .map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f[0].to_owned(), (f[1].parse().unwrap(), f[2].to_owned()))
+                })
+                .collect(),
+            TestRuntime::Podman => self
+                .podman_ps()
+                .await
+                .into_iter()
+                .map(|c| {
+                    let status = match c.state.as_str() {
+                        "running" => "RUNNING",
+                        "exited" | "stopped" => "STOPPED",
+                        "paused" => "PAUSED",
+                        _ => "CREATED",
+                    };
+                    (c.name, (c.pid, status.to_owned()))
+                })
+                .collect(),
+        }
     }
 
-    pub async fn ctr_containers(&self) -> BTreeSet<String> {
-        self.ctr(&["containers", "ls", "-q"]).await.lines().map(str::to_owned).collect()
+    /// The runtime's containers of this ecsd, by runtime id.
+    pub async fn runtime_containers(&self) -> BTreeSet<String> {
+        match self.runtime {
+            TestRuntime::Containerd => {
+                self.ctr(&["containers", "ls", "-q"]).await.lines().map(str::to_owned).collect()
+            }
+            TestRuntime::Podman => self.podman_ps().await.into_iter().map(|c| c.name).collect(),
+        }
+    }
+
+    /// `podman ps --all` of this ecsd's store.
+    pub async fn podman_ps(&self) -> Vec<crate::support::podman::Listed> {
+        let dir = self.data.path().to_owned();
+        tokio::task::spawn_blocking(move || crate::support::podman::ps(&dir)).await.unwrap()
+    }
+
+    /// The labels and the environment container `runtime_id` was created with (containerd's
+    /// copy of its spec, or Podman's inspect).
+    pub async fn container_config(&self, runtime_id: &str) -> ContainerConfig {
+        let pairs = |v: &serde_json::Value| -> BTreeMap<String, String> {
+            v.as_array()
+                .unwrap_or_else(|| panic!("no environment in {v}"))
+                .iter()
+                .filter_map(|v| v.as_str()?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect()
+        };
+        let strings = |v: &serde_json::Value| -> BTreeMap<String, String> {
+            v.as_object()
+                .map(|m| {
+                    m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect()
+                })
+                .unwrap_or_default()
+        };
+        match self.runtime {
+            TestRuntime::Containerd => {
+                let info: serde_json::Value =
+                    serde_json::from_str(&self.ctr(&["containers", "info", runtime_id]).await).unwrap();
+                ContainerConfig {
+                    labels: strings(&info["Labels"]),
+                    env: pairs(&info["Spec"]["process"]["env"]),
+                }
+            }
+            TestRuntime::Podman => {
+                let (dir, id) = (self.data.path().to_owned(), runtime_id.to_owned());
+                let info = tokio::task::spawn_blocking(move || crate::support::podman::inspect(&dir, &id))
+                    .await
+                    .unwrap();
+                ContainerConfig {
+                    labels: strings(&info["Config"]["Labels"]),
+                    env: pairs(&info["Config"]["Env"]),
+                }
+            }
+        }
+    }
+
+    /// SIGKILLs the main process of container `runtime_id` if it runs (through no runtime:
+    /// the test plays a process that dies).
+    pub async fn kill_container(&self, runtime_id: &str) {
+        if let Some((pid, status)) = self.runtime_tasks().await.get(runtime_id)
+            && status == "RUNNING"
+            && let Some(pid) = i32::try_from(*pid).ok().and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    /// The processes exec'd into container `runtime_id`: those in its pid namespace, other
+    /// than its main process, whose parent is outside it (the shim or conmon that runs them).
+    pub async fn exec_pids(&self, runtime_id: &str) -> Vec<u32> {
+        let Some((main, _)) = self.runtime_tasks().await.get(runtime_id).cloned() else { return vec![] };
+        if main == 0 {
+            return vec![];
+        }
+        let pidns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+        let Some(ns) = pidns(main) else { return vec![] };
+        let ppid = |pid: u32| -> Option<u32> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+        };
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != main && pidns(pid).as_ref() == Some(&ns))
+            .filter(|&pid| ppid(pid).is_some_and(|p| pidns(p).as_ref() != Some(&ns)))
+            .collect()
     }
 
     /// The host volume `ctl` that [`sh`] containers mount at /ctl.
@@ -465,17 +640,38 @@ impl Ecsd {
         for arn in all.task_arns() {
             self.wait_status(arn, "STOPPED").await;
         }
-        assert_eq!(self.ctr_tasks().await, BTreeMap::new(), "containerd tasks left");
-        assert_eq!(self.ctr_containers().await, BTreeSet::new(), "containerd containers left");
-        let active: Vec<String> = self
-            .ctr(&["snapshots", "ls"])
-            .await
-            .lines()
-            .skip(1)
-            .filter(|l| l.split_whitespace().last() == Some("Active"))
-            .map(str::to_owned)
-            .collect();
-        assert_eq!(active, Vec::<String>::new(), "active snapshots left");
+        match self.runtime {
+            TestRuntime::Containerd => {
+                assert_eq!(self.runtime_tasks().await, BTreeMap::new(), "containerd tasks left");
+                assert_eq!(self.runtime_containers().await, BTreeSet::new(), "containerd containers left");
+                let active: Vec<String> = self
+                    .ctr(&["snapshots", "ls"])
+                    .await
+                    .lines()
+                    .skip(1)
+                    .filter(|l| l.split_whitespace().last() == Some("Active"))
+                    .map(str::to_owned)
+                    .collect();
+                assert_eq!(active, Vec::<String>::new(), "active snapshots left");
+            }
+            TestRuntime::Podman => {
+                assert_eq!(self.podman_ps().await, vec![], "Podman containers left");
+                // An exec session's conmon ends a few seconds after its process
+                // (containers.conf exit_command_delay); a container's ends with it.
+                let dir = self.data.path().to_owned();
+                let left = tokio::time::timeout(std::time::Duration::from_secs(WAIT), async {
+                    loop {
+                        let left = crate::support::podman::conmons(&dir);
+                        if left.is_empty() {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                })
+                .await;
+                assert!(left.is_ok(), "conmon processes left: {:?}", crate::support::podman::conmons(&dir));
+            }
+        }
         assert_eq!(self.netns_left(), Vec::<String>::new(), "network namespaces left");
         assert_eq!(self.sandboxes_left(), Vec::<String>::new(), "addresses still held (network state files)");
         let bridge = format!("/sys/class/net/ecsdt{}", self.network_index);
@@ -489,7 +685,21 @@ impl Drop for Ecsd {
     /// a passing test has removed everything already, [`Ecsd::finish`] checks it). Then the
     /// namespace and its images go, so the private containerd stays small.
     fn drop(&mut self) {
+        if self.runtime == TestRuntime::Podman {
+            // ecsd's Podman service (an in-process daemon's stops with it, for good; a killed
+            // `ecsd serve`'s is left running), every container, and the store's mounts.
+            drop(self.daemon.take());
+            let pid = std::fs::read_to_string(self.data.path().join("podman/podman.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0);
+            crate::support::podman::clean_store(self.data.path(), pid);
+        }
+        let on_containerd = self.runtime == TestRuntime::Containerd;
         let ctr = |args: &[&str]| -> String {
+            if !on_containerd {
+                return String::new();
+            }
             std::process::Command::new("ctr")
                 .arg("--address")
                 .arg(socket())
@@ -548,12 +758,21 @@ impl Drop for Ecsd {
         for image in ctr(&["images", "ls", "-q"]).lines() {
             ctr(&["images", "rm", "--sync", image]);
         }
-        let _ = std::process::Command::new("ctr")
-            .arg("--address")
-            .arg(socket())
-            .args(["namespaces", "rm", &self.namespace])
-            .output();
+        if on_containerd {
+            let _ = std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(socket())
+                .args(["namespaces", "rm", &self.namespace])
+                .output();
+        }
     }
+}
+
+/// What a container was created with.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    pub labels: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
 }
 
 /// Runs `argv` inside the network namespace `netns` (`ip netns exec`) with exactly `env`;

@@ -4,6 +4,7 @@
 //! (the API tests with a `#[path]`).
 #![allow(dead_code)]
 
+pub mod podman;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

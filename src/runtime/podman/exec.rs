@@ -26,6 +26,8 @@ use crate::runtime::{ConsoleSize, ExecControl, ExecProcess, ExecSpec, RuntimeErr
 /// The pipes between the demultiplexer and the caller.
 const PIPE: usize = 64 << 10;
 const SIGKILL: i32 = 9;
+/// How long [`reap_leftovers`] waits for a killed process to be seen as ended.
+const REAP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Deserialize)]
 struct Created {
@@ -126,6 +128,42 @@ pub async fn start(client: &Client, container_id: &str, spec: ExecSpec) -> Resul
         if spec.stdin { (Some(Box::new(write)), None) } else { (None, Some(write)) };
     let control = Control { client: client.clone(), id, tty, exit: OnceCell::new(), ended, _write: kept };
     Ok(ExecProcess::new(stdin, Some(stdout), stderr, Box::new(control)))
+}
+
+/// Kills the processes of those of `sessions` that still run (libpod has no call for it: their
+/// pids are signalled) and waits a moment for them to end; returns the ids of those killed.
+/// Sessions that are gone or ended are skipped.
+pub async fn reap_leftovers(client: &Client, sessions: Vec<String>) -> Result<Vec<String>, RuntimeError> {
+    let mut reaped = Vec::new();
+    for id in sessions {
+        let control = Control {
+            client: client.clone(),
+            id,
+            tty: false,
+            exit: OnceCell::new(),
+            ended: Arc::new(Notify::new()),
+            _write: None,
+        };
+        let session = match control.session().await {
+            Ok(s) => s,
+            Err(RuntimeError::NotFound { .. }) => {
+                let _ = control.exit.set(0);
+                continue;
+            }
+            Err(e) => {
+                let _ = control.exit.set(0);
+                return Err(e);
+            }
+        };
+        if session.running {
+            control.kill(SIGKILL).await?;
+            let _ = tokio::time::timeout(REAP_WAIT, control.wait()).await;
+            reaped.push(control.id.clone());
+        }
+        // Nothing for this copy's drop to kill.
+        let _ = control.exit.set(0);
+    }
+    Ok(reaped)
 }
 
 /// Splits Docker's multiplexed stream into stdout and stderr.

@@ -179,6 +179,10 @@ struct ContainerInspect {
     state: InspectState,
     #[serde(default)]
     host_config: Option<InspectHostConfig>,
+    /// The container's exec sessions that libpod still keeps (running, or ended and not yet
+    /// cleaned up).
+    #[serde(rename = "ExecIDs", default)]
+    exec_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -640,6 +644,13 @@ impl Runtime for PodmanRuntime {
 
     async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<ExecProcess, RuntimeError> {
         exec::start(&self.client, container_id, spec).await
+    }
+
+    /// conmon keeps an exec'd process running after the ecsd that started it died: the
+    /// container's sessions that still run are killed here.
+    async fn reap_execs(&self, container_id: &str) -> Result<Vec<String>, RuntimeError> {
+        let Some(inspect) = self.inspect(container_id).await? else { return Ok(vec![]) };
+        exec::reap_leftovers(&self.client, inspect.exec_ids.unwrap_or_default()).await
     }
 
     async fn remove(&self, id: &str) -> Result<Option<(i32, f64)>, RuntimeError> {

@@ -427,8 +427,8 @@ pub struct ServeArgs {
     /// containerd's runtime state and the containers' FIFOs to $XDG_RUNTIME_DIR/ecsd, the
     /// config file is $XDG_CONFIG_HOME/ecsd/config.toml. Task cpu and memory limits are not
     /// applied without cgroup delegation, host ports below net.ipv4.ip_unprivileged_port_start
-    /// are refused, and only networkMode none and host tasks run (bridge and awsvpc are
-    /// refused).
+    /// are refused, and bridge and awsvpc task networks run in ecsd's own uplink network
+    /// namespace (published TCP ports are forwarded from the host; UDP ones are refused).
     #[arg(long)]
     pub rootless: bool,
 }
@@ -1126,12 +1126,55 @@ fn resolve_network(
         value: path.display().to_string(),
         reason: e.to_string().trim().replace('\n', " "),
     })?;
-    crate::network::Settings::resolve(file, &|k| env(k).filter(|v| !v.is_empty())).map_err(|e| ConfigError {
+    let env = |k: &str| env(k).filter(|v| !v.is_empty());
+    if rootless {
+        rootless_uplink(&file, &env, &path)?;
+    }
+    // A rootless ecsd's task networks live in its uplink namespace: it is not root in the
+    // host's network namespace, where bridges and firewall rules would go.
+    let env = |k: &str| match k {
+        "ECSD_NETWORK_UPLINK" if rootless => Some("netns".to_owned()),
+        _ => env(k),
+    };
+    crate::network::Settings::resolve(file, &env).map_err(|e| ConfigError {
         // A variable's error shows its value; a file setting's, the file.
         value: env(&e.name).unwrap_or_else(|| path.display().to_string()),
         name: e.name,
         reason: e.reason,
     })
+}
+
+/// What a rootless ecsd refuses of the network settings: an uplink other than its own
+/// namespace, and Podman's networks (which are in the host's network namespace).
+fn rootless_uplink(
+    file: &crate::network::settings::FileNetworks,
+    env: &dyn Fn(&str) -> Option<String>,
+    path: &std::path::Path,
+) -> Result<(), ConfigError> {
+    let explicit = env("ECSD_NETWORK_UPLINK")
+        .map(|v| ("ECSD_NETWORK_UPLINK", v.clone(), v))
+        // A file setting's error shows the file, as Settings::resolve's do.
+        .or_else(|| file.tasks.uplink.clone().map(|v| ("tasks.uplink", path.display().to_string(), v)));
+    if let Some((name, value, _)) = explicit.filter(|(_, _, v)| v != "netns") {
+        return Err(ConfigError {
+            name: name.into(),
+            value,
+            reason: "a rootless ecsd is not root in the host's network namespace, so it cannot make \
+                     task bridges or firewall rules there: its task networks always run in its own \
+                     uplink namespace (netns); remove the setting or set it to netns"
+                .into(),
+        });
+    }
+    if let Some(value) = env("ECS_EXTERNAL_NETWORKS") {
+        return Err(ConfigError {
+            name: "ECS_EXTERNAL_NETWORKS".into(),
+            value,
+            reason: "a rootless ecsd's task networks are in its own uplink namespace, out of reach of \
+                     Podman's bridges in the host's network namespace"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/ecsd/config.toml";
@@ -1224,6 +1267,38 @@ mod tests {
         let vars = [("XDG_CONFIG_HOME", cfg.as_str())];
         let e = resolve(rootless(), &vars).unwrap_err();
         assert_eq!(e.value, format!("{cfg}/ecsd/config.toml"));
+    }
+
+    #[test]
+    fn rootless_task_networks_run_in_the_uplink_namespace() {
+        use crate::network::Uplink;
+        let rootless = || ServeArgs { rootless: true, ..ServeArgs::default() };
+        let home = [("HOME", "/nonexistent")];
+        assert_eq!(resolve(rootless(), &home).unwrap().network.uplink, Uplink::Netns);
+        assert_eq!(resolve(ServeArgs::default(), &home).unwrap().network.uplink, Uplink::Host);
+        let netns = [("HOME", "/nonexistent"), ("ECSD_NETWORK_UPLINK", "netns")];
+        assert_eq!(resolve(rootless(), &netns).unwrap().network.uplink, Uplink::Netns);
+        // The user's explicit host is an error that says why, from the variable or the file.
+        let host = [("HOME", "/nonexistent"), ("ECSD_NETWORK_UPLINK", "host")];
+        let e = resolve(rootless(), &host).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "ECSD_NETWORK_UPLINK=host: a rootless ecsd is not root in the host's network namespace"
+            ),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ecsd")).unwrap();
+        std::fs::write(dir.path().join("ecsd/config.toml"), "[tasks]\nuplink = \"host\"\n").unwrap();
+        let cfg = dir.path().to_str().unwrap().to_owned();
+        let e = resolve(rootless(), &[("XDG_CONFIG_HOME", cfg.as_str())]).unwrap_err();
+        assert_eq!((e.name.as_str(), e.value), ("tasks.uplink", format!("{cfg}/ecsd/config.toml")));
+        assert!(e.reason.contains("uplink namespace (netns)"), "{}", e.reason);
+        let podman = [("HOME", "/nonexistent"), ("ECS_EXTERNAL_NETWORKS", "podman")];
+        let e = resolve(rootless(), &podman).unwrap_err();
+        assert_eq!(e.name, "ECS_EXTERNAL_NETWORKS");
+        // Root keeps its choice.
+        assert_eq!(resolve(ServeArgs::default(), &host).unwrap().network.uplink, Uplink::Host);
     }
 
     #[test]

@@ -196,8 +196,8 @@ impl HostFacts {
             // Inside the user namespace of `ecsd serve --rootless`.
             (true, true) => say(
                 Level::Note,
-                "root only inside a user namespace (rootless): networkMode none and host tasks run; bridge and \
-                 awsvpc tasks need root"
+                "root only inside a user namespace (rootless): task networks run in ecsd's uplink namespace, \
+                 published TCP ports are forwarded from the host"
                     .into(),
             ),
             (true, false) => match (&self.rootlesskit, self.uidmap) {
@@ -205,7 +205,7 @@ impl HostFacts {
                     Level::Note,
                     format!(
                         "running as uid {}: run ecsd serve --rootless (it needs ranges in /etc/subuid and /etc/subgid \
-                         and XDG_RUNTIME_DIR); networkMode none and host tasks run, bridge and awsvpc tasks need root",
+                         and XDG_RUNTIME_DIR); every network mode runs, with task networks in ecsd's uplink namespace",
                         self.euid
                     ),
                 ),

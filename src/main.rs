@@ -419,7 +419,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
         );
         warn!(
             "rootless: task cpu and memory limits are not applied ({}); host ports below {} are refused \
-             (net.ipv4.ip_unprivileged_port_start); only networkMode none and host tasks run",
+             (net.ipv4.ip_unprivileged_port_start); bridge and awsvpc tasks reach each other and ecsd \
+             but nothing outside their networks (no slirp4netns uplink yet), and only their TCP ports \
+             are published on the host",
             facts.why_no_limits(),
             facts.unprivileged_port_start.unwrap_or(1024)
         );

@@ -235,6 +235,27 @@ impl Rootless {
         Ok(out["tasks"][0]["taskArn"].as_str().unwrap_or_else(|| panic!("no task: {out}")).to_owned())
     }
 
+    /// RunTask of an awsvpc `family` on the default subnet, with `env` added to its container
+    /// named `client` (when there is any).
+    fn run_awsvpc(&self, family: &str, env: &[(&str, &str)]) -> Result<String, String> {
+        let env: Vec<serde_json::Value> =
+            env.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect();
+        let overrides = serde_json::json!({"containerOverrides": [{"name": "client", "environment": env}]});
+        let overrides = overrides.to_string();
+        let mut args = vec![
+            "run-task",
+            "--task-definition",
+            family,
+            "--network-configuration",
+            "awsvpcConfiguration={subnets=[subnet-default]}",
+        ];
+        if !env.is_empty() {
+            args.extend(["--overrides", overrides.as_str()]);
+        }
+        let out = self.ecs(&args)?;
+        Ok(out["tasks"][0]["taskArn"].as_str().unwrap_or_else(|| panic!("no task: {out}")).to_owned())
+    }
+
     async fn wait_status(&self, arn: &str, status: &str) -> serde_json::Value {
         eventually(60, &format!("{arn} {status}"), || async {
             let out = self.ecs(&["describe-tasks", "--tasks", arn]).unwrap();
@@ -244,6 +265,13 @@ impl Rootless {
         .await
     }
 }
+
+/// An awsvpc client: its own metadata (v4), then `http://$TARGET/up` (10 tries of up to 3 s,
+/// timed by `timeout`: busybox wget's `-T` crashes).
+const CLIENT: &str = "for i in $(seq 10); do if timeout 3 wget -qO- $ECS_CONTAINER_METADATA_URI_V4/task; \
+                      then break; fi; sleep 0.2; done; echo; \
+                      for i in $(seq 10); do if timeout 3 wget -qO- http://$TARGET/up; then exit 0; fi; \
+                      sleep 0.2; done; exit 1";
 
 /// The container output of a task, read from the user's data dir by the same binary.
 fn task_logs(user: &TestUser, arn: &str) -> String {
@@ -346,23 +374,6 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
         ),
         "{refused}"
     );
-    // Task networks need an uplink namespace rootless ecsd does not have yet: refused, named.
-    ecsd.register(
-        "vpc",
-        "awsvpc",
-        "",
-        serde_json::json!({"name": "app", "image": image, "memory": 32, "command": ["true"]}),
-    );
-    let vpc = ecsd
-        .ecs(&[
-            "run-task",
-            "--task-definition",
-            "vpc",
-            "--network-configuration",
-            "awsvpcConfiguration={subnets=[subnet-default]}",
-        ])
-        .unwrap_err();
-    assert!(vpc.contains("networkMode 'awsvpc' is not supported by a rootless ecsd yet"), "{vpc}");
     let web = ecsd.run_task(&format!("host{port}")).unwrap();
     ecsd.wait_status(&web, "RUNNING").await;
     let body = eventually(30, "the host-network task's server", || async move {
@@ -372,9 +383,113 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
     .await;
     assert_eq!(body, "up\n");
 
+    // Task networks run in the uplink namespace inside the user's: two awsvpc tasks on the
+    // default network reach each other by address, and the endpoints answer inside them.
+    let serve = "echo up > /tmp/up; httpd -f -p 8080 -h /tmp";
+    ecsd.register(
+        "vpcweb",
+        "awsvpc",
+        "",
+        serde_json::json!({"name": "web", "image": image, "memory": 32, "command": ["sh", "-c", serve]}),
+    );
+    ecsd.register(
+        "vpcclient",
+        "awsvpc",
+        "",
+        serde_json::json!({"name": "client", "image": image, "memory": 32, "command": ["sh", "-c", CLIENT]}),
+    );
+    let vpcweb = ecsd.run_awsvpc("vpcweb", &[]).unwrap();
+    let t = ecsd.wait_status(&vpcweb, "RUNNING").await;
+    let ip = t["attachments"][0]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "privateIPv4Address")
+        .and_then(|d| d["value"].as_str())
+        .unwrap_or_else(|| panic!("no address: {t}"))
+        .to_owned();
+    let client = |target: String| {
+        let (ecsd, user) = (&ecsd, &user);
+        async move {
+            let arn = ecsd.run_awsvpc("vpcclient", &[("TARGET", &target)]).unwrap();
+            let t = ecsd.wait_status(&arn, "STOPPED").await;
+            (t["containers"][0]["exitCode"].clone(), task_logs(user, &arn), arn)
+        }
+    };
+    let (code, said, arn) = client(format!("{ip}:8080")).await;
+    assert_eq!(code, 0, "the client reaches the web task at {ip}:8080:\n{said}");
+    assert!(said.contains(&format!("\"TaskARN\":\"{arn}\"")), "metadata answered inside:\n{said}");
+    assert!(said.lines().any(|l| l == "up"), "{said}");
+    // Negative control: the same client against a port nothing serves fails.
+    let (code, said, _) = client(format!("{ip}:8081")).await;
+    assert_eq!(code, 1, "nothing serves {ip}:8081:\n{said}");
+    assert!(!said.lines().any(|l| l == "up"), "{said}");
+
+    // The uplink namespace (where aardvark-dns runs) holds the network's bridge; the host's
+    // namespace does not.
+    let aardvark = user
+        .processes()
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "aardvark-dns")
+        })
+        .expect("aardvark-dns runs for the default network");
+    let uplink = std::fs::read_link(format!("/proc/{aardvark}/ns/net")).unwrap();
+    let bridges = run(
+        "nsenter",
+        &[&format!("--net=/proc/{aardvark}/ns/net"), "ip", "-o", "link", "show", "type", "bridge"],
+    );
+    let bridge = bridges
+        .lines()
+        .next()
+        .and_then(|l| l.split(": ").nth(1))
+        .unwrap_or_else(|| panic!("no bridge in the uplink: {bridges}"))
+        .to_owned();
+    let host_links = run("ip", &["-o", "link", "show"]);
+    assert!(
+        !host_links.lines().any(|l| l.split(": ").nth(1) == Some(bridge.as_str())),
+        "{bridge} in the host's namespace"
+    );
+
+    // A bridge-mode task's hostPort below the unprivileged start is refused before any bind;
+    // a high one answers on the host's loopback (ecsd forwards it) until the task stops.
+    let bport = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for p in [80, bport] {
+        ecsd.register(
+            &format!("bridge{p}"),
+            "bridge",
+            "",
+            serde_json::json!({"name": "web", "image": image, "essential": true, "memory": 32,
+                "portMappings": [{"containerPort": 8080, "hostPort": p}], "command": ["sh", "-c", serve]}),
+        );
+    }
+    let refused = ecsd.run_task("bridge80").unwrap_err();
+    assert!(refused.contains("hostPort 80 is below net.ipv4.ip_unprivileged_port_start"), "{refused}");
+    let bridged = ecsd.run_task(&format!("bridge{bport}")).unwrap();
+    ecsd.wait_status(&bridged, "RUNNING").await;
+    let body = eventually(30, "the bridge task's published port", || async move {
+        let out =
+            Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{bport}/up")]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await;
+    assert_eq!(body, "up\n");
+    ecsd.ecs(&["stop-task", "--task", &bridged]).unwrap();
+    ecsd.wait_status(&bridged, "STOPPED").await;
+    eventually(30, "the bridge task's port to close", || async move {
+        let out =
+            Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{bport}/up")]).output().ok()?;
+        (!out.status.success()).then_some(())
+    })
+    .await;
+
     // SIGKILL of the process the user started ends everything in its namespace.
     let shims_before = user.processes().len();
     assert!(shims_before >= 4, "rootlesskit, ecsd, containerd, a shim, the task: {:?}", user.processes());
+    let log_path = ecsd.log.clone();
     let mut child = ecsd.child;
     run("kill", &["-KILL", &pid.to_string()]);
     let _ = child.wait();
@@ -386,4 +501,18 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
     assert_eq!(files_outside_tmp(user.uid), Vec::<String>::new(), "files outside the user's dirs and /tmp");
     let gone = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/up")]).output().unwrap();
     assert!(!gone.status.success(), "the task's server still answers");
+    // The uplink namespace and its bridge went with the user namespace: no process is in it
+    // and the host's namespace never had the bridge.
+    let in_uplink: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path().join("ns/net")).is_ok_and(|n| n == uplink))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(in_uplink, Vec::<String>::new(), "processes in the uplink {}", uplink.display());
+    let host_links = run("ip", &["-o", "link", "show"]);
+    assert!(!host_links.lines().any(|l| l.split(": ").nth(1) == Some(bridge.as_str())), "{bridge} left");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let said = log.matches("no slirp4netns uplink yet").count();
+    assert_eq!(said, 1, "the lack of outbound connectivity is said once, at startup:\n{log}");
 }

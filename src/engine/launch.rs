@@ -76,9 +76,9 @@ pub enum LaunchError {
     )]
     PrivilegedHostPort { port: u16, start: u16 },
     #[error(
-        "networkMode '{mode}' is not supported by a rootless ecsd yet (its task networks need an uplink namespace): use 'none' or 'host', or run ecsd as root"
+        "containerPort {port}/udp cannot be published on the host by a rootless ecsd: it forwards published ports from the host to task networks for TCP only; remove the UDP port mapping (the task's network still reaches it), use networkMode host, or run ecsd as root"
     )]
-    RootlessNetworkMode { mode: &'static str },
+    RootlessUdpHostPort { port: u16 },
 }
 
 /// Which ECS exception a [`LaunchError`] is.
@@ -93,7 +93,7 @@ impl LaunchError {
     pub fn kind(&self) -> LaunchErrorKind {
         match self {
             LaunchError::IncompatibleLaunchType(_) => LaunchErrorKind::Client,
-            LaunchError::NamespaceModeTask { .. } | LaunchError::RootlessNetworkMode { .. } => {
+            LaunchError::NamespaceModeTask { .. } | LaunchError::RootlessUdpHostPort { .. } => {
                 LaunchErrorKind::UnsupportedFeature
             }
             _ => LaunchErrorKind::InvalidParameter,

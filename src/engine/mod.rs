@@ -59,6 +59,29 @@ const TEARDOWN_GRACE: Duration = Duration::from_secs(20);
 /// How long [`Engine::stop`] waits for a busy supervisor to record a stop.
 const STOP_ANSWER: Duration = Duration::from_secs(5);
 
+/// What a rootless ecsd (unprivileged ports from `start`) refuses of a task's published
+/// ports: a fixed host port below `start` (named with the sysctl), and a UDP port published
+/// from a task network (bridge, or awsvpc with published ports), which only TCP forwarding
+/// reaches. Host-mode tasks bind the host's ports themselves, so their UDP ports work.
+fn rootless_port_problem(
+    settings: &crate::network::Settings,
+    td: &TaskDefinition,
+    effective: &[crate::model::shapes::ContainerDefinition],
+    start: u16,
+) -> Result<(), LaunchError> {
+    use crate::model::network::NetworkMode;
+    let wanted = placement::wanted_ports(settings, td, effective);
+    if let Some(port) = placement::first_fixed_below(&wanted, start) {
+        return Err(LaunchError::PrivilegedHostPort { port, start });
+    }
+    if matches!(NetworkMode::of(td), NetworkMode::Bridge | NetworkMode::Awsvpc)
+        && let Some(port) = placement::first_udp(&wanted)
+    {
+        return Err(LaunchError::RootlessUdpHostPort { port });
+    }
+    Ok(())
+}
+
 /// Settings of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -334,27 +357,15 @@ impl Engine {
         self.check_host_ports(spec, &checked.effective)
     }
 
-    /// A rootless ecsd has no task networks yet and cannot bind host ports below the
-    /// unprivileged start.
+    /// A rootless ecsd cannot bind host ports below the unprivileged start, and forwards
+    /// published ports to task networks for TCP only: both are refused before anything binds.
     fn check_host_ports(
         &self,
         spec: &LaunchSpec,
         effective: &[crate::model::shapes::ContainerDefinition],
     ) -> Result<(), LaunchError> {
-        if self.cfg.user_namespace {
-            use crate::model::network::NetworkMode;
-            match NetworkMode::of(&spec.definition) {
-                NetworkMode::Bridge => return Err(LaunchError::RootlessNetworkMode { mode: "bridge" }),
-                NetworkMode::Awsvpc => return Err(LaunchError::RootlessNetworkMode { mode: "awsvpc" }),
-                NetworkMode::None | NetworkMode::Host => {}
-            }
-        }
         let Some(start) = self.cfg.unprivileged_port_start else { return Ok(()) };
-        let wanted = placement::wanted_ports(&self.cfg.network, &spec.definition, effective);
-        match placement::first_fixed_below(&wanted, start) {
-            Some(port) => Err(LaunchError::PrivilegedHostPort { port, start }),
-            None => Ok(()),
-        }
+        rootless_port_problem(&self.cfg.network, &spec.definition, effective, start)
     }
 
     /// Places and launches `count` tasks of `spec`, one at a time against what the host has
@@ -801,5 +812,58 @@ impl crate::endpoints::TaskSource for ViewSource {
 async fn futures_join(handles: Vec<JoinHandle<()>>) {
     for h in handles {
         let _ = h.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task definition of `mode` with one container and `mappings` (JSON port mappings).
+    fn task(mode: &str, mappings: serde_json::Value) -> TaskDefinition {
+        serde_json::from_value(serde_json::json!({
+            "family": "f",
+            "networkMode": mode,
+            "containerDefinitions": [{"name": "c", "image": "busybox", "portMappings": mappings}],
+        }))
+        .unwrap()
+    }
+
+    fn problem(settings: &crate::network::Settings, mode: &str, mappings: serde_json::Value) -> String {
+        let td = task(mode, mappings);
+        let containers = td.container_definitions.clone().unwrap_or_default();
+        match rootless_port_problem(settings, &td, &containers, 1024) {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn rootless_refuses_privileged_host_ports_of_every_mode_and_udp_from_task_networks() {
+        use serde_json::json;
+        let plain = crate::network::Settings::default();
+        let publish = crate::network::Settings { publish_awsvpc_ports: true, ..Default::default() };
+        let sysctl = "hostPort 80 is below net.ipv4.ip_unprivileged_port_start (1024)";
+        // Bridge: a fixed hostPort below the start is refused naming the sysctl; 8080 is fine.
+        assert!(
+            problem(&plain, "bridge", json!([{"containerPort": 80, "hostPort": 80}])).starts_with(sysctl)
+        );
+        assert_eq!(problem(&plain, "bridge", json!([{"containerPort": 80, "hostPort": 8080}])), "ok");
+        // A dynamic host port comes from the dynamic range, above the start.
+        assert_eq!(problem(&plain, "bridge", json!([{"containerPort": 80}])), "ok");
+        // awsvpc publishes its containerPort as the hostPort only when asked to.
+        assert_eq!(problem(&plain, "awsvpc", json!([{"containerPort": 80}])), "ok");
+        assert!(problem(&publish, "awsvpc", json!([{"containerPort": 80}])).starts_with(sysctl));
+        assert!(problem(&plain, "host", json!([{"containerPort": 80}])).starts_with(sysctl));
+        // UDP from a task network is refused, TCP of the same port is not; host mode binds
+        // the host's UDP port itself.
+        let udp = json!([{"containerPort": 5353, "hostPort": 5353, "protocol": "udp"}]);
+        let tcp = json!([{"containerPort": 5353, "hostPort": 5353, "protocol": "tcp"}]);
+        let refused = "containerPort 5353/udp cannot be published on the host by a rootless ecsd";
+        assert!(problem(&plain, "bridge", udp.clone()).starts_with(refused));
+        assert_eq!(problem(&plain, "bridge", tcp.clone()), "ok");
+        assert!(problem(&publish, "awsvpc", udp.clone()).starts_with(refused));
+        assert_eq!(problem(&plain, "awsvpc", udp.clone()), "ok", "not published: reached in its network");
+        assert_eq!(problem(&plain, "host", udp), "ok");
     }
 }

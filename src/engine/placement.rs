@@ -232,6 +232,12 @@ pub fn first_fixed_below(wanted: &[Vec<Wanted>], start: u16) -> Option<u16> {
     wanted.iter().flatten().filter_map(|w| w.host).filter(|p| *p < start).min()
 }
 
+/// The container port of the first UDP mapping a task publishes on the host, if any (a
+/// rootless ecsd forwards published ports from the host for TCP only).
+pub fn first_udp(wanted: &[Vec<Wanted>]) -> Option<u16> {
+    wanted.iter().flatten().find(|w| w.protocol == Protocol::Udp).map(|w| w.container.start)
+}
+
 fn wanted(bridge: bool, pm: &PortMapping) -> Option<Wanted> {
     let (container, ranged) = match (&pm.container_port_range, pm.container_port) {
         (Some(r), _) => (PortRange::parse(r).ok()?, true),

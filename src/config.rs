@@ -703,6 +703,16 @@ impl Config {
                 reason: "expected auto, containerd or podman".into(),
             })?,
         };
+        if rootless && runtime == RuntimeChoice::Podman {
+            return Err(ConfigError {
+                name: if args.runtime.is_some() { "--runtime" } else { "ECSD_RUNTIME" }.into(),
+                value: "podman".into(),
+                reason: "a rootless ecsd runs its tasks on its own containerd inside its user namespace; \
+                         the Podman runtime needs root for now (install containerd and runc, or leave \
+                         the runtime unset)"
+                    .into(),
+            });
+        }
         let podman_socket =
             args.podman_socket.clone().or_else(|| non_empty("ECSD_PODMAN_SOCKET").map(PathBuf::from));
         let duration = |name: &str, default: Duration, min: Duration| -> Result<Duration, ConfigError> {
@@ -1267,6 +1277,22 @@ mod tests {
         let vars = [("XDG_CONFIG_HOME", cfg.as_str())];
         let e = resolve(rootless(), &vars).unwrap_err();
         assert_eq!(e.value, format!("{cfg}/ecsd/config.toml"));
+    }
+
+    #[test]
+    fn rootless_refuses_the_podman_runtime_by_name() {
+        let rootless = |runtime| ServeArgs { rootless: true, runtime, ..ServeArgs::default() };
+        let home = [("HOME", "/nonexistent")];
+        let e = resolve(rootless(Some(RuntimeChoice::Podman)), &home).unwrap_err();
+        assert_eq!((e.name.as_str(), e.value.as_str()), ("--runtime", "podman"));
+        assert!(e.reason.contains("its own containerd"), "{}", e.reason);
+        let e = resolve(rootless(None), &[("HOME", "/nonexistent"), ("ECSD_RUNTIME", "podman")]).unwrap_err();
+        assert_eq!(e.name, "ECSD_RUNTIME");
+        // Positive controls: containerd and auto, and Podman as root.
+        assert!(resolve(rootless(Some(RuntimeChoice::Containerd)), &home).is_ok());
+        assert!(resolve(rootless(None), &home).is_ok());
+        let root = ServeArgs { runtime: Some(RuntimeChoice::Podman), ..ServeArgs::default() };
+        assert_eq!(resolve(root, &home).unwrap().runtime, RuntimeChoice::Podman);
     }
 
     #[test]

@@ -316,20 +316,22 @@ impl HostFacts {
     }
 }
 
+/// A made-up host for tests: files, binaries, sockets that answer, files this user may open.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
     use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
 
-    use super::*;
+    use super::HostOs;
 
     /// A made-up host: files, binaries, sockets that answer, files this user may open.
     #[derive(Default)]
-    struct Fake {
-        files: BTreeMap<&'static str, &'static str>,
-        bins: BTreeSet<&'static str>,
-        answering: BTreeSet<&'static str>,
-        writable: BTreeSet<&'static str>,
-        euid: u32,
+    pub(crate) struct Fake {
+        pub(crate) files: BTreeMap<&'static str, &'static str>,
+        pub(crate) bins: BTreeSet<&'static str>,
+        pub(crate) answering: BTreeSet<&'static str>,
+        pub(crate) writable: BTreeSet<&'static str>,
+        pub(crate) euid: u32,
     }
 
     impl HostOs for Fake {
@@ -352,6 +354,14 @@ mod tests {
             path.to_str().is_some_and(|p| self.answering.contains(p))
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::fake::Fake;
+    use super::*;
 
     const SOCKET: &str = "/run/containerd/containerd.sock";
 

@@ -200,6 +200,10 @@ pub fn choose_runtime(
         RuntimeChoice::Auto if facts.containerd.binary.is_some() => {
             (ChosenRuntime::Containerd, "containerd is installed")
         }
+        // Rootless (config refuses an explicit podman): its own containerd in its namespace.
+        RuntimeChoice::Auto if facts.rootless => {
+            (ChosenRuntime::Containerd, "rootless: ecsd runs its own containerd in its user namespace")
+        }
         RuntimeChoice::Auto if facts.podman.binary.is_some() || facts.podman.answers => {
             (ChosenRuntime::Podman, "no containerd is installed or answers, and Podman is installed")
         }
@@ -631,6 +635,9 @@ mod runtime_choice_tests {
             (chosen, why),
             (ChosenRuntime::Podman, "no containerd is installed or answers, and Podman is installed")
         );
+        // Rootless without containerd installed: still containerd, never the host's Podman.
+        let rootless = HostFacts { rootless: true, ..facts((false, false), (true, true)) };
+        assert_eq!(choose_runtime(auto, &rootless).0, ChosenRuntime::Containerd);
         // Nothing at all: containerd, which then says it is unavailable.
         assert_eq!(choose_runtime(auto, &facts((false, false), (false, false))).0, ChosenRuntime::Containerd);
     }

@@ -219,35 +219,9 @@ pub fn prepare_inside(run: &Path) -> Result<(), RootlessError> {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
+    use crate::host::fake::Fake;
+
     use super::*;
-
-    #[derive(Default)]
-    struct Fake {
-        files: BTreeMap<&'static str, &'static str>,
-        bins: BTreeSet<&'static str>,
-        euid: u32,
-    }
-
-    impl HostOs for Fake {
-        fn read(&self, path: &Path) -> Option<String> {
-            self.files.get(path.to_str()?).map(|s| s.to_string())
-        }
-        fn exists(&self, path: &Path) -> bool {
-            path.to_str().is_some_and(|p| self.files.contains_key(p))
-        }
-        fn which(&self, name: &str) -> Option<PathBuf> {
-            self.bins.contains(name).then(|| PathBuf::from("/usr/bin").join(name))
-        }
-        fn euid(&self) -> u32 {
-            self.euid
-        }
-        fn read_write(&self, _: &Path) -> bool {
-            false
-        }
-        fn answers(&self, _: &Path) -> bool {
-            false
-        }
-    }
 
     fn user() -> Fake {
         Fake {
@@ -258,6 +232,7 @@ mod tests {
             ]),
             bins: BTreeSet::from(["rootlesskit", "newuidmap", "newgidmap"]),
             euid: 1001,
+            ..Fake::default()
         }
     }
 

@@ -17,7 +17,8 @@ export ECSD_ROOT
 # 1.4 drives iptables); podman is what hack/bench-run compares awsvpc task starts with;
 # docker-registry, skopeo and apache2-utils (htpasswd) make the registry lab of the pull tests
 # (hack/registry); rootlesskit and uidmap (newuidmap/newgidmap) run `ecsd serve --rootless`
-# (tests/rootless.rs), and slirp4netns is its future uplink.
+# (tests/rootless.rs), and slirp4netns gives the uplink namespace of a rootless ecsd (or of
+# ECSD_NETWORK_UPLINK=netns) its way out.
 ECSD_APT_PACKAGES=(
   ca-certificates curl jq
   python3 python3-venv

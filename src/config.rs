@@ -358,6 +358,8 @@ Environment:
   ECS_RESERVED_PORTS_UDP   UDP host ports never handed out (default [])
   ECSD_NETAVARK, ECSD_AARDVARK_DNS  the netavark and aardvark-dns binaries
                            (default /usr/lib/podman/netavark, /usr/lib/podman/aardvark-dns)
+  ECSD_SLIRP4NETNS         the slirp4netns that gives ECSD_NETWORK_UPLINK=netns its way out
+                           (default slirp4netns, from PATH)
   ECSD_EXEC_IDLE_TIMEOUT   end ECS Exec sessions without input or output this long (default 20m)
   ECSD_EXEC_MAX_SESSIONS   ECS Exec sessions per task at a time (default 10)
   ECSD_EXEC_URL            the ws:// or wss:// base URL ExecuteCommand's streamUrl starts with

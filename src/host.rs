@@ -80,6 +80,8 @@ pub struct HostFacts {
     /// OCI runtime binaries found (`runc`, `crun`).
     pub oci_runtimes: Vec<PathBuf>,
     pub netavark: Option<PathBuf>,
+    /// What gives the uplink namespace (rootless) its way out; it needs `tun_usable`.
+    pub slirp4netns: Option<PathBuf>,
     pub tun_usable: bool,
     pub unprivileged_port_start: Option<u16>,
     /// What `ecsd serve --rootless` re-executes under, and whether `newuidmap` and
@@ -158,6 +160,7 @@ impl HostFacts {
                 .exists(Path::new(NETAVARK))
                 .then(|| PathBuf::from(NETAVARK))
                 .or_else(|| os.which("netavark")),
+            slirp4netns: os.which("slirp4netns"),
             tun_usable: os.read_write(Path::new("/dev/net/tun")),
             unprivileged_port_start: os
                 .read(Path::new("/proc/sys/net/ipv4/ip_unprivileged_port_start"))
@@ -292,12 +295,29 @@ impl HostFacts {
                 "cgroup v2 without delegation to this user: task cpu and memory limits are not applied".into(),
             ),
         }
+        // The uplink namespace (always there rootless) gets its way out through slirp4netns.
+        let uplink =
+            "bridge and awsvpc tasks in the uplink namespace (rootless, or ECSD_NETWORK_UPLINK=netns)";
         if !self.tun_usable {
             say(
                 Level::Note,
-                "/dev/net/tun cannot be opened by this user: rootless networking (slirp4netns, pasta) would not work; root ecsd does not need it"
-                    .into(),
+                format!(
+                    "/dev/net/tun cannot be opened by this user: {uplink} cannot reach the outside until root \
+                     runs `chmod 0666 /dev/net/tun`; the next task network then attaches slirp4netns, with no restart"
+                ),
             );
+        }
+        match (&self.slirp4netns, self.rootless) {
+            (None, true) => say(
+                Level::Note,
+                format!(
+                    "slirp4netns is not installed: {uplink} cannot reach the outside (apt-get install slirp4netns)"
+                ),
+            ),
+            (Some(p), true) if self.tun_usable => {
+                say(Level::Ok, format!("{uplink} reach the outside through slirp4netns ({})", p.display()))
+            }
+            _ => {}
         }
         if let Some(port) = self.unprivileged_port_start.filter(|p| *p > 0 && self.rootless) {
             say(
@@ -387,6 +407,7 @@ mod tests {
         assert_eq!(f.oci_runtimes, [PathBuf::from("/usr/bin/runc")]);
         assert_eq!(f.unprivileged_port_start, Some(1024));
         assert!(!f.tun_usable);
+        assert_eq!(f.slirp4netns, None);
         assert!(f.can_serve(), "{:#?}", f.findings());
         let texts: Vec<String> = f.findings().into_iter().map(|f| f.text).collect();
         assert!(
@@ -420,7 +441,7 @@ mod tests {
     }
 
     #[test]
-    fn rootless_hosts_are_told_what_does_not_work_yet() {
+    fn rootless_hosts_are_told_what_does_not_work_and_how_to_fix_it() {
         let mut host = this_machine();
         host.euid = 1001;
         host.files.insert("/proc/self/uid_map", "0 1001 1\n1 100000 65536\n");
@@ -450,6 +471,23 @@ mod tests {
         );
         assert!(texts.iter().any(|t| t.contains("ip_unprivileged_port_start is 1024")), "{texts:#?}");
         assert!(texts.iter().any(|t| t.starts_with("cgroup v2 without delegation")), "{texts:#?}");
+        // No way out for the uplink: each missing piece named with its fix.
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains("cannot reach the outside until root runs `chmod 0666 /dev/net/tun`")),
+            "{texts:#?}"
+        );
+        assert!(texts.iter().any(|t| t.starts_with("slirp4netns is not installed")), "{texts:#?}");
+        host.bins.insert("slirp4netns");
+        host.writable.insert("/dev/net/tun");
+        let texts: Vec<String> =
+            HostFacts::probe(&host, Path::new(SOCKET)).findings().into_iter().map(|f| f.text).collect();
+        assert!(!texts.iter().any(|t| t.contains("tun") || t.contains("not installed")), "{texts:#?}");
+        assert!(
+            texts.iter().any(|t| t.contains("reach the outside through slirp4netns (/usr/bin/slirp4netns)")),
+            "{texts:#?}"
+        );
         // Delegated: the user may write its own cgroup.
         host.writable.insert("/sys/fs/cgroup/user.slice/user-1001.slice/session-1.scope/cgroup.procs");
         assert!(HostFacts::probe(&host, Path::new(SOCKET)).cgroup_delegated);

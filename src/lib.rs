@@ -618,6 +618,7 @@ mod runtime_choice_tests {
             cgroup_delegated: false,
             oci_runtimes: vec![PathBuf::from("/usr/sbin/runc")],
             netavark: None,
+            slirp4netns: None,
             tun_usable: false,
             unprivileged_port_start: None,
             rootlesskit: None,

@@ -101,6 +101,7 @@ fn doctor(args: &DoctorArgs) -> ExitCode {
                     facts.oci_runtimes.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
                 ),
                 ("netavark", path(&facts.netavark)),
+                ("slirp4netns", path(&facts.slirp4netns)),
                 ("/dev/net/tun", if facts.tun_usable { "usable" } else { "not usable by this user" }.into()),
                 (
                     "rootlesskit",
@@ -417,11 +418,21 @@ fn serve(args: &ServeArgs) -> ExitCode {
             parent_uid = env("ROOTLESSKIT_PARENT_EUID").as_deref().unwrap_or("?"),
             "rootless: ecsd, containerd and the tasks run in one rootlesskit user namespace"
         );
+        let outside = match (facts.tun_usable, &facts.slirp4netns) {
+            (true, Some(_)) => "through slirp4netns on ecsd's uplink namespace",
+            (false, _) => {
+                "through slirp4netns on ecsd's uplink namespace once /dev/net/tun is usable by this user \
+                 (it is not now: the first task network says how to fix it)"
+            }
+            (true, None) => {
+                "through slirp4netns on ecsd's uplink namespace once it is installed (it is not now: the \
+                 first task network says so)"
+            }
+        };
         warn!(
             "rootless: task cpu and memory limits are not applied ({}); host ports below {} are refused \
-             (net.ipv4.ip_unprivileged_port_start); bridge and awsvpc tasks reach each other and ecsd \
-             but nothing outside their networks (no slirp4netns uplink yet), and only their TCP ports \
-             are published on the host",
+             (net.ipv4.ip_unprivileged_port_start); bridge and awsvpc tasks reach each other, ecsd and \
+             the outside {outside}, and only their TCP ports are published on the host",
             facts.why_no_limits(),
             facts.unprivileged_port_start.unwrap_or(1024)
         );

@@ -3,6 +3,9 @@
 //! `ip netns add` fails), and task networks in an uplink namespace of ecsd's own
 //! (`ECSD_NETWORK_UPLINK=netns`) with published ports forwarded by ecsd.
 //!
+//! The uplink's way out is slirp4netns: the only "outside" a task reaches here is a namespace
+//! the test makes, on a veth pair to the host (`10.251.<n>.0/30`).
+//!
 //! Same set-up as tests/network_containerd.rs (root, `ECSD_TEST_CONTAINERD`, `ECSD_TEST_IMAGE`).
 //! All traffic stays between the host's loopback and namespaces these tests create.
 
@@ -16,6 +19,7 @@ use std::time::Duration;
 use aws_sdk_ecs::types::{ContainerOverride, KeyValuePair, PortMapping, TaskOverride};
 use ecsd::network::Namespaces;
 use harness::*;
+use support::outside::Outside;
 
 /// A key of the form task namespaces have (32 hex characters).
 fn key(n: u32) -> String {
@@ -254,7 +258,9 @@ async fn with_an_uplink_namespace_tasks_network_and_publish_ports_leaving_the_ho
     let _g = CONTAINERD.read().await;
     let host_veths = || {
         let out = Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
+        // The outside namespace's veth (`ecsdo<n>h`) of the test running beside this one is not ecsd's.
+        let veths = String::from_utf8_lossy(&out.stdout).into_owned();
+        veths.lines().filter(|l| !l.split(": ").nth(1).is_some_and(|n| n.starts_with("ecsdo"))).count()
     };
     let veths_before = host_veths();
     let e = Ecsd::start(&[("ECSD_NETWORK_UPLINK", "netns")]).await;
@@ -373,4 +379,104 @@ async fn a_published_port_answers_again_after_an_ecsd_restart_and_the_uplink_out
     assert!(http_get(&url).await.is_err(), "the port is unpublished");
     e.down().await;
     assert!(!uplink.exists(), "shutdown with no task left removes the uplink");
+}
+
+/// One try: `timeout 3 wget http://$TARGET/` (never `wget -T`: busybox 1.35's segfaults).
+const FETCH_ONCE: &str = "timeout 3 wget -qO- http://$TARGET/";
+
+/// The pids of the slirp4netns processes attached to the namespace at `netns`.
+fn slirps_on(netns: &Path) -> Vec<u32> {
+    let netns = netns.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let slirp = argv.first()?.ends_with(b"slirp4netns") && argv.contains(&netns.as_bytes());
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+            (slirp && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and containerd"]
+async fn with_an_uplink_namespace_awsvpc_tasks_reach_the_outside_through_slirp4netns() {
+    let _g = CONTAINERD.read().await;
+    let mut e = Ecsd::start(&[("ECSD_NETWORK_UPLINK", "netns")]).await;
+    let uplink = Path::new("/run/netns").join(format!("ecsd-{}-uplink", e.namespace));
+    let outside = Outside::start(e.network_index).await;
+    e.register_mode("client", "awsvpc", vec![sh("client", FETCH).build()]).await;
+    e.register_mode("once", "awsvpc", vec![sh("once", FETCH_ONCE).build()]).await;
+    e.register_mode("stay", "awsvpc", vec![sh("stay", "trap 'exit 0' TERM; sleep 600 & wait").build()]).await;
+    // The host itself reaches the server (positive control of the set-up).
+    let direct = std::net::TcpStream::connect((outside.addr.as_str(), outside.port));
+    assert!(direct.is_ok(), "the host reaches {}: {direct:?}", outside.target());
+    drop(direct);
+
+    // A task reaches the server; the same task against a port nobody serves fails.
+    let reached = run_client(&e, "client", &outside.target()).await;
+    let refused = run_client(&e, "once", &outside.closed()).await;
+    let t = e.wait_status_for(&reached, "STOPPED", 90).await;
+    assert_eq!(named(&t, "client").exit_code(), Some(0), "{}", e.logs(&reached, "client"));
+    assert_eq!(e.logs(&reached, "client").trim(), "hello, outside");
+    let t = e.wait_status_for(&refused, "STOPPED", 90).await;
+    assert_ne!(named(&t, "once").exit_code(), Some(0), "{}", e.logs(&refused, "once"));
+    let slirps = slirps_on(&uplink);
+    assert_eq!(slirps.len(), 1, "one slirp4netns on {}: {slirps:?}", uplink.display());
+
+    // A clean stop stops slirp4netns and, with no task left, removes the uplink.
+    e.down().await;
+    assert_eq!(slirps_on(&uplink), Vec::<u32>::new(), "stopped with ecsd");
+    assert!(!uplink.exists());
+
+    // Without slirp4netns attached (none installed where ecsd looks), the same request fails,
+    // and tasks still run.
+    e.env.push(("ECSD_SLIRP4NETNS".into(), "/nonexistent/slirp4netns".into()));
+    e.up().await;
+    let cut_off = run_client(&e, "once", &outside.target()).await;
+    let t = e.wait_status_for(&cut_off, "STOPPED", 90).await;
+    assert_ne!(named(&t, "once").exit_code(), Some(0), "{}", e.logs(&cut_off, "once"));
+    assert_eq!(slirps_on(&uplink), Vec::<u32>::new());
+    e.down().await;
+    e.env.retain(|(k, _)| k != "ECSD_SLIRP4NETNS");
+
+    // A task that keeps running keeps the uplink. An ecsd process started on it attaches
+    // slirp4netns at once; SIGKILLed, it leaves none behind (slirp4netns's exit pipe closes).
+    e.up().await;
+    let stay = arn_of(&e.run_awsvpc("stay", "subnet-default").await);
+    e.wait_status(&stay, "RUNNING").await;
+    e.down().await;
+    assert!(uplink.exists(), "the running task's uplink stays");
+    assert_eq!(slirps_on(&uplink), Vec::<u32>::new());
+    let mut spawned = e.spawn_binary();
+    eventually(WAIT, "the spawned ecsd to attach slirp4netns", || async {
+        (slirps_on(&uplink).len() == 1).then_some(())
+    })
+    .await;
+    spawned.kill();
+    eventually(WAIT, "slirp4netns to exit with the SIGKILLed ecsd", || async {
+        slirps_on(&uplink).is_empty().then_some(())
+    })
+    .await;
+
+    // The next start attaches again, and tasks reach the outside again.
+    e.up().await;
+    eventually(WAIT, "the next ecsd to attach slirp4netns", || async {
+        (slirps_on(&uplink).len() == 1).then_some(())
+    })
+    .await;
+    let again = run_client(&e, "client", &outside.target()).await;
+    let t = e.wait_status_for(&again, "STOPPED", 90).await;
+    assert_eq!(named(&t, "client").exit_code(), Some(0), "{}", e.logs(&again, "client"));
+    e.stop(&stay, "done").await;
+    e.wait_status(&stay, "STOPPED").await;
+    assert_eq!(e.sandboxes_left(), Vec::<String>::new());
+    e.down().await;
+    assert!(!uplink.exists(), "shutdown with no task left removes the uplink");
+    assert_eq!(slirps_on(&uplink), Vec::<u32>::new());
+    drop(outside);
 }

@@ -19,6 +19,7 @@ pub mod firewall;
 mod forward;
 mod netavark;
 pub mod netns;
+mod outbound;
 mod podman;
 pub mod settings;
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod sim;
 mod task_locks;
 
 pub use netavark::Netavark;
+pub use outbound::OutboundError;
 pub use podman::ExternalProblem;
 
 pub use settings::{NetworkDef, Settings, SettingsError, Uplink};

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, error, warn};
 
 use super::forward::{Forwarders, Route};
+use super::outbound::{self, Outbound, SlirpConfig};
 use super::podman::{self, External, Joined};
 use super::settings::{BRIDGE_PREFIX, Uplink};
 use super::task_locks::{TaskLocks, Ticket};
@@ -80,6 +81,8 @@ struct Inner {
     uplink: Option<PathBuf>,
     /// Published ports, with an uplink namespace.
     forwarders: Option<Forwarders>,
+    /// The uplink namespace's way out (slirp4netns), with an uplink namespace.
+    outbound: Option<Outbound>,
     /// Held while the uplink namespace is made: two tasks' first setups must not both make
     /// it, nor one use it before it is mounted.
     making_uplink: tokio::sync::Mutex<()>,
@@ -259,8 +262,27 @@ impl Netavark {
         std::fs::create_dir_all(config_dir.join("aardvark-dns"))
             .map_err(state(format!("cannot create {}", config_dir.display())))?;
         let uplink = (settings.uplink == Uplink::Netns).then(|| namespaces.path(UPLINK_KEY));
+        let outbound = match (&uplink, outbound::subnet_for(&settings.networks)) {
+            (None, _) => None,
+            (Some(_), Some(cidr)) => Some(Outbound::new(SlirpConfig {
+                program: settings.slirp4netns.clone(),
+                tun: settings.tun.clone(),
+                cidr: cidr.to_owned(),
+                ready_timeout: outbound::READY_TIMEOUT,
+                retry_after: outbound::RETRY_AFTER,
+            })),
+            (Some(_), None) => {
+                warn!(
+                    "bridge and awsvpc tasks have no outbound connectivity: the task networks overlap \
+                       every subnet slirp4netns could use (10.0.2.0/24, 10.255.254.0/24, \
+                       172.31.254.0/24, 192.168.254.0/24); fix: free one of them"
+                );
+                None
+            }
+        };
         let inner = Inner {
             forwarders: uplink.as_deref().map(Forwarders::new),
+            outbound,
             making_uplink: tokio::sync::Mutex::new(()),
             uplink,
             settings,
@@ -298,7 +320,17 @@ impl Netavark {
                 }
             }
         }
-        Ok(Netavark { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        // Tasks that kept running while no ecsd was up get their way out back at once (the
+        // slirp4netns of the last ecsd exited with it).
+        if let (Some(path), Ok(runtime)) = (&inner.uplink, tokio::runtime::Handle::try_current())
+            && path.exists()
+            && !inner.sandbox_keys()?.is_empty()
+        {
+            let inner = inner.clone();
+            runtime.spawn(async move { inner.ensure_outbound().await });
+        }
+        Ok(Netavark { inner })
     }
 }
 
@@ -692,6 +724,10 @@ impl Inner {
         if path.exists() {
             return Ok(());
         }
+        if let Some(outbound) = &self.outbound {
+            // Attached to a namespace that is gone: its tap went with it.
+            outbound.stop().await;
+        }
         self.namespaces.add_empty(UPLINK_KEY).await?;
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
         if let Err(e) = self.namespaces.ip_batch(&name, "link set lo up\n").await {
@@ -703,11 +739,27 @@ impl Inner {
         Ok(())
     }
 
-    /// At daemon shutdown: closes the published ports; removes the uplink namespace when no
-    /// sandbox is left (running tasks keep theirs, and their bridge in it, for the next start).
+    /// Attaches slirp4netns to the uplink namespace if it is not attached (or has exited).
+    /// Never fails: without it, tasks run with no way out (said once, see [`Outbound`]).
+    async fn ensure_outbound(&self) {
+        if let (Some(outbound), Some(path)) = (&self.outbound, &self.uplink) {
+            let _making = self.making_uplink.lock().await;
+            if path.exists() {
+                outbound.ensure(path).await;
+            }
+        }
+    }
+
+    /// At daemon shutdown: closes the published ports and stops slirp4netns (it would exit
+    /// with ecsd anyway; the next start attaches a new one for the tasks still running);
+    /// removes the uplink namespace when no sandbox is left (running tasks keep theirs, and
+    /// their bridge in it, for the next start).
     async fn shutdown(&self) {
         if let Some(forwarders) = &self.forwarders {
             forwarders.stop_all().await;
+        }
+        if let Some(outbound) = &self.outbound {
+            outbound.stop().await;
         }
         let Some(path) = &self.uplink else { return };
         match self.sandbox_keys() {
@@ -874,6 +926,7 @@ impl Inner {
         self.remove(task_id).await?;
         if sandboxes.iter().any(|s| s.attach.is_some()) {
             self.ensure_uplink().await?;
+            self.ensure_outbound().await;
         }
         let mut made = Vec::with_capacity(sandboxes.len());
         for spec in sandboxes {
@@ -1129,14 +1182,17 @@ mod tests {
         format!("{n:032x}")
     }
 
-    /// [`host`] with the networks in an uplink namespace.
+    /// [`host`] with the networks in an uplink namespace, and a stand-in slirp4netns.
     fn host_uplink() -> Host {
         let dir = tempfile::tempdir().unwrap();
         let sim = Sim::new(dir.path());
+        let (slirp4netns, tun) = super::super::outbound::tests::write_fake(dir.path());
         let settings = Settings {
             networks: vec![NetworkDef::new("default", "10.9.0.0/24", Some("ecsdt9"), true).unwrap()],
             netavark: PathBuf::from("/sim/netavark"),
             uplink: Uplink::Netns,
+            slirp4netns,
+            tun,
             ..Settings::default()
         };
         let namespaces = Namespaces::with_runner("ecsd-t-", &sim.netns_dir, sim.clone());
@@ -1169,6 +1225,74 @@ mod tests {
         b.unwrap();
         assert_eq!(h.sim.calls("ip netns add ecsd-t-uplink"), 1);
         assert_eq!(h.sim.calls("ip -n ecsd-t-uplink -batch -"), 1, "loopback up, once");
+    }
+
+    impl Host {
+        /// The command lines the stand-in slirp4netns was started with.
+        fn slirp_calls(&self) -> Vec<String> {
+            let calls =
+                std::fs::read_to_string(self.dir.path().join("slirp4netns.calls")).unwrap_or_default();
+            calls.lines().map(str::to_owned).collect()
+        }
+
+        async fn slirp_pid(&self) -> Option<u32> {
+            self.net.inner.outbound.as_ref()?.pid().await
+        }
+    }
+
+    #[tokio::test]
+    async fn slirp_is_attached_to_the_uplink_once_and_stopped_at_shutdown() {
+        let h = host_uplink();
+        let plain = vec![SandboxSpec { container: None, attach: attach(false) }];
+        h.net.create(&task(40), &[SandboxSpec { container: None, attach: None }]).await.unwrap();
+        assert_eq!(h.slirp_calls().len(), 0, "no uplink, no slirp4netns for a task without network");
+        let (one, two) = (task(41), task(42));
+        let (a, b) = tokio::join!(h.net.create(&one, &plain), h.net.create(&two, &plain));
+        a.unwrap();
+        b.unwrap();
+        let calls = h.slirp_calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        let uplink = h.net.inner.uplink.clone().unwrap();
+        assert!(calls[0].ends_with(&format!("--netns-type=path {} tap0", uplink.display())), "{calls:?}");
+        assert!(calls[0].contains("--cidr=10.0.2.0/24"), "{calls:?}");
+        let pid = h.slirp_pid().await.unwrap();
+
+        // Removed behind ecsd's back: the uplink is made again and slirp4netns with it.
+        for t in [40, 41, 42] {
+            h.net.remove(&task(t)).await.unwrap();
+        }
+        h.sim.lose_namespace("ecsd-t-uplink");
+        h.net.create(&task(43), &plain).await.unwrap();
+        assert!(super::super::outbound::tests::gone(pid), "the old one was stopped and reaped");
+        assert_eq!(h.slirp_calls().len(), 2);
+        let pid = h.slirp_pid().await.unwrap();
+
+        // The tasks keep running across an ecsd restart; the next ecsd attaches its own.
+        h.net.shutdown().await;
+        assert!(super::super::outbound::tests::gone(pid), "stopped and reaped at shutdown");
+        let again = Netavark::build(
+            h.net.inner.settings.clone(),
+            h.net.inner.namespaces.clone(),
+            &h.net.inner.state_dir,
+            &h.sim.sys_dir,
+            Duration::from_millis(1),
+            vec![],
+            h.sim.clone(),
+        )
+        .unwrap();
+        wait_until("the next ecsd to attach slirp4netns", || h.slirp_calls().len() == 3).await;
+        again.remove(&task(43)).await.unwrap();
+        again.shutdown().await;
+        assert_eq!(again.inner.outbound.as_ref().unwrap().pid().await, None);
+        assert!(!uplink.exists());
+    }
+
+    #[tokio::test]
+    async fn with_the_hosts_uplink_no_slirp_is_started() {
+        let h = host();
+        h.net.create(&task(44), &one()).await.unwrap();
+        assert!(h.net.inner.outbound.is_none());
+        h.net.remove(&task(44)).await.unwrap();
     }
 
     #[tokio::test]

@@ -125,7 +125,8 @@ pub enum Uplink {
     /// In a network namespace of ecsd's own (`<prefix>uplink`), where netavark, aardvark-dns
     /// and ecsd's isolation rules run, and published ports are forwarded into by ecsd: for a
     /// rootless ecsd, which cannot make bridges or firewall rules in the host's namespace.
-    /// Tasks have no route to the outside (no slirp4netns yet).
+    /// Tasks reach the outside through slirp4netns attached to it, when `/dev/net/tun` is
+    /// usable and slirp4netns installed.
     Netns,
 }
 
@@ -149,6 +150,10 @@ pub struct Settings {
     pub podman: PathBuf,
     /// `ECSD_NETWORK_UPLINK` (`host` or `netns`).
     pub uplink: Uplink,
+    /// The slirp4netns that gives the uplink namespace its way out (`ECSD_SLIRP4NETNS`).
+    pub slirp4netns: PathBuf,
+    /// The tun device slirp4netns opens.
+    pub tun: PathBuf,
 }
 
 impl Default for Settings {
@@ -166,6 +171,8 @@ impl Default for Settings {
             external: vec![],
             podman: PathBuf::from("podman"),
             uplink: Uplink::Host,
+            slirp4netns: PathBuf::from("slirp4netns"),
+            tun: PathBuf::from("/dev/net/tun"),
         }
     }
 }
@@ -344,6 +351,8 @@ impl Settings {
                 .map(PathBuf::from)
                 .or(file.tasks.aardvark_dns)
                 .unwrap_or(defaults.aardvark),
+            slirp4netns: env("ECSD_SLIRP4NETNS").map(PathBuf::from).unwrap_or(defaults.slirp4netns),
+            tun: defaults.tun,
         })
     }
 

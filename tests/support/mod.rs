@@ -4,6 +4,7 @@
 //! (the API tests with a `#[path]`).
 #![allow(dead_code)]
 
+pub mod outside;
 pub mod podman;
 pub mod registry;
 

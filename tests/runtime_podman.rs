@@ -434,6 +434,23 @@ async fn exec_runs_health_checks_and_times_out() {
     assert_eq!(long.output.len(), 1024);
     assert!(long.output.ends_with("1999\n2000\n"), "{}", long.output);
 
+    // 100 health checks: their exec conmons go within the service's exit_command_delay (5 s,
+    // not Podman's 300 s) once the checks stop. (While checks keep coming quicker than that,
+    // they all stay until 5 s after the last one: counted and printed, not bounded here.) The
+    // container's own conmon stays throughout (the positive control of the count).
+    let execs =
+        || support::podman::conmons(env.dir.path()).into_iter().filter(|c| c.contains(" --exec")).count();
+    let (mut most, started) = (0, Instant::now());
+    for _ in 0..100 {
+        let ok = run(&["true"]).await.unwrap();
+        assert_eq!(ok.exit_code, 0);
+        most = most.max(execs());
+    }
+    eprintln!("100 health-check execs: {:?}, at most {most} exec conmons at once", started.elapsed());
+    assert!(most > 0, "exec conmons are counted");
+    eventually(30, "the exec conmons gone", || async { (execs() == 0).then_some(()) }).await;
+    assert_eq!(support::podman::conmons(env.dir.path()).len(), 1, "the container's own conmon stays");
+
     let started = Instant::now();
     match run_to_completion(&env.rt, &id, process(&["sleep", "30"]), Duration::from_millis(500)).await {
         Err(RuntimeError::Timeout { operation: "exec", .. }) => {}
@@ -442,6 +459,7 @@ async fn exec_runs_health_checks_and_times_out() {
     assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
     // Health-check exits are not container exits.
     assert_eq!(env.try_wait_exit(&id, Duration::from_millis(300)).await, None);
+
     match env.rt.exec("never-existed", exec_spec(&["true"])).await {
         Err(RuntimeError::NotFound { what, id }) => {
             assert_eq!((what, id.as_str()), ("task", "never-existed"))

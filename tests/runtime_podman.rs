@@ -501,14 +501,18 @@ async fn exec_streams_stdin_terminal_and_kill() {
     assert!(out == data, "cat returned {} other bytes", out.len());
     assert_eq!(exec.wait().await.unwrap(), 0);
 
-    // A terminal with its size from the start, then resized.
-    let mut spec = exec_spec(&["sh", "-c", "stty size; read x; stty size"]);
+    // A terminal with its size from the start, then resized. libpod applies the start size
+    // after the process has started (seen under load: a `stty size` at once found no size), so
+    // the shell asks until the terminal has one; the size it then reads is the start's.
+    let first = "for i in $(seq 200); do s=$(stty size 2>/dev/null) && [ \"$s\" != '0 0' ] && break; \
+                 sleep 0.05; done; echo \"size $s\"; read x; stty size";
+    let mut spec = exec_spec(&["sh", "-c", first]);
     spec.process.set_terminal(Some(true));
     spec.stdin = true;
     spec.console_size = Some(ConsoleSize { cols: 132, rows: 40 });
     let mut exec = env.rt.exec(&id, spec).await.unwrap();
     let mut stdout = exec.stdout.take().unwrap();
-    read_until(&mut stdout, "the first size", |t| t.contains("40 132")).await;
+    read_until(&mut stdout, "the first size", |t| t.contains("size 40 132")).await;
     exec.resize(100, 30).await.unwrap();
     let mut stdin = exec.stdin.take().unwrap();
     stdin.write_all(b"go\r").await.unwrap();

@@ -266,6 +266,9 @@ async fn spawn(program: &Path, layout: &Layout) -> Result<Child, ServiceError> {
     let child = Command::new(program)
         .args(layout.args())
         .env("CONTAINERS_CONF", &layout.conf)
+        // conmon inherits the service's working directory and writes files there (an empty
+        // `oom` appeared in the directory ecsd was started from): keep them in the service's.
+        .current_dir(&layout.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))

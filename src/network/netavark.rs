@@ -1151,6 +1151,34 @@ mod tests {
         net: Netavark,
     }
 
+    impl Host {
+        /// The networks of `settings` on `sim`, with their state under `dir`.
+        fn build(dir: tempfile::TempDir, sim: Arc<Sim>, settings: Settings) -> Host {
+            let namespaces = Namespaces::with_runner("ecsd-t-", &sim.netns_dir, sim.clone());
+            let net = Self::start(&sim, settings, namespaces, &dir.path().join("network"));
+            Host { dir, sim, net }
+        }
+
+        /// Another Netavark on this one's settings and state, as the next ecsd start makes it.
+        fn restart(&self) -> Netavark {
+            let inner = &self.net.inner;
+            Self::start(&self.sim, inner.settings.clone(), inner.namespaces.clone(), &inner.state_dir)
+        }
+
+        fn start(sim: &Arc<Sim>, settings: Settings, namespaces: Namespaces, state_dir: &Path) -> Netavark {
+            Netavark::build(
+                settings,
+                namespaces,
+                state_dir,
+                &sim.sys_dir,
+                Duration::from_millis(1),
+                vec![],
+                sim.clone(),
+            )
+            .unwrap()
+        }
+    }
+
     fn host() -> Host {
         host_with(true)
     }
@@ -1163,19 +1191,7 @@ mod tests {
             netavark: PathBuf::from("/sim/netavark"),
             ..Settings::default()
         };
-        let namespaces = Namespaces::with_runner("ecsd-t-", &sim.netns_dir, sim.clone());
-        let state_dir = dir.path().join("network");
-        let net = Netavark::build(
-            settings,
-            namespaces,
-            &state_dir,
-            &sim.sys_dir,
-            Duration::from_millis(1),
-            vec![],
-            sim.clone(),
-        )
-        .unwrap();
-        Host { dir, sim, net }
+        Host::build(dir, sim, settings)
     }
 
     fn task(n: u32) -> String {
@@ -1195,19 +1211,7 @@ mod tests {
             tun,
             ..Settings::default()
         };
-        let namespaces = Namespaces::with_runner("ecsd-t-", &sim.netns_dir, sim.clone());
-        let state_dir = dir.path().join("network");
-        let net = Netavark::build(
-            settings,
-            namespaces,
-            &state_dir,
-            &sim.sys_dir,
-            Duration::from_millis(1),
-            vec![],
-            sim.clone(),
-        )
-        .unwrap();
-        Host { dir, sim, net }
+        Host::build(dir, sim, settings)
     }
 
     /// A TCP port nothing listens on now.
@@ -1270,16 +1274,7 @@ mod tests {
         // The tasks keep running across an ecsd restart; the next ecsd attaches its own.
         h.net.shutdown().await;
         assert!(super::super::outbound::tests::gone(pid), "stopped and reaped at shutdown");
-        let again = Netavark::build(
-            h.net.inner.settings.clone(),
-            h.net.inner.namespaces.clone(),
-            &h.net.inner.state_dir,
-            &h.sim.sys_dir,
-            Duration::from_millis(1),
-            vec![],
-            h.sim.clone(),
-        )
-        .unwrap();
+        let again = h.restart();
         wait_until("the next ecsd to attach slirp4netns", || h.slirp_calls().len() == 3).await;
         again.remove(&task(43)).await.unwrap();
         again.shutdown().await;
@@ -1675,16 +1670,7 @@ mod tests {
         let h = host();
         let tmp = h.net.inner.state_dir.join(format!("{}.json.tmp", task(16)));
         std::fs::write(&tmp, b"{").unwrap();
-        let again = Netavark::build(
-            h.net.inner.settings.clone(),
-            h.net.inner.namespaces.clone(),
-            &h.net.inner.state_dir,
-            &h.sim.sys_dir,
-            Duration::from_millis(1),
-            vec![],
-            h.sim.clone(),
-        )
-        .unwrap();
+        let again = h.restart();
         assert!(!tmp.exists());
         assert_eq!(again.list().await.unwrap(), Vec::<String>::new());
     }
@@ -1693,16 +1679,7 @@ mod tests {
     async fn addresses_held_at_start_are_not_handed_out_again() {
         let h = host();
         let made = h.net.create(&task(17), &one()).await.unwrap();
-        let again = Netavark::build(
-            h.net.inner.settings.clone(),
-            h.net.inner.namespaces.clone(),
-            &h.net.inner.state_dir,
-            &h.sim.sys_dir,
-            Duration::from_millis(1),
-            vec![],
-            h.sim.clone(),
-        )
-        .unwrap();
+        let again = h.restart();
         let used = &again.inner.ipam.lock().unwrap().used;
         assert_eq!(used["default"], BTreeSet::from([made[0].iface.as_ref().unwrap().address]));
     }

@@ -21,6 +21,8 @@ pub trait HostOs {
     fn read_write(&self, path: &Path) -> bool;
     /// Whether something accepts connections on the unix socket at `path`.
     fn answers(&self, path: &Path) -> bool;
+    /// An environment variable (ecsd's own settings that name programs).
+    fn var(&self, name: &str) -> Option<String>;
 }
 
 /// The real host.
@@ -49,6 +51,9 @@ impl HostOs for RealHost {
     }
     fn answers(&self, path: &Path) -> bool {
         std::os::unix::net::UnixStream::connect(path).is_ok()
+    }
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
     }
 }
 
@@ -160,7 +165,12 @@ impl HostFacts {
                 .exists(Path::new(NETAVARK))
                 .then(|| PathBuf::from(NETAVARK))
                 .or_else(|| os.which("netavark")),
-            slirp4netns: os.which("slirp4netns"),
+            // The one ecsd will run: ECSD_SLIRP4NETNS (a path, or a name on PATH) when set.
+            slirp4netns: match os.var("ECSD_SLIRP4NETNS").filter(|v| !v.is_empty()) {
+                Some(p) if p.contains('/') => Some(PathBuf::from(p)).filter(|p| os.exists(p)),
+                Some(name) => os.which(&name),
+                None => os.which("slirp4netns"),
+            },
             tun_usable: os.read_write(Path::new("/dev/net/tun")),
             unprivileged_port_start: os
                 .read(Path::new("/proc/sys/net/ipv4/ip_unprivileged_port_start"))
@@ -311,7 +321,8 @@ impl HostFacts {
             (None, true) => say(
                 Level::Note,
                 format!(
-                    "slirp4netns is not installed: {uplink} cannot reach the outside (apt-get install slirp4netns)"
+                    "slirp4netns is not installed (or not where ECSD_SLIRP4NETNS points): {uplink} cannot reach \
+                     the outside (apt-get install slirp4netns)"
                 ),
             ),
             (Some(p), true) if self.tun_usable => {
@@ -351,6 +362,7 @@ pub(crate) mod fake {
         pub(crate) bins: BTreeSet<&'static str>,
         pub(crate) answering: BTreeSet<&'static str>,
         pub(crate) writable: BTreeSet<&'static str>,
+        pub(crate) vars: BTreeMap<&'static str, &'static str>,
         pub(crate) euid: u32,
     }
 
@@ -372,6 +384,9 @@ pub(crate) mod fake {
         }
         fn answers(&self, path: &Path) -> bool {
             path.to_str().is_some_and(|p| self.answering.contains(p))
+        }
+        fn var(&self, name: &str) -> Option<String> {
+            self.vars.get(name).map(|v| v.to_string())
         }
     }
 }
@@ -488,6 +503,16 @@ mod tests {
             texts.iter().any(|t| t.contains("reach the outside through slirp4netns (/usr/bin/slirp4netns)")),
             "{texts:#?}"
         );
+        // ECSD_SLIRP4NETNS is the one ecsd runs: a path that is not there is no slirp4netns,
+        // one that is, or a name on PATH, is.
+        host.vars.insert("ECSD_SLIRP4NETNS", "/opt/slirp/slirp4netns");
+        assert_eq!(HostFacts::probe(&host, Path::new(SOCKET)).slirp4netns, None);
+        host.files.insert("/opt/slirp/slirp4netns", "");
+        let found = HostFacts::probe(&host, Path::new(SOCKET)).slirp4netns;
+        assert_eq!(found, Some(PathBuf::from("/opt/slirp/slirp4netns")));
+        host.vars.insert("ECSD_SLIRP4NETNS", "slirp4netns");
+        let found = HostFacts::probe(&host, Path::new(SOCKET)).slirp4netns;
+        assert_eq!(found, Some(PathBuf::from("/usr/bin/slirp4netns")));
         // Delegated: the user may write its own cgroup.
         host.writable.insert("/sys/fs/cgroup/user.slice/user-1001.slice/session-1.scope/cgroup.procs");
         assert!(HostFacts::probe(&host, Path::new(SOCKET)).cgroup_delegated);

@@ -423,10 +423,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub introspection_listen: Option<String>,
 
-    /// Run as this unprivileged user: ecsd re-executes itself with its own containerd inside
-    /// a rootlesskit user namespace (needs rootlesskit, newuidmap/newgidmap, ranges in
-    /// /etc/subuid and /etc/subgid, and XDG_RUNTIME_DIR). State goes to $XDG_DATA_HOME/ecsd,
-    /// containerd's runtime state and the containers' FIFOs to $XDG_RUNTIME_DIR/ecsd, the
+    /// Run as this unprivileged user: ecsd re-executes itself with its own containerd (or, with
+    /// --runtime podman, its own Podman service) inside a rootlesskit user namespace (needs
+    /// rootlesskit, newuidmap/newgidmap, ranges in /etc/subuid and /etc/subgid, and
+    /// XDG_RUNTIME_DIR). State goes to $XDG_DATA_HOME/ecsd, the runtime's run state, its
+    /// socket and the containers' FIFOs to $XDG_RUNTIME_DIR/ecsd, the
     /// config file is $XDG_CONFIG_HOME/ecsd/config.toml. Task cpu and memory limits are not
     /// applied without cgroup delegation, host ports below net.ipv4.ip_unprivileged_port_start
     /// are refused, and bridge and awsvpc task networks run in ecsd's own uplink network
@@ -705,18 +706,19 @@ impl Config {
                 reason: "expected auto, containerd or podman".into(),
             })?,
         };
-        if rootless && runtime == RuntimeChoice::Podman {
+        let podman_socket =
+            args.podman_socket.clone().or_else(|| non_empty("ECSD_PODMAN_SOCKET").map(PathBuf::from));
+        if let (true, Some(socket)) = (rootless, &podman_socket) {
             return Err(ConfigError {
-                name: if args.runtime.is_some() { "--runtime" } else { "ECSD_RUNTIME" }.into(),
-                value: "podman".into(),
-                reason: "a rootless ecsd runs its tasks on its own containerd inside its user namespace; \
-                         the Podman runtime needs root for now (install containerd and runc, or leave \
-                         the runtime unset)"
+                name: if args.podman_socket.is_some() { "--podman-socket" } else { "ECSD_PODMAN_SOCKET" }
+                    .into(),
+                value: socket.display().to_string(),
+                reason: "a rootless ecsd runs its own Podman service inside its user namespace, where its \
+                         task network namespaces are; a Podman service outside it (such as the user's \
+                         own) cannot join them. Leave it unset"
                     .into(),
             });
         }
-        let podman_socket =
-            args.podman_socket.clone().or_else(|| non_empty("ECSD_PODMAN_SOCKET").map(PathBuf::from));
         let duration = |name: &str, default: Duration, min: Duration| -> Result<Duration, ConfigError> {
             match non_empty(name) {
                 None => Ok(default),
@@ -1282,19 +1284,27 @@ mod tests {
     }
 
     #[test]
-    fn rootless_refuses_the_podman_runtime_by_name() {
+    fn rootless_takes_podman_but_not_a_podman_service_of_its_own() {
         let rootless = |runtime| ServeArgs { rootless: true, runtime, ..ServeArgs::default() };
         let home = [("HOME", "/nonexistent")];
-        let e = resolve(rootless(Some(RuntimeChoice::Podman)), &home).unwrap_err();
-        assert_eq!((e.name.as_str(), e.value.as_str()), ("--runtime", "podman"));
-        assert!(e.reason.contains("its own containerd"), "{}", e.reason);
-        let e = resolve(rootless(None), &[("HOME", "/nonexistent"), ("ECSD_RUNTIME", "podman")]).unwrap_err();
-        assert_eq!(e.name, "ECSD_RUNTIME");
-        // Positive controls: containerd and auto, and Podman as root.
-        assert!(resolve(rootless(Some(RuntimeChoice::Containerd)), &home).is_ok());
-        assert!(resolve(rootless(None), &home).is_ok());
-        let root = ServeArgs { runtime: Some(RuntimeChoice::Podman), ..ServeArgs::default() };
-        assert_eq!(resolve(root, &home).unwrap().runtime, RuntimeChoice::Podman);
+        assert_eq!(
+            resolve(rootless(Some(RuntimeChoice::Podman)), &home).unwrap().runtime,
+            RuntimeChoice::Podman
+        );
+        let args =
+            ServeArgs { podman_socket: Some("/run/user/7/podman/podman.sock".into()), ..rootless(None) };
+        let e = resolve(args, &home).unwrap_err();
+        assert_eq!(
+            (e.name.as_str(), e.value.as_str()),
+            ("--podman-socket", "/run/user/7/podman/podman.sock")
+        );
+        assert!(e.reason.contains("cannot join them"), "{}", e.reason);
+        let e = resolve(rootless(None), &[("HOME", "/nonexistent"), ("ECSD_PODMAN_SOCKET", "/p.sock")])
+            .unwrap_err();
+        assert_eq!(e.name, "ECSD_PODMAN_SOCKET");
+        // Positive control: as root, a running service's socket is taken.
+        let root = ServeArgs { podman_socket: Some("/p.sock".into()), ..ServeArgs::default() };
+        assert_eq!(resolve(root, &home).unwrap().podman_socket, Some(PathBuf::from("/p.sock")));
     }
 
     #[test]

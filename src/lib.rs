@@ -200,9 +200,13 @@ pub fn choose_runtime(
         RuntimeChoice::Auto if facts.containerd.binary.is_some() => {
             (ChosenRuntime::Containerd, "containerd is installed")
         }
-        // Rootless (config refuses an explicit podman): its own containerd in its namespace.
+        // Rootless: a service of ecsd's own in its user namespace, never one that answers outside.
+        RuntimeChoice::Auto if facts.rootless && facts.podman.binary.is_some() => (
+            ChosenRuntime::Podman,
+            "rootless, no containerd is installed, and Podman is: ecsd runs its own Podman service in its user namespace",
+        ),
         RuntimeChoice::Auto if facts.rootless => {
-            (ChosenRuntime::Containerd, "rootless: ecsd runs its own containerd in its user namespace")
+            (ChosenRuntime::Containerd, "rootless, and Podman is not installed")
         }
         RuntimeChoice::Auto if facts.podman.binary.is_some() || facts.podman.answers => {
             (ChosenRuntime::Podman, "no containerd is installed or answers, and Podman is installed")
@@ -292,7 +296,16 @@ async fn start_on_podman(config: &Config, store: Store) -> Result<Daemon, StartE
             (None, socket.clone())
         }
         None => {
-            let service = runtime::podman::service::start(&config.data_dir)
+            use runtime::podman::service::{Layout, RootlessUser, ServiceError};
+            let layout = match (&config.run_dir, config.rootless) {
+                (Some(run), true) => {
+                    let (uid, gid) = rootless::parent_ids(&|k| std::env::var(k).ok())
+                        .ok_or(StartError::Podman { source: ServiceError::NotUnderRootlesskit })?;
+                    Layout::rootless(&config.data_dir, run, RootlessUser { uid, gid })
+                }
+                _ => Layout::new(&config.data_dir),
+            };
+            let service = runtime::podman::service::start_in(layout)
                 .await
                 .map_err(|source| StartError::Podman { source })?;
             let socket = service.socket().to_owned();
@@ -636,9 +649,15 @@ mod runtime_choice_tests {
             (chosen, why),
             (ChosenRuntime::Podman, "no containerd is installed or answers, and Podman is installed")
         );
-        // Rootless without containerd installed: still containerd, never the host's Podman.
-        let rootless = HostFacts { rootless: true, ..facts((false, false), (true, true)) };
-        assert_eq!(choose_runtime(auto, &rootless).0, ChosenRuntime::Containerd);
+        // Rootless: containerd when installed, else its own Podman service, never one that
+        // only answers (it would be outside ecsd's user namespace).
+        let rootless = |c, p| HostFacts { rootless: true, ..facts(c, p) };
+        assert_eq!(choose_runtime(auto, &rootless((true, false), (true, true))).0, ChosenRuntime::Containerd);
+        assert_eq!(choose_runtime(auto, &rootless((false, false), (true, false))).0, ChosenRuntime::Podman);
+        assert_eq!(
+            choose_runtime(auto, &rootless((false, false), (false, true))).0,
+            ChosenRuntime::Containerd
+        );
         // Nothing at all: containerd, which then says it is unavailable.
         assert_eq!(choose_runtime(auto, &facts((false, false), (false, false))).0, ChosenRuntime::Containerd);
     }

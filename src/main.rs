@@ -416,7 +416,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             data_dir = %config.data_dir.display(),
             run_dir = %config.run_dir.as_deref().unwrap_or(std::path::Path::new("")).display(),
             parent_uid = env("ROOTLESSKIT_PARENT_EUID").as_deref().unwrap_or("?"),
-            "rootless: ecsd, containerd and the tasks run in one rootlesskit user namespace"
+            "rootless: ecsd, its container runtime and the tasks run in one rootlesskit user namespace"
         );
         let outside = match (facts.tun_usable, &facts.slirp4netns) {
             (true, Some(_)) => "through slirp4netns on ecsd's uplink namespace",

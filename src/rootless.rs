@@ -8,7 +8,11 @@
 //! rootlesskit command line, the XDG directories, and what ecsd prepares inside before it
 //! starts: a private `/run` (rootlesskit's copy-up) where containerd, runc, `ip netns` and
 //! iptables' lock get directories of their own instead of links to the host's.
-//! It does not start containerd or tasks: `lib.rs` does, as under root.
+//! It does not start the runtime or tasks: `lib.rs` does, as under root. The runtime runs in
+//! the same namespace: ecsd's embedded containerd, or (`--runtime podman`) a Podman service
+//! that is rootless Podman already inside this user namespace (see
+//! `runtime::podman::service::RootlessUser`), so that its containers can join the task network
+//! namespaces ecsd makes here.
 
 use std::ffi::OsString;
 use std::io;
@@ -72,6 +76,13 @@ pub fn run_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
 /// Whether this process is the ecsd that rootlesskit started (set by [`Plan::command`]).
 pub fn inside(env: &dyn Fn(&str) -> Option<String>) -> bool {
     env(INSIDE_ENV).is_some_and(|v| v == "1") && env("ROOTLESSKIT_STATE_DIR").is_some()
+}
+
+/// The uid and gid of the user who started a rootless ecsd, as rootlesskit tells the process
+/// it runs (`ROOTLESSKIT_PARENT_EUID`, `ROOTLESSKIT_PARENT_EGID`); `None` outside it.
+pub fn parent_ids(env: &dyn Fn(&str) -> Option<String>) -> Option<(u32, u32)> {
+    let id = |k| env(k).and_then(|v| v.parse::<u32>().ok());
+    Some((id("ROOTLESSKIT_PARENT_EUID")?, id("ROOTLESSKIT_PARENT_EGID")?))
 }
 
 /// What the checks found: how to re-execute under rootlesskit.
@@ -310,6 +321,17 @@ mod tests {
         );
         assert_eq!(run_dir(&vars), None);
         assert_eq!(run_dir(&env(RUN)), Some(PathBuf::from("/run/user/1001/ecsd")));
+    }
+
+    #[test]
+    fn the_users_ids_come_from_rootlesskit() {
+        let inside = env(&[("ROOTLESSKIT_PARENT_EUID", "1001"), ("ROOTLESSKIT_PARENT_EGID", "1002")]);
+        assert_eq!(parent_ids(&inside), Some((1001, 1002)));
+        assert_eq!(parent_ids(&env(&[("ROOTLESSKIT_PARENT_EUID", "1001")])), None);
+        assert_eq!(
+            parent_ids(&env(&[("ROOTLESSKIT_PARENT_EUID", "x"), ("ROOTLESSKIT_PARENT_EGID", "1")])),
+            None
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `ecsd serve --rootless` as a real unprivileged user: a user made for the test (random name,
 //! its own subuid/subgid range and XDG_RUNTIME_DIR, removed afterwards with its files and
 //! ranges even when the test fails) runs the built binary; the aws CLI of the venv drives it;
-//! images come from the registry lab on 127.0.0.1.
+//! images come from the registry lab on 127.0.0.1. The user's ecsd runs its tasks on
+//! containerd, or on its own Podman service with `ECSD_TEST_RUNTIME=podman` (hack/test's podman
+//! tier).
 //!
 //! Root only (it creates a user): `#[ignore]`, run by the root tier of hack/test. It needs
 //! rootlesskit, uidmap (newuidmap/newgidmap), setpriv, useradd/userdel and the venv's aws CLI.
@@ -15,6 +17,16 @@ use std::process::{Child, Command, Stdio};
 
 use support::eventually;
 use support::registry::LabRegistry;
+
+/// The runtime the user's ecsd runs its tasks on: `ECSD_TEST_RUNTIME` (hack/test's podman tier
+/// sets `podman`), else containerd.
+fn runtime() -> String {
+    match std::env::var("ECSD_TEST_RUNTIME").as_deref() {
+        Err(_) | Ok("") | Ok("containerd") => "containerd".to_owned(),
+        Ok("podman") => "podman".to_owned(),
+        Ok(other) => panic!("ECSD_TEST_RUNTIME={other}: expected containerd or podman"),
+    }
+}
 
 /// What a test user's ecsd sees as PATH.
 const PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
@@ -207,7 +219,16 @@ impl Rootless {
         let mut child = user
             .command(
                 &[("XDG_RUNTIME_DIR", &run)],
-                &["serve", "--rootless", "--listen", "127.0.0.1:0", "--introspection-listen", "off"],
+                &[
+                    "serve",
+                    "--rootless",
+                    "--runtime",
+                    &runtime(),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--introspection-listen",
+                    "off",
+                ],
             )
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -262,8 +283,8 @@ impl Rootless {
         Ok(out["tasks"][0]["taskArn"].as_str().unwrap_or_else(|| panic!("no task: {out}")).to_owned())
     }
 
-    /// RunTask of an awsvpc `family` on the default subnet, with `env` added to its container
-    /// named `client` (when there is any).
+    /// RunTask of an awsvpc `family` on the default subnet, with ECS Exec enabled and `env`
+    /// added to its container named `client` (when there is any).
     fn run_awsvpc(&self, family: &str, env: &[(&str, &str)]) -> Result<String, String> {
         let env: Vec<serde_json::Value> =
             env.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect();
@@ -279,6 +300,7 @@ impl Rootless {
         if !env.is_empty() {
             args.extend(["--overrides", overrides.as_str()]);
         }
+        args.push("--enable-execute-command");
         let out = self.ecs(&args)?;
         Ok(out["tasks"][0]["taskArn"].as_str().unwrap_or_else(|| panic!("no task: {out}")).to_owned())
     }
@@ -349,7 +371,9 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
     let pid = ecsd.child.id();
     let log = ecsd.log();
     assert!(
-        log.contains("rootless: ecsd, containerd and the tasks run in one rootlesskit user namespace"),
+        log.contains(
+            "rootless: ecsd, its container runtime and the tasks run in one rootlesskit user namespace"
+        ),
         "{log}"
     );
 
@@ -420,7 +444,9 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
         "vpcweb",
         "awsvpc",
         "",
-        serde_json::json!({"name": "web", "image": image, "memory": 32, "command": ["sh", "-c", serve]}),
+        serde_json::json!({"name": "web", "image": image, "memory": 32, "command": ["sh", "-c", serve],
+            "healthCheck": {"command": ["CMD-SHELL", "wget -qO- http://127.0.0.1:8080/up"],
+                            "interval": 5, "timeout": 5, "retries": 2}}),
     );
     ecsd.register(
         "vpcclient",
@@ -446,6 +472,25 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
             (t["containers"][0]["exitCode"].clone(), task_logs(user, &arn), arn)
         }
     };
+    // Health checks and ECS Exec go through the runtime's exec in the user namespace.
+    eventually(60, "the web task HEALTHY", || async {
+        let out = ecsd.ecs(&["describe-tasks", "--tasks", &vpcweb]).unwrap();
+        (out["tasks"][0]["healthStatus"] == "HEALTHY").then_some(())
+    })
+    .await;
+    let exec = |command: &str| {
+        let out = Command::new(user.binary())
+            .args(["exec", "--endpoint-url", &ecsd.url, "--task", &vpcweb, "--", "sh", "-c", command])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(exec("id -u; cat /tmp/up"), (Some(0), "0\nup\n".to_owned()));
+    assert_eq!(exec("exit 7"), (Some(7), String::new()), "the command's exit code");
     let (code, said, arn) = client(format!("{ip}:8080")).await;
     assert_eq!(code, 0, "the client reaches the web task at {ip}:8080:\n{said}");
     assert!(said.contains(&format!("\"TaskARN\":\"{arn}\"")), "metadata answered inside:\n{said}");
@@ -518,7 +563,11 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
 
     // SIGKILL of the process the user started ends everything in its namespace.
     let shims_before = user.processes().len();
-    assert!(shims_before >= 4, "rootlesskit, ecsd, containerd, a shim, the task: {:?}", user.processes());
+    assert!(
+        shims_before >= 4,
+        "rootlesskit, ecsd, containerd or the Podman service, a shim or conmon, the task: {:?}",
+        user.processes()
+    );
     let log_path = ecsd.log.clone();
     let mut child = ecsd.child;
     run("kill", &["-KILL", &pid.to_string()]);

@@ -43,6 +43,8 @@ struct Case {
     init: Option<PathBuf>,
     hostname: &'static str,
     devices: ResolvedDevices,
+    /// As a rootless ecsd's engine builds it (see `spec::without_cgroups`, `for_user_namespace`).
+    rootless: bool,
 }
 
 fn case(definition: Value, image: Value) -> Case {
@@ -64,6 +66,7 @@ fn case(definition: Value, image: Value) -> Case {
         init: None,
         hostname: "0123456789ab",
         devices: ResolvedDevices::new(),
+        rootless: false,
     }
 }
 
@@ -115,7 +118,11 @@ fn specgen_json(c: &Case) -> Value {
         capabilities: None,
         init: c.init.clone(),
     };
-    let spec = crate::spec::build(&task, &container, &host).expect("the spec builds").spec;
+    let mut spec = crate::spec::build(&task, &container, &host).expect("the spec builds").spec;
+    if c.rootless {
+        crate::spec::without_cgroups(&mut spec);
+        crate::spec::for_user_namespace(&mut spec);
+    }
     let labels = crate::spec::labels(&task, &container);
     let input = SpecgenInput {
         name: "4f1c0e2a9b7d4c3e8a6f5b2d1e0c9a8b",
@@ -239,4 +246,16 @@ fn network_none() {
         json!({"Entrypoint": ["/bin/ignored"], "Cmd": ["dropped"]}),
     );
     check("network_none", &c);
+}
+
+#[test]
+fn rootless_host_network_without_cgroups() {
+    let mut c = case(
+        json!({"family": "edge", "revision": 1, "networkMode": "host", "cpu": "256", "memory": "128",
+               "containerDefinitions": [{"name": "probe", "image": "busybox", "memory": 64,
+                                         "command": ["sh", "-c", "cat /proc/self/uid_map"]}]}),
+        json!({"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["sh"]}),
+    );
+    c.rootless = true;
+    check("rootless_host_network", &c);
 }

@@ -54,6 +54,11 @@ pub enum RootlessError {
         .file.display()
     )]
     NoRange { user: String, uid: u32, kind: &'static str, file: PathBuf },
+    #[error(
+        "another rootless ecsd of this user is running (its rootlesskit holds {}): stop it first, or start this one with other XDG_RUNTIME_DIR and XDG_DATA_HOME directories",
+        .lock.display()
+    )]
+    AlreadyRunning { lock: PathBuf },
     #[error("cannot run {}", .program.display())]
     Exec { program: PathBuf, source: io::Error },
     #[error("cannot prepare {} inside the user namespace", .path.display())]
@@ -186,7 +191,9 @@ impl Plan {
     }
 
     /// Creates the runtime dir and removes a state dir a killed rootlesskit left (rootlesskit
-    /// refuses to start on one that holds its lock files from before).
+    /// refuses to start on one that holds its lock files from before), but not the one of a
+    /// rootlesskit that still runs: it holds the flock on `lock` there, and removing its socket
+    /// and pid file would break the running ecsd before this one fails on the data dir's lock.
     pub fn prepare(&self) -> Result<(), RootlessError> {
         use std::os::unix::fs::DirBuilderExt;
         let err = |path: &Path| {
@@ -198,6 +205,16 @@ impl Plan {
             .mode(0o700)
             .create(&self.run_dir)
             .map_err(err(&self.run_dir))?;
+        let lock = self.state_dir.join("lock");
+        if let Ok(file) = std::fs::File::open(&lock) {
+            use rustix::fs::{FlockOperation, flock};
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Err(rustix::io::Errno::WOULDBLOCK) => return Err(RootlessError::AlreadyRunning { lock }),
+                Err(e) => return Err(err(&lock)(e.into())),
+                // Released when `file` closes, before the removal below.
+                Ok(()) => {}
+            }
+        }
         match std::fs::remove_dir_all(&self.state_dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(&self.state_dir)(e)),
             _ => Ok(()),
@@ -321,6 +338,31 @@ mod tests {
         );
         assert_eq!(run_dir(&vars), None);
         assert_eq!(run_dir(&env(RUN)), Some(PathBuf::from("/run/user/1001/ecsd")));
+    }
+
+    #[test]
+    fn a_stale_state_dir_is_removed_but_not_a_running_rootlesskits() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan {
+            rootlesskit: PathBuf::from("/usr/bin/rootlesskit"),
+            run_dir: dir.path().join("ecsd"),
+            state_dir: dir.path().join("ecsd/rk"),
+        };
+        std::fs::create_dir_all(&plan.state_dir).unwrap();
+        let lock = plan.state_dir.join("lock");
+        std::fs::write(&lock, "").unwrap();
+        std::fs::write(plan.state_dir.join("child_pid"), "42").unwrap();
+        // A running rootlesskit holds the flock: its state stays, and the error says why.
+        let held = std::fs::File::open(&lock).unwrap();
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+        let e = plan.prepare().unwrap_err();
+        assert!(matches!(&e, RootlessError::AlreadyRunning { lock: l } if *l == lock), "{e}");
+        assert!(e.to_string().starts_with("another rootless ecsd of this user is running"), "{e}");
+        assert!(plan.state_dir.join("child_pid").exists());
+        // Once it is gone, the stale dir is removed.
+        drop(held);
+        plan.prepare().unwrap();
+        assert!(!plan.state_dir.exists() && plan.run_dir.is_dir());
     }
 
     #[test]

@@ -377,6 +377,20 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
         "{log}"
     );
 
+    // A second rootless ecsd of the same user refuses before rootlesskit starts, and leaves
+    // the running one's state alone (everything below still runs on the first).
+    let second = user
+        .command(
+            &[("XDG_RUNTIME_DIR", &user.runtime_dir())],
+            &["serve", "--rootless", "--listen", "127.0.0.1:0"],
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{said}");
+    assert!(said.starts_with("ecsd: another rootless ecsd of this user is running"), "{said}");
+    assert!(user.runtime_dir().join("ecsd/rk/child_pid").exists(), "the first one's rootlesskit state");
+
     // networkMode none, with task cpu and memory: runs (unlimited, one warning), as the user.
     let script = "cat /proc/self/uid_map; echo; wget -qO- $ECS_CONTAINER_METADATA_URI_V4/task; echo; exit 3";
     ecsd.register(

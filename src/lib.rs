@@ -215,15 +215,60 @@ pub fn choose_runtime(
     }
 }
 
+/// What the host offers, for whoever reads the log (`ecsd doctor` explains it), and what a
+/// rootless ecsd cannot do here.
+fn log_host(config: &Config, facts: &host::HostFacts) {
+    info!(
+        rootless = facts.rootless,
+        cgroup = ?facts.cgroup,
+        containerd_answers = facts.containerd.answers,
+        podman = facts.podman.binary.is_some(),
+        oci_runtimes = ?facts.oci_runtimes,
+        tun = facts.tun_usable,
+        "host"
+    );
+    for f in facts.findings().iter().filter(|f| f.level == host::Level::Blocker) {
+        warn!("{}", f.text);
+    }
+    if config.rootless {
+        info!(
+            data_dir = %config.data_dir.display(),
+            run_dir = %config.run_dir.as_deref().unwrap_or(std::path::Path::new("")).display(),
+            parent_uid = std::env::var("ROOTLESSKIT_PARENT_EUID").ok().as_deref().unwrap_or("?"),
+            "rootless: ecsd, its container runtime and the tasks run in one rootlesskit user namespace"
+        );
+        let outside = match (facts.tun_usable, &facts.slirp4netns) {
+            (true, Some(_)) => "through slirp4netns on ecsd's uplink namespace",
+            (false, _) => {
+                "through slirp4netns on ecsd's uplink namespace once /dev/net/tun is usable by this user \
+                 (it is not now: the first task network says how to fix it)"
+            }
+            (true, None) => {
+                "through slirp4netns on ecsd's uplink namespace once it is installed (it is not now: the \
+                 first task network says so)"
+            }
+        };
+        warn!(
+            "rootless: task cpu and memory limits are not applied ({}); host ports below {} are refused \
+             (net.ipv4.ip_unprivileged_port_start); bridge and awsvpc tasks reach each other, ecsd and \
+             the outside {outside}, and only their TCP ports are published on the host",
+            facts.why_no_limits(),
+            facts.unprivileged_port_start.unwrap_or(1024)
+        );
+    }
+}
+
 /// Opens the state, connects the runtime, binds the listener and starts serving.
 pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     // The data dir's lock comes first: a second ecsd must not touch containerd at all.
     let store = open_store(config)?;
+    // What this host offers, once: logged, then read by every choice below.
     let facts = host::HostFacts::probe(&host::RealHost, &config.containerd_address);
+    log_host(config, &facts);
     let (chosen, why) = choose_runtime(config.runtime, &facts);
     info!(runtime = ?chosen, reason = why, "container runtime chosen");
     if chosen == ChosenRuntime::Podman {
-        return start_on_podman(config, store).await;
+        return start_on_podman(config, store, &facts).await;
     }
     // A configured address is the containerd to use, even while it is down; only the
     // default one is replaced by an embedded containerd when nothing answers there.
@@ -249,7 +294,7 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let runtime = runtime::ContainerdRuntime::new(options)
         .map_err(|source| StartError::Runtime { source })?
         .with_registry(config.images.registry.clone());
-    let mut daemon = serve_on_host(config, store, Arc::new(runtime)).await?;
+    let mut daemon = serve_on_host(config, store, Arc::new(runtime), &facts).await?;
     daemon.embedded = embedded;
     add_host_firewall(config, daemon).await
 }
@@ -260,6 +305,7 @@ async fn serve_on_host(
     config: &Config,
     store: Store,
     runtime: Arc<dyn Runtime>,
+    facts: &host::HostFacts,
 ) -> Result<Daemon, StartError> {
     let init = ["/usr/bin/tini-static", "/usr/bin/catatonit"].iter().map(PathBuf::from).find(|p| p.exists());
     let os = match config.rootless {
@@ -269,18 +315,15 @@ async fn serve_on_host(
             endpoints: true,
             ..Os::default()
         },
-        true => {
-            let facts = host::HostFacts::probe(&host::RealHost, &config.containerd_address);
-            Os {
-                cgroups: None,
-                init,
-                endpoints: true,
-                limits_unavailable: Some(facts.why_no_limits().to_owned()),
-                // Unknown: the kernel's default.
-                unprivileged_port_start: Some(facts.unprivileged_port_start.unwrap_or(1024)),
-                user_namespace: true,
-            }
-        }
+        true => Os {
+            cgroups: None,
+            init,
+            endpoints: true,
+            limits_unavailable: Some(facts.why_no_limits().to_owned()),
+            // Unknown: the kernel's default.
+            unprivileged_port_start: Some(facts.unprivileged_port_start.unwrap_or(1024)),
+            user_namespace: true,
+        },
     };
     let network =
         network::Netavark::new(config.network.clone(), namespaces(config), &config.data_dir.join("network"))
@@ -289,7 +332,11 @@ async fn serve_on_host(
 }
 
 /// [`start`] on Podman: ecsd's own Podman service, or the one at `--podman-socket`.
-async fn start_on_podman(config: &Config, store: Store) -> Result<Daemon, StartError> {
+async fn start_on_podman(
+    config: &Config,
+    store: Store,
+    facts: &host::HostFacts,
+) -> Result<Daemon, StartError> {
     let (service, socket) = match &config.podman_socket {
         Some(socket) => {
             info!(socket = %socket.display(), "using the Podman service at --podman-socket");
@@ -319,7 +366,7 @@ async fn start_on_podman(config: &Config, store: Store) -> Result<Daemon, StartE
         options.default_capabilities = PODMAN_STOCK_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
     }
     let runtime = runtime::PodmanRuntime::new(options);
-    let mut daemon = serve_on_host(config, store, Arc::new(runtime)).await?;
+    let mut daemon = serve_on_host(config, store, Arc::new(runtime), facts).await?;
     daemon.podman = service;
     add_host_firewall(config, daemon).await
 }

@@ -397,46 +397,6 @@ fn serve(args: &ServeArgs) -> ExitCode {
     for warning in &config.warnings {
         warn!("{warning}");
     }
-    // What this host offers, once, for whoever reads the log (`ecsd doctor` explains it).
-    let facts = ecsd::host::HostFacts::probe(&ecsd::host::RealHost, &config.containerd_address);
-    info!(
-        rootless = facts.rootless,
-        cgroup = ?facts.cgroup,
-        containerd_answers = facts.containerd.answers,
-        podman = facts.podman.binary.is_some(),
-        oci_runtimes = ?facts.oci_runtimes,
-        tun = facts.tun_usable,
-        "host"
-    );
-    for f in facts.findings().iter().filter(|f| f.level == ecsd::host::Level::Blocker) {
-        warn!("{}", f.text);
-    }
-    if config.rootless {
-        info!(
-            data_dir = %config.data_dir.display(),
-            run_dir = %config.run_dir.as_deref().unwrap_or(std::path::Path::new("")).display(),
-            parent_uid = env("ROOTLESSKIT_PARENT_EUID").as_deref().unwrap_or("?"),
-            "rootless: ecsd, its container runtime and the tasks run in one rootlesskit user namespace"
-        );
-        let outside = match (facts.tun_usable, &facts.slirp4netns) {
-            (true, Some(_)) => "through slirp4netns on ecsd's uplink namespace",
-            (false, _) => {
-                "through slirp4netns on ecsd's uplink namespace once /dev/net/tun is usable by this user \
-                 (it is not now: the first task network says how to fix it)"
-            }
-            (true, None) => {
-                "through slirp4netns on ecsd's uplink namespace once it is installed (it is not now: the \
-                 first task network says so)"
-            }
-        };
-        warn!(
-            "rootless: task cpu and memory limits are not applied ({}); host ports below {} are refused \
-             (net.ipv4.ip_unprivileged_port_start); bridge and awsvpc tasks reach each other, ecsd and \
-             the outside {outside}, and only their TCP ports are published on the host",
-            facts.why_no_limits(),
-            facts.unprivileged_port_start.unwrap_or(1024)
-        );
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -419,6 +419,54 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
     assert!(warnings[0].contains("cgroup v1 gives an unprivileged user no cgroups"), "{}", warnings[0]);
 
+    // A service keeps its desired count of tasks running, rootless as under root.
+    ecsd.register(
+        "svc",
+        "none",
+        "",
+        serde_json::json!({"name": "app", "image": image, "essential": true, "memory": 32,
+            "command": ["sleep", "3600"]}),
+    );
+    ecsd.ecs(&[
+        "create-service",
+        "--service-name",
+        "svc",
+        "--task-definition",
+        "svc",
+        "--desired-count",
+        "2",
+    ])
+    .unwrap();
+    let running = |want: usize| {
+        let ecsd = &ecsd;
+        async move {
+            let out =
+                ecsd.ecs(&["list-tasks", "--service-name", "svc", "--desired-status", "RUNNING"]).unwrap();
+            let arns: Vec<String> = serde_json::from_value(out["taskArns"].clone()).unwrap_or_default();
+            if arns.len() != want {
+                return None;
+            }
+            if want == 0 {
+                return Some(arns);
+            }
+            let mut args = vec!["describe-tasks", "--tasks"];
+            args.extend(arns.iter().map(String::as_str));
+            let tasks = ecsd.ecs(&args).unwrap();
+            let all = tasks["tasks"].as_array()?.iter().all(|t| t["lastStatus"] == "RUNNING");
+            all.then_some(arns)
+        }
+    };
+    let first = eventually(60, "the service's 2 tasks RUNNING", || running(2)).await;
+    // A task that stops is replaced.
+    ecsd.ecs(&["stop-task", "--task", &first[0]]).unwrap();
+    let next = eventually(60, "a replacement task RUNNING", || async {
+        running(2).await.filter(|arns| !arns.contains(&first[0]))
+    })
+    .await;
+    assert!(next.contains(&first[1]), "{next:?}");
+    ecsd.ecs(&["delete-service", "--service", "svc", "--force"]).unwrap();
+    eventually(60, "the service's tasks stopped", || running(0)).await;
+
     // Host ports: 80 is refused naming the sysctl; a high one is accepted and reachable.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -21,8 +21,6 @@ pub trait HostOs {
     fn read_write(&self, path: &Path) -> bool;
     /// Whether something accepts connections on the unix socket at `path`.
     fn answers(&self, path: &Path) -> bool;
-    /// An environment variable (ecsd's own settings that name programs).
-    fn var(&self, name: &str) -> Option<String>;
 }
 
 /// The real host.
@@ -51,9 +49,6 @@ impl HostOs for RealHost {
     }
     fn answers(&self, path: &Path) -> bool {
         std::os::unix::net::UnixStream::connect(path).is_ok()
-    }
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
     }
 }
 
@@ -114,8 +109,9 @@ pub enum Level {
 const NETAVARK: &str = "/usr/lib/podman/netavark";
 
 impl HostFacts {
-    /// Reads the host; `containerd_socket` is where ecsd would talk to containerd.
-    pub fn probe(os: &dyn HostOs, containerd_socket: &Path) -> HostFacts {
+    /// Reads the host; `containerd_socket` is where ecsd would talk to containerd, and
+    /// `slirp4netns` the program it would run for the uplink (a path, or a name on PATH).
+    pub fn probe(os: &dyn HostOs, containerd_socket: &Path, slirp4netns: &Path) -> HostFacts {
         let euid = os.euid();
         let full_map = os
             .read(Path::new("/proc/self/uid_map"))
@@ -165,11 +161,9 @@ impl HostFacts {
                 .exists(Path::new(NETAVARK))
                 .then(|| PathBuf::from(NETAVARK))
                 .or_else(|| os.which("netavark")),
-            // The one ecsd will run: ECSD_SLIRP4NETNS (a path, or a name on PATH) when set.
-            slirp4netns: match os.var("ECSD_SLIRP4NETNS").filter(|v| !v.is_empty()) {
-                Some(p) if p.contains('/') => Some(PathBuf::from(p)).filter(|p| os.exists(p)),
-                Some(name) => os.which(&name),
-                None => os.which("slirp4netns"),
+            slirp4netns: match slirp4netns.to_str() {
+                Some(name) if !name.contains('/') => os.which(name),
+                _ => Some(slirp4netns.to_owned()).filter(|p| os.exists(p)),
             },
             tun_usable: os.read_write(Path::new("/dev/net/tun")),
             unprivileged_port_start: os
@@ -362,7 +356,6 @@ pub(crate) mod fake {
         pub(crate) bins: BTreeSet<&'static str>,
         pub(crate) answering: BTreeSet<&'static str>,
         pub(crate) writable: BTreeSet<&'static str>,
-        pub(crate) vars: BTreeMap<&'static str, &'static str>,
         pub(crate) euid: u32,
     }
 
@@ -385,9 +378,6 @@ pub(crate) mod fake {
         fn answers(&self, path: &Path) -> bool {
             path.to_str().is_some_and(|p| self.answering.contains(p))
         }
-        fn var(&self, name: &str) -> Option<String> {
-            self.vars.get(name).map(|v| v.to_string())
-        }
     }
 }
 
@@ -399,6 +389,11 @@ mod tests {
     use super::*;
 
     const SOCKET: &str = "/run/containerd/containerd.sock";
+
+    /// The probe with the default socket and slirp4netns (a name on PATH).
+    fn probe(os: &Fake) -> HostFacts {
+        HostFacts::probe(os, Path::new(SOCKET), Path::new("slirp4netns"))
+    }
 
     /// This machine: root, cgroup v1, containerd installed and answering, podman, runc.
     fn this_machine() -> Fake {
@@ -416,7 +411,7 @@ mod tests {
 
     #[test]
     fn a_root_host_with_containerd_can_serve() {
-        let f = HostFacts::probe(&this_machine(), Path::new(SOCKET));
+        let f = probe(&this_machine());
         assert!(!f.rootless);
         assert_eq!(f.cgroup, CgroupVersion::V1);
         assert_eq!(f.oci_runtimes, [PathBuf::from("/usr/bin/runc")]);
@@ -436,7 +431,7 @@ mod tests {
         let mut host = this_machine();
         host.bins.remove("containerd");
         host.answering.clear();
-        let f = HostFacts::probe(&host, Path::new(SOCKET));
+        let f = probe(&host);
         assert!(f.can_serve(), "{:#?}", f.findings());
         let texts: Vec<String> = f.findings().into_iter().map(|f| f.text).collect();
         assert!(
@@ -445,14 +440,14 @@ mod tests {
         );
         // Without Podman either, nothing can run tasks: a blocker that says what to install.
         host.bins.remove("podman");
-        let f = HostFacts::probe(&host, Path::new(SOCKET));
+        let f = probe(&host);
         assert!(!f.can_serve());
         let first = &f.findings()[0];
         assert_eq!(first.level, Level::Blocker);
         assert!(first.text.contains("apt-get install containerd runc"), "{}", first.text);
         // Installed but not running is fine: ecsd starts its own.
         host.bins.insert("containerd");
-        assert!(HostFacts::probe(&host, Path::new(SOCKET)).can_serve());
+        assert!(probe(&host).can_serve());
     }
 
     #[test]
@@ -462,7 +457,7 @@ mod tests {
         host.files.insert("/proc/self/uid_map", "0 1001 1\n1 100000 65536\n");
         host.files.insert("/sys/fs/cgroup/cgroup.controllers", "cpu memory\n");
         host.files.insert("/proc/self/cgroup", "0::/user.slice/user-1001.slice/session-1.scope\n");
-        let f = HostFacts::probe(&host, Path::new(SOCKET));
+        let f = probe(&host);
         assert!(f.rootless && !f.cgroup_delegated);
         // Without rootlesskit, a user cannot serve.
         assert!(!f.can_serve());
@@ -472,11 +467,9 @@ mod tests {
             "{texts:#?}"
         );
         host.bins.extend(["rootlesskit", "newuidmap"]);
-        assert!(
-            HostFacts::probe(&host, Path::new(SOCKET)).findings()[0].text.contains("apt-get install uidmap")
-        );
+        assert!(probe(&host).findings()[0].text.contains("apt-get install uidmap"));
         host.bins.insert("newgidmap");
-        let f = HostFacts::probe(&host, Path::new(SOCKET));
+        let f = probe(&host);
         assert!(f.can_serve(), "{:#?}", f.findings());
         assert!(f.why_no_limits().starts_with("cgroup v2 has not delegated"));
         let texts: Vec<String> = f.findings().into_iter().map(|f| f.text).collect();
@@ -496,30 +489,27 @@ mod tests {
         assert!(texts.iter().any(|t| t.starts_with("slirp4netns is not installed")), "{texts:#?}");
         host.bins.insert("slirp4netns");
         host.writable.insert("/dev/net/tun");
-        let texts: Vec<String> =
-            HostFacts::probe(&host, Path::new(SOCKET)).findings().into_iter().map(|f| f.text).collect();
+        let texts: Vec<String> = probe(&host).findings().into_iter().map(|f| f.text).collect();
         assert!(!texts.iter().any(|t| t.contains("tun") || t.contains("not installed")), "{texts:#?}");
         assert!(
             texts.iter().any(|t| t.contains("reach the outside through slirp4netns (/usr/bin/slirp4netns)")),
             "{texts:#?}"
         );
-        // ECSD_SLIRP4NETNS is the one ecsd runs: a path that is not there is no slirp4netns,
-        // one that is, or a name on PATH, is.
-        host.vars.insert("ECSD_SLIRP4NETNS", "/opt/slirp/slirp4netns");
-        assert_eq!(HostFacts::probe(&host, Path::new(SOCKET)).slirp4netns, None);
+        // The configured one (ECSD_SLIRP4NETNS) is the one ecsd runs: a path that is not there
+        // is no slirp4netns, one that is, or a name on PATH, is.
+        let configured =
+            |os: &Fake| HostFacts::probe(os, Path::new(SOCKET), Path::new("/opt/slirp/slirp4netns"));
+        assert_eq!(configured(&host).slirp4netns, None);
         host.files.insert("/opt/slirp/slirp4netns", "");
-        let found = HostFacts::probe(&host, Path::new(SOCKET)).slirp4netns;
-        assert_eq!(found, Some(PathBuf::from("/opt/slirp/slirp4netns")));
-        host.vars.insert("ECSD_SLIRP4NETNS", "slirp4netns");
-        let found = HostFacts::probe(&host, Path::new(SOCKET)).slirp4netns;
-        assert_eq!(found, Some(PathBuf::from("/usr/bin/slirp4netns")));
+        assert_eq!(configured(&host).slirp4netns, Some(PathBuf::from("/opt/slirp/slirp4netns")));
+        assert_eq!(probe(&host).slirp4netns, Some(PathBuf::from("/usr/bin/slirp4netns")));
         // Delegated: the user may write its own cgroup.
         host.writable.insert("/sys/fs/cgroup/user.slice/user-1001.slice/session-1.scope/cgroup.procs");
-        assert!(HostFacts::probe(&host, Path::new(SOCKET)).cgroup_delegated);
+        assert!(probe(&host).cgroup_delegated);
         // Root inside a user namespace is rootless too.
         let mut userns = this_machine();
         userns.files.insert("/proc/self/uid_map", "0 1001 1\n");
-        let f = HostFacts::probe(&userns, Path::new(SOCKET));
+        let f = probe(&userns);
         assert!(f.rootless && f.can_serve());
         assert!(f.why_no_limits().starts_with("cgroup v1 gives an unprivileged user no cgroups"));
         assert!(

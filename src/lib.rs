@@ -231,10 +231,12 @@ fn log_host(config: &Config, facts: &host::HostFacts) {
         warn!("{}", f.text);
     }
     if config.rootless {
+        let parent_uid = rootless::parent_ids(&|k| std::env::var(k).ok())
+            .map_or("?".to_owned(), |(uid, _)| uid.to_string());
         info!(
             data_dir = %config.data_dir.display(),
             run_dir = %config.run_dir.as_deref().unwrap_or(std::path::Path::new("")).display(),
-            parent_uid = std::env::var("ROOTLESSKIT_PARENT_EUID").ok().as_deref().unwrap_or("?"),
+            parent_uid = %parent_uid,
             "rootless: ecsd, its container runtime and the tasks run in one rootlesskit user namespace"
         );
         let outside = match (facts.tun_usable, &facts.slirp4netns) {
@@ -263,7 +265,8 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     // The data dir's lock comes first: a second ecsd must not touch containerd at all.
     let store = open_store(config)?;
     // What this host offers, once: logged, then read by every choice below.
-    let facts = host::HostFacts::probe(&host::RealHost, &config.containerd_address);
+    let facts =
+        host::HostFacts::probe(&host::RealHost, &config.containerd_address, &config.network.slirp4netns);
     log_host(config, &facts);
     let (chosen, why) = choose_runtime(config.runtime, &facts);
     info!(runtime = ?chosen, reason = why, "container runtime chosen");

@@ -40,7 +40,11 @@ fn doctor(args: &DoctorArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let facts = ecsd::host::HostFacts::probe(&ecsd::host::RealHost, &config.containerd_address);
+    let facts = ecsd::host::HostFacts::probe(
+        &ecsd::host::RealHost,
+        &config.containerd_address,
+        &config.network.slirp4netns,
+    );
     let mut findings = facts.findings();
     // A user with rootlesskit installed: whether the rest of its set-up is there too.
     if facts.euid != 0 && facts.rootlesskit.is_some() && facts.uidmap {

@@ -249,18 +249,25 @@ impl Rootless {
     /// `aws ecs ARGS --output json` against this ecsd: the JSON, or the CLI's error text.
     fn ecs(&self, args: &[&str]) -> Result<serde_json::Value, String> {
         let aws = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/aws");
-        let out = Command::new(aws)
+        let out = self
+            .client(aws)
             .args(["ecs", "--endpoint-url", &self.url, "--output", "json"])
             .args(args)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_DEFAULT_REGION", "us-east-1")
             .output()
             .unwrap();
         match out.status.success() {
             true => Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)),
             false => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
         }
+    }
+
+    /// `program`, an AWS client of this ecsd, with the test's credentials and region.
+    fn client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1");
+        c
     }
 
     fn register(&self, family: &str, mode: &str, extra: &str, container: serde_json::Value) {
@@ -541,11 +548,9 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
     })
     .await;
     let exec = |command: &str| {
-        let out = Command::new(user.binary())
+        let out = ecsd
+            .client(user.binary())
             .args(["exec", "--endpoint-url", &ecsd.url, "--task", &vpcweb, "--", "sh", "-c", command])
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_DEFAULT_REGION", "us-east-1")
             .stdin(Stdio::null())
             .output()
             .unwrap();

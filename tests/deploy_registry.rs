@@ -10,63 +10,17 @@
 mod harness;
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use aws_sdk_ecs::types::{DeploymentCircuitBreaker, DeploymentConfiguration, DesiredStatus};
 use harness::{CONTAINERD, Ecsd, IDLE, WAIT, arn_of, sh};
+use support::registry::LabRegistry;
 use support::{Moto, ecsd_deploy, eventually};
-
-fn hack(script: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script).display().to_string()
-}
 
 fn run(program: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(program).args(args).output().unwrap();
     assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// A registry of the lab with its images pushed; stopped when dropped.
-struct Registry {
-    dir: tempfile::TempDir,
-    addr: String,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        Registry::start_as("none", &[])
-    }
-
-    /// A registry of `mode` (none, basic…); `env` for hack/registry (e.g. the Basic login).
-    fn start_as(mode: &str, env: &[(&str, &str)]) -> Registry {
-        let images = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/lab-images");
-        run(&hack("registry"), &["images", images.to_str().unwrap()]);
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_str().unwrap().to_owned();
-        let out = std::process::Command::new(hack("registry"))
-            .args(["start", &d, mode])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "hack/registry start: {}", String::from_utf8_lossy(&out.stderr));
-        let addr = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let registry = Registry { dir, addr };
-        run(&hack("registry"), &["push", &d, images.to_str().unwrap()]);
-        registry
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(hack("registry"))
-            .args(["stop", self.dir.path().to_str().unwrap()])
-            .output();
-    }
 }
 
 fn render(image: &str, label: &str) -> Output {
@@ -91,7 +45,7 @@ fn render_with(image: &str, label: &str, env: &[(&str, &str)]) -> Output {
 #[test]
 #[ignore = "needs root and containerd"]
 fn the_template_comes_from_the_image_label_without_a_layer_download() {
-    let registry = Registry::start();
+    let registry = LabRegistry::start("none");
     let image = format!("{}/labelled:latest", registry.addr);
     let out = render(&image, "com.example.ecs.task-definition");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -201,7 +155,7 @@ async fn the_label_is_read_with_the_registry_credentials_a_pull_would_use() {
         assert!(stderr.starts_with("error: cannot read the template label of "), "{stderr}");
     };
     // Basic auth (htpasswd): ECS_ENGINE_AUTH_DATA, as for a pull.
-    let basic = Registry::start_as("basic", &[]);
+    let basic = LabRegistry::start("basic");
     let image = format!("{}/labelled:latest", basic.addr);
     let login =
         |password: &str| format!(r#"{{"{}":{{"username":"ecsuser","password":"{password}"}}}}"#, basic.addr);
@@ -231,7 +185,7 @@ async fn the_label_is_read_with_the_registry_credentials_a_pull_would_use() {
     // ECR: moto's GetAuthorizationToken gives AWS:123456789012-auth-token, which this
     // registry takes; it is ECR because ECSD_ECR_REGISTRIES names it.
     let moto = Moto::start();
-    let ecr = Registry::start_as(
+    let ecr = LabRegistry::start_with(
         "basic",
         &[("ECSD_LAB_USER", "AWS"), ("ECSD_LAB_PASSWORD", "123456789012-auth-token")],
     );
@@ -265,7 +219,7 @@ const STAGING: &str = r#"{"containerDefinitions":[{"name":"app",
 #[ignore = "needs root and containerd"]
 async fn deploy_rolls_a_service_to_the_labelled_image_with_overlay_and_secret() {
     let _g = CONTAINERD.read().await;
-    let registry = Registry::start();
+    let registry = LabRegistry::start("none");
     let moto = Moto::start();
     let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
     moto.aws(&[

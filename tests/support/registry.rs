@@ -9,8 +9,13 @@ fn hack_registry() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> String {
+    run_with(args, &[])
+}
+
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(hack_registry())
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot run hack/registry: {e}"));
     assert!(
@@ -33,11 +38,17 @@ impl LabRegistry {
     /// Builds the lab's images once (`target/lab-images`), starts a registry in `mode`
     /// (`none`, `basic`, `token`) and pushes them.
     pub fn start(mode: &str) -> LabRegistry {
+        LabRegistry::start_with(mode, &[])
+    }
+
+    /// [`LabRegistry::start`] with `env` for hack/registry (e.g. `ECSD_LAB_USER` and
+    /// `ECSD_LAB_PASSWORD` for another login).
+    pub fn start_with(mode: &str, env: &[(&str, &str)]) -> LabRegistry {
         let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lab-images");
         run(&["images", images.to_str().unwrap()]);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap().to_owned();
-        let addr = run(&["start", &d, mode]).trim().to_owned();
+        let addr = run_with(&["start", &d, mode], env).trim().to_owned();
         let r = LabRegistry { dir, addr };
         run(&["push", &d, images.to_str().unwrap()]);
         r
@@ -60,6 +71,11 @@ impl LabRegistry {
         let raw = std::process::Command::new("skopeo").args(&args).output().expect("run skopeo");
         assert!(raw.status.success(), "skopeo inspect {name}: {}", String::from_utf8_lossy(&raw.stderr));
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw.stdout)))
+    }
+
+    /// The registry's access log (a line per request).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
     /// Stops the registry (dropping it does too).

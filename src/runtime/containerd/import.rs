@@ -269,13 +269,13 @@ async fn import_leased(
     Ok(imported)
 }
 
-fn format_error(file: &str, reason: String) -> ImportError {
+pub(crate) fn format_error(file: &str, reason: String) -> ImportError {
     ImportError::Format { archive: file.to_owned(), reason }
 }
 
 /// The image name of an `index.json` entry: a full name annotation, or a ref name that is a
 /// whole reference (a bare tag such as `latest` names nothing without a base name).
-fn oci_name(d: &Descriptor) -> Option<String> {
+pub(crate) fn oci_name(d: &Descriptor) -> Option<String> {
     let full = d.annotations.get(ANNOTATION_IMAGE_NAME);
     let reference = d.annotations.get(ANNOTATION_REF_NAME).filter(|r| r.contains(['/', ':']));
     for raw in [full, reference].into_iter().flatten() {
@@ -303,13 +303,13 @@ struct Blob {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compression {
+pub(crate) enum Compression {
     None,
     Gzip,
     Zstd,
 }
 
-fn sniff(head: &[u8]) -> Compression {
+pub(crate) fn sniff(head: &[u8]) -> Compression {
     if head.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -334,7 +334,7 @@ impl Archive {
 }
 
 /// A tar entry's path relative to the archive root (`./a/b` → `a/b`); `None` if it escapes.
-fn clean(path: &Path) -> Option<String> {
+pub(crate) fn clean(path: &Path) -> Option<String> {
     let mut parts: Vec<String> = Vec::new();
     for c in path.components() {
         match c {

@@ -76,7 +76,12 @@ impl Client {
         }
     }
 
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, RuntimeError> {
+    async fn connect<B>(&self) -> Result<hyper::client::conn::http1::SendRequest<B>, RuntimeError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| self.unavailable(e.to_string()))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -146,22 +151,44 @@ impl Client {
     ) -> Result<Answer, RuntimeError> {
         let call = async {
             let resp = self.send(method, path, body, headers).await?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), BODY_LIMIT)
-                .collect()
-                .await
-                .map_err(|e| RuntimeError::Internal {
-                    operation: at.operation,
-                    what: at.what,
-                    id: at.id.to_owned(),
-                    message: format!("cannot read libpod's answer: {e}"),
-                })?
-                .to_bytes();
-            Ok(Answer { status, body })
+            read_answer(resp, at).await
         };
-        tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| RuntimeError::Timeout { operation: at.operation, after: timeout })?
+        within(timeout, at, call).await
+    }
+
+    /// Sends `body` (a stream of chunks, ended by the sender) to `path` and reads the answer
+    /// (bounded), within `timeout`. A chunk that is an error aborts the request.
+    pub async fn upload(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+        at: At<'_>,
+        timeout: Duration,
+    ) -> Result<Answer, RuntimeError> {
+        let frames = futures_util::stream::unfold(body, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk.map(hyper::body::Frame::data), rx))
+        });
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{PREFIX}{path}"))
+            .header("host", "d")
+            .header("content-type", content_type)
+            .body(http_body_util::StreamBody::new(frames))
+            .map_err(|e| RuntimeError::Internal {
+                operation: at.operation,
+                what: at.what,
+                id: at.id.to_owned(),
+                message: e.to_string(),
+            })?;
+        let call = async {
+            let mut sender = self.connect().await?;
+            // A failed read of the body's source is in the error's chain: say all of it.
+            let resp =
+                sender.send_request(req).await.map_err(|e| self.unavailable(crate::error_chain(&e)))?;
+            read_answer(resp, at).await
+        };
+        within(timeout, at, call).await
     }
 
     /// A call that must succeed (2xx or 304); anything else becomes its error.
@@ -190,6 +217,33 @@ impl Client {
         }
         check(answer, at).map(Some)
     }
+}
+
+/// `call`, or a timeout after `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    at: At<'_>,
+    call: impl std::future::Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, RuntimeError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| RuntimeError::Timeout { operation: at.operation, after: timeout })?
+}
+
+/// The status and the whole body (bounded) of a response.
+async fn read_answer(resp: Response<Incoming>, at: At<'_>) -> Result<Answer, RuntimeError> {
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), BODY_LIMIT)
+        .collect()
+        .await
+        .map_err(|e| RuntimeError::Internal {
+            operation: at.operation,
+            what: at.what,
+            id: at.id.to_owned(),
+            message: format!("cannot read libpod's answer: {e}"),
+        })?
+        .to_bytes();
+    Ok(Answer { status, body })
 }
 
 /// The answer if it is a success, else the error its status stands for.

@@ -18,6 +18,7 @@ mod client;
 mod exec;
 #[cfg(test)]
 mod golden;
+pub mod load;
 pub mod service;
 pub mod specgen;
 
@@ -36,6 +37,7 @@ use tracing::{debug, info, warn};
 use self::client::{Client, at, escape};
 pub use self::service::{PodmanService, ServiceError};
 pub use self::specgen::{RlimitPair, SpecGenerator, SpecgenError, SpecgenInput, to_specgen};
+use crate::runtime::containerd::import::ImportError;
 use crate::runtime::logs::LOG_FILE;
 use crate::runtime::registry::{Credentials, RegistrySettings};
 use crate::runtime::{
@@ -250,6 +252,49 @@ impl PodmanRuntime {
         let a = at("read the version", "service", "");
         let answer = self.client.call(Method::GET, "/version", None, a).await?;
         Ok(answer.json::<Version>(a)?.version)
+    }
+
+    /// `ecsd image import FILE`: loads the images of an OCI layout or `docker save` tar into
+    /// the service's store (see [`load`]); returns their names.
+    pub async fn import(&self, file: &Path) -> Result<Vec<String>, ImportError> {
+        let f = file.to_owned();
+        let plan = tokio::task::spawn_blocking(move || load::plan(&f)).await.map_err(|e| {
+            RuntimeError::Internal {
+                operation: "load image",
+                what: "archive",
+                id: file.display().to_string(),
+                message: e.to_string(),
+            }
+        })??;
+        let parts = match plan {
+            load::Plan::Whole => vec![None],
+            load::Plan::PerImage(parts) => parts.into_iter().map(Some).collect(),
+        };
+        let archive = file.display().to_string();
+        let mut imported = Vec::new();
+        for part in parts {
+            let id = part.as_ref().map_or(archive.as_str(), |p| p.name.as_str()).to_owned();
+            let a = at("load image", "archive", &id);
+            let body = load::stream(file.to_owned(), part);
+            let answer =
+                self.client.upload("/images/load", "application/x-tar", body, a, PULL_TIMEOUT).await?;
+            #[derive(Deserialize)]
+            struct Loaded {
+                #[serde(rename = "Names", default)]
+                names: Vec<String>,
+            }
+            let loaded: Loaded = client::check(answer, a)?.json(a)?;
+            for name in loaded.names {
+                if !imported.contains(&name) {
+                    imported.push(name);
+                }
+            }
+        }
+        if imported.is_empty() {
+            return Err(ImportError::Unnamed { archive });
+        }
+        info!(archive = %file.display(), images = ?imported, "imported into the Podman store");
+        Ok(imported)
     }
 
     async fn inspect_image(&self, reference: &str) -> Result<ImageInspect, RuntimeError> {
@@ -537,7 +582,18 @@ impl Runtime for PodmanRuntime {
         match answer.status {
             s if s.is_success() || s == hyper::StatusCode::NOT_FOUND => Ok(()),
             hyper::StatusCode::CONFLICT => {
-                Err(RuntimeError::ImageInUse { reference: reference.to_owned(), containers: Vec::new() })
+                let filters = escape(&serde_json::json!({"ancestor": [reference]}).to_string());
+                let a = at("list containers", "image", reference);
+                let containers = match self
+                    .client
+                    .call(Method::GET, &format!("/containers/json?all=true&filters={filters}"), None, a)
+                    .await
+                    .and_then(|answer| answer.json::<Vec<ListedContainer>>(a))
+                {
+                    Ok(listed) => listed.into_iter().filter_map(|c| c.names.into_iter().next()).collect(),
+                    Err(e) => vec![format!("(which, libpod did not say: {e})")],
+                };
+                Err(RuntimeError::ImageInUse { reference: reference.to_owned(), containers })
             }
             _ => client::check(answer, a).map(|_| ()),
         }

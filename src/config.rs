@@ -82,21 +82,23 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Import an OCI image layout tar or a `docker save` tar, or an image of the host's
-    /// Podman (--from-podman), into ecsd's containerd namespace, unpacked and ready for tasks.
+    /// Podman (--from-podman), into the runtime of ecsd (its containerd namespace, or its
+    /// Podman service's store), ready for tasks.
     Import(ImportArgs),
-    /// Pull an image from its registry into ecsd's containerd namespace, unpacked and ready
-    /// for tasks, with the credentials a task would use (docker config, ECS_ENGINE_AUTH_DATA,
-    /// ECR with ecsd's own AWS identity).
+    /// Pull an image from its registry into the runtime of ecsd, ready for tasks, with the
+    /// credentials a task would use (docker config, ECS_ENGINE_AUTH_DATA, ECR with ecsd's own
+    /// AWS identity).
     Pull(PullArgs),
-    /// List the images of ecsd's containerd namespace.
+    /// List the images of ecsd's runtime (its containerd namespace, or its Podman store).
     Ls(LsArgs),
     /// Remove images (refused while a container uses one).
     Rm(RmArgs),
 }
 
-/// Where an image subcommand finds containerd: as `ecsd serve` does.
+/// Where an image subcommand finds the runtime `ecsd serve` runs tasks on: containerd, or
+/// ecsd's Podman service.
 #[derive(Debug, Clone, Default, Args)]
-pub struct ContainerdArgs {
+pub struct RuntimeArgs {
     /// containerd's socket (env ECSD_CONTAINERD_ADDRESS); when nothing answers there, the
     /// embedded containerd of the data dir is used. [default: /run/containerd/containerd.sock]
     #[arg(long, value_name = "PATH")]
@@ -104,9 +106,22 @@ pub struct ContainerdArgs {
     /// containerd namespace (env ECSD_NAMESPACE). [default: ecs]
     #[arg(long, value_name = "NAME")]
     pub namespace: Option<String>,
-    /// ecsd's data dir (env ECSD_DATA_DIR), to find an embedded containerd.
+    /// ecsd's data dir (env ECSD_DATA_DIR), to find an embedded containerd or ecsd's Podman
+    /// service.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The runtime `ecsd serve` uses (env ECSD_RUNTIME): containerd, podman, or auto
+    /// (containerd when one answers, else ecsd's Podman service when it answers). [default: auto]
+    #[arg(long, value_enum, value_name = "RUNTIME")]
+    pub runtime: Option<RuntimeChoice>,
+    /// With the Podman runtime: the Podman service `ecsd serve` was given (env
+    /// ECSD_PODMAN_SOCKET). [default: the data dir's own service]
+    #[arg(long, value_name = "PATH")]
+    pub podman_socket: Option<PathBuf>,
+    /// The images of this user's rootless ecsd (env ECSD_ROOTLESS; as a user other than root,
+    /// the default when a rootless ecsd of the user runs).
+    #[arg(long)]
+    pub rootless: bool,
 }
 
 /// Arguments of `ecsd image pull`.
@@ -119,7 +134,7 @@ pub struct PullArgs {
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
     #[command(flatten)]
-    pub containerd: ContainerdArgs,
+    pub runtime: RuntimeArgs,
 }
 
 /// Arguments of `ecsd image ls`.
@@ -129,7 +144,7 @@ pub struct LsArgs {
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
     #[command(flatten)]
-    pub containerd: ContainerdArgs,
+    pub runtime: RuntimeArgs,
 }
 
 /// Arguments of `ecsd image rm`.
@@ -139,7 +154,7 @@ pub struct RmArgs {
     #[arg(required = true)]
     pub references: Vec<String>,
     #[command(flatten)]
-    pub containerd: ContainerdArgs,
+    pub runtime: RuntimeArgs,
 }
 
 /// How a listing command prints: a table for people, or JSON for scripts.
@@ -280,21 +295,14 @@ pub struct CleanupArgs {
 pub struct ImportArgs {
     /// The image tar (OCI image layout or `docker save` format).
     pub file: Option<PathBuf>,
-    /// Copy image REF from the host's Podman store instead (as `podman images` names it, or
-    /// its id); it keeps the name REF and, when Podman pulled it, its registry digest.
+    /// Copy image REF from the host's Podman store into ecsd's containerd instead (as `podman
+    /// images` names it, or its id); it keeps the name REF and, when Podman pulled it, its
+    /// registry digest.
     /// The podman binary is ECSD_PODMAN's, else the one on PATH.
     #[arg(long, value_name = "REF")]
     pub from_podman: Option<String>,
-    /// containerd's socket (env ECSD_CONTAINERD_ADDRESS); when nothing answers there, the
-    /// embedded containerd of the data dir is used. [default: /run/containerd/containerd.sock]
-    #[arg(long, value_name = "PATH")]
-    pub containerd_address: Option<PathBuf>,
-    /// containerd namespace (env ECSD_NAMESPACE). [default: ecs]
-    #[arg(long, value_name = "NAME")]
-    pub namespace: Option<String>,
-    /// ecsd's data dir (env ECSD_DATA_DIR), to find an embedded containerd.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Flags of `ecsd serve`. Each has an environment variable; a flag wins over it.

@@ -278,11 +278,7 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let embedded = if config.containerd_address_explicit {
         None
     } else {
-        let layout = match &config.run_dir {
-            Some(run) => runtime::embedded::Layout::with_state(&config.data_dir, &run.join("containerd")),
-            None => runtime::embedded::Layout::new(&config.data_dir),
-        };
-        runtime::embedded::ensure_in(&config.containerd_address, layout, &config.namespace)
+        runtime::embedded::ensure_in(&config.containerd_address, embedded_layout(config), &config.namespace)
             .await
             .map_err(|source| StartError::Containerd { source })?
     };
@@ -300,6 +296,27 @@ pub async fn start(config: &Config) -> Result<Daemon, StartError> {
     let mut daemon = serve_on_host(config, store, Arc::new(runtime), &facts).await?;
     daemon.embedded = embedded;
     add_host_firewall(config, daemon).await
+}
+
+/// Where the embedded containerd of `config` lives (a rootless ecsd keeps its state in the
+/// runtime dir).
+pub fn embedded_layout(config: &Config) -> runtime::embedded::Layout {
+    match &config.run_dir {
+        Some(run) => runtime::embedded::Layout::with_state(&config.data_dir, &run.join("containerd")),
+        None => runtime::embedded::Layout::new(&config.data_dir),
+    }
+}
+
+/// The socket of the Podman service `config`'s ecsd uses: `--podman-socket`, else the one of
+/// the service ecsd starts.
+pub fn podman_socket(config: &Config) -> PathBuf {
+    match &config.podman_socket {
+        Some(socket) => socket.clone(),
+        None => {
+            let run = config.run_dir.as_deref().unwrap_or(&config.data_dir);
+            runtime::podman::service::Layout::with_run(&config.data_dir, run).socket
+        }
+    }
 }
 
 /// Serves with `runtime` on this host's cgroups, init binary, netavark networks and endpoints:

@@ -7,8 +7,8 @@ mod image_cmd;
 
 use clap::Parser;
 use ecsd::config::{
-    CleanupArgs, Cli, Command, Config, DoctorArgs, ImageCommand, ImportArgs, LogFormat, LogsArgs,
-    OutputFormat, ServeArgs, ServicesArgs,
+    CleanupArgs, Cli, Command, Config, DoctorArgs, ImageCommand, LogFormat, LogsArgs, OutputFormat,
+    ServeArgs, ServicesArgs,
 };
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Logs(args) => logs(&args),
         Command::Exec(args) => ecsd::cli::exec::main(args, &env),
-        Command::Image(ImageCommand::Import(args)) => import(&args),
+        Command::Image(ImageCommand::Import(args)) => client_runtime(image_cmd::import(&args)),
         Command::Image(ImageCommand::Pull(args)) => client_runtime(image_cmd::pull(&args)),
         Command::Image(ImageCommand::Ls(args)) => client_runtime(image_cmd::ls(&args)),
         Command::Image(ImageCommand::Rm(args)) => client_runtime(image_cmd::rm(&args)),
@@ -210,68 +210,6 @@ fn logs(args: &LogsArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn import(args: &ImportArgs) -> ExitCode {
-    let explicit =
-        args.containerd_address.is_some() || env("ECSD_CONTAINERD_ADDRESS").is_some_and(|v| !v.is_empty());
-    let serve = ServeArgs {
-        data_dir: args.data_dir.clone(),
-        containerd_address: args.containerd_address.clone(),
-        namespace: args.namespace.clone(),
-        ..ServeArgs::default()
-    };
-    let config = match client_config(serve) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ecsd: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let mut address = config.containerd_address.clone();
-        if !explicit && !ecsd::runtime::embedded::answers(&address, &config.namespace).await {
-            let embedded = ecsd::runtime::embedded::Layout::new(&config.data_dir).socket;
-            if ecsd::runtime::embedded::answers(&embedded, &config.namespace).await {
-                address = embedded;
-            }
-        }
-        use ecsd::runtime::import::{ImportError, import, import_from_podman};
-        let imported = match (&args.from_podman, &args.file) {
-            (Some(reference), _) => {
-                import_from_podman(&address, &config.namespace, &config.network.podman, reference)
-                    .await
-                    .map(|i| vec![format!("{} {}", i.name, i.digest)])
-            }
-            (None, Some(file)) => import(&address, &config.namespace, file).await,
-            (None, None) => {
-                eprintln!("ecsd: name an image archive FILE, or an image of Podman's with --from-podman REF");
-                return ExitCode::from(2);
-            }
-        };
-        match imported {
-            Ok(lines) => {
-                for l in lines {
-                    println!("{l}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ecsd: {}", ecsd::error_chain(&e));
-                // An image that is not there, or not a name: the command line is wrong.
-                let usage = matches!(
-                    e,
-                    ImportError::Podman(ecsd::runtime::from_podman::PodmanImageError::NoSuchImage { .. })
-                        | ImportError::Runtime(ecsd::runtime::RuntimeError::InvalidReference { .. })
-                );
-                if usage { ExitCode::from(2) } else { ExitCode::FAILURE }
-            }
-        }
-    })
 }
 
 /// ecs-init's post-stop: the firewall rules of a crashed ecsd, as its configuration (the

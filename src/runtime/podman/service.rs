@@ -130,7 +130,8 @@ impl Layout {
         Layout { rootless: Some(user), ..Self::with_run(data_dir, run_dir) }
     }
 
-    fn with_run(data_dir: &Path, run_dir: &Path) -> Self {
+    /// The paths, with what lives only while the machine is up under `run_dir/podman`.
+    pub fn with_run(data_dir: &Path, run_dir: &Path) -> Self {
         let (dir, run) = (data_dir.join("podman"), run_dir.join("podman"));
         Layout {
             conf: dir.join("containers.conf"),

@@ -91,13 +91,12 @@ fn pick(choice: RuntimeChoice, p: &Probed<'_>) -> Found {
     }
 }
 
-/// Whether, as a user other than root with no `--rootless` said either way, a rootless ecsd of
+/// Whether, as a user other than root with no ECSD_ROOTLESS said either way, a rootless ecsd of
 /// this user has its state here (its rootlesskit's directory).
-fn rootless_by_default(args: &RuntimeArgs) -> bool {
+fn rootless_by_default() -> bool {
     use std::os::unix::fs::MetadataExt;
     let user = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() != 0);
-    user && !args.rootless
-        && std::env::var("ECSD_ROOTLESS").map_or(true, |v| v.is_empty())
+    user && std::env::var("ECSD_ROOTLESS").map_or(true, |v| v.is_empty())
         && ecsd::rootless::run_dir(&|k| std::env::var(k).ok()).is_some_and(|run| run.join("rk").is_dir())
 }
 
@@ -111,7 +110,7 @@ async fn open(args: &RuntimeArgs) -> Result<(Config, Target), ExitCode> {
         namespace: args.namespace.clone(),
         runtime: args.runtime,
         podman_socket: args.podman_socket.clone(),
-        rootless: args.rootless || rootless_by_default(args),
+        rootless: args.rootless || rootless_by_default(),
         ..ServeArgs::default()
     };
     let config = Config::resolve(&serve, &|k| std::env::var(k).ok()).map_err(|e| {

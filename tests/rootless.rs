@@ -426,6 +426,47 @@ async fn rootless_ecsd_runs_tasks_as_the_user_and_leaves_nothing_when_killed() {
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
     assert!(warnings[0].contains("cgroup v1 gives an unprivileged user no cgroups"), "{}", warnings[0]);
 
+    // The user's `ecsd image` finds this rootless ecsd's runtime (its containerd, or its Podman
+    // service) by itself: an archive of two images imported, listed, run and removed. The
+    // names point at a registry address where nothing listens, so the task's pull fails
+    // and the imported image runs, as the default pull behaviour does with a present image.
+    let archive = user.dir.join("images.tar");
+    support::test_images_renamed(&archive, |n| n.replace("docker.io/library/", "127.0.0.1:9/imported/"));
+    std::fs::set_permissions(&archive, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let image_cmd = |args: &[&str]| {
+        let out = user.command(&[("XDG_RUNTIME_DIR", &user.runtime_dir())], args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "ecsd {args:?}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let imported = image_cmd(&["image", "import", archive.to_str().unwrap()]);
+    assert_eq!(
+        imported,
+        "127.0.0.1:9/imported/busybox:latest\n127.0.0.1:9/imported/busybox-stopsignal:latest\n"
+    );
+    let listed = image_cmd(&["image", "ls", "--output", "json"]);
+    assert!(listed.contains("\"127.0.0.1:9/imported/busybox-stopsignal:latest\""), "{listed}");
+    let stopsignal = "127.0.0.1:9/imported/busybox-stopsignal:latest";
+    ecsd.register(
+        "imported",
+        "none",
+        "",
+        serde_json::json!({"name": "app", "image": stopsignal, "essential": true, "memory": 32,
+            "command": ["sh", "-c", "exit 5"]}),
+    );
+    let arn = ecsd.run_task("imported").unwrap();
+    let stopped = ecsd.wait_status(&arn, "STOPPED").await;
+    assert_eq!(stopped["containers"][0]["exitCode"], 5, "{stopped}");
+    assert_eq!(
+        stopped["containers"][0]["imageDigest"],
+        "sha256:635953b91bec0648d2047287aa31a2bd4bbc26dbfe807219be23fefd12b25445",
+        "{stopped}"
+    );
+    assert_eq!(image_cmd(&["image", "rm", stopsignal]), format!("{stopsignal}\n"));
+    let listed = image_cmd(&["image", "ls", "--output", "json"]);
+    assert!(!listed.contains(stopsignal), "{listed}");
+    assert!(listed.contains("127.0.0.1:9/imported/busybox:latest"), "{listed}");
+
     // A service keeps its desired count of tasks running, rootless as under root.
     ecsd.register(
         "svc",

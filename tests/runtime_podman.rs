@@ -801,3 +801,123 @@ async fn an_exit_while_the_podman_service_is_down_is_recorded() {
     service.shutdown().await;
     drop(cleanup);
 }
+
+/// `ecsd image` on an ecsd that runs on its own Podman service: an OCI archive of two images
+/// imported (libpod loads one image per OCI archive: ecsd splits it), a `docker save` archive
+/// imported, the images listed with their digests, one run by a task and refused removal
+/// while the task runs (naming the container), removed after; a registry pull with the
+/// registry's digest; `--from-podman` refused with what to do instead.
+#[tokio::test]
+#[ignore = "needs root and podman"]
+async fn image_commands_reach_ecsds_podman_service() {
+    if !podman_tools("image_commands_reach_ecsds_podman_service") {
+        return;
+    }
+    support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let daemon = serve_on_podman(data.path(), None).await;
+    let cleanup = scopeguard(data.path().to_owned());
+    let dir = data.path().to_str().unwrap().to_owned();
+    let image = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecsd"))
+            .arg("image")
+            .args(args)
+            .args(["--data-dir", &dir, "--runtime", "podman"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let ok = |args: &[&str]| {
+        let (code, stdout, stderr) = image(args);
+        assert_eq!(code, Some(0), "ecsd image {args:?}: {stderr}");
+        stdout
+    };
+
+    let archive = data.path().join("images.tar");
+    support::test_images_renamed(&archive, |n| n.replace("docker.io/library/", "example.com/team/"));
+    assert_eq!(
+        ok(&["import", archive.to_str().unwrap()]),
+        "example.com/team/busybox:latest\nexample.com/team/busybox-stopsignal:latest\n"
+    );
+    let docker = data.path().join("docker.tar");
+    let labelled = support::registry::lab_image_layout("labelled");
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "-q", &format!("oci:{labelled}:latest")])
+        .arg(format!("docker-archive:{}:example.com/team/saved:1", docker.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ok(&["import", docker.to_str().unwrap()]), "example.com/team/saved:1\n");
+    let listed: serde_json::Value = serde_json::from_str(&ok(&["ls", "--output", "json"])).unwrap();
+    let digest_of = |name: &str| {
+        listed.as_array().unwrap().iter().find(|i| i["name"] == name).map(|i| i["digest"].clone())
+    };
+    // The archive's manifests, as containerd's import records them.
+    assert_eq!(
+        digest_of("example.com/team/busybox:latest"),
+        Some("sha256:67ba8c157395fbafb76d5e800960c18d6dc67c3a28cdffb53b670b0f6769e0c0".into()),
+        "{listed}"
+    );
+    assert!(digest_of("example.com/team/saved:1").is_some(), "{listed}");
+
+    // A task of an imported image; its removal refused while it runs.
+    let client = support::client(&format!("http://{}", daemon.addr()));
+    let stopsignal = "example.com/team/busybox-stopsignal:latest";
+    client
+        .register_task_definition()
+        .family("imported")
+        .network_mode(aws_sdk_ecs::types::NetworkMode::None)
+        .container_definitions(
+            aws_sdk_ecs::types::ContainerDefinition::builder()
+                .name("app")
+                .image(stopsignal)
+                .essential(true)
+                .memory(32)
+                .command("sh")
+                .command("-c")
+                .command("trap 'exit 0' USR1; sleep 3600 & wait")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let run = client.run_task().task_definition("imported").send().await.unwrap();
+    let arn = run.tasks()[0].task_arn().unwrap().to_owned();
+    let status = |want: &'static str| {
+        let (client, arn) = (&client, &arn);
+        async move {
+            let out = client.describe_tasks().tasks(arn).send().await.unwrap();
+            (out.tasks()[0].last_status() == Some(want)).then(|| out.tasks()[0].clone())
+        }
+    };
+    let running = eventually(30, "the task RUNNING", || status("RUNNING")).await;
+    assert_eq!(
+        running.containers()[0].image_digest(),
+        Some("sha256:635953b91bec0648d2047287aa31a2bd4bbc26dbfe807219be23fefd12b25445")
+    );
+    let (code, _, stderr) = image(&["rm", stopsignal]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.starts_with(&format!("ecsd: image {stopsignal} is in use by container(s) ")), "{stderr}");
+    let runtime_id = running.containers()[0].runtime_id().unwrap();
+    assert!(stderr.contains(runtime_id), "the container is named (runtimeId {runtime_id}): {stderr}");
+    // The image's StopSignal (SIGUSR1) stops it.
+    client.stop_task().task(&arn).send().await.unwrap();
+    let stopped = eventually(60, "the task STOPPED", || status("STOPPED")).await;
+    assert_eq!(stopped.containers()[0].exit_code(), Some(0), "{stopped:?}");
+    assert_eq!(ok(&["rm", stopsignal]), format!("{stopsignal}\n"));
+    let listed = ok(&["ls"]);
+    assert!(!listed.contains(stopsignal) && listed.contains("example.com/team/busybox:latest"), "{listed}");
+
+    // A pull, with the registry's digest.
+    let registry = support::registry::LabRegistry::start("none");
+    let pulled = ok(&["pull", &registry.image("busybox")]);
+    assert_eq!(pulled, format!("{} {}\n", registry.image("busybox"), registry.digest("busybox")));
+
+    let (code, _, stderr) = image(&["import", "--from-podman", "busybox"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("podman image save -o FILE REF"), "{stderr}");
+
+    daemon.shutdown().await.expect("clean shutdown");
+    drop(cleanup);
+}

@@ -95,6 +95,32 @@ pub fn image_tar() -> PathBuf {
     }
 }
 
+/// Writes to `out` the test image archive with its two images renamed by `name` (given each
+/// one's `io.containerd.image.name`), as a user would save images of their own.
+pub fn test_images_renamed(out: &Path, name: impl Fn(&str) -> String) {
+    let mut archive = tar::Archive::new(std::fs::File::open(image_tar()).unwrap());
+    let mut builder = tar::Builder::new(std::fs::File::create(out).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let path = entry.path().unwrap().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if path == Path::new("index.json") {
+            let mut index: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            for m in index["manifests"].as_array_mut().unwrap() {
+                let old = m["annotations"]["io.containerd.image.name"].as_str().unwrap().to_owned();
+                m["annotations"]["io.containerd.image.name"] = name(&old).into();
+            }
+            data = serde_json::to_vec(&index).unwrap();
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+        }
+        builder.append_data(&mut header, &path, data.as_slice()).unwrap();
+    }
+    builder.finish().unwrap();
+}
+
 /// A moto_server on 127.0.0.1 (the `.venv` of hack/setup, or `ECSD_MOTO_SERVER`): the STS,
 /// IAM, Secrets Manager and SSM that the endpoint tests talk to. Killed when dropped.
 pub struct Moto {

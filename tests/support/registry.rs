@@ -28,6 +28,18 @@ fn run_with(args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The lab's images (`target/lab-images`), built once for every test run.
+fn lab_images() -> PathBuf {
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lab-images");
+    run(&["images", images.to_str().unwrap()]);
+    images
+}
+
+/// The OCI layout directory of lab image `name` (`busybox`, `labelled`, …).
+pub fn lab_image_layout(name: &str) -> String {
+    lab_images().join(name).display().to_string()
+}
+
 /// A running lab registry with the lab's images (`busybox`, `labelled`, `multi`, …).
 pub struct LabRegistry {
     dir: tempfile::TempDir,
@@ -44,8 +56,7 @@ impl LabRegistry {
     /// [`LabRegistry::start`] with `env` for hack/registry (e.g. `ECSD_LAB_USER` and
     /// `ECSD_LAB_PASSWORD` for another login).
     pub fn start_with(mode: &str, env: &[(&str, &str)]) -> LabRegistry {
-        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lab-images");
-        run(&["images", images.to_str().unwrap()]);
+        let images = lab_images();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap().to_owned();
         let addr = run_with(&["start", &d, mode], env).trim().to_owned();

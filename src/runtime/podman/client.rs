@@ -156,31 +156,35 @@ impl Client {
         within(timeout, at, call).await
     }
 
-    /// Sends `body` (a stream of chunks, ended by the sender) to `path` and reads the answer
-    /// (bounded), within `timeout`. A chunk that is an error aborts the request.
+    /// Sends `body` (a stream of chunks, ended by the sender; `length` bytes when known, else
+    /// chunked) to `path` and reads the answer (bounded), within `timeout`. A chunk that is an
+    /// error aborts the request.
     pub async fn upload(
         &self,
         path: &str,
         content_type: &str,
         body: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+        length: Option<u64>,
         at: At<'_>,
         timeout: Duration,
     ) -> Result<Answer, RuntimeError> {
         let frames = futures_util::stream::unfold(body, |mut rx| async move {
             rx.recv().await.map(|chunk| (chunk.map(hyper::body::Frame::data), rx))
         });
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::POST)
             .uri(format!("{PREFIX}{path}"))
             .header("host", "d")
-            .header("content-type", content_type)
-            .body(http_body_util::StreamBody::new(frames))
-            .map_err(|e| RuntimeError::Internal {
-                operation: at.operation,
-                what: at.what,
-                id: at.id.to_owned(),
-                message: e.to_string(),
-            })?;
+            .header("content-type", content_type);
+        if let Some(length) = length {
+            req = req.header("content-length", length);
+        }
+        let req = req.body(http_body_util::StreamBody::new(frames)).map_err(|e| RuntimeError::Internal {
+            operation: at.operation,
+            what: at.what,
+            id: at.id.to_owned(),
+            message: e.to_string(),
+        })?;
         let call = async {
             let mut sender = self.connect().await?;
             // A failed read of the body's source is in the error's chain: say all of it.

@@ -41,6 +41,9 @@ pub(crate) struct ImagePart {
     pub(crate) entry: Descriptor,
     /// Archive paths (`blobs/sha256/…`) of the blobs the entry reaches, itself included.
     pub(crate) blobs: BTreeSet<String>,
+    /// The length of its layout tar, when known in advance (libpod reads a body of known
+    /// length markedly faster than a chunked one).
+    pub(crate) length: Option<u64>,
 }
 
 /// The small files and JSON blobs of an archive, by cleaned path.
@@ -48,14 +51,41 @@ pub(crate) struct ImagePart {
 struct Documents {
     files: HashMap<String, Vec<u8>>,
     total: usize,
+    /// The size of every file, as first seen.
+    sizes: HashMap<String, u64>,
 }
 
-fn open(file: &Path) -> std::io::Result<Box<dyn Read + Send>> {
+/// Calls `f` with the cleaned path, the size and the data of each regular file of the archive
+/// (gzip-compressed or not). What `f` leaves unread of an uncompressed archive is seeked over,
+/// not read.
+fn each_file(
+    file: &Path,
+    mut f: impl FnMut(&str, u64, &mut dyn Read) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    fn visit<R: Read>(
+        mut entry: tar::Entry<'_, R>,
+        f: &mut impl FnMut(&str, u64, &mut dyn Read) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        if !entry.header().entry_type().is_file() {
+            return Ok(());
+        }
+        let Some(path) = clean(&entry.path()?) else { return Ok(()) };
+        let size = entry.size();
+        f(&path, size, &mut entry)
+    }
     let mut reader = BufReader::with_capacity(CHUNK, std::fs::File::open(file)?);
-    Ok(match sniff(reader.fill_buf()?) {
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(reader)),
-        _ => Box::new(reader),
-    })
+    if sniff(reader.fill_buf()?) == Compression::Gzip {
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+        for entry in archive.entries()? {
+            visit(entry?, &mut f)?;
+        }
+    } else {
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries_with_seek()? {
+            visit(entry?, &mut f)?;
+        }
+    }
+    Ok(())
 }
 
 fn read_error(file: &Path) -> impl Fn(std::io::Error) -> ImportError + '_ {
@@ -90,7 +120,11 @@ pub(crate) fn plan(file: &Path) -> Result<Plan, ImportError> {
         annotations.insert("io.containerd.image.name".to_owned(), image.clone());
         annotations.insert("org.opencontainers.image.ref.name".to_owned(), image.clone());
         let entry = Descriptor { annotations, ..d.clone() };
-        parts.push(ImagePart { name: image, entry, blobs });
+        let files =
+            [("oci-layout", OCI_LAYOUT.len() as u64), ("index.json", index_json(&entry).len() as u64)];
+        let present = blobs.iter().filter_map(|b| docs.sizes.get(b).map(|size| (b.as_str(), *size)));
+        let length = tar_length(files.into_iter().chain(present));
+        parts.push(ImagePart { name: image, entry, blobs, length });
     }
     if parts.is_empty() {
         return Err(ImportError::Unnamed { archive: name });
@@ -100,36 +134,32 @@ pub(crate) fn plan(file: &Path) -> Result<Plan, ImportError> {
 
 /// The first read: `index.json`, `manifest.json` and every blob that is a JSON document.
 fn documents(file: &Path) -> Result<Documents, ImportError> {
-    let err = read_error(file);
     let mut docs = Documents::default();
-    let mut archive = tar::Archive::new(open(file).map_err(&err)?);
-    for entry in archive.entries().map_err(&err)? {
-        let mut entry = entry.map_err(&err)?;
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        let Some(path) = clean(&entry.path().map_err(&err)?) else { continue };
-        let metadata = matches!(path.as_str(), "index.json" | "manifest.json");
-        if !metadata && (!path.starts_with("blobs/") || entry.size() > JSON_BLOB_MAX as u64) {
-            continue;
+    each_file(file, |path, size, data| {
+        docs.sizes.entry(path.to_owned()).or_insert(size);
+        let metadata = matches!(path, "index.json" | "manifest.json");
+        if !metadata && (!path.starts_with("blobs/") || size > JSON_BLOB_MAX as u64) {
+            return Ok(());
         }
         let mut first = [0u8; 1];
-        let n = entry.read(&mut first).map_err(&err)?;
+        let n = data.read(&mut first)?;
         // Manifests, indexes and configs are JSON objects; layers are tar or compressed.
         if !metadata && (n == 0 || first[0] != b'{') {
-            continue;
+            return Ok(());
         }
-        let mut data = first[..n].to_vec();
-        entry.by_ref().take(JSON_BLOB_MAX as u64).read_to_end(&mut data).map_err(&err)?;
-        docs.total += data.len();
+        let mut doc = first[..n].to_vec();
+        data.take(JSON_BLOB_MAX as u64).read_to_end(&mut doc)?;
+        docs.total += doc.len();
         if docs.total > DOCUMENTS_MAX {
-            return Err(format_error(
-                &file.display().to_string(),
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
                 format!("its JSON documents exceed {} MiB together", DOCUMENTS_MAX >> 20),
             ));
         }
-        docs.files.insert(path, data);
-    }
+        docs.files.insert(path.to_owned(), doc);
+        Ok(())
+    })
+    .map_err(read_error(file))?;
     Ok(docs)
 }
 
@@ -225,6 +255,27 @@ pub(crate) fn stream(
     rx
 }
 
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// The `index.json` of a layout of `entry` alone.
+fn index_json(entry: &Descriptor) -> String {
+    serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}).to_string()
+}
+
+/// The length of the tar [`write_layout`] writes of these files (path, size): a 512-byte
+/// header and the data padded to 512 bytes each, then two zero blocks. `None` if a path needs
+/// more than a ustar header (a long-name entry of its own).
+fn tar_length<'a>(files: impl Iterator<Item = (&'a str, u64)>) -> Option<u64> {
+    let mut length = 1024;
+    for (path, size) in files {
+        if path.len() > 100 {
+            return None;
+        }
+        length += 512 + size.div_ceil(512) * 512;
+    }
+    Some(length)
+}
+
 /// Writes an OCI layout tar of `part` alone: `oci-layout`, an `index.json` of its one entry,
 /// and its blobs as the archive holds them.
 fn write_layout(file: &Path, part: &ImagePart, out: &mut impl Write) -> std::io::Result<()> {
@@ -236,28 +287,16 @@ fn write_layout(file: &Path, part: &ImagePart, out: &mut impl Write) -> std::io:
         header
     }
     let mut builder = tar::Builder::new(out);
-    let layout: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
-    builder.append_data(&mut header(layout.len() as u64), "oci-layout", layout)?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [part.entry],
-    })
-    .to_string();
+    builder.append_data(&mut header(OCI_LAYOUT.len() as u64), "oci-layout", OCI_LAYOUT)?;
+    let index = index_json(&part.entry);
     builder.append_data(&mut header(index.len() as u64), "index.json", index.as_bytes())?;
-    let mut archive = tar::Archive::new(open(file)?);
     let mut written = BTreeSet::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if !entry.header().entry_type().is_file() {
-            continue;
+    each_file(file, |path, size, data| {
+        if !part.blobs.contains(path) || !written.insert(path.to_owned()) {
+            return Ok(());
         }
-        let Some(path) = clean(&entry.path()?) else { continue };
-        if !part.blobs.contains(&path) || !written.insert(path.clone()) {
-            continue;
-        }
-        builder.append_data(&mut header(entry.size()), &path, &mut entry)?;
-    }
+        builder.append_data(&mut header(size), path, data)
+    })?;
     builder.finish()
 }
 
@@ -397,6 +436,7 @@ mod tests {
         let mut direct = Vec::new();
         write_layout(&file, &parts[0], &mut direct).unwrap();
         assert_eq!(got, direct);
+        assert_eq!(Some(got.len() as u64), parts[0].length, "the length told in advance");
         // The whole file, byte for byte.
         let mut rx = stream(file.clone(), None);
         let mut whole = Vec::new();

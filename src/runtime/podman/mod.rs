@@ -275,9 +275,15 @@ impl PodmanRuntime {
         for part in parts {
             let id = part.as_ref().map_or(archive.as_str(), |p| p.name.as_str()).to_owned();
             let a = at("load image", "archive", &id);
+            let length = match &part {
+                Some(part) => part.length,
+                None => tokio::fs::metadata(file).await.ok().map(|m| m.len()),
+            };
             let body = load::stream(file.to_owned(), part);
-            let answer =
-                self.client.upload("/images/load", "application/x-tar", body, a, PULL_TIMEOUT).await?;
+            let answer = self
+                .client
+                .upload("/images/load", "application/x-tar", body, length, a, PULL_TIMEOUT)
+                .await?;
             #[derive(Deserialize)]
             struct Loaded {
                 #[serde(rename = "Names", default)]

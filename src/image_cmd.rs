@@ -100,8 +100,9 @@ fn rootless_by_default() -> bool {
         && ecsd::rootless::run_dir(&|k| std::env::var(k).ok()).is_some_and(|run| run.join("rk").is_dir())
 }
 
-/// The config and the runtime of an image subcommand; `Err` is the exit code.
-async fn open(args: &RuntimeArgs) -> Result<(Config, Target), ExitCode> {
+/// The config and the runtime of an image subcommand (`importing`: containerd is not asked
+/// for its version first); `Err` is the exit code.
+async fn open(args: &RuntimeArgs, importing: bool) -> Result<(Config, Target), ExitCode> {
     let explicit = args.containerd_address.is_some()
         || std::env::var("ECSD_CONTAINERD_ADDRESS").is_ok_and(|v| !v.is_empty());
     let serve = ServeArgs {
@@ -138,7 +139,10 @@ async fn open(args: &RuntimeArgs) -> Result<(Config, Target), ExitCode> {
             let runtime = ContainerdRuntime::new(options)
                 .map_err(|e| fail(ecsd::error_chain(&e)))?
                 .with_registry(config.images.registry.clone());
-            runtime.version().await.map_err(|e| fail(ecsd::error_chain(&e)))?;
+            // An import connects by itself, after what is about its argument (Podman's image).
+            if !importing {
+                runtime.version().await.map_err(|e| fail(ecsd::error_chain(&e)))?;
+            }
             Target::Containerd { address, runtime }
         }
         Found::Podman(socket) => {
@@ -157,7 +161,7 @@ async fn open(args: &RuntimeArgs) -> Result<(Config, Target), ExitCode> {
 
 /// `ecsd image import FILE` or `--from-podman REF`.
 pub async fn import(args: &ImportArgs) -> ExitCode {
-    let (config, target) = match open(&args.runtime).await {
+    let (config, target) = match open(&args.runtime, true).await {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -216,7 +220,7 @@ impl AwsKeys for OwnKeys {
 }
 
 pub async fn pull(args: &PullArgs) -> ExitCode {
-    let (config, target) = match open(&args.runtime).await {
+    let (config, target) = match open(&args.runtime, false).await {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -361,7 +365,7 @@ fn mib(bytes: u64) -> String {
 }
 
 pub async fn ls(args: &LsArgs) -> ExitCode {
-    let (_, target) = match open(&args.runtime).await {
+    let (_, target) = match open(&args.runtime, false).await {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -402,7 +406,7 @@ fn ago(secs: f64) -> String {
 }
 
 pub async fn rm(args: &RmArgs) -> ExitCode {
-    let (_, target) = match open(&args.runtime).await {
+    let (_, target) = match open(&args.runtime, false).await {
         Ok(v) => v,
         Err(code) => return code,
     };

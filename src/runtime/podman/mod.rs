@@ -18,7 +18,7 @@ mod client;
 mod exec;
 #[cfg(test)]
 mod golden;
-pub mod load;
+mod load;
 pub mod service;
 pub mod specgen;
 

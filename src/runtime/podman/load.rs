@@ -114,7 +114,7 @@ pub(crate) fn plan(file: &Path) -> Result<Plan, ImportError> {
             continue;
         }
         let mut blobs = BTreeSet::new();
-        reach(&docs, d, &mut blobs, 0).map_err(|reason| format_error(&name, reason))?;
+        reach(&docs, d, &mut blobs, 0, &name)?;
         let mut annotations = BTreeMap::new();
         // Podman 4 names an OCI image from either; both carry the whole reference.
         annotations.insert("io.containerd.image.name".to_owned(), image.clone());
@@ -169,12 +169,22 @@ fn blob_path(digest: &str) -> Option<String> {
         .then(|| format!("blobs/{alg}/{hex}"))
 }
 
-/// Adds the blobs `d` reaches (itself, and through indexes and manifests their children).
-fn reach(docs: &Documents, d: &Descriptor, out: &mut BTreeSet<String>, depth: u32) -> Result<(), String> {
+/// Adds the blobs `d` reaches (itself, and through indexes and manifests their children);
+/// `archive` names the file in the error of a document that is not what it says.
+fn reach(
+    docs: &Documents,
+    d: &Descriptor,
+    out: &mut BTreeSet<String>,
+    depth: u32,
+    archive: &str,
+) -> Result<(), ImportError> {
+    let bad = |reason: String| format_error(archive, reason);
     if depth > 8 {
-        return Err(format!("{} nests indexes deeper than 8", d.digest));
+        return Err(bad(format!("{} nests indexes deeper than 8", d.digest)));
     }
-    let path = blob_path(&d.digest).ok_or_else(|| format!("{} is not a digest", d.digest))?;
+    let path_of =
+        |d: &Descriptor| blob_path(&d.digest).ok_or_else(|| bad(format!("{} is not a digest", d.digest)));
+    let path = path_of(d)?;
     out.insert(path.clone());
     let Some(data) = docs.files.get(&path) else {
         // Not a JSON document of the archive: a layer or config (or missing, which libpod says).
@@ -183,16 +193,16 @@ fn reach(docs: &Documents, d: &Descriptor, out: &mut BTreeSet<String>, depth: u3
     match blob_kind(&d.media_type, data) {
         BlobKind::Index => {
             let index: Index = serde_json::from_slice(data)
-                .map_err(|e| format!("{} is not an image index: {e}", d.digest))?;
+                .map_err(|e| bad(format!("{} is not an image index: {e}", d.digest)))?;
             for m in &index.manifests {
-                reach(docs, m, out, depth + 1)?;
+                reach(docs, m, out, depth + 1, archive)?;
             }
         }
         BlobKind::Manifest => {
             let manifest: Manifest = serde_json::from_slice(data)
-                .map_err(|e| format!("{} is not an image manifest: {e}", d.digest))?;
+                .map_err(|e| bad(format!("{} is not an image manifest: {e}", d.digest)))?;
             for c in std::iter::once(&manifest.config).chain(&manifest.layers) {
-                out.insert(blob_path(&c.digest).ok_or_else(|| format!("{} is not a digest", c.digest))?);
+                out.insert(path_of(c)?);
             }
         }
         BlobKind::Other => {}

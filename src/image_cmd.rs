@@ -122,9 +122,11 @@ async fn open(args: &RuntimeArgs, importing: bool) -> Result<(Config, Target), E
     let podman = ecsd::podman_socket(&config);
     // libpod's _ping, not its version: that one runs conmon and the OCI runtime (~0.4 s).
     let podman_answers = || async { PodmanRuntime::new(PodmanOptions::new(&podman)).ping().await.is_ok() };
+    // Only what the choice can take is asked.
     let answers = |a: PathBuf| {
         let namespace = config.namespace.clone();
-        async move { ecsd::runtime::embedded::answers(&a, &namespace).await }
+        let ask = config.runtime != RuntimeChoice::Podman;
+        async move { ask && ecsd::runtime::embedded::answers(&a, &namespace).await }
     };
     let probed = Probed {
         containerd: (&config.containerd_address, answers(config.containerd_address.clone()).await),
